@@ -1,1 +1,428 @@
+//! mailgate's configuration (SPEC §3): the typed model, the provider presets,
+//! loading through the `config` crate (the TOML file, then `MAILGATE_`
+//! environment overrides) and validation that reports every problem as
+//! `file:key: message`.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+mod load;
+mod presets;
+mod raw;
+mod resolve;
+
+pub use load::{ENV_CONFIG, load, load_with_env, locate};
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    pub gateway: Gateway,
+    pub listeners: Vec<Listener>,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub accounts: Vec<Account>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub state_dir: PathBuf,
+    pub hostname: String,
+    pub log_format: LogFormat,
+    pub metrics: Option<SocketAddr>,
+    pub max_connections: usize,
+    pub preauth_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Time allowed for one upstream exchange: connecting and logging in to a
+    /// mail server, or one request to a token endpoint.
+    pub upstream_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Imap,
+    Pop3,
+    Smtp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+            Protocol::Smtp => "smtp",
+        })
+    }
+}
+
+/// TLS on the client side of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    None,
+    Starttls,
+    Implicit,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub protocol: Protocol,
+    pub address: SocketAddr,
+    pub tls: TlsMode,
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure_plaintext: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    Office365,
+    Outlook,
+    Gmail,
+    Custom,
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Preset::Office365 => "office365",
+            Preset::Outlook => "outlook",
+            Preset::Gmail => "gmail",
+            Preset::Custom => "custom",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    AuthorizationCode,
+    DeviceCode,
+    ClientCredentials,
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Flow::AuthorizationCode => "authorization_code",
+            Flow::DeviceCode => "device_code",
+            Flow::ClientCredentials => "client_credentials",
+        })
+    }
+}
+
+/// `[provider.NAME]` with the preset's values filled in.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub preset: Preset,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub tenant: Option<String>,
+    pub flow: Flow,
+    pub redirect_uri: url::Url,
+    pub authorize_url: Option<url::Url>,
+    pub token_url: url::Url,
+    pub device_code_url: Option<url::Url>,
+    pub scopes: Vec<String>,
+    pub imap: Option<Upstream>,
+    pub pop3: Option<Upstream>,
+    pub smtp: Option<Upstream>,
+    pub ca_file: Option<PathBuf>,
+    pub min_token_life: Duration,
+}
+
+impl Provider {
+    /// The upstream server for a protocol, if the provider has one.
+    pub fn upstream(&self, protocol: Protocol) -> Option<&Upstream> {
+        match protocol {
+            Protocol::Imap => self.imap.as_ref(),
+            Protocol::Pop3 => self.pop3.as_ref(),
+            Protocol::Smtp => self.smtp.as_ref(),
+        }
+    }
+}
+
+/// How the gateway secures the upstream connection. There is no plaintext
+/// option: bearer tokens never cross a connection in clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamSecurity {
+    /// `imaps://`, `pop3s://`, `smtps://`
+    ImplicitTls,
+    /// `imap://`, `pop3://`, `smtp://`: STARTTLS (STLS), required.
+    StartTls,
+}
+
+/// An upstream mail server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub security: UpstreamSecurity,
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tls = match self.security {
+            UpstreamSecurity::ImplicitTls => "implicit TLS",
+            UpstreamSecurity::StartTls => "STARTTLS",
+        };
+        if self.host.contains(':') {
+            write!(f, "[{}]:{} ({tls})", self.host, self.port)
+        } else {
+            write!(f, "{}:{} ({tls})", self.host, self.port)
+        }
+    }
+}
+
+/// Which login names an `[[account]]` entry covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UserPattern {
+    /// One address, lower-cased.
+    Exact(String),
+    /// `*@domain`: every address of the (lower-cased) domain.
+    Domain(String),
+}
+
+impl UserPattern {
+    pub fn matches(&self, user_lower: &str) -> bool {
+        match self {
+            UserPattern::Exact(u) => u == user_lower,
+            UserPattern::Domain(d) => user_lower
+                .rsplit_once('@')
+                .is_some_and(|(local, dom)| !local.is_empty() && dom == d),
+        }
+    }
+}
+
+impl fmt::Display for UserPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserPattern::Exact(u) => f.write_str(u),
+            UserPattern::Domain(d) => write!(f, "*@{d}"),
+        }
+    }
+}
+
+/// `[[account]]`
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub user: UserPattern,
+    pub provider: String,
+    pub upstream_user: Option<String>,
+    /// Argon2id PHC string.
+    pub password_hash: Option<String>,
+}
+
+impl Config {
+    /// The account entry a login name belongs to: an exact entry first, then
+    /// a domain entry.
+    pub fn find_account(&self, user: &str) -> Option<&Account> {
+        let lower = user.trim().to_lowercase();
+        self.accounts
+            .iter()
+            .find(|a| matches!(a.user, UserPattern::Exact(_)) && a.user.matches(&lower))
+            .or_else(|| self.accounts.iter().find(|a| a.user.matches(&lower)))
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(name)
+    }
+
+    /// A human-readable summary of what the file resolved to, for
+    /// `mailgate check`.
+    pub fn describe(&self) -> String {
+        use fmt::Write as _;
+        let mut s = String::new();
+        let g = &self.gateway;
+        let _ = writeln!(s, "configuration: {}", self.file.display());
+        let _ = writeln!(s, "gateway:");
+        let _ = writeln!(s, "  state_dir        {}", g.state_dir.display());
+        let _ = writeln!(s, "  hostname         {}", g.hostname);
+        let _ = writeln!(s, "  log_format       {:?}", g.log_format);
+        if let Some(m) = g.metrics {
+            let _ = writeln!(s, "  metrics          {m}");
+        }
+        let _ = writeln!(s, "  max_connections  {}", g.max_connections);
+        let _ = writeln!(
+            s,
+            "  preauth_timeout  {}",
+            humantime::format_duration(g.preauth_timeout)
+        );
+        let _ = writeln!(
+            s,
+            "  shutdown_grace   {}",
+            humantime::format_duration(g.shutdown_grace)
+        );
+        let _ = writeln!(
+            s,
+            "  upstream_timeout {}",
+            humantime::format_duration(g.upstream_timeout)
+        );
+        let _ = writeln!(s, "listeners:");
+        for l in &self.listeners {
+            let _ = writeln!(
+                s,
+                "  {:<5} {:<22} tls={:?}{}",
+                l.protocol.to_string(),
+                l.address,
+                l.tls,
+                if l.insecure_plaintext {
+                    " insecure_plaintext"
+                } else {
+                    ""
+                }
+            );
+        }
+        let _ = writeln!(s, "providers:");
+        for p in self.providers.values() {
+            let _ = writeln!(
+                s,
+                "  {} (preset {}, flow {}, client_id {}, client secret {})",
+                p.name,
+                p.preset,
+                p.flow,
+                p.client_id,
+                if p.client_secret.is_some() {
+                    "set"
+                } else {
+                    "none"
+                }
+            );
+            if let Some(t) = &p.tenant {
+                let _ = writeln!(s, "    tenant         {t}");
+            }
+            if let Some(u) = &p.authorize_url {
+                let _ = writeln!(s, "    authorize_url  {u}");
+            }
+            let _ = writeln!(s, "    token_url      {}", p.token_url);
+            if let Some(u) = &p.device_code_url {
+                let _ = writeln!(s, "    device_code    {u}");
+            }
+            let _ = writeln!(s, "    redirect_uri   {}", p.redirect_uri);
+            let _ = writeln!(s, "    scopes         {}", p.scopes.join(" "));
+            for (name, up) in [("imap", &p.imap), ("pop3", &p.pop3), ("smtp", &p.smtp)] {
+                if let Some(up) = up {
+                    let _ = writeln!(s, "    {name:<14} {up}");
+                }
+            }
+            if let Some(ca) = &p.ca_file {
+                let _ = writeln!(s, "    ca_file        {}", ca.display());
+            }
+            let _ = writeln!(
+                s,
+                "    min_token_life {}",
+                humantime::format_duration(p.min_token_life)
+            );
+        }
+        let _ = writeln!(s, "accounts:");
+        for a in &self.accounts {
+            let _ = write!(s, "  {} -> {}", a.user, a.provider);
+            if let Some(u) = &a.upstream_user {
+                let _ = write!(s, " (upstream user {u})");
+            }
+            if a.password_hash.is_some() {
+                let _ = write!(s, " (password_hash set)");
+            }
+            let _ = writeln!(s);
+        }
+        s
+    }
+}
+
+/// A closed set of values written as lower-case words in the file.
+pub(crate) trait Choice: Sized + Copy + 'static {
+    const CHOICES: &'static [(&'static str, Self)];
+}
+
+impl Choice for LogFormat {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+}
+impl Choice for Protocol {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("imap", Protocol::Imap),
+        ("pop3", Protocol::Pop3),
+        ("smtp", Protocol::Smtp),
+    ];
+}
+impl Choice for TlsMode {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("none", TlsMode::None),
+        ("starttls", TlsMode::Starttls),
+        ("implicit", TlsMode::Implicit),
+    ];
+}
+impl Choice for Preset {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("office365", Preset::Office365),
+        ("outlook", Preset::Outlook),
+        ("gmail", Preset::Gmail),
+        ("custom", Preset::Custom),
+    ];
+}
+impl Choice for Flow {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("authorization_code", Flow::AuthorizationCode),
+        ("device_code", Flow::DeviceCode),
+        ("client_credentials", Flow::ClientCredentials),
+    ];
+}
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key, e.g. `provider.office365.client_id` or `listener[0].address`;
+    /// empty when the problem is with the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves `p` against the directory of the configuration file.
+pub(crate) fn relative_to(file: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}

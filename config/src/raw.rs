@@ -1,0 +1,75 @@
+//! The file's schema as serde sees it: every key optional where the spec
+//! gives a default, unknown keys rejected. Values that need checking with a
+//! precise key in the error (addresses, URLs, durations, paths) stay strings
+//! here and are resolved in `resolve.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub provider: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub account: Vec<RawAccount>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub state_dir: Option<String>,
+    pub hostname: Option<String>,
+    pub log_format: Option<String>,
+    pub metrics: Option<String>,
+    pub max_connections: Option<u64>,
+    pub preauth_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub upstream_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub protocol: Option<String>,
+    pub address: Option<String>,
+    pub tls: Option<String>,
+    pub certificate: Option<String>,
+    pub key: Option<String>,
+    pub insecure_plaintext: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProvider {
+    pub preset: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub tenant: Option<String>,
+    pub flow: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub authorize_url: Option<String>,
+    pub token_url: Option<String>,
+    pub device_code_url: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub imap: Option<String>,
+    pub pop3: Option<String>,
+    pub smtp: Option<String>,
+    pub ca_file: Option<String>,
+    pub min_token_life: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccount {
+    pub user: Option<String>,
+    pub provider: Option<String>,
+    pub upstream_user: Option<String>,
+    pub password_hash: Option<String>,
+}

@@ -1,0 +1,576 @@
+//! From the raw file to the validated [`Config`]: presets filled in, paths
+//! made relative to the file, and every problem collected with its key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::presets;
+use crate::raw::{RawAccount, RawConfig, RawGateway, RawListener, RawProvider};
+use crate::{
+    Choice,
+    Account, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener, LogFormat, Preset,
+    Protocol, Provider, TlsMode, Upstream, UpstreamSecurity, UserPattern, relative_to,
+};
+
+struct Errors<'a> {
+    file: &'a Path,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors {
+        file,
+        list: Vec::new(),
+    };
+    let gateway = gateway(file, raw.gateway, &mut errs);
+    let listeners = listeners(file, raw.listener, &mut errs);
+    let providers = providers(file, raw.provider, &mut errs);
+    let accounts = accounts(raw.account, &providers, &mut errs);
+    if errs.list.is_empty() {
+        Ok(Config {
+            file: file.to_path_buf(),
+            gateway,
+            listeners,
+            providers,
+            accounts,
+        })
+    } else {
+        Err(ConfigErrors(errs.list))
+    }
+}
+
+/// Parses a [`Choice`] value; `None` when absent or invalid (then reported).
+fn choice<T: Choice>(errs: &mut Errors<'_>, key: &str, value: Option<String>) -> Option<T> {
+    let v = value?;
+    let found = T::CHOICES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(v.trim()))
+        .map(|(_, c)| *c);
+    if found.is_none() {
+        let names: Vec<&str> = T::CHOICES.iter().map(|(n, _)| *n).collect();
+        errs.push(key, format!("`{v}` is not one of: {}", names.join(", ")));
+    }
+    found
+}
+
+fn duration(
+    errs: &mut Errors<'_>,
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(s) => match humantime::parse_duration(s.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                errs.push(key, "must be longer than zero");
+                default
+            }
+            Err(e) => {
+                errs.push(
+                    key,
+                    format!("`{s}` is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"1h\""),
+                );
+                default
+            }
+        },
+    }
+}
+
+fn gateway(file: &Path, raw: RawGateway, errs: &mut Errors<'_>) -> Gateway {
+    let metrics = raw.metrics.and_then(|m| match m.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                "gateway.metrics",
+                format!("`{m}` is not an address; write IP:PORT, e.g. \"127.0.0.1:9925\""),
+            );
+            None
+        }
+    });
+    let max_connections = match raw.max_connections {
+        None => 10_000,
+        Some(0) => {
+            errs.push("gateway.max_connections", "must be at least 1");
+            1
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    let hostname = raw.hostname.unwrap_or_else(|| "localhost".into());
+    if hostname.is_empty()
+        || !hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        errs.push(
+            "gateway.hostname",
+            format!("`{hostname}` is not a host name (letters, digits, '.' and '-')"),
+        );
+    }
+    Gateway {
+        state_dir: relative_to(file, raw.state_dir.as_deref().unwrap_or("state")),
+        hostname,
+        log_format: choice(errs, "gateway.log_format", raw.log_format).unwrap_or(LogFormat::Text),
+        metrics,
+        max_connections,
+        preauth_timeout: duration(
+            errs,
+            "gateway.preauth_timeout",
+            raw.preauth_timeout,
+            Duration::from_secs(60),
+        ),
+        shutdown_grace: duration(
+            errs,
+            "gateway.shutdown_grace",
+            raw.shutdown_grace,
+            Duration::from_secs(30),
+        ),
+        upstream_timeout: duration(
+            errs,
+            "gateway.upstream_timeout",
+            raw.upstream_timeout,
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<Listener> {
+    if raw.is_empty() {
+        errs.push(
+            "listener",
+            "no [[listener]] is configured; add one, e.g. protocol = \"imap\", address = \"127.0.0.1:1143\"",
+        );
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, l) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("listener[{i}].{k}");
+        if l.protocol.is_none() {
+            errs.push(key("protocol"), "missing; set imap, pop3 or smtp");
+        }
+        let Some(protocol) = choice::<Protocol>(errs, &key("protocol"), l.protocol) else {
+            continue;
+        };
+        if protocol != Protocol::Imap {
+            errs.push(
+                key("protocol"),
+                format!("{protocol} listeners are not available in this version; only imap is"),
+            );
+        }
+        let address = match l.address.as_deref().map(str::parse::<SocketAddr>) {
+            None => {
+                errs.push(key("address"), "missing; write IP:PORT, e.g. \"127.0.0.1:1143\"");
+                continue;
+            }
+            Some(Err(_)) => {
+                errs.push(
+                    key("address"),
+                    format!(
+                        "`{}` is not an address; write IP:PORT, e.g. \"127.0.0.1:1143\"",
+                        l.address.unwrap_or_default()
+                    ),
+                );
+                continue;
+            }
+            Some(Ok(a)) => a,
+        };
+        if address.port() != 0 && !seen.insert(address) {
+            errs.push(key("address"), format!("{address} is used by another listener"));
+        }
+        let tls = choice(errs, &key("tls"), l.tls).unwrap_or(TlsMode::None);
+        if tls != TlsMode::None {
+            errs.push(
+                key("tls"),
+                "client-side TLS is not available in this version; use tls = \"none\" on a loopback address",
+            );
+        }
+        let insecure_plaintext = l.insecure_plaintext.unwrap_or(false);
+        if tls == TlsMode::None && !address.ip().is_loopback() && !insecure_plaintext {
+            errs.push(
+                key("address"),
+                format!(
+                    "{address} is not a loopback address and tls = \"none\": passwords would cross the network in clear; use a loopback address, or set insecure_plaintext = true if you accept that"
+                ),
+            );
+        }
+        if l.certificate.is_some() != l.key.is_some() {
+            errs.push(key("certificate"), "certificate and key must be set together");
+        }
+        out.push(Listener {
+            protocol,
+            address,
+            tls,
+            certificate: l.certificate.map(|c| relative_to(file, &c)),
+            key: l.key.map(|k| relative_to(file, &k)),
+            insecure_plaintext,
+        });
+    }
+    out
+}
+
+fn providers(
+    file: &Path,
+    raw: BTreeMap<String, RawProvider>,
+    errs: &mut Errors<'_>,
+) -> BTreeMap<String, Arc<Provider>> {
+    let mut out = BTreeMap::new();
+    for (name, p) in raw {
+        if let Some(provider) = provider(file, &name, p, errs) {
+            out.insert(name, Arc::new(provider));
+        }
+    }
+    out
+}
+
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    }
+}
+
+/// An OAuth endpoint: https, or http on a loopback host (for local testing).
+fn endpoint(errs: &mut Errors<'_>, key: &str, value: Option<String>) -> Option<url::Url> {
+    let s = value?;
+    match url::Url::parse(&s) {
+        Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && is_loopback_host(&u)) => Some(u),
+        Ok(_) => {
+            errs.push(
+                key,
+                format!("`{s}` must be an https:// URL (http:// only on a loopback host)"),
+            );
+            None
+        }
+        Err(e) => {
+            errs.push(key, format!("`{s}` is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+fn upstream(
+    errs: &mut Errors<'_>,
+    key: &str,
+    value: Option<String>,
+    protocol: Protocol,
+) -> Option<Upstream> {
+    let s = value?;
+    let (implicit, plain, implicit_port, plain_port) = match protocol {
+        Protocol::Imap => ("imaps", "imap", 993, 143),
+        Protocol::Pop3 => ("pop3s", "pop3", 995, 110),
+        Protocol::Smtp => ("smtps", "smtp", 465, 587),
+    };
+    let url = match url::Url::parse(&s) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.push(
+                key,
+                format!("`{s}` is not a URL ({e}); write e.g. \"{implicit}://mail.example.com\""),
+            );
+            return None;
+        }
+    };
+    let (security, default_port) = if url.scheme() == implicit {
+        (UpstreamSecurity::ImplicitTls, implicit_port)
+    } else if url.scheme() == plain {
+        (UpstreamSecurity::StartTls, plain_port)
+    } else {
+        errs.push(
+            key,
+            format!(
+                "`{s}`: the scheme must be {implicit}:// (implicit TLS) or {plain}:// (STARTTLS)"
+            ),
+        );
+        return None;
+    };
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_owned(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        None => {
+            errs.push(key, format!("`{s}` has no host"));
+            return None;
+        }
+    };
+    if url.path() != "" && url.path() != "/" || url.query().is_some() || !url.username().is_empty()
+    {
+        errs.push(key, format!("`{s}`: only scheme, host and port are allowed"));
+        return None;
+    }
+    Some(Upstream {
+        security,
+        host,
+        port: url.port().unwrap_or(default_port),
+    })
+}
+
+fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> Option<Provider> {
+    let key = |k: &str| format!("provider.{name}.{k}");
+    if p.preset.is_none() {
+        errs.push(
+            key("preset"),
+            "missing; set office365, outlook, gmail or custom",
+        );
+    }
+    let preset = choice::<Preset>(errs, &key("preset"), p.preset)?;
+    let flow = choice(errs, &key("flow"), p.flow).unwrap_or(Flow::AuthorizationCode);
+    let before = errs.list.len();
+
+    let client_id = p.client_id.unwrap_or_default();
+    if client_id.trim().is_empty() {
+        errs.push(
+            key("client_id"),
+            "missing; set the application (client) ID of your app registration",
+        );
+    }
+    let client_secret = match (p.client_secret, p.client_secret_file) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                key("client_secret"),
+                "set client_secret or client_secret_file, not both",
+            );
+            None
+        }
+        (Some(s), None) => Some(SecretString::from(s)),
+        (None, Some(f)) => {
+            let path = relative_to(file, &f);
+            match std::fs::read_to_string(&path) {
+                Ok(s) if !s.trim().is_empty() => Some(SecretString::from(s.trim().to_owned())),
+                Ok(_) => {
+                    errs.push(
+                        key("client_secret_file"),
+                        format!("{} is empty", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    errs.push(
+                        key("client_secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    };
+
+    let is_microsoft = matches!(preset, Preset::Office365 | Preset::Outlook);
+    if let Some(t) = &p.tenant {
+        if !is_microsoft {
+            errs.push(
+                key("tenant"),
+                "only the office365 and outlook presets have a tenant",
+            );
+        } else if t.is_empty()
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            errs.push(
+                key("tenant"),
+                format!("`{t}` is not a tenant: use common, organizations, consumers, a tenant ID or a domain"),
+            );
+        }
+    }
+    let pv = presets::values(preset, p.tenant.as_deref(), flow);
+    let tenant = is_microsoft.then(|| {
+        p.tenant
+            .clone()
+            .unwrap_or_else(|| pv.default_tenant.unwrap_or("common").to_owned())
+    });
+
+    if preset == Preset::Gmail && flow == Flow::DeviceCode {
+        errs.push(
+            key("flow"),
+            "Google does not allow the device flow for mail scopes; use authorization_code",
+        );
+    }
+    if preset == Preset::Gmail && flow == Flow::ClientCredentials {
+        errs.push(
+            key("flow"),
+            "Google has no client-credentials grant for Gmail; use authorization_code",
+        );
+    }
+
+    let redirect_uri = p
+        .redirect_uri
+        .unwrap_or_else(|| "http://localhost:3017/".into());
+    let redirect_uri = match url::Url::parse(&redirect_uri) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Some(u),
+        Ok(_) | Err(_) => {
+            errs.push(
+                key("redirect_uri"),
+                format!("`{redirect_uri}` is not an http(s) URL, e.g. \"http://localhost:3017/\""),
+            );
+            None
+        }
+    };
+
+    let authorize_url = endpoint(errs, &key("authorize_url"), p.authorize_url.or(pv.authorize_url));
+    let token_url = endpoint(errs, &key("token_url"), p.token_url.or(pv.token_url));
+    let device_code_url = endpoint(
+        errs,
+        &key("device_code_url"),
+        p.device_code_url.or(pv.device_code_url),
+    );
+    if token_url.is_none() && errs.list.len() == before {
+        errs.push(key("token_url"), "missing; a custom provider must set token_url");
+    }
+    if flow == Flow::AuthorizationCode && authorize_url.is_none() {
+        errs.push(
+            key("authorize_url"),
+            "missing; the authorization_code flow needs authorize_url",
+        );
+    }
+    if flow == Flow::DeviceCode && device_code_url.is_none() && preset != Preset::Gmail {
+        errs.push(
+            key("device_code_url"),
+            "missing; the device_code flow needs device_code_url",
+        );
+    }
+
+    let scopes = p.scopes.unwrap_or(pv.scopes);
+    if scopes.is_empty() || scopes.iter().any(|s| s.trim().is_empty() || s.contains(' ')) {
+        errs.push(
+            key("scopes"),
+            "must list at least one scope, each without spaces",
+        );
+    }
+
+    let imap = upstream(errs, &key("imap"), p.imap.or(pv.imap.map(Into::into)), Protocol::Imap);
+    let pop3 = upstream(errs, &key("pop3"), p.pop3.or(pv.pop3.map(Into::into)), Protocol::Pop3);
+    let smtp = upstream(errs, &key("smtp"), p.smtp.or(pv.smtp.map(Into::into)), Protocol::Smtp);
+    if imap.is_none() && pop3.is_none() && smtp.is_none() && errs.list.len() == before {
+        errs.push(
+            key("imap"),
+            "a custom provider must name at least one server: imap, pop3 or smtp",
+        );
+    }
+
+    let ca_file = p.ca_file.map(|c| relative_to(file, &c));
+    if let Some(ca) = &ca_file
+        && !ca.is_file()
+    {
+        errs.push(
+            key("ca_file"),
+            format!("{} does not exist or is not a file", ca.display()),
+        );
+    }
+    let min_token_life = duration(
+        errs,
+        &key("min_token_life"),
+        p.min_token_life,
+        Duration::from_secs(30 * 60),
+    );
+
+    if errs.list.len() != before {
+        return None;
+    }
+    Some(Provider {
+        name: name.to_owned(),
+        preset,
+        client_id,
+        client_secret,
+        tenant,
+        flow,
+        redirect_uri: redirect_uri?,
+        authorize_url,
+        token_url: token_url?,
+        device_code_url,
+        scopes,
+        imap,
+        pop3,
+        smtp,
+        ca_file,
+        min_token_life,
+    })
+}
+
+fn accounts(
+    raw: Vec<RawAccount>,
+    providers: &BTreeMap<String, Arc<Provider>>,
+    errs: &mut Errors<'_>,
+) -> Vec<Account> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, a) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("account[{i}].{k}");
+        let Some(user) = a.user.map(|u| u.trim().to_lowercase()) else {
+            errs.push(key("user"), "missing; set the address the mail client logs in with");
+            continue;
+        };
+        let pattern = if let Some(domain) = user.strip_prefix("*@") {
+            if domain.is_empty() || domain.contains(['@', '*', ' ']) {
+                errs.push(key("user"), format!("`{user}`: write a domain pattern as *@example.org"));
+                continue;
+            }
+            UserPattern::Domain(domain.to_owned())
+        } else {
+            if user.is_empty() || user.contains(['*', ' ', '"', '\\']) || user.chars().any(char::is_control) {
+                errs.push(
+                    key("user"),
+                    format!("`{user}` is not a user name: an address like alice@example.com, or *@example.com for a whole domain"),
+                );
+                continue;
+            }
+            UserPattern::Exact(user.clone())
+        };
+        if !seen.insert(pattern.clone()) {
+            errs.push(key("user"), format!("`{pattern}` is listed twice"));
+        }
+        let provider_name = a.provider.unwrap_or_default();
+        let provider = providers.get(&provider_name);
+        if provider_name.is_empty() {
+            errs.push(key("provider"), "missing; name one of the [provider.NAME] sections");
+        } else if provider.is_none() {
+            let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+            errs.push(
+                key("provider"),
+                format!(
+                    "no provider named `{provider_name}` (defined: {})",
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                ),
+            );
+        }
+        if let Some(h) = &a.password_hash
+            && argon2::PasswordHash::new(h).is_err()
+        {
+            errs.push(
+                key("password_hash"),
+                "not a PHC string; create one with `mailgate hash-password`",
+            );
+        }
+        if provider.is_some_and(|p| p.flow == Flow::ClientCredentials) && a.password_hash.is_none() {
+            errs.push(
+                key("password_hash"),
+                "required with a client_credentials provider (there is no user token to seal); create one with `mailgate hash-password`",
+            );
+        }
+        out.push(Account {
+            user: pattern,
+            provider: provider_name,
+            upstream_user: a.upstream_user,
+            password_hash: a.password_hash,
+        });
+    }
+    out
+}

@@ -1,0 +1,325 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mailgate_config::{
+    Flow, LogFormat, Preset, Protocol, UpstreamSecurity, UserPattern, load_with_env,
+};
+use secrecy::ExposeSecret;
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("mailgate.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn errors_of(text: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), text);
+    match load_with_env(&p, no_env()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .0
+            .iter()
+            .map(|e| {
+                let s = e.to_string();
+                let prefix = format!("{}:", p.display());
+                assert!(s.starts_with(&prefix), "{s} does not start with the file");
+                s[prefix.len()..].to_string()
+            })
+            .collect(),
+    }
+}
+
+const MINIMAL: &str = r#"
+[[listener]]
+protocol = "imap"
+address = "127.0.0.1:1143"
+
+[provider.o]
+preset = "office365"
+client_id = "abc"
+
+[[account]]
+user = "Carine@Example.com"
+provider = "o"
+"#;
+
+#[test]
+fn every_shipped_example_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cfg = load_with_env(&path, no_env())
+                .unwrap_or_else(|e| panic!("{} does not load:\n{e}", path.display()));
+            assert!(!cfg.listeners.is_empty());
+            assert!(!cfg.accounts.is_empty());
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "expected at least three examples, found {n}");
+}
+
+#[test]
+fn defaults_and_presets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), MINIMAL);
+    let cfg = load_with_env(&p, no_env()).expect("loads");
+    assert_eq!(cfg.gateway.state_dir, dir.path().join("state"));
+    assert_eq!(cfg.gateway.hostname, "localhost");
+    assert_eq!(cfg.gateway.log_format, LogFormat::Text);
+    assert_eq!(cfg.gateway.max_connections, 10_000);
+    assert_eq!(cfg.gateway.preauth_timeout, Duration::from_secs(60));
+    assert_eq!(cfg.gateway.shutdown_grace, Duration::from_secs(30));
+    let o = cfg.provider("o").expect("provider");
+    assert_eq!(o.preset, Preset::Office365);
+    assert_eq!(o.flow, Flow::AuthorizationCode);
+    assert_eq!(o.tenant.as_deref(), Some("common"));
+    assert_eq!(
+        o.token_url.as_str(),
+        "https://login.microsoftonline.com/common/oauth2/v2.0/token"
+    );
+    assert_eq!(
+        o.authorize_url.as_ref().map(|u| u.as_str()),
+        Some("https://login.microsoftonline.com/common/oauth2/v2.0/authorize")
+    );
+    assert!(o.scopes.contains(&"offline_access".to_string()));
+    assert!(o.scopes.contains(&"https://outlook.office.com/IMAP.AccessAsUser.All".to_string()));
+    let imap = o.imap.as_ref().expect("imap");
+    assert_eq!(
+        (imap.host.as_str(), imap.port, imap.security),
+        ("outlook.office365.com", 993, UpstreamSecurity::ImplicitTls)
+    );
+    let smtp = o.smtp.as_ref().expect("smtp");
+    assert_eq!(
+        (smtp.host.as_str(), smtp.port, smtp.security),
+        ("smtp.office365.com", 587, UpstreamSecurity::StartTls)
+    );
+    assert_eq!(o.redirect_uri.as_str(), "http://localhost:3017/");
+    assert_eq!(o.min_token_life, Duration::from_secs(1800));
+    assert_eq!(cfg.accounts[0].user, UserPattern::Exact("carine@example.com".into()));
+    assert!(cfg.find_account("CARINE@example.COM").is_some());
+    assert!(cfg.find_account("other@example.com").is_none());
+}
+
+#[test]
+fn tenant_and_outlook_and_gmail_presets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(
+        dir.path(),
+        r#"
+[[listener]]
+protocol = "imap"
+address = "127.0.0.1:1143"
+[provider.t]
+preset = "office365"
+client_id = "x"
+tenant = "contoso.onmicrosoft.com"
+flow = "client_credentials"
+[provider.out]
+preset = "outlook"
+client_id = "y"
+[provider.g]
+preset = "gmail"
+client_id = "z"
+[[account]]
+user = "a@contoso.com"
+provider = "t"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"
+"#,
+    );
+    let cfg = load_with_env(&p, no_env()).expect("loads");
+    let t = cfg.provider("t").expect("t");
+    assert_eq!(
+        t.token_url.as_str(),
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(t.scopes, vec!["https://outlook.office365.com/.default".to_string()]);
+    let out = cfg.provider("out").expect("out");
+    assert_eq!(out.tenant.as_deref(), Some("consumers"));
+    assert_eq!(out.smtp.as_ref().map(|s| s.host.as_str()), Some("smtp-mail.outlook.com"));
+    let g = cfg.provider("g").expect("g");
+    assert_eq!(g.token_url.as_str(), "https://oauth2.googleapis.com/token");
+    assert_eq!(g.scopes, vec!["https://mail.google.com/".to_string()]);
+    assert_eq!(g.smtp.as_ref().map(|s| (s.port, s.security)), Some((465, UpstreamSecurity::ImplicitTls)));
+    assert!(g.tenant.is_none());
+    assert!(g.device_code_url.is_none());
+}
+
+#[test]
+fn environment_overrides_and_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), MINIMAL);
+    let env = vec![
+        ("MAILGATE_PROVIDER__O__CLIENT_SECRET".to_string(), "s3cret".to_string()),
+        ("MAILGATE_GATEWAY__HOSTNAME".to_string(), "box.example.net".to_string()),
+        ("MAILGATE_GATEWAY__MAX_CONNECTIONS".to_string(), "50".to_string()),
+        // Not overrides: they must not be taken for unknown keys.
+        ("MAILGATE_CONFIG".to_string(), "/elsewhere.toml".to_string()),
+        ("MAILGATE_PASSWORD".to_string(), "pw".to_string()),
+        ("OTHER__THING".to_string(), "x".to_string()),
+    ];
+    let cfg = load_with_env(&p, env).expect("loads");
+    assert_eq!(
+        cfg.provider("o")
+            .and_then(|o| o.client_secret.as_ref())
+            .map(|s| s.expose_secret().to_string()),
+        Some("s3cret".to_string())
+    );
+    assert_eq!(cfg.gateway.hostname, "box.example.net");
+    assert_eq!(cfg.gateway.max_connections, 50);
+    // The secret never shows in Debug output or in the summary.
+    assert!(!format!("{cfg:?}").contains("s3cret"));
+    assert!(!cfg.describe().contains("s3cret"));
+
+    let err = load_with_env(
+        &p,
+        vec![("MAILGATE_GATEWAY__NO_SUCH_KEY".to_string(), "1".to_string())],
+    )
+    .expect_err("unknown override");
+    assert!(err.to_string().contains("no_such_key"), "{err}");
+}
+
+#[test]
+fn client_secret_file_relative_to_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("secret.txt"), "from-file\n").expect("write");
+    let text = MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nclient_secret_file = \"secret.txt\"");
+    let p = write(dir.path(), &text);
+    let cfg = load_with_env(&p, no_env()).expect("loads");
+    let s = cfg.provider("o").and_then(|o| o.client_secret.as_ref()).expect("secret");
+    assert_eq!(s.expose_secret(), "from-file");
+}
+
+#[test]
+fn domain_accounts() {
+    let text = r#"
+[[listener]]
+protocol = "imap"
+address = "127.0.0.1:1143"
+[provider.g]
+preset = "gmail"
+client_id = "z"
+[[account]]
+user = "*@Example.org"
+provider = "g"
+[[account]]
+user = "boss@example.org"
+provider = "g"
+upstream_user = "ceo@example.org"
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), text);
+    let cfg = load_with_env(&p, no_env()).expect("loads");
+    let a = cfg.find_account("Anyone@EXAMPLE.org").expect("domain match");
+    assert_eq!(a.user, UserPattern::Domain("example.org".into()));
+    let b = cfg.find_account("boss@example.org").expect("exact first");
+    assert_eq!(b.upstream_user.as_deref(), Some("ceo@example.org"));
+    assert!(cfg.find_account("@example.org").is_none());
+    assert!(cfg.find_account("x@example.org.evil").is_none());
+    assert!(cfg.find_account("x@sub.example.org").is_none());
+}
+
+#[test]
+fn errors_name_file_and_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[gateway]\nbogus = 1\n",
+            "unknown field `bogus`",
+        ),
+        (
+            &MINIMAL.replace("address = \"127.0.0.1:1143\"", "address = \"nowhere\""),
+            "listener[0].address: `nowhere` is not an address",
+        ),
+        (
+            &MINIMAL.replace("address = \"127.0.0.1:1143\"", "address = \"0.0.0.0:1143\""),
+            "listener[0].address: 0.0.0.0:1143 is not a loopback address",
+        ),
+        (
+            &MINIMAL.replace("provider = \"o\"", "provider = \"nope\""),
+            "account[0].provider: no provider named `nope` (defined: o)",
+        ),
+        (
+            &MINIMAL.replace("client_id = \"abc\"", ""),
+            "provider.o.client_id: missing",
+        ),
+        (
+            &MINIMAL.replace("preset = \"office365\"", "preset = \"aol\""),
+            "provider.o.preset: `aol` is not one of: office365, outlook, gmail, custom",
+        ),
+        (
+            &MINIMAL.replace("preset = \"office365\"", "preset = \"gmail\"\nflow = \"device_code\""),
+            "provider.o.flow: Google does not allow the device flow",
+        ),
+        (
+            &MINIMAL.replace("preset = \"office365\"", "preset = \"custom\""),
+            "provider.o.token_url: missing",
+        ),
+        (
+            &MINIMAL.replace(
+                "preset = \"office365\"",
+                "preset = \"custom\"\ntoken_url = \"http://oauth.example.com/token\"",
+            ),
+            "provider.o.token_url: `http://oauth.example.com/token` must be an https:// URL",
+        ),
+        (
+            &MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nimap = \"http://x\""),
+            "provider.o.imap: `http://x`: the scheme must be imaps:// (implicit TLS) or imap:// (STARTTLS)",
+        ),
+        (
+            &MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nmin_token_life = \"soon\""),
+            "provider.o.min_token_life: `soon` is not a duration",
+        ),
+        (
+            &MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nflow = \"client_credentials\""),
+            "account[0].password_hash: required with a client_credentials provider",
+        ),
+        (
+            &format!("{MINIMAL}\n[[account]]\nuser = \"carine@example.com\"\nprovider = \"o\"\n"),
+            "account[1].user: `carine@example.com` is listed twice",
+        ),
+        ("[[listener]]\nprotocol = \"imap\"\naddress = ", "not valid TOML"),
+        (
+            &MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nca_file = \"missing.pem\""),
+            "provider.o.ca_file:",
+        ),
+        ("", "listener: no [[listener]] is configured"),
+    ];
+    for (text, want) in cases {
+        let errs = errors_of(text);
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "wanted {want:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn all_errors_reported_at_once() {
+    let text = MINIMAL
+        .replace("address = \"127.0.0.1:1143\"", "address = \"bad\"")
+        .replace("client_id = \"abc\"", "client_id = \"\"");
+    let errs = errors_of(&text);
+    assert!(errs.len() >= 2, "{errs:#?}");
+}
+
+#[test]
+fn upstream_urls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = MINIMAL.replace(
+        "client_id = \"abc\"",
+        "client_id = \"abc\"\nimap = \"imap://127.0.0.2\"\npop3 = \"pop3s://[::1]:1995\"",
+    );
+    let p = write(dir.path(), &text);
+    let cfg = load_with_env(&p, no_env()).expect("loads");
+    let o = cfg.provider("o").expect("o");
+    let imap = o.upstream(Protocol::Imap).expect("imap");
+    assert_eq!((imap.host.as_str(), imap.port, imap.security), ("127.0.0.2", 143, UpstreamSecurity::StartTls));
+    let pop3 = o.upstream(Protocol::Pop3).expect("pop3");
+    assert_eq!((pop3.host.as_str(), pop3.port), ("::1", 1995));
+}
