@@ -74,7 +74,9 @@ fn system_roots() -> &'static RootCertStore {
 
 /// The rustls client configuration for one provider's upstream servers:
 /// system roots plus `ca_file`, TLS 1.2 and 1.3, full verification.
-pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, CertError> {
+pub fn upstream_client_config(
+    ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, CertError> {
     let mut roots = system_roots().clone();
     if let Some(path) = ca_file {
         for cert in load_certificates(path)? {

@@ -29,13 +29,17 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, String> {
         candidates.push(PathBuf::from(h).join(".config/mailgate/mailgate.toml"));
     }
     candidates.push(PathBuf::from("/etc/mailgate/mailgate.toml"));
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        format!(
-            "no configuration file found (looked for {}); pass -c FILE or set {ENV_CONFIG}",
-            list.join(", ")
-        )
-    })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            format!(
+                "no configuration file found (looked for {}); pass -c FILE or set {ENV_CONFIG}",
+                list.join(", ")
+            )
+        })
 }
 
 /// Loads and validates `path`, with overrides from the process environment.

@@ -12,8 +12,7 @@ use secrecy::SecretString;
 use crate::presets;
 use crate::raw::{RawAccount, RawConfig, RawGateway, RawListener, RawProvider};
 use crate::{
-    Choice,
-    Account, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener, LogFormat, Preset,
+    Account, Choice, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener, LogFormat, Preset,
     Protocol, Provider, TlsMode, Upstream, UpstreamSecurity, UserPattern, relative_to,
 };
 
@@ -175,7 +174,10 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
         }
         let address = match l.address.as_deref().map(str::parse::<SocketAddr>) {
             None => {
-                errs.push(key("address"), "missing; write IP:PORT, e.g. \"127.0.0.1:1143\"");
+                errs.push(
+                    key("address"),
+                    "missing; write IP:PORT, e.g. \"127.0.0.1:1143\"",
+                );
                 continue;
             }
             Some(Err(_)) => {
@@ -191,7 +193,10 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
             Some(Ok(a)) => a,
         };
         if address.port() != 0 && !seen.insert(address) {
-            errs.push(key("address"), format!("{address} is used by another listener"));
+            errs.push(
+                key("address"),
+                format!("{address} is used by another listener"),
+            );
         }
         let tls = choice(errs, &key("tls"), l.tls).unwrap_or(TlsMode::None);
         if tls != TlsMode::None {
@@ -210,7 +215,10 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
             );
         }
         if l.certificate.is_some() != l.key.is_some() {
-            errs.push(key("certificate"), "certificate and key must be set together");
+            errs.push(
+                key("certificate"),
+                "certificate and key must be set together",
+            );
         }
         out.push(Listener {
             protocol,
@@ -312,7 +320,10 @@ fn upstream(
     };
     if url.path() != "" && url.path() != "/" || url.query().is_some() || !url.username().is_empty()
     {
-        errs.push(key, format!("`{s}`: only scheme, host and port are allowed"));
+        errs.push(
+            key,
+            format!("`{s}`: only scheme, host and port are allowed"),
+        );
         return None;
     }
     Some(Upstream {
@@ -425,7 +436,11 @@ fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> O
         }
     };
 
-    let authorize_url = endpoint(errs, &key("authorize_url"), p.authorize_url.or(pv.authorize_url));
+    let authorize_url = endpoint(
+        errs,
+        &key("authorize_url"),
+        p.authorize_url.or(pv.authorize_url),
+    );
     let token_url = endpoint(errs, &key("token_url"), p.token_url.or(pv.token_url));
     let device_code_url = endpoint(
         errs,
@@ -433,7 +448,10 @@ fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> O
         p.device_code_url.or(pv.device_code_url),
     );
     if token_url.is_none() && errs.list.len() == before {
-        errs.push(key("token_url"), "missing; a custom provider must set token_url");
+        errs.push(
+            key("token_url"),
+            "missing; a custom provider must set token_url",
+        );
     }
     if flow == Flow::AuthorizationCode && authorize_url.is_none() {
         errs.push(
@@ -449,16 +467,35 @@ fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> O
     }
 
     let scopes = p.scopes.unwrap_or(pv.scopes);
-    if scopes.is_empty() || scopes.iter().any(|s| s.trim().is_empty() || s.contains(' ')) {
+    if scopes.is_empty()
+        || scopes
+            .iter()
+            .any(|s| s.trim().is_empty() || s.contains(' '))
+    {
         errs.push(
             key("scopes"),
             "must list at least one scope, each without spaces",
         );
     }
 
-    let imap = upstream(errs, &key("imap"), p.imap.or(pv.imap.map(Into::into)), Protocol::Imap);
-    let pop3 = upstream(errs, &key("pop3"), p.pop3.or(pv.pop3.map(Into::into)), Protocol::Pop3);
-    let smtp = upstream(errs, &key("smtp"), p.smtp.or(pv.smtp.map(Into::into)), Protocol::Smtp);
+    let imap = upstream(
+        errs,
+        &key("imap"),
+        p.imap.or(pv.imap.map(Into::into)),
+        Protocol::Imap,
+    );
+    let pop3 = upstream(
+        errs,
+        &key("pop3"),
+        p.pop3.or(pv.pop3.map(Into::into)),
+        Protocol::Pop3,
+    );
+    let smtp = upstream(
+        errs,
+        &key("smtp"),
+        p.smtp.or(pv.smtp.map(Into::into)),
+        Protocol::Smtp,
+    );
     if imap.is_none() && pop3.is_none() && smtp.is_none() && errs.list.len() == before {
         errs.push(
             key("imap"),
@@ -515,17 +552,26 @@ fn accounts(
     for (i, a) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("account[{i}].{k}");
         let Some(user) = a.user.map(|u| u.trim().to_lowercase()) else {
-            errs.push(key("user"), "missing; set the address the mail client logs in with");
+            errs.push(
+                key("user"),
+                "missing; set the address the mail client logs in with",
+            );
             continue;
         };
         let pattern = if let Some(domain) = user.strip_prefix("*@") {
             if domain.is_empty() || domain.contains(['@', '*', ' ']) {
-                errs.push(key("user"), format!("`{user}`: write a domain pattern as *@example.org"));
+                errs.push(
+                    key("user"),
+                    format!("`{user}`: write a domain pattern as *@example.org"),
+                );
                 continue;
             }
             UserPattern::Domain(domain.to_owned())
         } else {
-            if user.is_empty() || user.contains(['*', ' ', '"', '\\']) || user.chars().any(char::is_control) {
+            if user.is_empty()
+                || user.contains(['*', ' ', '"', '\\'])
+                || user.chars().any(char::is_control)
+            {
                 errs.push(
                     key("user"),
                     format!("`{user}` is not a user name: an address like alice@example.com, or *@example.com for a whole domain"),
@@ -540,14 +586,21 @@ fn accounts(
         let provider_name = a.provider.unwrap_or_default();
         let provider = providers.get(&provider_name);
         if provider_name.is_empty() {
-            errs.push(key("provider"), "missing; name one of the [provider.NAME] sections");
+            errs.push(
+                key("provider"),
+                "missing; name one of the [provider.NAME] sections",
+            );
         } else if provider.is_none() {
             let known: Vec<&str> = providers.keys().map(String::as_str).collect();
             errs.push(
                 key("provider"),
                 format!(
                     "no provider named `{provider_name}` (defined: {})",
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             );
         }
@@ -559,7 +612,8 @@ fn accounts(
                 "not a PHC string; create one with `mailgate hash-password`",
             );
         }
-        if provider.is_some_and(|p| p.flow == Flow::ClientCredentials) && a.password_hash.is_none() {
+        if provider.is_some_and(|p| p.flow == Flow::ClientCredentials) && a.password_hash.is_none()
+        {
             errs.push(
                 key("password_hash"),
                 "required with a client_credentials provider (there is no user token to seal); create one with `mailgate hash-password`",

@@ -21,16 +21,16 @@ fn errors_of(text: &str) -> Vec<String> {
     let p = write(dir.path(), text);
     match load_with_env(&p, no_env()) {
         Ok(_) => Vec::new(),
-        Err(e) => e
-            .0
-            .iter()
-            .map(|e| {
-                let s = e.to_string();
-                let prefix = format!("{}:", p.display());
-                assert!(s.starts_with(&prefix), "{s} does not start with the file");
-                s[prefix.len()..].to_string()
-            })
-            .collect(),
+        Err(e) => {
+            e.0.iter()
+                .map(|e| {
+                    let s = e.to_string();
+                    let prefix = format!("{}:", p.display());
+                    assert!(s.starts_with(&prefix), "{s} does not start with the file");
+                    s[prefix.len()..].to_string()
+                })
+                .collect()
+        }
     }
 }
 
@@ -89,7 +89,10 @@ fn defaults_and_presets() {
         Some("https://login.microsoftonline.com/common/oauth2/v2.0/authorize")
     );
     assert!(o.scopes.contains(&"offline_access".to_string()));
-    assert!(o.scopes.contains(&"https://outlook.office.com/IMAP.AccessAsUser.All".to_string()));
+    assert!(
+        o.scopes
+            .contains(&"https://outlook.office.com/IMAP.AccessAsUser.All".to_string())
+    );
     let imap = o.imap.as_ref().expect("imap");
     assert_eq!(
         (imap.host.as_str(), imap.port, imap.security),
@@ -102,7 +105,10 @@ fn defaults_and_presets() {
     );
     assert_eq!(o.redirect_uri.as_str(), "http://localhost:3017/");
     assert_eq!(o.min_token_life, Duration::from_secs(1800));
-    assert_eq!(cfg.accounts[0].user, UserPattern::Exact("carine@example.com".into()));
+    assert_eq!(
+        cfg.accounts[0].user,
+        UserPattern::Exact("carine@example.com".into())
+    );
     assert!(cfg.find_account("CARINE@example.COM").is_some());
     assert!(cfg.find_account("other@example.com").is_none());
 }
@@ -139,14 +145,23 @@ password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+d
         t.token_url.as_str(),
         "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
     );
-    assert_eq!(t.scopes, vec!["https://outlook.office365.com/.default".to_string()]);
+    assert_eq!(
+        t.scopes,
+        vec!["https://outlook.office365.com/.default".to_string()]
+    );
     let out = cfg.provider("out").expect("out");
     assert_eq!(out.tenant.as_deref(), Some("consumers"));
-    assert_eq!(out.smtp.as_ref().map(|s| s.host.as_str()), Some("smtp-mail.outlook.com"));
+    assert_eq!(
+        out.smtp.as_ref().map(|s| s.host.as_str()),
+        Some("smtp-mail.outlook.com")
+    );
     let g = cfg.provider("g").expect("g");
     assert_eq!(g.token_url.as_str(), "https://oauth2.googleapis.com/token");
     assert_eq!(g.scopes, vec!["https://mail.google.com/".to_string()]);
-    assert_eq!(g.smtp.as_ref().map(|s| (s.port, s.security)), Some((465, UpstreamSecurity::ImplicitTls)));
+    assert_eq!(
+        g.smtp.as_ref().map(|s| (s.port, s.security)),
+        Some((465, UpstreamSecurity::ImplicitTls))
+    );
     assert!(g.tenant.is_none());
     assert!(g.device_code_url.is_none());
 }
@@ -156,9 +171,18 @@ fn environment_overrides_and_secrets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = write(dir.path(), MINIMAL);
     let env = vec![
-        ("MAILGATE_PROVIDER__O__CLIENT_SECRET".to_string(), "s3cret".to_string()),
-        ("MAILGATE_GATEWAY__HOSTNAME".to_string(), "box.example.net".to_string()),
-        ("MAILGATE_GATEWAY__MAX_CONNECTIONS".to_string(), "50".to_string()),
+        (
+            "MAILGATE_PROVIDER__O__CLIENT_SECRET".to_string(),
+            "s3cret".to_string(),
+        ),
+        (
+            "MAILGATE_GATEWAY__HOSTNAME".to_string(),
+            "box.example.net".to_string(),
+        ),
+        (
+            "MAILGATE_GATEWAY__MAX_CONNECTIONS".to_string(),
+            "50".to_string(),
+        ),
         // Not overrides: they must not be taken for unknown keys.
         ("MAILGATE_CONFIG".to_string(), "/elsewhere.toml".to_string()),
         ("MAILGATE_PASSWORD".to_string(), "pw".to_string()),
@@ -189,10 +213,16 @@ fn environment_overrides_and_secrets() {
 fn client_secret_file_relative_to_config() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("secret.txt"), "from-file\n").expect("write");
-    let text = MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nclient_secret_file = \"secret.txt\"");
+    let text = MINIMAL.replace(
+        "client_id = \"abc\"",
+        "client_id = \"abc\"\nclient_secret_file = \"secret.txt\"",
+    );
     let p = write(dir.path(), &text);
     let cfg = load_with_env(&p, no_env()).expect("loads");
-    let s = cfg.provider("o").and_then(|o| o.client_secret.as_ref()).expect("secret");
+    let s = cfg
+        .provider("o")
+        .and_then(|o| o.client_secret.as_ref())
+        .expect("secret");
     assert_eq!(s.expose_secret(), "from-file");
 }
 
@@ -216,7 +246,9 @@ upstream_user = "ceo@example.org"
     let dir = tempfile::tempdir().expect("tempdir");
     let p = write(dir.path(), text);
     let cfg = load_with_env(&p, no_env()).expect("loads");
-    let a = cfg.find_account("Anyone@EXAMPLE.org").expect("domain match");
+    let a = cfg
+        .find_account("Anyone@EXAMPLE.org")
+        .expect("domain match");
     assert_eq!(a.user, UserPattern::Domain("example.org".into()));
     let b = cfg.find_account("boss@example.org").expect("exact first");
     assert_eq!(b.upstream_user.as_deref(), Some("ceo@example.org"));
@@ -228,10 +260,7 @@ upstream_user = "ceo@example.org"
 #[test]
 fn errors_name_file_and_key() {
     let cases: &[(&str, &str)] = &[
-        (
-            "[gateway]\nbogus = 1\n",
-            "unknown field `bogus`",
-        ),
+        ("[gateway]\nbogus = 1\n", "unknown field `bogus`"),
         (
             &MINIMAL.replace("address = \"127.0.0.1:1143\"", "address = \"nowhere\""),
             "listener[0].address: `nowhere` is not an address",
@@ -253,7 +282,10 @@ fn errors_name_file_and_key() {
             "provider.o.preset: `aol` is not one of: office365, outlook, gmail, custom",
         ),
         (
-            &MINIMAL.replace("preset = \"office365\"", "preset = \"gmail\"\nflow = \"device_code\""),
+            &MINIMAL.replace(
+                "preset = \"office365\"",
+                "preset = \"gmail\"\nflow = \"device_code\"",
+            ),
             "provider.o.flow: Google does not allow the device flow",
         ),
         (
@@ -268,24 +300,39 @@ fn errors_name_file_and_key() {
             "provider.o.token_url: `http://oauth.example.com/token` must be an https:// URL",
         ),
         (
-            &MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nimap = \"http://x\""),
+            &MINIMAL.replace(
+                "client_id = \"abc\"",
+                "client_id = \"abc\"\nimap = \"http://x\"",
+            ),
             "provider.o.imap: `http://x`: the scheme must be imaps:// (implicit TLS) or imap:// (STARTTLS)",
         ),
         (
-            &MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nmin_token_life = \"soon\""),
+            &MINIMAL.replace(
+                "client_id = \"abc\"",
+                "client_id = \"abc\"\nmin_token_life = \"soon\"",
+            ),
             "provider.o.min_token_life: `soon` is not a duration",
         ),
         (
-            &MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nflow = \"client_credentials\""),
+            &MINIMAL.replace(
+                "client_id = \"abc\"",
+                "client_id = \"abc\"\nflow = \"client_credentials\"",
+            ),
             "account[0].password_hash: required with a client_credentials provider",
         ),
         (
             &format!("{MINIMAL}\n[[account]]\nuser = \"carine@example.com\"\nprovider = \"o\"\n"),
             "account[1].user: `carine@example.com` is listed twice",
         ),
-        ("[[listener]]\nprotocol = \"imap\"\naddress = ", "not valid TOML"),
         (
-            &MINIMAL.replace("client_id = \"abc\"", "client_id = \"abc\"\nca_file = \"missing.pem\""),
+            "[[listener]]\nprotocol = \"imap\"\naddress = ",
+            "not valid TOML",
+        ),
+        (
+            &MINIMAL.replace(
+                "client_id = \"abc\"",
+                "client_id = \"abc\"\nca_file = \"missing.pem\"",
+            ),
             "provider.o.ca_file:",
         ),
         ("", "listener: no [[listener]] is configured"),
@@ -319,7 +366,10 @@ fn upstream_urls() {
     let cfg = load_with_env(&p, no_env()).expect("loads");
     let o = cfg.provider("o").expect("o");
     let imap = o.upstream(Protocol::Imap).expect("imap");
-    assert_eq!((imap.host.as_str(), imap.port, imap.security), ("127.0.0.2", 143, UpstreamSecurity::StartTls));
+    assert_eq!(
+        (imap.host.as_str(), imap.port, imap.security),
+        ("127.0.0.2", 143, UpstreamSecurity::StartTls)
+    );
     let pop3 = o.upstream(Protocol::Pop3).expect("pop3");
     assert_eq!((pop3.host.as_str(), pop3.port), ("::1", 1995));
 }

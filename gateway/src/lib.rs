@@ -1,1 +1,19 @@
+//! mailgate: an OAuth 2.0 gateway for IMAP, POP3 and SMTP.
+//!
+//! Mail clients log in locally with a plain password; mailgate maps the user
+//! to an account, keeps its OAuth tokens sealed and fresh, logs in upstream
+//! with XOAUTH2 over verified TLS and then relays the session untouched.
 
+pub mod accounts;
+pub mod backoff;
+pub mod cli;
+pub mod imap;
+pub mod logging;
+pub mod login;
+pub mod oauth;
+pub mod relay;
+pub mod server;
+pub mod store;
+pub mod upstream;
+
+pub use server::{Gateway, start};

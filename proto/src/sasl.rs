@@ -131,7 +131,12 @@ mod tests {
                 "jos\u{e9}@x.test",
                 "p\u{e4}ss",
             ),
-            (b"\0a\0pass word with spaces", None, "a", "pass word with spaces"),
+            (
+                b"\0a\0pass word with spaces",
+                None,
+                "a",
+                "pass word with spaces",
+            ),
         ];
         for (msg, authz, authc, pw) in ok {
             let c = decode_plain(msg).expect("valid PLAIN");
@@ -164,8 +169,16 @@ mod tests {
 
     #[test]
     fn base64_forms() {
-        assert!(decode_base64(b"=").expect("empty").expose_secret().is_empty());
-        assert_eq!(decode_base64(b"AGEAYg==\r\n").expect("ok").expose_secret(), b"\0a\0b");
+        assert!(
+            decode_base64(b"=")
+                .expect("empty")
+                .expose_secret()
+                .is_empty()
+        );
+        assert_eq!(
+            decode_base64(b"AGEAYg==\r\n").expect("ok").expose_secret(),
+            b"\0a\0b"
+        );
         assert_eq!(decode_base64(b"not base64!").err(), Some(SaslError::Base64));
     }
 
@@ -194,13 +207,19 @@ mod tests {
         let c = decode_error_challenge(dovecot.as_bytes()).expect("dovecot");
         assert_eq!(c.status.as_deref(), Some("401"));
 
-        assert_eq!(decode_error_challenge(b"%%%").err(), Some(SaslError::Base64));
+        assert_eq!(
+            decode_error_challenge(b"%%%").err(),
+            Some(SaslError::Base64)
+        );
         let not_json = STANDARD.encode("hello");
         assert_eq!(
             decode_error_challenge(not_json.as_bytes()).err(),
             Some(SaslError::Json)
         );
         let array = STANDARD.encode("[1]");
-        assert_eq!(decode_error_challenge(array.as_bytes()).err(), Some(SaslError::Json));
+        assert_eq!(
+            decode_error_challenge(array.as_bytes()).err(),
+            Some(SaslError::Json)
+        );
     }
 }

@@ -3,13 +3,13 @@
 //! Each parser is named after the ABNF rule it implements. They are nom
 //! streaming parsers: a strict prefix of a valid command is `Incomplete`.
 
+use nom::Parser;
 use nom::branch::alt;
 use nom::bytes::streaming::{tag, tag_no_case, take, take_while, take_while1};
 use nom::character::streaming::digit1;
 use nom::combinator::{map, map_res, opt, value};
 use nom::multi::many0;
 use nom::sequence::{delimited, preceded, terminated};
-use nom::Parser;
 use secrecy::SecretString;
 
 use crate::{DecodeError, NomResult, finish};
@@ -41,7 +41,9 @@ pub enum CommandBody {
         initial_response: Option<SecretString>,
     },
     /// Any other well-formed command name; its arguments are not parsed.
-    Other { name: String },
+    Other {
+        name: String,
+    },
 }
 
 /// A line answering an `AUTHENTICATE` continuation request.
@@ -133,10 +135,7 @@ fn id_params_list(i: &[u8]) -> NomResult<'_, Option<Vec<(String, Option<String>)
         map(
             delimited(
                 tag("("),
-                opt((
-                    id_pair,
-                    many0(preceded(tag(" "), id_pair)),
-                )),
+                opt((id_pair, many0(preceded(tag(" "), id_pair)))),
                 tag(")"),
             ),
             |pairs| {
@@ -177,9 +176,10 @@ fn sasl_line(i: &[u8]) -> NomResult<'_, SaslLine> {
 
 /// `tag = 1*<any ASTRING-CHAR except "+">`
 pub(crate) fn imap_tag(i: &[u8]) -> NomResult<'_, String> {
-    map(take_while1(|b| is_astring_char(b) && b != b'+'), |t: &[u8]| {
-        String::from_utf8_lossy(t).into_owned()
-    })
+    map(
+        take_while1(|b| is_astring_char(b) && b != b'+'),
+        |t: &[u8]| String::from_utf8_lossy(t).into_owned(),
+    )
     .parse(i)
 }
 
@@ -193,11 +193,7 @@ pub(crate) fn atom(i: &[u8]) -> NomResult<'_, String> {
 
 /// `astring = 1*ASTRING-CHAR / string`
 fn astring(i: &[u8]) -> NomResult<'_, Vec<u8>> {
-    alt((
-        string,
-        map(take_while1(is_astring_char), <[u8]>::to_vec),
-    ))
-    .parse(i)
+    alt((string, map(take_while1(is_astring_char), <[u8]>::to_vec))).parse(i)
 }
 
 /// `nstring = string / nil`
@@ -334,13 +330,33 @@ mod tests {
         let cases: &[(&[u8], &str, &str, &str)] = &[
             (b"a1 LOGIN alice secret\r\n", "a1", "alice", "secret"),
             (b"a1 login alice secret\n", "a1", "alice", "secret"),
-            (b"A LOGIN \"alice@x.test\" \"p w\"\r\n", "A", "alice@x.test", "p w"),
+            (
+                b"A LOGIN \"alice@x.test\" \"p w\"\r\n",
+                "A",
+                "alice@x.test",
+                "p w",
+            ),
             (b"t LOGIN \"a\\\"b\" \"c\\\\d\"\r\n", "t", "a\"b", "c\\d"),
-            (b"t LOGIN {5}\r\nalice {6}\r\nsecret\r\n", "t", "alice", "secret"),
-            (b"t LOGIN {5+}\r\nalice {3+}\r\n\"x\"\r\n", "t", "alice", "\"x\""),
+            (
+                b"t LOGIN {5}\r\nalice {6}\r\nsecret\r\n",
+                "t",
+                "alice",
+                "secret",
+            ),
+            (
+                b"t LOGIN {5+}\r\nalice {3+}\r\n\"x\"\r\n",
+                "t",
+                "alice",
+                "\"x\"",
+            ),
             (b"t LOGIN alice {0}\r\n\r\n", "t", "alice", ""),
             (b"t LOGIN a]b pass]\r\n", "t", "a]b", "pass]"),
-            ("t LOGIN \"j\u{f6}rg\" \"p\u{e4}ss\"\r\n".as_bytes(), "t", "j\u{f6}rg", "p\u{e4}ss"),
+            (
+                "t LOGIN \"j\u{f6}rg\" \"p\u{e4}ss\"\r\n".as_bytes(),
+                "t",
+                "j\u{f6}rg",
+                "p\u{e4}ss",
+            ),
         ];
         for (input, t, u, p) in cases {
             assert_eq!(login(input), (t.to_string(), u.to_string(), p.to_string()));
@@ -478,7 +494,10 @@ mod tests {
         assert!(matches!(l, SaslLine::Response(ref s) if s.expose_secret() == "AGEAYg=="));
         let (_, l) = decode_sasl_line(b"\r\n").expect("empty");
         assert!(matches!(l, SaslLine::Response(ref s) if s.expose_secret().is_empty()));
-        assert!(matches!(decode_sasl_line(b"AGEA"), Err(DecodeError::Incomplete)));
+        assert!(matches!(
+            decode_sasl_line(b"AGEA"),
+            Err(DecodeError::Incomplete)
+        ));
         assert!(matches!(
             decode_sasl_line(b"not base64\r\n"),
             Err(DecodeError::Failed { .. })

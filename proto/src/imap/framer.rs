@@ -195,7 +195,10 @@ mod tests {
             (b"a LOGIN {3+}\r\n", Frame::Incomplete),
             (b"a LOGIN {3+}\r\nbob", Frame::Incomplete),
             (b"a LOGIN {3+}\r\nbob pw\r\n", Frame::Complete(22)),
-            (b"a LOGIN {3+}\r\nbob {2+}\r\npw\r\nrest", Frame::Complete(28)),
+            (
+                b"a LOGIN {3+}\r\nbob {2+}\r\npw\r\nrest",
+                Frame::Complete(28),
+            ),
             (b"a LOGIN {3}\r\nb\nb x\r\n", Frame::Complete(20)),
             (b"a LOGIN {33}\r\n", Frame::MessageTooLarge),
             (b"a LOGIN {99999999999}\r\n", Frame::MessageTooLarge),
@@ -204,7 +207,12 @@ mod tests {
         ];
         for (input, want) in cases {
             let mut f = Framer::new(small());
-            assert_eq!(f.next_message(input), *want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                f.next_message(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

@@ -27,7 +27,10 @@ pub enum Code {
     Capability(Vec<String>),
     /// Any other code, e.g. `AUTHENTICATIONFAILED` or `ALERT`, with its
     /// argument text if any.
-    Other { name: String, text: Option<String> },
+    Other {
+        name: String,
+        text: Option<String>,
+    },
 }
 
 /// One server reply line.

@@ -1,0 +1,131 @@
+//! Slowing down repeated wrong passwords, per user and per client address.
+//!
+//! The first failures are free (people mistype); from the third on, every
+//! attempt for that user or from that address waits `BASE * 2^(n-3)`, capped
+//! at `CAP`. A success clears both counters; counters are forgotten after
+//! `FORGET` without failures.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const FREE: u32 = 2;
+const BASE: Duration = Duration::from_millis(500);
+const CAP: Duration = Duration::from_secs(16);
+const FORGET: Duration = Duration::from_secs(15 * 60);
+/// Bound on remembered keys; old entries are pruned past it.
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    User(String),
+    Addr(IpAddr),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    failures: u32,
+    last: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct Backoff {
+    entries: Mutex<HashMap<Key, Entry>>,
+}
+
+fn delay_for(failures: u32) -> Duration {
+    if failures <= FREE {
+        return Duration::ZERO;
+    }
+    let exp = (failures - FREE - 1).min(16);
+    BASE.saturating_mul(1u32 << exp).min(CAP)
+}
+
+impl Backoff {
+    /// How long the next attempt for `user` from `addr` must wait.
+    pub fn delay(&self, user: &str, addr: IpAddr) -> Duration {
+        let now = Instant::now();
+        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        [Key::User(user.to_owned()), Key::Addr(addr)]
+            .iter()
+            .filter_map(|k| map.get(k))
+            .filter(|e| now.duration_since(e.last) < FORGET)
+            .map(|e| delay_for(e.failures))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Records a wrong password.
+    pub fn failure(&self, user: &str, addr: IpAddr) {
+        let now = Instant::now();
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            map.retain(|_, e| now.duration_since(e.last) < FORGET);
+        }
+        for k in [Key::User(user.to_owned()), Key::Addr(addr)] {
+            let e = map.entry(k).or_insert(Entry {
+                failures: 0,
+                last: now,
+            });
+            if now.duration_since(e.last) >= FORGET {
+                e.failures = 0;
+            }
+            e.failures = e.failures.saturating_add(1);
+            e.last = now;
+        }
+    }
+
+    /// Records a successful login.
+    pub fn success(&self, user: &str, addr: IpAddr) {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&Key::User(user.to_owned()));
+        map.remove(&Key::Addr(addr));
+    }
+
+    /// Current failure count of a user (for display).
+    pub fn failures(&self, user: &str) -> u32 {
+        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&Key::User(user.to_owned()))
+            .map(|e| e.failures)
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule() {
+        let want = [0, 0, 0, 500, 1000, 2000, 4000, 8000, 16000, 16000];
+        for (n, ms) in want.iter().enumerate() {
+            assert_eq!(delay_for(n as u32), Duration::from_millis(*ms), "n={n}");
+        }
+        assert_eq!(delay_for(u32::MAX), CAP);
+    }
+
+    #[test]
+    fn per_user_and_per_address() {
+        let b = Backoff::default();
+        let a1: IpAddr = "127.0.0.1".parse().expect("ip");
+        let a2: IpAddr = "127.0.0.2".parse().expect("ip");
+        for _ in 0..3 {
+            b.failure("u", a1);
+        }
+        assert_eq!(
+            b.delay("u", a2),
+            Duration::from_millis(500),
+            "same user elsewhere"
+        );
+        assert_eq!(
+            b.delay("v", a1),
+            Duration::from_millis(500),
+            "same address, other user"
+        );
+        assert_eq!(b.delay("v", a2), Duration::ZERO);
+        assert_eq!(b.failures("u"), 3);
+        b.success("u", a1);
+        assert_eq!(b.delay("u", a1), Duration::ZERO);
+    }
+}

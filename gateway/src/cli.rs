@@ -1,0 +1,377 @@
+//! The `mailgate` command line (SPEC §2). Exit codes: 0 success, 1 user
+//! error, 2 internal error; every error is one line saying what to do.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use mailgate_config::{Config, LogFormat, UserPattern};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::oauth::OAuth;
+use crate::store::{Kdf, SealingKey, Store, TokenFile, Tokens, now};
+
+/// An OAuth 2.0 gateway for IMAP, POP3 and SMTP.
+#[derive(Debug, Parser)]
+#[command(name = "mailgate", version, about)]
+pub struct Cli {
+    /// Configuration file (default: $MAILGATE_CONFIG, ./mailgate.toml,
+    /// ~/.config/mailgate/mailgate.toml, /etc/mailgate/mailgate.toml).
+    #[arg(short, long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve every listener until SIGTERM or SIGINT.
+    Run,
+    /// Validate the configuration and print what it resolved to.
+    Check,
+    /// Manage stored tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List the accounts and the state of their tokens (needs no password).
+    Accounts,
+    /// Delete the stored tokens of one account.
+    Forget {
+        /// The account's login name.
+        user: String,
+    },
+    /// Print an Argon2id PHC string for `password_hash`.
+    HashPassword,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Read a refresh token on stdin and store it sealed with a local password.
+    Import {
+        /// The account's login name.
+        user: String,
+        /// Store without checking the token with one refresh.
+        #[arg(long)]
+        no_verify: bool,
+    },
+}
+
+/// A failed command: exit 1 for the user's errors, 2 for internal ones.
+#[derive(Debug)]
+pub enum CliError {
+    User(String),
+    Internal(String),
+}
+
+type CliResult = Result<(), CliError>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::User(m)) => {
+            eprintln!("mailgate: {m}");
+            ExitCode::from(1)
+        }
+        Err(CliError::Internal(m)) => {
+            eprintln!("mailgate: internal error: {m}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(explicit: Option<&Path>) -> Result<Config, CliError> {
+    let path = mailgate_config::locate(explicit).map_err(CliError::User)?;
+    mailgate_config::load(&path).map_err(|e| CliError::User(e.to_string()))
+}
+
+fn run(cli: Cli) -> CliResult {
+    let path = cli.config.as_deref();
+    match cli.command {
+        Command::Check => {
+            let path = mailgate_config::locate(path).map_err(CliError::User)?;
+            match mailgate_config::load(&path) {
+                Ok(cfg) => {
+                    print!("{}", cfg.describe());
+                    println!("configuration is valid");
+                    Ok(())
+                }
+                Err(errs) => {
+                    for e in &errs.0 {
+                        eprintln!("{e}");
+                    }
+                    Err(CliError::User(format!(
+                        "{} error(s) in the configuration; fix them and run `mailgate check` again",
+                        errs.0.len()
+                    )))
+                }
+            }
+        }
+        Command::Run => {
+            let cfg = load(path)?;
+            crate::logging::init(cfg.gateway.log_format, "info");
+            runtime()?.block_on(serve(cfg))
+        }
+        Command::Token(TokenCommand::Import { user, no_verify }) => {
+            let cfg = load(path)?;
+            crate::logging::init(LogFormat::Text, "warn");
+            token_import(&cfg, &user, no_verify)
+        }
+        Command::Accounts => accounts(&load(path)?),
+        Command::Forget { user } => {
+            let cfg = load(path)?;
+            let user = user.trim().to_lowercase();
+            let store = Store::new(&cfg.gateway.state_dir);
+            match store.remove(&user) {
+                Ok(true) => {
+                    println!("deleted the stored tokens of {user}");
+                    Ok(())
+                }
+                Ok(false) => {
+                    println!("no tokens were stored for {user}");
+                    Ok(())
+                }
+                Err(e) => Err(CliError::User(e.to_string())),
+            }
+        }
+        Command::HashPassword => {
+            let pw = read_password("New local password", true)?;
+            let salt = argon2::password_hash::SaltString::generate(&mut rand_core::OsRng);
+            use argon2::PasswordHasher;
+            let hash = argon2::Argon2::default()
+                .hash_password(pw.expose_secret().as_bytes(), &salt)
+                .map_err(|e| CliError::Internal(e.to_string()))?;
+            println!("{hash}");
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))
+}
+
+async fn serve(cfg: Config) -> CliResult {
+    use tokio::signal::unix::{SignalKind, signal};
+    let gateway = crate::server::start(Arc::new(cfg))
+        .await
+        .map_err(|e| CliError::User(format!("{e:#}")))?;
+    let sig = |k| {
+        signal(k).map_err(|e| CliError::Internal(format!("cannot install a signal handler: {e}")))
+    };
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP: reloading is not supported by this version; restart mailgate to apply configuration changes");
+            }
+        }
+    }
+    tracing::info!("shutting down: no new connections; open sessions may finish");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// The local password: `$MAILGATE_PASSWORD`, or a prompt (twice when
+/// `confirm`).
+fn read_password(prompt: &str, confirm: bool) -> Result<SecretString, CliError> {
+    if let Ok(p) = std::env::var("MAILGATE_PASSWORD") {
+        if p.is_empty() {
+            return Err(CliError::User(
+                "MAILGATE_PASSWORD is empty; set a non-empty password".into(),
+            ));
+        }
+        return Ok(SecretString::from(p));
+    }
+    if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
+        return Err(CliError::User(
+            "no terminal to ask for the local password; set MAILGATE_PASSWORD".into(),
+        ));
+    }
+    let ask = |p: &str| {
+        rpassword::prompt_password(format!("{p}: "))
+            .map(SecretString::from)
+            .map_err(|e| {
+                CliError::User(format!(
+                    "cannot read the password ({e}); set MAILGATE_PASSWORD instead"
+                ))
+            })
+    };
+    let first = ask(prompt)?;
+    if first.expose_secret().is_empty() {
+        return Err(CliError::User("the password must not be empty".into()));
+    }
+    if confirm {
+        let second = ask("Repeat it")?;
+        if first.expose_secret() != second.expose_secret() {
+            return Err(CliError::User("the two passwords differ; try again".into()));
+        }
+    }
+    Ok(first)
+}
+
+fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
+    let user = user.trim().to_lowercase();
+    let account = cfg.find_account(&user).ok_or_else(|| {
+        CliError::User(format!(
+            "{user} matches no [[account]] in {}; add it first",
+            cfg.file.display()
+        ))
+    })?;
+    let provider = cfg
+        .provider(&account.provider)
+        .cloned()
+        .ok_or_else(|| CliError::Internal("account without provider".into()))?;
+    if std::io::stdin().is_terminal() {
+        eprintln!("Paste the refresh token and press Enter:");
+    }
+    let mut input = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| CliError::User(format!("cannot read the refresh token from stdin: {e}")))?;
+    let rt = input.trim();
+    if rt.is_empty() || rt.contains(char::is_whitespace) {
+        return Err(CliError::User(
+            "stdin must hold exactly one refresh token (no spaces); e.g. `mailgate token import USER < token.txt`".into(),
+        ));
+    }
+    let rt = SecretString::from(rt.to_owned());
+    let mut tokens = Tokens::default();
+    tokens.refresh_token = Some(rt.expose_secret().to_owned());
+    if !no_verify {
+        let oauth = OAuth::new(cfg.gateway.upstream_timeout)
+            .map_err(|e| CliError::Internal(e.to_string()))?;
+        let grant = runtime()?
+            .block_on(oauth.refresh(&provider, &rt))
+            .map_err(|e| {
+                CliError::User(format!("the token does not work: {e}; nothing was stored"))
+            })?;
+        if let Some(new_rt) = grant.refresh_token {
+            tokens.refresh_token = Some(new_rt.expose_secret().to_owned());
+        }
+        tokens.access_token = Some(grant.access_token.expose_secret().to_owned());
+        let life = grant.expires_in.map(|d| d.as_secs()).unwrap_or(3600);
+        tokens.expires_at = Some(now().saturating_add(life));
+    }
+    let password = read_password(&format!("Local password for {user}"), true)?;
+    let key = SealingKey::derive(&password, &Kdf::generate())
+        .map_err(|e| CliError::Internal(e.to_string()))?;
+    let mut file = TokenFile::seal(&user, &provider.name, &key, &tokens);
+    if !no_verify {
+        file.last_refresh = Some(now());
+    }
+    Store::new(&cfg.gateway.state_dir)
+        .save(&file)
+        .map_err(|e| CliError::User(e.to_string()))?;
+    println!(
+        "stored the tokens of {user} (provider {}){}",
+        provider.name,
+        if no_verify {
+            ", not verified"
+        } else {
+            ", verified with one refresh"
+        }
+    );
+    Ok(())
+}
+
+fn time(t: Option<u64>) -> String {
+    match t {
+        Some(s) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+        )
+        .to_string(),
+        None => "-".into(),
+    }
+}
+
+fn accounts(cfg: &Config) -> CliResult {
+    let store = Store::new(&cfg.gateway.state_dir);
+    let (files, errors) = store.list();
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    let flow = |p: &str| {
+        cfg.provider(p)
+            .map(|p| p.flow.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let row = |user: String, provider: &str, f: Option<&TokenFile>| -> [String; 7] {
+        [
+            user,
+            provider.to_owned(),
+            flow(provider),
+            match f {
+                Some(f) if f.needs_authorization => "expired".into(),
+                Some(_) => "yes".into(),
+                None => "no".into(),
+            },
+            time(f.map(|f| f.sealed_at)),
+            time(f.and_then(|f| f.last_refresh)),
+            f.and_then(|f| f.last_error.clone())
+                .unwrap_or_else(|| "-".into()),
+        ]
+    };
+    for a in &cfg.accounts {
+        match &a.user {
+            UserPattern::Exact(u) => {
+                let f = files.iter().find(|f| &f.user == u);
+                rows.push(row(u.clone(), &a.provider, f));
+            }
+            UserPattern::Domain(_) => {
+                rows.push(row(a.user.to_string(), &a.provider, None));
+                for f in files.iter().filter(|f| {
+                    a.user.matches(&f.user)
+                        && cfg.find_account(&f.user).is_some_and(|b| b.user == a.user)
+                }) {
+                    rows.push(row(f.user.clone(), &a.provider, Some(f)));
+                }
+            }
+        }
+    }
+    for f in files.iter().filter(|f| cfg.find_account(&f.user).is_none()) {
+        let mut r = row(f.user.clone(), &f.provider, Some(f));
+        r[6] = "not in the configuration".into();
+        rows.push(r);
+    }
+    let header = [
+        "USER",
+        "PROVIDER",
+        "FLOW",
+        "TOKEN",
+        "SEALED AT",
+        "LAST REFRESH",
+        "LAST ERROR",
+    ];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(&header);
+    for r in &rows {
+        line(&r.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    for e in errors {
+        eprintln!("warning: {e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! IMAP through the gateway: pre-auth state machine, upstream login, session.
+
+pub mod capabilities;
+pub mod preauth;
+pub mod session;
+pub mod upstream;

@@ -1,0 +1,546 @@
+//! The IMAP pre-authentication state machine (SPEC §6), sans I/O.
+//!
+//! Feed it the client's bytes with [`PreAuth::feed`] and drain [`Event`]s
+//! with [`PreAuth::next_event`] until it returns `None` (it needs more input). It
+//! answers `CAPABILITY`, `NOOP`, `ID`, `LOGOUT` and `STARTTLS` itself, turns
+//! `LOGIN` and `AUTHENTICATE PLAIN` into [`Event::Login`], and after that
+//! parses nothing more: whatever the client pipelined behind its login stays
+//! in the buffer, for [`PreAuth::into_residual`] to hand to the relay.
+
+use std::collections::VecDeque;
+
+use mailgate_proto::imap::{
+    Command, CommandBody, Frame, Framer, Limits, SaslLine, decode_command, decode_sasl_line,
+};
+use mailgate_proto::sasl::{decode_base64, decode_plain};
+use mailgate_proto::{DecodeError, ExposeSecret, SecretString};
+
+use super::capabilities;
+
+/// What the session must do next.
+#[derive(Debug)]
+pub enum Event {
+    /// Send these bytes to the client.
+    Write(Vec<u8>),
+    /// Authenticate `user` with `password`; answer with
+    /// [`PreAuth::login_failed`] or finish with [`PreAuth::into_residual`].
+    Login {
+        tag: String,
+        user: String,
+        password: SecretString,
+    },
+    /// Close the connection (after writing what came before).
+    Close,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Command,
+    /// `AUTHENTICATE PLAIN` waits for the client's response line.
+    SaslPlain {
+        tag: String,
+    },
+    /// A login is being checked; no input is parsed.
+    AwaitLogin {
+        tag: String,
+    },
+    Closed,
+}
+
+/// Settings of one listener.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub limits: Limits,
+    /// Failed logins before the connection is closed.
+    pub max_failures: u32,
+    pub starttls: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limits: Limits::default(),
+            max_failures: 3,
+            starttls: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PreAuth {
+    opts: Options,
+    buf: Vec<u8>,
+    framer: Framer,
+    phase: Phase,
+    failures: u32,
+    out: VecDeque<Event>,
+}
+
+impl PreAuth {
+    pub fn new(opts: Options) -> PreAuth {
+        PreAuth {
+            framer: Framer::new(opts.limits),
+            opts,
+            buf: Vec::new(),
+            phase: Phase::Command,
+            failures: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The untagged greeting.
+    pub fn greeting(&self, hostname: &str) -> Vec<u8> {
+        format!(
+            "* OK [CAPABILITY {}] {hostname} mailgate ready\r\n",
+            capabilities::pre_auth(self.opts.starttls)
+        )
+        .into_bytes()
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next thing to do; `None` when more input is needed (or while a
+    /// login is pending).
+    pub fn next_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.out.pop_front() {
+            return Some(e);
+        }
+        match self.phase.clone() {
+            Phase::Command => self.next_command(),
+            Phase::SaslPlain { tag } => self.next_sasl(tag),
+            Phase::AwaitLogin { .. } | Phase::Closed => None,
+        }
+    }
+
+    /// The pending login failed: answer `tag NO [code] text`, and close after
+    /// too many credential failures.
+    pub fn login_failed(&mut self, code: &str, text: &str, counts: bool) {
+        let Phase::AwaitLogin { tag } = self.phase.clone() else {
+            return;
+        };
+        let text = one_line(text);
+        self.write(format!("{tag} NO [{code}] {text}\r\n"));
+        self.phase = Phase::Command;
+        if counts {
+            self.failures += 1;
+            if self.failures >= self.opts.max_failures {
+                self.bye("Too many failed login attempts");
+            }
+        }
+    }
+
+    /// The tag of the pending login.
+    pub fn pending_tag(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::AwaitLogin { tag } => Some(tag),
+            _ => None,
+        }
+    }
+
+    /// The bytes the client sent after its login command.
+    pub fn into_residual(self) -> Vec<u8> {
+        self.buf
+    }
+
+    fn write(&mut self, s: String) {
+        self.out.push_back(Event::Write(s.into_bytes()));
+    }
+
+    fn bye(&mut self, text: &str) {
+        self.write(format!("* BYE {text}\r\n"));
+        self.out.push_back(Event::Close);
+        self.phase = Phase::Closed;
+    }
+
+    fn overflow(&mut self, frame: Frame) -> Option<Event> {
+        let limits = self.opts.limits;
+        let text = match frame {
+            Frame::LineTooLong => format!("Line too long (limit {} bytes)", limits.max_line),
+            _ => format!(
+                "Command too large (limits: literal {} bytes, command {} bytes)",
+                limits.max_literal, limits.max_message
+            ),
+        };
+        tracing::info!(reason = %text, "closing: client input over the limit");
+        self.bye(&text);
+        self.out.pop_front()
+    }
+
+    fn next_command(&mut self) -> Option<Event> {
+        let n = match self.framer.next_message(&self.buf) {
+            Frame::Incomplete => return None,
+            Frame::SyncLiteral { .. } => {
+                return Some(Event::Write(b"+ Ready for literal data\r\n".to_vec()));
+            }
+            f @ (Frame::LineTooLong | Frame::MessageTooLarge) => return self.overflow(f),
+            Frame::Complete(n) => n,
+        };
+        let message: Vec<u8> = self.buf.drain(..n).collect();
+        self.framer.reset();
+        match decode_command(&message) {
+            Ok((_, cmd)) => self.command(cmd),
+            Err(DecodeError::Failed { tag }) => {
+                let tag = tag.unwrap_or_else(|| "*".into());
+                self.write(format!("{tag} BAD Invalid command syntax\r\n"));
+            }
+            Err(DecodeError::Incomplete) => {
+                self.write("* BAD Invalid command syntax\r\n".into());
+            }
+        }
+        self.out.pop_front()
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let tag = cmd.tag;
+        match cmd.body {
+            CommandBody::Capability => self.write(format!(
+                "* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n",
+                capabilities::pre_auth(self.opts.starttls)
+            )),
+            CommandBody::Noop => self.write(format!("{tag} OK NOOP completed\r\n")),
+            CommandBody::Logout => {
+                self.write(format!(
+                    "* BYE Logging out\r\n{tag} OK LOGOUT completed\r\n"
+                ));
+                self.out.push_back(Event::Close);
+                self.phase = Phase::Closed;
+            }
+            CommandBody::StartTls => {
+                self.write(format!(
+                    "{tag} BAD STARTTLS is not offered on this listener\r\n"
+                ));
+            }
+            CommandBody::Id(_) => self.write(format!(
+                "* ID (\"name\" \"mailgate\" \"version\" \"{}\")\r\n{tag} OK ID completed\r\n",
+                env!("CARGO_PKG_VERSION")
+            )),
+            CommandBody::Login { username, password } => self.login(tag, username, password),
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                if mechanism != "PLAIN" {
+                    self.write(format!(
+                        "{tag} NO [CANNOT] Unsupported mechanism; use AUTHENTICATE PLAIN or LOGIN\r\n"
+                    ));
+                } else if let Some(ir) = initial_response {
+                    self.plain_response(tag, &ir);
+                } else {
+                    self.write("+ \r\n".into());
+                    self.phase = Phase::SaslPlain { tag };
+                }
+            }
+            CommandBody::Other { name } => {
+                let mut name = name;
+                name.truncate(32);
+                self.write(format!(
+                    "{tag} BAD {name} is not available before login; log in first with LOGIN or AUTHENTICATE PLAIN\r\n"
+                ));
+            }
+        }
+    }
+
+    fn next_sasl(&mut self, tag: String) -> Option<Event> {
+        let n = match self.framer.next_line(&self.buf) {
+            Frame::Complete(n) => n,
+            Frame::Incomplete | Frame::SyncLiteral { .. } => return None,
+            f => return self.overflow(f),
+        };
+        let line = zeroize::Zeroizing::new(self.buf.drain(..n).collect::<Vec<u8>>());
+        self.phase = Phase::Command;
+        match decode_sasl_line(&line) {
+            Ok((_, SaslLine::Cancel)) => {
+                self.write(format!("{tag} BAD AUTHENTICATE cancelled\r\n"));
+            }
+            Ok((_, SaslLine::Response(b64))) => self.plain_response(tag, &b64),
+            Err(_) => self.write(format!("{tag} BAD Invalid SASL response\r\n")),
+        }
+        self.out.pop_front()
+    }
+
+    fn plain_response(&mut self, tag: String, b64: &SecretString) {
+        let creds = decode_base64(b64.expose_secret().as_bytes())
+            .and_then(|raw| decode_plain(raw.expose_secret()));
+        match creds {
+            Err(e) => self.write(format!("{tag} BAD Invalid SASL PLAIN response: {e}\r\n")),
+            Ok(c) => {
+                if let Some(authz) = &c.authzid
+                    && !authz.eq_ignore_ascii_case(&c.authcid)
+                {
+                    self.write(format!(
+                        "{tag} NO [AUTHORIZATIONFAILED] Logging in as another user is not supported\r\n"
+                    ));
+                    return;
+                }
+                self.login(tag, c.authcid, c.password);
+            }
+        }
+    }
+
+    fn login(&mut self, tag: String, user: String, password: SecretString) {
+        if user.trim().is_empty() {
+            self.write(format!(
+                "{tag} NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
+            ));
+            return;
+        }
+        self.phase = Phase::AwaitLogin { tag: tag.clone() };
+        self.out.push_back(Event::Login {
+            tag,
+            user,
+            password,
+        });
+    }
+}
+
+/// Keeps a reply text on one line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in one go and collects written bytes until the machine
+    /// waits or emits a login/close.
+    fn run(m: &mut PreAuth, input: &[u8]) -> (String, Option<Event>) {
+        m.feed(input);
+        let mut written = Vec::new();
+        while let Some(e) = m.next_event() {
+            match e {
+                Event::Write(b) => written.extend(b),
+                other => return (String::from_utf8_lossy(&written).into_owned(), Some(other)),
+            }
+        }
+        (String::from_utf8_lossy(&written).into_owned(), None)
+    }
+
+    fn login_of(e: Option<Event>) -> (String, String, String) {
+        match e {
+            Some(Event::Login {
+                tag,
+                user,
+                password,
+            }) => (tag, user, password.expose_secret().to_owned()),
+            other => panic!("expected a login, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn greeting_and_local_commands() {
+        let mut m = PreAuth::new(Options::default());
+        assert_eq!(
+            String::from_utf8_lossy(&m.greeting("gw")),
+            "* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN] gw mailgate ready\r\n"
+        );
+        let (w, e) = run(&mut m, b"a CAPABILITY\r\nb NOOP\r\nc ID NIL\r\n");
+        assert!(e.is_none());
+        assert_eq!(
+            w,
+            "* CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN\r\na OK CAPABILITY completed\r\n\
+             b OK NOOP completed\r\n\
+             * ID (\"name\" \"mailgate\" \"version\" \"0.1.0\")\r\nc OK ID completed\r\n"
+        );
+        let (w, e) = run(&mut m, b"d SELECT INBOX\r\ne STARTTLS\r\n!!\r\n");
+        assert!(e.is_none());
+        assert!(
+            w.starts_with("d BAD SELECT is not available before login"),
+            "{w}"
+        );
+        assert!(w.contains("e BAD STARTTLS is not offered"), "{w}");
+        assert!(w.ends_with("* BAD Invalid command syntax\r\n"), "{w}");
+        let (w, e) = run(&mut m, b"z LOGOUT\r\n");
+        assert_eq!(w, "* BYE Logging out\r\nz OK LOGOUT completed\r\n");
+        assert!(matches!(e, Some(Event::Close)));
+    }
+
+    #[test]
+    fn login_forms() {
+        let cases: &[(&[u8], &str, &str)] = &[
+            (b"a LOGIN alice secret\r\n", "alice", "secret"),
+            (
+                b"a LOGIN \"al ice\" \"se\\\"cret\"\r\n",
+                "al ice",
+                "se\"cret",
+            ),
+            (
+                b"a LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n",
+                "alice",
+                "secret",
+            ),
+            (
+                b"a AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+                "alice",
+                "secret",
+            ),
+            (
+                b"a AUTHENTICATE PLAIN YWxpY2UAYWxpY2UAc2VjcmV0\r\n",
+                "alice",
+                "secret",
+            ),
+        ];
+        for (input, user, pw) in cases {
+            let mut m = PreAuth::new(Options::default());
+            let (w, e) = run(&mut m, input);
+            assert_eq!(w, "");
+            let (tag, u, p) = login_of(e);
+            assert_eq!((tag.as_str(), u.as_str(), p.as_str()), ("a", *user, *pw));
+        }
+    }
+
+    #[test]
+    fn synchronising_literals_get_continuations() {
+        let mut m = PreAuth::new(Options::default());
+        let (w, e) = run(&mut m, b"a LOGIN {5}\r\n");
+        assert_eq!(w, "+ Ready for literal data\r\n");
+        assert!(e.is_none());
+        let (w, e) = run(&mut m, b"alice {6}\r\n");
+        assert_eq!(w, "+ Ready for literal data\r\n");
+        assert!(e.is_none());
+        let (w, e) = run(&mut m, b"secret\r\n");
+        assert_eq!(w, "");
+        assert_eq!(login_of(e).2, "secret");
+    }
+
+    #[test]
+    fn authenticate_plain_continuation_and_cancel() {
+        let mut m = PreAuth::new(Options::default());
+        let (w, e) = run(&mut m, b"a AUTHENTICATE PLAIN\r\n");
+        assert_eq!(w, "+ \r\n");
+        assert!(e.is_none());
+        let (w, e) = run(&mut m, b"*\r\n");
+        assert_eq!(w, "a BAD AUTHENTICATE cancelled\r\n");
+        assert!(e.is_none());
+        let (w, _) = run(&mut m, b"b AUTHENTICATE PLAIN\r\n");
+        assert_eq!(w, "+ \r\n");
+        let (w, e) = run(&mut m, b"AGFsaWNlAHNlY3JldA==\r\n");
+        assert_eq!(w, "");
+        assert_eq!(login_of(e).0, "b");
+    }
+
+    #[test]
+    fn bad_sasl_responses() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"a AUTHENTICATE PLAIN AGFsaWNl\r\n",
+                "a BAD Invalid SASL PLAIN response",
+            ),
+            (
+                b"a AUTHENTICATE PLAIN =\r\n",
+                "a BAD Invalid SASL PLAIN response",
+            ),
+            (
+                b"a AUTHENTICATE CRAM-MD5\r\n",
+                "a NO [CANNOT] Unsupported mechanism",
+            ),
+            (
+                b"a AUTHENTICATE PLAIN Ym9iAGFsaWNlAHNlY3JldA==\r\n",
+                "a NO [AUTHORIZATIONFAILED]",
+            ),
+        ];
+        for (input, want) in cases {
+            let mut m = PreAuth::new(Options::default());
+            let (w, e) = run(&mut m, input);
+            assert!(e.is_none());
+            assert!(w.starts_with(want), "{w}");
+        }
+    }
+
+    #[test]
+    fn residual_keeps_pipelined_commands() {
+        let mut m = PreAuth::new(Options::default());
+        let (_, e) = run(
+            &mut m,
+            b"a LOGIN u p\r\nb SELECT INBOX\r\nc FETCH 1 BODY[]\r\n",
+        );
+        login_of(e);
+        assert!(
+            m.next_event().is_none(),
+            "nothing is parsed while the login is pending"
+        );
+        assert_eq!(m.pending_tag(), Some("a"));
+        assert_eq!(m.into_residual(), b"b SELECT INBOX\r\nc FETCH 1 BODY[]\r\n");
+    }
+
+    #[test]
+    fn three_failures_close() {
+        let mut m = PreAuth::new(Options::default());
+        for i in 0..3 {
+            let (_, e) = run(&mut m, b"a LOGIN u p\r\n");
+            login_of(e);
+            m.login_failed("AUTHENTICATIONFAILED", "Invalid credentials", true);
+            let (w, e) = run(&mut m, b"");
+            if i < 2 {
+                assert_eq!(w, "a NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
+                assert!(e.is_none());
+            } else {
+                assert_eq!(
+                    w,
+                    "a NO [AUTHENTICATIONFAILED] Invalid credentials\r\n* BYE Too many failed login attempts\r\n"
+                );
+                assert!(matches!(e, Some(Event::Close)));
+            }
+        }
+    }
+
+    #[test]
+    fn failures_that_do_not_count() {
+        let mut m = PreAuth::new(Options::default());
+        for _ in 0..5 {
+            let (_, e) = run(&mut m, b"a LOGIN u p\r\n");
+            login_of(e);
+            m.login_failed("UNAVAILABLE", "try\r\nlater", false);
+            let (w, e) = run(&mut m, b"");
+            assert_eq!(w, "a NO [UNAVAILABLE] try  later\r\n");
+            assert!(e.is_none());
+        }
+    }
+
+    #[test]
+    fn overflow_closes() {
+        let opts = Options {
+            limits: Limits {
+                max_line: 32,
+                max_literal: 16,
+                max_message: 64,
+            },
+            ..Options::default()
+        };
+        let mut m = PreAuth::new(opts.clone());
+        let (w, e) = run(&mut m, &[b'x'; 40]);
+        assert_eq!(w, "* BYE Line too long (limit 32 bytes)\r\n");
+        assert!(matches!(e, Some(Event::Close)));
+        assert!(m.next_event().is_none());
+
+        let mut m = PreAuth::new(opts);
+        let (w, e) = run(&mut m, b"a LOGIN {17}\r\n");
+        assert!(w.starts_with("* BYE Command too large"), "{w}");
+        assert!(matches!(e, Some(Event::Close)));
+    }
+
+    /// Byte-by-byte delivery gives the same result as one chunk.
+    #[test]
+    fn split_points() {
+        let input = b"a NOOP\r\nb LOGIN {5+}\r\nalice \"pw\"\r\nc NOOP\r\n";
+        let mut m = PreAuth::new(Options::default());
+        let mut written = Vec::new();
+        let mut login = None;
+        for b in input {
+            m.feed(std::slice::from_ref(b));
+            while let Some(e) = m.next_event() {
+                match e {
+                    Event::Write(w) => written.extend(w),
+                    e => login = Some(e),
+                }
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&written), "a OK NOOP completed\r\n");
+        assert_eq!(login_of(login).1, "alice");
+        assert_eq!(m.into_residual(), b"c NOOP\r\n");
+    }
+}

@@ -1,0 +1,122 @@
+//! The login policy shared by every protocol: check the local password, get a
+//! fresh token, log in upstream; when the upstream rejects the token, drop it,
+//! refresh once and retry the upstream login once, without dropping the
+//! client (SPEC §5).
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use mailgate_config::{Protocol, Upstream};
+use secrecy::SecretString;
+use tracing::{info, warn};
+
+use crate::accounts::LoginError;
+use crate::server::Context;
+use crate::upstream::{UpstreamError, within};
+
+/// Why a login failed, as each protocol reports it to its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Unknown user or wrong local password. Counts towards the limit.
+    BadCredentials,
+    /// No usable token; the text tells the user what to do.
+    NeedsAuthorization(String),
+    /// The provider refused even a freshly refreshed token.
+    Refused(String),
+    /// The provider or its token endpoint cannot be reached or used now.
+    Unavailable(String),
+}
+
+impl Failure {
+    /// The message shown to the client.
+    pub fn text(&self) -> &str {
+        match self {
+            Failure::BadCredentials => "Invalid credentials",
+            Failure::NeedsAuthorization(t) | Failure::Refused(t) | Failure::Unavailable(t) => t,
+        }
+    }
+}
+
+impl From<LoginError> for Failure {
+    fn from(e: LoginError) -> Failure {
+        match e {
+            LoginError::BadCredentials => Failure::BadCredentials,
+            LoginError::NeedsAuthorization(t) => Failure::NeedsAuthorization(t),
+            LoginError::Unavailable(t) => Failure::Unavailable(format!("Cannot log in now: {t}")),
+        }
+    }
+}
+
+/// Authenticates `user` locally and logs in to the provider's server for
+/// `protocol` with `attempt(server, tls, upstream_user, token)`.
+pub async fn login<T, F, Fut>(
+    ctx: &Context,
+    protocol: Protocol,
+    user: &str,
+    password: &SecretString,
+    peer: IpAddr,
+    attempt: F,
+) -> Result<T, Failure>
+where
+    F: Fn(Upstream, Arc<rustls::ClientConfig>, String, SecretString) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
+    let accounts = &ctx.accounts;
+    let auth = accounts.login(user, password, peer).await?;
+    let provider = auth.provider.clone();
+    let Some(server) = provider.upstream(protocol).cloned() else {
+        warn!(provider = %provider.name, %protocol, "the provider has no server for this protocol");
+        return Err(Failure::Unavailable(format!(
+            "The provider of {} has no {protocol} server configured",
+            auth.user
+        )));
+    };
+    let tls = ctx.upstream_tls(&provider.name).map_err(|e| {
+        warn!(error = %e, "upstream TLS configuration");
+        Failure::Unavailable(
+            "The gateway's TLS configuration for the provider is broken; see its log".into(),
+        )
+    })?;
+    let limit = ctx.config.gateway.upstream_timeout;
+    let first = within(
+        limit,
+        &server,
+        attempt(
+            server.clone(),
+            tls.clone(),
+            auth.upstream_user.clone(),
+            auth.access_token.clone(),
+        ),
+    )
+    .await;
+    let rejection = match first {
+        Ok(t) => return Ok(t),
+        Err(UpstreamError::Rejected { detail, .. }) => detail,
+        Err(e) => return Err(unavailable(e)),
+    };
+    info!(detail = %rejection, "upstream rejected the token; refreshing and retrying once");
+    let token = accounts.token_rejected(&auth).await?;
+    match within(
+        limit,
+        &server,
+        attempt(server.clone(), tls, auth.upstream_user.clone(), token),
+    )
+    .await
+    {
+        Ok(t) => Ok(t),
+        Err(UpstreamError::Rejected { detail, .. }) => {
+            warn!(%detail, "upstream rejected a freshly refreshed token");
+            Err(Failure::Refused(format!(
+                "The provider refused the login of {} ({detail}); check that the mailbox allows this protocol",
+                auth.upstream_user
+            )))
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+fn unavailable(e: UpstreamError) -> Failure {
+    warn!(error = %e, "upstream login failed");
+    Failure::Unavailable(format!("The mail server cannot be reached now: {e}"))
+}

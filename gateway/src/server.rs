@@ -1,0 +1,231 @@
+//! Listeners and the per-connection tasks.
+//!
+//! Each listener accepts with a large backlog; every connection gets a task
+//! (no thread per connection) inside a span with its id, protocol, peer and,
+//! once known, user. A semaphore bounds the connections: past
+//! `max_connections` a client gets the protocol's "too busy" reply and is
+//! closed. Shutdown stops the accept loops, lets sessions drain for
+//! `shutdown_grace`, then ends the rest.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mailgate_config::{Config, Protocol};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::accounts::Accounts;
+use crate::oauth::OAuth;
+
+const BACKLOG: u32 = 4096;
+
+/// What every session shares.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub accounts: Accounts,
+    tls: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(config: Arc<Config>) -> anyhow::Result<Context> {
+        let oauth =
+            OAuth::new(config.gateway.upstream_timeout).context("building the HTTP client")?;
+        Ok(Context {
+            accounts: Accounts::new(config.clone(), oauth),
+            config,
+            tls: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The upstream TLS client configuration of a provider (built once).
+    pub fn upstream_tls(
+        &self,
+        provider: &str,
+    ) -> Result<Arc<rustls::ClientConfig>, mailgate_certs::CertError> {
+        let mut map = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(provider) {
+            return Ok(c.clone());
+        }
+        let ca = self
+            .config
+            .provider(provider)
+            .and_then(|p| p.ca_file.clone());
+        let c = mailgate_certs::upstream_client_config(ca.as_deref())?;
+        map.insert(provider.to_owned(), c.clone());
+        Ok(c)
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    addresses: Vec<(Protocol, SocketAddr)>,
+    stop_accepting: CancellationToken,
+    kill: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Binds every listener and starts serving.
+pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
+    let ctx = Arc::new(Context::new(config.clone())?);
+    let stop_accepting = CancellationToken::new();
+    let kill = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(config.gateway.max_connections));
+    let mut addresses = Vec::new();
+    for l in &config.listeners {
+        let listener = bind(l.address).with_context(|| {
+            format!(
+                "cannot listen on {} ({}); is another program using it?",
+                l.address, l.protocol
+            )
+        })?;
+        let local = listener.local_addr()?;
+        info!(protocol = %l.protocol, address = %local, "listening");
+        addresses.push((l.protocol, local));
+        tokio::spawn(accept_loop(
+            listener,
+            l.protocol,
+            ctx.clone(),
+            permits.clone(),
+            stop_accepting.clone(),
+            kill.clone(),
+            tracker.clone(),
+        ));
+    }
+    Ok(Gateway {
+        addresses,
+        stop_accepting,
+        kill,
+        tracker,
+        grace: config.gateway.shutdown_grace,
+    })
+}
+
+impl Gateway {
+    /// The bound addresses, in listener order (useful with port 0).
+    pub fn addresses(&self) -> &[(Protocol, SocketAddr)] {
+        &self.addresses
+    }
+
+    /// The first bound address of a protocol.
+    pub fn address(&self, protocol: Protocol) -> Option<SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(p, _)| *p == protocol)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, waits up to `shutdown_grace` for sessions to end,
+    /// then ends those still open.
+    pub async fn shutdown(self) {
+        self.stop_accepting.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            info!(
+                open = self.tracker.len(),
+                "grace period over; closing the remaining sessions"
+            );
+            self.kill.cancel();
+            self.tracker.wait().await;
+        }
+        info!("stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    protocol: Protocol,
+    ctx: Arc<Context>,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+    kill: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        crate::upstream::tune(&stream);
+        let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("conn", id, proto = %protocol, %peer, user = tracing::field::Empty);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracker.spawn(too_busy(stream, protocol).instrument(span));
+            continue;
+        };
+        let ctx = ctx.clone();
+        let kill = kill.clone();
+        tracker.spawn(
+            async move {
+                let _permit = permit;
+                tokio::select! {
+                    _ = kill.cancelled() => info!("closed by shutdown"),
+                    _ = session(stream, peer, protocol, ctx) => {}
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn session(stream: TcpStream, peer: SocketAddr, protocol: Protocol, ctx: Arc<Context>) {
+    tracing::debug!("connected");
+    match protocol {
+        Protocol::Imap => crate::imap::session::serve(stream, peer, ctx).await,
+        Protocol::Pop3 | Protocol::Smtp => {
+            warn!("no session handler for this protocol");
+        }
+    }
+}
+
+async fn too_busy(mut stream: TcpStream, protocol: Protocol) {
+    warn!("connection limit reached; refusing a client");
+    let reply: &[u8] = match protocol {
+        Protocol::Imap => b"* BYE Too many connections; try again later\r\n",
+        Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections; try again later\r\n",
+        Protocol::Smtp => b"421 4.3.2 Too many connections; try again later\r\n",
+    };
+    let _ = stream.write_all(reply).await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,528 @@
+//! The sealed token store (SPEC §4).
+//!
+//! One JSON file per account under `state_dir/tokens/`. The tokens are sealed
+//! with XChaCha20-Poly1305 under a key derived from the local password with
+//! Argon2id; decrypting them *is* the password check. The metadata (user,
+//! provider, times, last error) stays in clear so `mailgate accounts` needs no
+//! password. Files are written atomically (temp file, fsync, rename, fsync of
+//! the directory) with mode 0600, so a crash never leaves a half-written file,
+//! and nothing here ever deletes or rewrites a file because a password was
+//! wrong.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{AeadCore, XChaCha20Poly1305, XNonce};
+use rand_core::{OsRng, RngCore};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// Current file format version.
+const VERSION: u32 = 1;
+/// OWASP's recommended Argon2id parameters: 19 MiB, 2 passes, 1 lane.
+const M_COST: u32 = 19 * 1024;
+const T_COST: u32 = 2;
+const P_COST: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is damaged ({reason}); run `mailgate forget USER` and authorise the account again"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("the password does not open the stored tokens")]
+    WrongPassword,
+    #[error("key derivation failed: {0}")]
+    Kdf(String),
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The Argon2id parameters and salt a file was sealed with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kdf {
+    pub algorithm: String,
+    pub m_cost: u32,
+    pub t_cost: u32,
+    pub p_cost: u32,
+    /// base64
+    pub salt: String,
+}
+
+impl Kdf {
+    /// Fresh parameters with a random salt.
+    pub fn generate() -> Kdf {
+        let mut salt = [0u8; 16];
+        OsRng.fill_bytes(&mut salt);
+        Kdf {
+            algorithm: "argon2id".into(),
+            m_cost: M_COST,
+            t_cost: T_COST,
+            p_cost: P_COST,
+            salt: STANDARD.encode(salt),
+        }
+    }
+}
+
+/// A key derived from a local password. Wiped on drop.
+#[derive(Clone, ZeroizeOnDrop)]
+pub struct SealingKey {
+    key: [u8; 32],
+    #[zeroize(skip)]
+    kdf: Kdf,
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey([REDACTED])")
+    }
+}
+
+impl SealingKey {
+    /// Derives the key (Argon2id; tens of milliseconds: call off the async
+    /// threads).
+    pub fn derive(password: &SecretString, kdf: &Kdf) -> Result<SealingKey, StoreError> {
+        if kdf.algorithm != "argon2id" {
+            return Err(StoreError::Kdf(format!(
+                "unknown algorithm {}",
+                kdf.algorithm
+            )));
+        }
+        let salt = STANDARD
+            .decode(&kdf.salt)
+            .map_err(|_| StoreError::Kdf("salt is not base64".into()))?;
+        let params = argon2::Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(32))
+            .map_err(|e| StoreError::Kdf(e.to_string()))?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut key = [0u8; 32];
+        argon
+            .hash_password_into(password.expose_secret().as_bytes(), &salt, &mut key)
+            .map_err(|e| StoreError::Kdf(e.to_string()))?;
+        Ok(SealingKey {
+            key,
+            kdf: kdf.clone(),
+        })
+    }
+
+    pub fn kdf(&self) -> &Kdf {
+        &self.kdf
+    }
+}
+
+/// The secret part of a token file.
+#[derive(Clone, Default, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct Tokens {
+    pub refresh_token: Option<String>,
+    pub access_token: Option<String>,
+    /// Unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// One account's file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    pub version: u32,
+    /// Lower-cased login name.
+    pub user: String,
+    pub provider: String,
+    pub sealed_at: u64,
+    pub last_refresh: Option<u64>,
+    pub last_error: Option<String>,
+    /// Set when the provider answered `invalid_grant`: the refresh token is
+    /// dead and the user must authorise again.
+    #[serde(default)]
+    pub needs_authorization: bool,
+    pub kdf: Kdf,
+    /// base64, 24 bytes
+    pub nonce: String,
+    /// base64
+    pub ciphertext: String,
+}
+
+fn aad(user: &str) -> Vec<u8> {
+    format!("mailgate-tokens-v{VERSION}:{user}").into_bytes()
+}
+
+impl TokenFile {
+    /// Seals `tokens` for `user` under `key`.
+    pub fn seal(user: &str, provider: &str, key: &SealingKey, tokens: &Tokens) -> TokenFile {
+        let mut file = TokenFile {
+            version: VERSION,
+            user: user.to_owned(),
+            provider: provider.to_owned(),
+            sealed_at: now(),
+            last_refresh: None,
+            last_error: None,
+            needs_authorization: false,
+            kdf: key.kdf.clone(),
+            nonce: String::new(),
+            ciphertext: String::new(),
+        };
+        file.reseal(key, tokens);
+        file
+    }
+
+    /// Replaces the sealed tokens, keeping the metadata.
+    pub fn reseal(&mut self, key: &SealingKey, tokens: &Tokens) {
+        let cipher = XChaCha20Poly1305::new((&key.key).into());
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let plain = Zeroizing::new(serde_json::to_vec(tokens).unwrap_or_default());
+        let aad = aad(&self.user);
+        // Encryption of an in-memory buffer cannot fail for this AEAD.
+        let ct = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .unwrap_or_default();
+        self.kdf = key.kdf.clone();
+        self.nonce = STANDARD.encode(nonce);
+        self.ciphertext = STANDARD.encode(ct);
+        self.sealed_at = now();
+    }
+
+    /// Opens the sealed tokens. A wrong key is [`StoreError::WrongPassword`].
+    pub fn open(&self, key: &SealingKey, path: &Path) -> Result<Tokens, StoreError> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.to_owned(),
+        };
+        let nonce = STANDARD
+            .decode(&self.nonce)
+            .map_err(|_| corrupt("nonce is not base64"))?;
+        if nonce.len() != 24 {
+            return Err(corrupt("nonce has the wrong length"));
+        }
+        let ct = STANDARD
+            .decode(&self.ciphertext)
+            .map_err(|_| corrupt("ciphertext is not base64"))?;
+        let cipher = XChaCha20Poly1305::new((&key.key).into());
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: &ct,
+                        aad: &aad(&self.user),
+                    },
+                )
+                .map_err(|_| StoreError::WrongPassword)?,
+        );
+        serde_json::from_slice(&plain).map_err(|_| corrupt("sealed content is not valid"))
+    }
+}
+
+/// The directory of token files.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Store {
+        Store {
+            dir: state_dir.join("tokens"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of a (lower-cased) user. Characters outside a safe set are
+    /// percent-encoded, so no user name can escape the directory.
+    pub fn path(&self, user: &str) -> PathBuf {
+        let mut name = String::new();
+        for (i, b) in user.bytes().enumerate() {
+            let safe = b.is_ascii_alphanumeric()
+                || matches!(b, b'@' | b'_' | b'+' | b'-')
+                || (b == b'.' && i > 0);
+            if safe {
+                name.push(char::from(b));
+            } else {
+                name.push_str(&format!("%{b:02X}"));
+            }
+        }
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// Reads a user's file; `None` when there is none.
+    pub fn load(&self, user: &str) -> Result<Option<TokenFile>, StoreError> {
+        let path = self.path(user);
+        self.load_path(&path)
+    }
+
+    fn load_path(&self, path: &Path) -> Result<Option<TokenFile>, StoreError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "read",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let file: TokenFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("not a token file: {e}"),
+        })?;
+        if file.version != VERSION {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("unknown format version {}", file.version),
+            });
+        }
+        Ok(Some(file))
+    }
+
+    /// Writes a file atomically with mode 0600.
+    pub fn save(&self, file: &TokenFile) -> Result<(), StoreError> {
+        let io = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        create_private_dir(&self.dir).map_err(io("create", &self.dir))?;
+        let path = self.path(&file.user);
+        let tmp = self.dir.join(format!(
+            ".{}.{}.{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("token"),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let body = serde_json::to_vec_pretty(file).unwrap_or_default();
+        let result = (|| {
+            let mut f = open_private(&tmp).map_err(io("create", &tmp))?;
+            f.write_all(&body).map_err(io("write", &tmp))?;
+            f.sync_all().map_err(io("sync", &tmp))?;
+            drop(f);
+            std::fs::rename(&tmp, &path).map_err(io("rename into", &path))?;
+            if let Ok(d) = std::fs::File::open(&self.dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Deletes a user's file. `Ok(false)` when there was none.
+    pub fn remove(&self, user: &str) -> Result<bool, StoreError> {
+        let path = self.path(user);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StoreError::Io {
+                action: "delete",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Every readable token file, with the paths of unreadable ones.
+    pub fn list(&self) -> (Vec<TokenFile>, Vec<StoreError>) {
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return (files, errors);
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_token = path.extension().is_some_and(|e| e == "json")
+                && !path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'));
+            if !is_token {
+                continue;
+            }
+            match self.load_path(&path) {
+                Ok(Some(f)) => files.push(f),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        files.sort_by(|a, b| a.user.cmp(&b.user));
+        (files, errors)
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap_kdf() -> Kdf {
+        Kdf {
+            m_cost: 64,
+            t_cost: 1,
+            ..Kdf::generate()
+        }
+    }
+
+    fn tokens() -> Tokens {
+        Tokens {
+            refresh_token: Some("rt-1".into()),
+            access_token: Some("at-1".into()),
+            expires_at: Some(123),
+        }
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_wrong_password() {
+        let kdf = cheap_kdf();
+        let key = SealingKey::derive(&SecretString::from("pw"), &kdf).expect("derive");
+        let file = TokenFile::seal("a@x.test", "p", &key, &tokens());
+        let path = Path::new("a.json");
+        let t = file.open(&key, path).expect("open");
+        assert_eq!(t.refresh_token.as_deref(), Some("rt-1"));
+        let wrong = SealingKey::derive(&SecretString::from("pW"), &kdf).expect("derive");
+        assert!(matches!(
+            file.open(&wrong, path),
+            Err(StoreError::WrongPassword)
+        ));
+        // The sealed file names no secret.
+        let json = serde_json::to_string(&file).expect("json");
+        assert!(!json.contains("rt-1") && !json.contains("at-1"));
+        // Bound to the user: moving the ciphertext to another user fails.
+        let mut moved = file.clone();
+        moved.user = "b@x.test".into();
+        assert!(matches!(
+            moved.open(&key, path),
+            Err(StoreError::WrongPassword)
+        ));
+    }
+
+    #[test]
+    fn atomic_private_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let key = SealingKey::derive(&SecretString::from("pw"), &cheap_kdf()).expect("derive");
+        let file = TokenFile::seal("a@x.test", "p", &key, &tokens());
+        store.save(&file).expect("save");
+        let loaded = store.load("a@x.test").expect("load").expect("present");
+        assert_eq!(loaded, file);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(store.path("a@x.test"))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(store.dir())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(store.remove("a@x.test").expect("remove"));
+        assert!(!store.remove("a@x.test").expect("remove again"));
+        assert!(store.load("a@x.test").expect("load").is_none());
+    }
+
+    #[test]
+    fn file_names_cannot_escape() {
+        let store = Store::new(Path::new("/s"));
+        assert_eq!(store.path("a@x.test"), Path::new("/s/tokens/a@x.test.json"));
+        assert_eq!(store.path("../etc"), Path::new("/s/tokens/%2E.%2Fetc.json"));
+        assert_eq!(store.path("a/b"), Path::new("/s/tokens/a%2Fb.json"));
+    }
+
+    #[test]
+    fn corrupt_files_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        std::fs::create_dir_all(store.dir()).expect("mkdir");
+        std::fs::write(store.path("a@x.test"), b"{\"version\":1,").expect("write");
+        assert!(matches!(
+            store.load("a@x.test"),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let (files, errors) = store.list();
+        assert!(files.is_empty());
+        assert_eq!(errors.len(), 1);
+    }
+}
