@@ -1,1 +1,20 @@
+//! Test support for mailgate's end-to-end tests. Everything listens on
+//! 127.0.0.1 (or 127.0.0.2) with ports from `:0`; nothing reaches further.
+//!
+//! - [`ca::TestCa`]: a CA and a server certificate made at test time;
+//! - [`oauth::FakeOAuth`]: a token endpoint (refresh grant with knobs for
+//!   lifetime, rotation and failures) and an RFC 7662 introspection endpoint;
+//! - [`imap_server::FakeImap`]: a scripted XOAUTH2-only IMAP server over TLS
+//!   that records the exact bytes it receives;
+//! - [`client::LineClient`]: a line-oriented client for driving the gateway;
+//! - [`harness`]: configuration files, sealed tokens and an in-process gateway;
+//! - [`dovecot`]: a real Dovecot started with its own configuration.
 
+#![allow(clippy::unwrap_used, missing_debug_implementations)]
+
+pub mod ca;
+pub mod client;
+pub mod dovecot;
+pub mod harness;
+pub mod imap_server;
+pub mod oauth;

@@ -1,0 +1,116 @@
+//! A line-oriented test client with literal handling and timeouts, so a
+//! broken gateway fails a test instead of hanging it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct LineClient {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl LineClient {
+    pub async fn connect(addr: SocketAddr) -> LineClient {
+        let s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        LineClient { s, buf: Vec::new() }
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(TIMEOUT, self.s.read(&mut chunk))
+            .await
+            .expect("timed out waiting for the gateway")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next line with its CRLF; empty at EOF.
+    pub async fn line_bytes(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let rest = self.buf.split_off(i + 1);
+                return std::mem::replace(&mut self.buf, rest);
+            }
+            if !self.fill().await {
+                return std::mem::take(&mut self.buf);
+            }
+        }
+    }
+
+    /// The next line as text, CRLF included.
+    pub async fn line(&mut self) -> String {
+        String::from_utf8_lossy(&self.line_bytes().await).into_owned()
+    }
+
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "EOF before {n} bytes");
+        }
+        let rest = self.buf.split_off(n);
+        std::mem::replace(&mut self.buf, rest)
+    }
+
+    pub async fn send(&mut self, data: impl AsRef<[u8]>) {
+        self.s.write_all(data.as_ref()).await.unwrap();
+    }
+
+    /// Raw bytes up to and including the line tagged `tag`, reading IMAP
+    /// literals (`{n}` at a line's end) whole.
+    pub async fn response(&mut self, tag: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let line = self.line_bytes().await;
+            assert!(
+                !line.is_empty(),
+                "EOF before the {tag} reply; got {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&line);
+            if let Some(n) = literal_len(&line) {
+                let lit = self.read_exact(n).await;
+                out.extend_from_slice(&lit);
+                continue;
+            }
+            if line.starts_with(format!("{tag} ").as_bytes()) {
+                return out;
+            }
+        }
+    }
+
+    /// The text of `response`.
+    pub async fn response_text(&mut self, tag: &str) -> String {
+        String::from_utf8_lossy(&self.response(tag).await).into_owned()
+    }
+
+    /// Whether the server closes the connection (EOF) within the timeout,
+    /// discarding anything it still sends.
+    pub async fn closed(&mut self) -> bool {
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(TIMEOUT, self.s.read(&mut chunk)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+fn literal_len(line: &[u8]) -> Option<usize> {
+    let l = line.strip_suffix(b"\r\n")?;
+    let inner = l.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|b| *b == b'{')?;
+    std::str::from_utf8(&inner[open + 1..])
+        .ok()?
+        .trim_end_matches('+')
+        .parse()
+        .ok()
+}

@@ -1,0 +1,160 @@
+//! Configuration files, sealed tokens and an in-process gateway.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mailgate::store::{Kdf, SealingKey, Store, TokenFile, Tokens};
+use mailgate_config::{Config, Protocol};
+use secrecy::SecretString;
+
+use crate::ca::TestCa;
+use crate::oauth::{CLIENT_ID, FakeOAuth};
+
+pub const USER: &str = "alice@example.test";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A temporary directory with a test CA and a fake OAuth server.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    pub oauth: FakeOAuth,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(dir.path());
+        let oauth = FakeOAuth::start().await;
+        Env { dir, ca, oauth }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A configuration with one IMAP listener on 127.0.0.1:0, one custom
+    /// provider `test` whose IMAP server is `imap_url`, and account USER.
+    /// `extra_provider` is appended to the provider section, `extra` to the
+    /// file.
+    pub fn config_text(
+        &self,
+        imap_url: &str,
+        extra_gateway: &str,
+        extra_provider: &str,
+        extra: &str,
+    ) -> String {
+        let mut gateway = String::from(extra_gateway);
+        for (k, v) in [
+            ("upstream_timeout", "\"5s\""),
+            ("preauth_timeout", "\"10s\""),
+        ] {
+            if !extra_gateway.contains(k) {
+                gateway.push_str(&format!("\n{k} = {v}"));
+            }
+        }
+        format!(
+            r#"[gateway]
+state_dir = "state"
+{gateway}
+
+[[listener]]
+protocol = "imap"
+address = "127.0.0.1:0"
+
+[provider.test]
+preset = "custom"
+client_id = "{CLIENT_ID}"
+authorize_url = "http://127.0.0.1:9/authorize"
+token_url = "{token_url}"
+scopes = ["mail"]
+imap = "{imap_url}"
+ca_file = "test-ca.pem"
+min_token_life = "60s"
+{extra_provider}
+
+[[account]]
+user = "{USER}"
+provider = "test"
+{extra}
+"#,
+            token_url = self.oauth.token_url(),
+        )
+    }
+
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let p = self.dir.path().join("mailgate.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn load(&self, text: &str) -> Config {
+        let p = self.write_config(text);
+        mailgate_config::load_with_env(&p, Vec::new()).unwrap_or_else(|e| panic!("config:\n{e}"))
+    }
+
+    /// Seals a refresh token (and optionally a live access token) for `user`
+    /// with `password`, as `mailgate token import` does. Returns the file.
+    pub fn seal(&self, user: &str, password: &str, tokens: Tokens) -> PathBuf {
+        let key =
+            SealingKey::derive(&SecretString::from(password.to_owned()), &Kdf::generate()).unwrap();
+        let file = TokenFile::seal(&user.to_lowercase(), "test", &key, &tokens);
+        let store = Store::new(&self.state_dir());
+        store.save(&file).unwrap();
+        store.path(&user.to_lowercase())
+    }
+
+    /// A fresh refresh token for USER, sealed with PASSWORD.
+    pub fn seal_new_user_token(&self) -> (String, PathBuf) {
+        let rt = self.oauth.issue_refresh_token(USER);
+        let mut t = Tokens::default();
+        t.refresh_token = Some(rt.clone());
+        let p = self.seal(USER, PASSWORD, t);
+        (rt, p)
+    }
+
+    /// Opens USER's sealed tokens with PASSWORD.
+    pub fn open(&self, user: &str, password: &str) -> Tokens {
+        let store = Store::new(&self.state_dir());
+        let file = store.load(user).unwrap().unwrap();
+        let key = SealingKey::derive(&SecretString::from(password.to_owned()), &file.kdf).unwrap();
+        file.open(&key, &store.path(user)).unwrap()
+    }
+
+    pub fn token_file(&self, user: &str) -> TokenFile {
+        Store::new(&self.state_dir()).load(user).unwrap().unwrap()
+    }
+}
+
+/// Starts the gateway in this process on the configuration.
+pub async fn start(config: Config) -> mailgate::Gateway {
+    mailgate::start(Arc::new(config)).await.unwrap()
+}
+
+pub fn imap_addr(g: &mailgate::Gateway) -> std::net::SocketAddr {
+    g.address(Protocol::Imap).unwrap()
+}
+
+/// Path of the `mailgate` binary next to the test executable, built on
+/// demand when missing.
+pub fn mailgate_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let bin = dir.join("mailgate");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "mailgate", "--bin", "mailgate"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the mailgate binary failed");
+    }
+    bin
+}
+
+/// Installs a test log subscriber once (RUST_LOG controls it).
+pub fn logs() {
+    mailgate::logging::init(mailgate_config::LogFormat::Text, "warn");
+}
