@@ -21,3 +21,12 @@ pub fn init(format: LogFormat, default: &str) {
             .try_init(),
     };
 }
+
+/// For tests: a subscriber writing through libtest's capture.
+pub fn init_for_tests() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

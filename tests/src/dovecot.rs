@@ -1,1 +1,181 @@
-//! Placeholder, filled below.
+//! A real Dovecot (Debian's `dovecot-imapd`) started by a test with its own
+//! generated configuration: loopback ports only, nothing under /etc touched,
+//! XOAUTH2/OAUTHBEARER only, tokens checked against the fake OAuth server's
+//! introspection endpoint (`passdb oauth2`, `introspection_mode = post`).
+//!
+//! It listens for IMAP (STARTTLS) on 127.0.0.1 and 127.0.0.2 and for IMAPS
+//! on 127.0.0.1. Dovecot treats a connection whose local and remote addresses
+//! are equal as secured and allows AUTH without TLS; on 127.0.0.2 (the gateway
+//! connects from 127.0.0.1) plaintext authentication is refused, so a login
+//! there proves the gateway really upgraded with STARTTLS.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ca::TestCa;
+use crate::oauth::FakeOAuth;
+
+pub struct Dovecot {
+    child: Child,
+    pub dir: PathBuf,
+    /// IMAP with STARTTLS, on 127.0.0.1 and 127.0.0.2.
+    pub imap_port: u16,
+    /// IMAPS on 127.0.0.1 and 127.0.0.2.
+    pub imaps_port: u16,
+}
+
+/// The dovecot binary, or a panic telling how to install it: these tests
+/// fail rather than skip when Dovecot is missing.
+pub fn binary() -> PathBuf {
+    for p in ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "Dovecot is not installed: run `apt-get install dovecot-imapd` (the CI script .ci/run does)"
+    );
+}
+
+fn free_port() -> u16 {
+    // A port free on 127.0.0.1; 127.0.0.2 shares the loopback, so it is
+    // checked there too.
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.2", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[cfg(unix)]
+fn give_to_mail_user(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // Dovecot does not access mail as root; the `mail` user (uid 8 on
+    // Debian) owns the mail and home directories.
+    let _ = std::os::unix::fs::chown(p, Some(8), Some(8));
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o770));
+}
+
+impl Dovecot {
+    pub fn start(dir: &Path, ca: &TestCa, oauth: &FakeOAuth) -> Dovecot {
+        let bin = binary();
+        let dir = dir.join("dovecot");
+        for sub in ["run", "state", "mail", "home"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Let the mail user traverse the test's temporary directory.
+            for p in [dir.parent().unwrap_or(&dir), &dir] {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+            }
+            give_to_mail_user(&dir.join("mail"));
+            give_to_mail_user(&dir.join("home"));
+        }
+        let imap_port = free_port();
+        let imaps_port = free_port();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("oauth2.conf"),
+            format!(
+                "introspection_mode = post\n\
+                 introspection_url = {}\n\
+                 force_introspection = yes\n\
+                 username_attribute = username\n\
+                 active_attribute = active\n\
+                 active_value = true\n",
+                oauth.introspect_url()
+            ),
+        )
+        .unwrap();
+        let conf = format!(
+            r#"base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = imap
+listen = 127.0.0.1, 127.0.0.2
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = yes
+auth_mechanisms = xoauth2 oauthbearer
+auth_failure_delay = 0
+auth_cache_size = 0
+mail_max_userip_connections = 1000
+first_valid_uid = 0
+mail_location = maildir:{d}/mail/%u
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {d}/oauth2.conf
+}}
+userdb {{
+  driver = static
+  args = uid=mail gid=mail home={d}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = {imaps_port}
+    ssl = yes
+  }}
+}}
+"#,
+            cert = ca.cert_file.display(),
+            key = ca.key_file.display(),
+        );
+        let conf_path = dir.join("dovecot.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(bin)
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting dovecot");
+        let dv = Dovecot {
+            child,
+            dir,
+            imap_port,
+            imaps_port,
+        };
+        dv.wait_ready();
+        dv
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in [self.imap_port, self.imaps_port] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "Dovecot did not start; log:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

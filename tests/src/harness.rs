@@ -156,5 +156,5 @@ pub fn mailgate_bin() -> PathBuf {
 
 /// Installs a test log subscriber once (RUST_LOG controls it).
 pub fn logs() {
-    mailgate::logging::init(mailgate_config::LogFormat::Text, "warn");
+    mailgate::logging::init_for_tests();
 }

@@ -1,0 +1,145 @@
+//! Interop with a real XOAUTH2-only Dovecot through the gateway: a plain
+//! LOGIN client selects, appends and fetches back byte-exact, over imaps://
+//! and over imap:// with STARTTLS. These tests fail (never skip) when Dovecot
+//! is missing.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use mailgate_tests::client::LineClient;
+use mailgate_tests::dovecot::Dovecot;
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start};
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+async fn login(addr: std::net::SocketAddr) -> LineClient {
+    let mut c = LineClient::connect(addr).await;
+    let g = c.line().await;
+    assert!(g.starts_with("* OK"), "{g}");
+    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
+        .await;
+    let r = c.response_text("a").await;
+    assert!(r.starts_with("a OK [CAPABILITY IMAP4rev1"), "{r}");
+    assert!(!r.contains("AUTH="), "{r}");
+    c
+}
+
+/// SELECT, APPEND with a synchronising literal, FETCH it back byte-exact.
+async fn append_and_fetch(c: &mut LineClient, subject: &str) {
+    let message = format!(
+        "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\
+         Message-ID: <{subject}@example.test>\r\n\r\nHello through mailgate.\r\n\
+         A line with \"quotes\", {{braces}} and 8-bit: caf\u{e9}.\r\n"
+    );
+    c.send("s SELECT INBOX\r\n").await;
+    let r = c.response_text("s").await;
+    assert!(r.contains("s OK"), "{r}");
+    c.send(format!("p APPEND INBOX (\\Seen) {{{}}}\r\n", message.len()))
+        .await;
+    let cont = c.line().await;
+    assert!(cont.starts_with('+'), "{cont}");
+    c.send(format!("{message}\r\n")).await;
+    let r = c.response_text("p").await;
+    assert!(r.contains("p OK"), "{r}");
+    c.send("n NOOP\r\n").await;
+    c.response_text("n").await;
+    c.send(format!(
+        "f UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"
+    ))
+    .await;
+    let r = c.response_text("f").await;
+    assert!(r.contains(subject), "{r}");
+    c.send(format!("g FETCH * BODY.PEEK[]\r\n")).await;
+    let raw = c.response("g").await;
+    let want = format!("BODY[] {{{}}}\r\n{message})", message.len());
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains(&want),
+        "FETCH did not return the message byte-exact:\n{text}"
+    );
+    c.send("z LOGOUT\r\n").await;
+    assert!(c.response_text("z").await.contains("z OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_imaps_and_starttls() {
+    logs();
+    let env = Env::new().await;
+    let dv = Dovecot::start(env.path(), &env.ca, &env.oauth);
+    env.seal_new_user_token();
+
+    // imaps:// on 127.0.0.1
+    let g = start(env.load(&env.config_text(
+        &format!("imaps://127.0.0.1:{}", dv.imaps_port),
+        "",
+        "",
+        "",
+    )))
+    .await;
+    let mut c = login(imap_addr(&g)).await;
+    append_and_fetch(&mut c, "over-imaps").await;
+    g.shutdown().await;
+
+    // The premise of the next part: on 127.0.0.2 Dovecot refuses to
+    // authenticate before TLS.
+    let mut direct = LineClient::connect(([127, 0, 0, 2], dv.imap_port).into()).await;
+    let greeting = direct.line().await;
+    assert!(
+        greeting.contains("LOGINDISABLED") && greeting.contains("STARTTLS"),
+        "{greeting}"
+    );
+    direct
+        .send("x AUTHENTICATE XOAUTH2 dXNlcj1hAWF1dGg9QmVhcmVyIHgBAQ==\r\n")
+        .await;
+    let r = direct.response_text("x").await;
+    assert!(
+        r.contains("PRIVACYREQUIRED") || r.starts_with("x NO") || r.starts_with("x BAD"),
+        "{r}"
+    );
+
+    // imap:// with STARTTLS on 127.0.0.2: works only if the gateway upgrades.
+    let g = start(env.load(&env.config_text(
+        &format!("imap://127.0.0.2:{}", dv.imap_port),
+        "",
+        "",
+        "",
+    )))
+    .await;
+    let mut c = login(imap_addr(&g)).await;
+    append_and_fetch(&mut c, "over-starttls").await;
+    let log = dv.log();
+    assert!(
+        log.contains("TLS"),
+        "Dovecot log shows no TLS login:\n{log}"
+    );
+    assert!(env.oauth.introspection_count() >= 2);
+}
+
+/// A token Dovecot no longer accepts: Dovecot's error challenge is answered,
+/// the gateway refreshes once and logs in, without dropping the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_rejected_token_is_refreshed() {
+    logs();
+    let env = Env::new().await;
+    let dv = Dovecot::start(env.path(), &env.ca, &env.oauth);
+    env.seal_new_user_token();
+    let g = start(env.load(&env.config_text(
+        &format!("imaps://127.0.0.1:{}", dv.imaps_port),
+        "",
+        "",
+        "",
+    )))
+    .await;
+    let _first = login(imap_addr(&g)).await;
+    assert_eq!(env.oauth.refresh_count(), 1);
+    env.oauth.revoke_access_tokens();
+    let mut c = tokio::time::timeout(Duration::from_secs(30), login(imap_addr(&g)))
+        .await
+        .unwrap();
+    assert_eq!(env.oauth.refresh_count(), 2);
+    c.send("s SELECT INBOX\r\n").await;
+    assert!(c.response_text("s").await.contains("s OK"));
+}
