@@ -46,13 +46,14 @@ async fn append_and_fetch(c: &mut LineClient, subject: &str) {
     assert!(r.contains("p OK"), "{r}");
     c.send("n NOOP\r\n").await;
     c.response_text("n").await;
-    c.send(format!(
-        "f UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"
-    ))
+    c.send(
+        "f UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])
+",
+    )
     .await;
     let r = c.response_text("f").await;
     assert!(r.contains(subject), "{r}");
-    c.send(format!("g FETCH * BODY.PEEK[]\r\n")).await;
+    c.send("g FETCH * BODY.PEEK[]\r\n").await;
     let raw = c.response("g").await;
     let want = format!("BODY[] {{{}}}\r\n{message})", message.len());
     let text = String::from_utf8_lossy(&raw);
