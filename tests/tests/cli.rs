@@ -1,0 +1,308 @@
+//! The `mailgate` binary itself: every command of SPEC §2 that exists,
+//! exit codes, and `run` serving until SIGTERM.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use mailgate_tests::client::LineClient;
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, mailgate_bin, start};
+use mailgate_tests::imap_server::{FakeImap, Options};
+
+fn mailgate(config: &Path, args: &[&str], stdin: &str, password: Option<&str>) -> Output {
+    let mut cmd = Command::new(mailgate_bin());
+    cmd.arg("-c").arg(config).args(args);
+    cmd.env_remove("MAILGATE_PASSWORD")
+        .env_remove("MAILGATE_CONFIG");
+    if let Some(p) = password {
+        cmd.env("MAILGATE_PASSWORD", p);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[test]
+fn check_examples_and_errors() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    for name in [
+        "desktop-office365.toml",
+        "desktop-gmail.toml",
+        "gateway-box.toml",
+    ] {
+        let out = mailgate(&examples.join(name), &["check"], "", None);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("configuration is valid"), "{stdout}");
+        assert!(stdout.contains("imap"), "{stdout}");
+    }
+    let out = mailgate(
+        &examples.join("desktop-office365.toml"),
+        &["check"],
+        "",
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("https://login.microsoftonline.com/common/oauth2/v2.0/token"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("outlook.office365.com:993 (implicit TLS)"),
+        "{stdout}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[listener]]\nprotocol = \"imap\"\naddress = \"bogus\"\n[provider.p]\npreset = \"gmail\"\n[[account]]\nuser = \"a@b.c\"\nprovider = \"q\"\n",
+    )
+    .unwrap();
+    let out = mailgate(&bad, &["check"], "", None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let file = bad.display().to_string();
+    for want in [
+        format!("{file}:listener[0].address: `bogus` is not an address"),
+        format!("{file}:provider.p.client_id: missing"),
+        format!("{file}:account[0].provider: no provider named `q`"),
+    ] {
+        assert!(err.contains(&want), "wanted {want} in\n{err}");
+    }
+
+    let out = mailgate(&dir.path().join("missing.toml"), &["check"], "", None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_import_accounts_forget() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    let cfg = env.write_config(&env.config_text(&imap.url(false), "", "", ""));
+
+    // A dead token is refused and nothing is stored.
+    let out = mailgate(
+        &cfg,
+        &["token", "import", USER],
+        "not-a-token\n",
+        Some(PASSWORD),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the token does not work"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !env.state_dir()
+            .join("tokens")
+            .join(format!("{USER}.json"))
+            .exists()
+    );
+
+    // A user not in the configuration is refused.
+    let out = mailgate(
+        &cfg,
+        &["token", "import", "eve@example.test"],
+        "x\n",
+        Some(PASSWORD),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("matches no [[account]]"));
+
+    // No password source at all: a clear error.
+    let out = mailgate(
+        &cfg,
+        &["token", "import", USER, "--no-verify"],
+        "rt\n",
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("MAILGATE_PASSWORD"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let rt = env.oauth.issue_refresh_token(USER);
+    let out = mailgate(
+        &cfg,
+        &["token", "import", "Alice@Example.test"],
+        &format!("{rt}\n"),
+        Some(PASSWORD),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("verified with one refresh"));
+    assert_eq!(env.oauth.refresh_count(), 1);
+    let tokens = env.open(USER, PASSWORD);
+    assert_eq!(tokens.refresh_token.as_deref(), Some(rt.as_str()));
+    assert!(tokens.access_token.is_some());
+
+    // The secret never appears in the listing or the file's clear part.
+    let out = mailgate(&cfg, &["accounts"], "", None);
+    assert!(out.status.success());
+    let listing = text(&out.stdout);
+    assert!(listing.starts_with("USER"), "{listing}");
+    let row = listing.lines().find(|l| l.starts_with(USER)).unwrap();
+    assert!(
+        row.contains("test") && row.contains("authorization_code") && row.contains(" yes "),
+        "{row}"
+    );
+    assert!(!listing.contains(&rt));
+    let raw = std::fs::read_to_string(env.state_dir().join("tokens").join(format!("{USER}.json")))
+        .unwrap();
+    assert!(!raw.contains(&rt));
+
+    // The imported token serves a login through the gateway, with no
+    // further refresh (the verified access token is reused).
+    let g = start(env.load(&std::fs::read_to_string(&cfg).unwrap())).await;
+    let mut c = LineClient::connect(imap_addr(&g)).await;
+    c.line().await;
+    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
+        .await;
+    assert!(c.response_text("a").await.starts_with("a OK"));
+    assert_eq!(env.oauth.refresh_count(), 1);
+    drop(c);
+    g.shutdown().await;
+
+    let out = mailgate(&cfg, &["forget", USER], "", None);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("deleted"));
+    let out = mailgate(&cfg, &["accounts"], "", None);
+    let row = text(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(USER))
+        .unwrap()
+        .to_string();
+    assert!(row.contains(" no "), "{row}");
+    let out = mailgate(&cfg, &["forget", USER], "", None);
+    assert!(text(&out.stdout).contains("no tokens were stored"));
+}
+
+/// `hash-password` output works as an account's `password_hash`: the right
+/// password logs in, a wrong one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_password_as_password_hash() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    let cfg = env.write_config(&env.config_text(&imap.url(false), "", "", ""));
+    let out = mailgate(&cfg, &["hash-password"], "", Some("hashed pw"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hash = text(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+
+    let mut t = mailgate::store::Tokens::default();
+    t.refresh_token = Some(env.oauth.issue_refresh_token(USER));
+    env.seal(USER, "hashed pw", t);
+    let g = start(env.load(&env.config_text(
+        &imap.url(false),
+        "",
+        "",
+        &format!("password_hash = \"{hash}\""),
+    )))
+    .await;
+    let mut c = LineClient::connect(imap_addr(&g)).await;
+    c.line().await;
+    c.send(format!("a LOGIN {USER} \"hashed px\"\r\n")).await;
+    assert!(
+        c.response_text("a")
+            .await
+            .starts_with("a NO [AUTHENTICATIONFAILED]")
+    );
+    c.send(format!("b LOGIN {USER} \"hashed pw\"\r\n")).await;
+    let r = c.response_text("b").await;
+    assert!(r.starts_with("b OK"), "{r}");
+}
+
+/// `mailgate run` serves until SIGTERM and then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_until_sigterm() {
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    env.seal_new_user_token();
+    let cfg =
+        env.write_config(&env.config_text(&imap.url(false), "shutdown_grace = \"2s\"", "", ""));
+    let mut child = Command::new(mailgate_bin())
+        .arg("-c")
+        .arg(&cfg)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    // "listening protocol=imap address=127.0.0.1:PORT"
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no listening line");
+        if let Some(i) = line.find("address=") {
+            let a = line[i + 8..].split_whitespace().next().unwrap().to_string();
+            break a.parse::<std::net::SocketAddr>().unwrap();
+        }
+    };
+    let mut c = LineClient::connect(addr).await;
+    assert!(c.line().await.starts_with("* OK"));
+    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
+        .await;
+    assert!(c.response_text("a").await.starts_with("a OK"));
+    drop(c);
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mailgate did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "{code:?}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("shutting down")),
+        "{rest:#?}"
+    );
+}
