@@ -51,12 +51,27 @@ fn free_port() -> u16 {
     }
 }
 
+/// uid and gid of the `mail` user (Debian: 8, 8).
+fn mail_ids() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"mail") && f.len() > 3)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .unwrap_or((8, 8))
+}
+
 #[cfg(unix)]
 fn give_to_mail_user(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    // Dovecot does not access mail as root; the `mail` user (uid 8 on
-    // Debian) owns the mail and home directories.
-    let _ = std::os::unix::fs::chown(p, Some(8), Some(8));
+    // Dovecot does not access mail as root; the `mail` user owns the mail
+    // and home directories.
+    let (uid, gid) = mail_ids();
+    let _ = std::os::unix::fs::chown(p, Some(uid), Some(gid));
     let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o770));
 }
 
