@@ -82,6 +82,21 @@ pub fn encode_xoauth2(user: &str, token: &SecretString) -> SecretString {
     SecretString::from(STANDARD.encode(raw.expose_secret()))
 }
 
+/// Decodes an XOAUTH2 initial response into (user, token); `None` when it is
+/// not of the form `user=U ^A auth=Bearer T ^A ^A`. For servers and tests.
+pub fn decode_xoauth2(b64: &[u8]) -> Option<(String, SecretString)> {
+    let raw = STANDARD.decode(b64.trim_ascii()).ok()?;
+    let raw = SecretString::from(String::from_utf8(raw).ok()?);
+    let body = raw.expose_secret().strip_suffix("\x01\x01")?;
+    let (user, auth) = body.split_once('\x01')?;
+    let user = user.strip_prefix("user=")?;
+    let token = auth.strip_prefix("auth=Bearer ")?;
+    if user.is_empty() || token.is_empty() || token.contains('\x01') {
+        return None;
+    }
+    Some((user.to_owned(), SecretString::from(token.to_owned())))
+}
+
 /// The decoded JSON of an XOAUTH2 error challenge, e.g.
 /// `{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +207,23 @@ mod tests {
             "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52\
              YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
         );
+    }
+
+    #[test]
+    fn xoauth2_round_trip() {
+        for (user, token) in [("a@b.c", "tok"), ("j\u{f6}rg@x.test", "ya29.a-b_c/d+e=")] {
+            let enc = encode_xoauth2(user, &SecretString::from(token));
+            let (u, t) = decode_xoauth2(enc.expose_secret().as_bytes()).expect("decodes");
+            assert_eq!((u.as_str(), t.expose_secret()), (user, token));
+        }
+        for bad in [
+            "",
+            "!!",
+            "dXNlcj1hAWF1dGg9QmVhcmVyIHgB",
+            "dXNlcj0BYXV0aD1CZWFyZXIgeAEB",
+        ] {
+            assert!(decode_xoauth2(bad.as_bytes()).is_none(), "{bad}");
+        }
     }
 
     #[test]

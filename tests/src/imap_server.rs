@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use mailgate_proto::sasl::decode_xoauth2;
+use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -263,17 +265,10 @@ async fn serve(
                     String::from_utf8_lossy(&resp).trim_end().to_string()
                 }
             };
-            let ok_user = STANDARD
-                .decode(b64.as_bytes())
-                .ok()
-                .and_then(|raw| String::from_utf8(raw).ok())
-                .and_then(|s| {
-                    let s = s.strip_suffix("\x01\x01")?.to_string();
-                    let (u, a) = s.split_once('\x01')?;
-                    let u = u.strip_prefix("user=")?.to_string();
-                    let t = a.strip_prefix("auth=Bearer ")?.to_string();
-                    (oauth.check_access(&t)?.eq_ignore_ascii_case(&u)).then_some(u)
-                });
+            let ok_user = decode_xoauth2(b64.as_bytes()).and_then(|(u, t)| {
+                let owner = oauth.check_access(t.expose_secret())?;
+                owner.eq_ignore_ascii_case(&u).then_some(u)
+            });
             match ok_user {
                 Some(u) => {
                     rec.auth.lock().unwrap().push(exchange);

@@ -734,3 +734,36 @@ async fn preauth_timeout_closes() {
     assert_eq!(c.line().await, "* BYE Autologout: no login within 1s\r\n");
     assert!(c.closed().await);
 }
+
+/// From the third wrong password on, attempts for the user are slowed down
+/// (a lower bound only: a slow machine cannot make this fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_wrong_passwords_are_slowed_down() {
+    let s = Setup::new().await;
+    for tag in ["a", "b", "c"] {
+        let mut c = s.client().await;
+        c.send(format!("{tag} LOGIN {USER} wrong\r\n")).await;
+        assert!(
+            c.response_text(tag)
+                .await
+                .starts_with(&format!("{tag} NO [AUTHENTICATIONFAILED]"))
+        );
+    }
+    let mut c = s.client().await;
+    let started = std::time::Instant::now();
+    c.send(format!("d LOGIN {USER} wrong\r\n")).await;
+    assert!(
+        c.response_text("d")
+            .await
+            .starts_with("d NO [AUTHENTICATIONFAILED]")
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "no backoff: {:?}",
+        started.elapsed()
+    );
+    // The right password still works (after its own wait) and clears it.
+    c.send(format!("e LOGIN {USER} {}\r\n", quote(PASSWORD)))
+        .await;
+    assert!(c.response_text("e").await.starts_with("e OK"));
+}
