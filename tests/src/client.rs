@@ -57,6 +57,21 @@ impl LineClient {
         std::mem::replace(&mut self.buf, rest)
     }
 
+    /// Connects and reads the greeting, which must be `* OK ...`.
+    pub async fn greeted(addr: SocketAddr) -> LineClient {
+        let mut c = LineClient::connect(addr).await;
+        let g = c.line().await;
+        assert!(g.starts_with("* OK"), "greeting: {g}");
+        c
+    }
+
+    /// Sends `tag LOGIN user "password"` and returns the whole reply.
+    pub async fn login(&mut self, tag: &str, user: &str, password: &str) -> String {
+        self.send(format!("{tag} LOGIN {user} {}\r\n", quote(password)))
+            .await;
+        self.response_text(tag).await
+    }
+
     pub async fn send(&mut self, data: impl AsRef<[u8]>) {
         self.s.write_all(data.as_ref()).await.unwrap();
     }
@@ -113,4 +128,9 @@ fn literal_len(line: &[u8]) -> Option<usize> {
         .trim_end_matches('+')
         .parse()
         .ok()
+}
+
+/// An IMAP quoted string.
+pub fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }

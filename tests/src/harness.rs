@@ -85,6 +85,12 @@ provider = "test"
         )
     }
 
+    /// Starts a gateway in this process on the default configuration for
+    /// `imap_url`.
+    pub async fn gateway(&self, imap_url: &str) -> mailgate::Gateway {
+        start(self.load(&self.config_text(imap_url, "", "", ""))).await
+    }
+
     pub fn write_config(&self, text: &str) -> PathBuf {
         let p = self.dir.path().join("mailgate.toml");
         std::fs::write(&p, text).unwrap();
@@ -136,6 +142,12 @@ pub async fn start(config: Config) -> mailgate::Gateway {
 
 pub fn imap_addr(g: &mailgate::Gateway) -> std::net::SocketAddr {
     g.address(Protocol::Imap).unwrap()
+}
+
+/// A loopback port nothing listens on (bound once, then released).
+pub fn unused_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// Path of the `mailgate` binary next to the test executable, built on

@@ -39,10 +39,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
 #[test]
 fn check_examples_and_errors() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
@@ -180,11 +176,8 @@ async fn token_import_accounts_forget() {
     // The imported token serves a login through the gateway, with no
     // further refresh (the verified access token is reused).
     let g = start(env.load(&std::fs::read_to_string(&cfg).unwrap())).await;
-    let mut c = LineClient::connect(imap_addr(&g)).await;
-    c.line().await;
-    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    assert!(c.response_text("a").await.starts_with("a OK"));
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
     assert_eq!(env.oauth.refresh_count(), 1);
     drop(c);
     g.shutdown().await;
@@ -226,8 +219,7 @@ async fn hash_password_as_password_hash() {
         &format!("password_hash = \"{hash}\""),
     )))
     .await;
-    let mut c = LineClient::connect(imap_addr(&g)).await;
-    c.line().await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
     c.send(format!("a LOGIN {USER} \"hashed px\"\r\n")).await;
     assert!(
         c.response_text("a")
@@ -277,9 +269,7 @@ async fn run_serves_until_sigterm() {
     };
     let mut c = LineClient::connect(addr).await;
     assert!(c.line().await.starts_with("* OK"));
-    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    assert!(c.response_text("a").await.starts_with("a OK"));
+    assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
     drop(c);
 
     let status = Command::new("kill")

@@ -9,19 +9,13 @@ use std::time::Duration;
 
 use mailgate_tests::client::LineClient;
 use mailgate_tests::dovecot::Dovecot;
-use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start};
-
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs};
 
 async fn login(addr: std::net::SocketAddr) -> LineClient {
     let mut c = LineClient::connect(addr).await;
     let g = c.line().await;
     assert!(g.starts_with("* OK"), "{g}");
-    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    let r = c.response_text("a").await;
+    let r = c.login("a", USER, PASSWORD).await;
     assert!(r.starts_with("a OK [CAPABILITY IMAP4rev1"), "{r}");
     assert!(!r.contains("AUTH="), "{r}");
     c
@@ -65,21 +59,23 @@ async fn append_and_fetch(c: &mut LineClient, subject: &str) {
     assert!(c.response_text("z").await.contains("z OK"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dovecot_imaps_and_starttls() {
+/// A fake OAuth server, a Dovecot validating against it, and a sealed token.
+async fn with_dovecot() -> (Env, Dovecot) {
     logs();
     let env = Env::new().await;
     let dv = Dovecot::start(env.path(), &env.ca, &env.oauth);
     env.seal_new_user_token();
+    (env, dv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_imaps_and_starttls() {
+    let (env, dv) = with_dovecot().await;
 
     // imaps:// on 127.0.0.1
-    let g = start(env.load(&env.config_text(
-        &format!("imaps://127.0.0.1:{}", dv.imaps_port),
-        "",
-        "",
-        "",
-    )))
-    .await;
+    let g = env
+        .gateway(&format!("imaps://127.0.0.1:{}", dv.imaps_port))
+        .await;
     let mut c = login(imap_addr(&g)).await;
     append_and_fetch(&mut c, "over-imaps").await;
     g.shutdown().await;
@@ -102,13 +98,9 @@ async fn dovecot_imaps_and_starttls() {
     );
 
     // imap:// with STARTTLS on 127.0.0.2: works only if the gateway upgrades.
-    let g = start(env.load(&env.config_text(
-        &format!("imap://127.0.0.2:{}", dv.imap_port),
-        "",
-        "",
-        "",
-    )))
-    .await;
+    let g = env
+        .gateway(&format!("imap://127.0.0.2:{}", dv.imap_port))
+        .await;
     let mut c = login(imap_addr(&g)).await;
     append_and_fetch(&mut c, "over-starttls").await;
     let log = dv.log();
@@ -123,17 +115,10 @@ async fn dovecot_imaps_and_starttls() {
 /// the gateway refreshes once and logs in, without dropping the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dovecot_rejected_token_is_refreshed() {
-    logs();
-    let env = Env::new().await;
-    let dv = Dovecot::start(env.path(), &env.ca, &env.oauth);
-    env.seal_new_user_token();
-    let g = start(env.load(&env.config_text(
-        &format!("imaps://127.0.0.1:{}", dv.imaps_port),
-        "",
-        "",
-        "",
-    )))
-    .await;
+    let (env, dv) = with_dovecot().await;
+    let g = env
+        .gateway(&format!("imaps://127.0.0.1:{}", dv.imaps_port))
+        .await;
     let _first = login(imap_addr(&g)).await;
     assert_eq!(env.oauth.refresh_count(), 1);
     env.oauth.revoke_access_tokens();

@@ -9,17 +9,13 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mailgate::store::Tokens;
-use mailgate_tests::client::LineClient;
-use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start};
+use mailgate_tests::client::{LineClient, quote};
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start, unused_port};
 use mailgate_tests::imap_server::{FailureStyle, FakeImap, Options};
 use mailgate_tests::oauth::Mode;
 
 fn xoauth2(user: &str, token: &str) -> String {
     STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
-}
-
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 struct Setup {
@@ -57,9 +53,7 @@ impl Setup {
 
     async fn logged_in(&self) -> LineClient {
         let mut c = self.client().await;
-        c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-            .await;
-        let r = c.response_text("a").await;
+        let r = c.login("a", USER, PASSWORD).await;
         assert!(r.starts_with("a OK"), "{r}");
         c
     }
@@ -304,9 +298,7 @@ async fn wrong_password_changes_nothing() {
 
     // After a good login (key cached), a wrong password still fails and
     // still changes nothing.
-    c.send(format!("c LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    assert!(c.response_text("c").await.starts_with("c OK"));
+    assert!(c.login("c", USER, PASSWORD).await.starts_with("c OK"));
     let after_good = std::fs::read(&path).unwrap();
     let mut d = s.client().await;
     d.send(format!(
@@ -353,8 +345,7 @@ async fn no_token_tells_the_user_what_to_do() {
     let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
     let cfg = env.load(&env.config_text(&imap.url(false), "", "", ""));
     let g = start(cfg).await;
-    let mut c = LineClient::connect(imap_addr(&g)).await;
-    c.line().await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
     c.send(format!("a LOGIN {USER} pw\r\n")).await;
     let r = c.response_text("a").await;
     assert!(
@@ -369,9 +360,7 @@ async fn dead_refresh_token() {
     let s = Setup::new().await;
     s.env.oauth.set_mode(Mode::InvalidGrant);
     let mut c = s.client().await;
-    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    let r = c.response_text("a").await;
+    let r = c.login("a", USER, PASSWORD).await;
     assert!(
         r.starts_with(
             "a NO [ALERT] The authorisation of alice@example.test has expired or was revoked"
@@ -386,9 +375,11 @@ async fn dead_refresh_token() {
     assert!(s.env.open(USER, PASSWORD).refresh_token.is_some());
     // Later logins fail at once without asking the token endpoint again.
     s.env.oauth.set_mode(Mode::Normal);
-    c.send(format!("b LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    assert!(c.response_text("b").await.starts_with("b NO [ALERT]"));
+    assert!(
+        c.login("b", USER, PASSWORD)
+            .await
+            .starts_with("b NO [ALERT]")
+    );
     assert_eq!(s.env.oauth.refresh_count(), 0);
 }
 
@@ -405,15 +396,12 @@ async fn expired_access_token_is_refreshed_and_min_token_life_honoured() {
     t.access_token = Some(at.clone());
     t.expires_at = Some(mailgate::store::now() + 10);
     env.seal(USER, PASSWORD, t);
-    let g = start(env.load(&env.config_text(&imap.url(false), "", "", ""))).await;
+    let g = env.gateway(&imap.url(false)).await;
     let login = |tag: &'static str| {
         let addr = imap_addr(&g);
         async move {
-            let mut c = LineClient::connect(addr).await;
-            c.line().await;
-            c.send(format!("{tag} LOGIN {USER} {}\r\n", quote(PASSWORD)))
-                .await;
-            let r = c.response_text(tag).await;
+            let mut c = LineClient::greeted(addr).await;
+            let r = c.login(tag, USER, PASSWORD).await;
             assert!(r.starts_with(&format!("{tag} OK")), "{r}");
         }
     };
@@ -442,14 +430,15 @@ async fn expired_access_token_is_refreshed_and_min_token_life_honoured() {
     let mut t = Tokens::default();
     t.refresh_token = Some(env.oauth.issue_refresh_token(USER));
     env.seal(USER, PASSWORD, t);
-    let g = start(env.load(&env.config_text(&imap.url(false), "", "", ""))).await;
+    let g = env.gateway(&imap.url(false)).await;
     let addr = imap_addr(&g);
     for tag in ["c", "d"] {
-        let mut c = LineClient::connect(addr).await;
-        c.line().await;
-        c.send(format!("{tag} LOGIN {USER} {}\r\n", quote(PASSWORD)))
-            .await;
-        assert!(c.response_text(tag).await.starts_with(&format!("{tag} OK")));
+        let mut c = LineClient::greeted(addr).await;
+        assert!(
+            c.login(tag, USER, PASSWORD)
+                .await
+                .starts_with(&format!("{tag} OK"))
+        );
     }
     assert_eq!(env.oauth.refresh_count(), 3);
 }
@@ -488,9 +477,7 @@ async fn upstream_rejection_refreshes_and_retries_once() {
         assert_eq!(s.env.oauth.refresh_count(), 1);
         s.env.oauth.revoke_access_tokens();
         let mut c = s.client().await;
-        c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-            .await;
-        let r = c.response_text("a").await;
+        let r = c.login("a", USER, PASSWORD).await;
         assert!(r.starts_with("a OK"), "{style:?}: {r}");
         assert_eq!(s.env.oauth.refresh_count(), 2, "{style:?}");
         assert_eq!(s.imap.failed_logins(), 1, "{style:?}");
@@ -522,11 +509,8 @@ async fn upstream_refusing_fresh_tokens_fails_cleanly() {
         "upstream_user = \"mallory@example.test\"",
     );
     let g = start(env.load(&text)).await;
-    let mut c = LineClient::connect(imap_addr(&g)).await;
-    c.line().await;
-    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    let r = c.response_text("a").await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("a", USER, PASSWORD).await;
     assert!(
         r.starts_with(
             "a NO [AUTHENTICATIONFAILED] The provider refused the login of mallory@example.test"
@@ -544,12 +528,9 @@ async fn twenty_concurrent_logins_cause_one_refresh() {
     let mut tasks = Vec::new();
     for i in 0..20 {
         tasks.push(tokio::spawn(async move {
-            let mut c = LineClient::connect(addr).await;
-            c.line().await;
+            let mut c = LineClient::greeted(addr).await;
             let tag = format!("c{i}");
-            c.send(format!("{tag} LOGIN {USER} {}\r\n", quote(PASSWORD)))
-                .await;
-            let r = c.response_text(&tag).await;
+            let r = c.login(&tag, USER, PASSWORD).await;
             assert!(r.starts_with(&format!("{tag} OK")), "{r}");
             c
         }));
@@ -568,17 +549,10 @@ async fn upstream_unreachable_is_unavailable() {
     let env = Env::new().await;
     env.seal_new_user_token();
     // A port nothing listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let g =
-        start(env.load(&env.config_text(&format!("imaps://127.0.0.1:{port}"), "", "", ""))).await;
-    let mut c = LineClient::connect(imap_addr(&g)).await;
-    c.line().await;
-    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    let r = c.response_text("a").await;
+    let port = unused_port();
+    let g = env.gateway(&format!("imaps://127.0.0.1:{port}")).await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("a", USER, PASSWORD).await;
     assert!(
         r.starts_with("a NO [UNAVAILABLE] The mail server cannot be reached now"),
         "{r}"
@@ -599,9 +573,7 @@ async fn token_endpoint_failures_are_unavailable() {
         let s = Setup::with(Options::default(), "upstream_timeout = \"2s\"", "").await;
         s.env.oauth.set_mode(mode.clone());
         let mut c = s.client().await;
-        c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-            .await;
-        let r = c.response_text("a").await;
+        let r = c.login("a", USER, PASSWORD).await;
         assert!(
             r.starts_with("a NO [UNAVAILABLE] Cannot log in now"),
             "{mode:?}: {r}"
@@ -622,20 +594,14 @@ async fn token_endpoint_down_is_unavailable() {
     let env = Env::new().await;
     let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
     env.seal_new_user_token();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = unused_port();
     let text = env.config_text(&imap.url(false), "", "", "").replace(
         &env.oauth.token_url(),
         &format!("http://127.0.0.1:{port}/token"),
     );
     let g = start(env.load(&text)).await;
-    let mut c = LineClient::connect(imap_addr(&g)).await;
-    c.line().await;
-    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    let r = c.response_text("a").await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("a", USER, PASSWORD).await;
     assert!(
         r.starts_with(
             "a NO [UNAVAILABLE] Cannot log in now: the token endpoint of test cannot be used now"
@@ -680,9 +646,7 @@ async fn upstream_without_starttls_is_refused() {
     )
     .await;
     let mut c = s.client().await;
-    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    let r = c.response_text("a").await;
+    let r = c.login("a", USER, PASSWORD).await;
     assert!(r.starts_with("a NO [UNAVAILABLE]"), "{r}");
     assert!(r.contains("does not offer STARTTLS"), "{r}");
     assert_eq!(
@@ -706,11 +670,8 @@ async fn upstream_certificate_must_verify() {
         .config_text(&imap.url(false), "", "", "")
         .replace("ca_file = \"test-ca.pem\"\n", "");
     let g = start(env.load(&text)).await;
-    let mut c = LineClient::connect(imap_addr(&g)).await;
-    c.line().await;
-    c.send(format!("a LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    let r = c.response_text("a").await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("a", USER, PASSWORD).await;
     assert!(r.starts_with("a NO [UNAVAILABLE]"), "{r}");
     assert!(r.contains("TLS"), "{r}");
     assert!(imap.auth_lines().is_empty());
@@ -763,7 +724,5 @@ async fn repeated_wrong_passwords_are_slowed_down() {
         started.elapsed()
     );
     // The right password still works (after its own wait) and clears it.
-    c.send(format!("e LOGIN {USER} {}\r\n", quote(PASSWORD)))
-        .await;
-    assert!(c.response_text("e").await.starts_with("e OK"));
+    assert!(c.login("e", USER, PASSWORD).await.starts_with("e OK"));
 }
