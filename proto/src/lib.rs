@@ -7,7 +7,11 @@
 //! second.
 
 pub mod imap;
+mod lex;
+pub mod line;
+pub mod pop3;
 pub mod sasl;
+pub mod smtp;
 
 pub use secrecy::{ExposeSecret, SecretString};
 

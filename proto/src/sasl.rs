@@ -3,7 +3,43 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use nom::Parser;
+use nom::branch::alt;
+use nom::bytes::streaming::tag;
+use nom::combinator::{map, opt};
+use nom::sequence::terminated;
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::lex::{base64_or_eq, crlf};
+use crate::{DecodeError, NomResult, finish};
+
+/// A line answering a SASL continuation request (IMAP `+`, SMTP `334`,
+/// POP3 `+`).
+#[derive(Debug)]
+pub enum SaslLine {
+    /// The base64 text of the response (empty for an empty line).
+    Response(SecretString),
+    /// `*`: the client cancels the exchange.
+    Cancel,
+}
+
+/// Decodes a SASL response line: `(base64 / "=" / "*") CRLF`.
+pub fn decode_sasl_line(input: &[u8]) -> Result<(&[u8], SaslLine), DecodeError> {
+    finish(sasl_line(input), || None)
+}
+
+fn sasl_line(i: &[u8]) -> NomResult<'_, SaslLine> {
+    terminated(
+        alt((
+            map(tag("*"), |_| SaslLine::Cancel),
+            map(opt(base64_or_eq), |b| {
+                SaslLine::Response(SecretString::from(b.unwrap_or_default()))
+            }),
+        )),
+        crlf,
+    )
+    .parse(i)
+}
 
 /// Errors of SASL payload decoding. None of them carries the payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,6 +243,24 @@ mod tests {
             "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52\
              YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
         );
+    }
+
+    #[test]
+    fn sasl_lines() {
+        let (_, l) = decode_sasl_line(b"*\r\n").expect("cancel");
+        assert!(matches!(l, SaslLine::Cancel));
+        let (_, l) = decode_sasl_line(b"AGEAYg==\r\n").expect("resp");
+        assert!(matches!(l, SaslLine::Response(ref s) if s.expose_secret() == "AGEAYg=="));
+        let (_, l) = decode_sasl_line(b"\r\n").expect("empty");
+        assert!(matches!(l, SaslLine::Response(ref s) if s.expose_secret().is_empty()));
+        assert!(matches!(
+            decode_sasl_line(b"AGEA"),
+            Err(DecodeError::Incomplete)
+        ));
+        assert!(matches!(
+            decode_sasl_line(b"not base64\r\n"),
+            Err(DecodeError::Failed { .. })
+        ));
     }
 
     #[test]

@@ -9,10 +9,8 @@
 
 use std::collections::VecDeque;
 
-use mailgate_proto::imap::{
-    Command, CommandBody, Frame, Framer, Limits, SaslLine, decode_command, decode_sasl_line,
-};
-use mailgate_proto::sasl::{decode_base64, decode_plain};
+use mailgate_proto::imap::{Command, CommandBody, Frame, Framer, Limits, decode_command};
+use mailgate_proto::sasl::{SaslLine, decode_base64, decode_plain, decode_sasl_line};
 use mailgate_proto::{DecodeError, ExposeSecret, SecretString};
 
 use super::capabilities;

@@ -12,6 +12,7 @@ use nom::multi::many0;
 use nom::sequence::{delimited, preceded, terminated};
 use secrecy::SecretString;
 
+use crate::lex::{base64_or_eq, crlf, fail};
 use crate::{DecodeError, NomResult, finish};
 
 /// A tagged client command.
@@ -46,15 +47,6 @@ pub enum CommandBody {
     },
 }
 
-/// A line answering an `AUTHENTICATE` continuation request.
-#[derive(Debug)]
-pub enum SaslLine {
-    /// The base64 text of the response, untrimmed of nothing but CRLF.
-    Response(SecretString),
-    /// `*`: the client cancels the exchange.
-    Cancel,
-}
-
 /// Decodes one command from the start of `input`, which should hold a
 /// message as delimited by the [`Framer`](super::Framer).
 pub fn decode_command(input: &[u8]) -> Result<(&[u8], Command), DecodeError> {
@@ -62,11 +54,6 @@ pub fn decode_command(input: &[u8]) -> Result<(&[u8], Command), DecodeError> {
         let (_, t) = terminated(imap_tag, tag(" ")).parse(input).ok()?;
         Some(t)
     })
-}
-
-/// Decodes a SASL continuation response line (`base64 CRLF` or `* CRLF`).
-pub fn decode_sasl_line(input: &[u8]) -> Result<(&[u8], SaslLine), DecodeError> {
-    finish(sasl_line(input), || None)
 }
 
 /// `command = tag SP (command-any / command-auth / command-nonauth) CRLF`
@@ -158,20 +145,6 @@ fn id_pair(i: &[u8]) -> NomResult<'_, (String, Option<String>)> {
     let k = String::from_utf8_lossy(&k).into_owned();
     let v = v.map(|v| String::from_utf8_lossy(&v).into_owned());
     Ok((i, (k, v)))
-}
-
-/// `sasl-line = (base64 / "*") CRLF`
-fn sasl_line(i: &[u8]) -> NomResult<'_, SaslLine> {
-    terminated(
-        alt((
-            map(tag("*"), |_| SaslLine::Cancel),
-            map(opt(base64_or_eq), |b| {
-                SaslLine::Response(SecretString::from(b.unwrap_or_default()))
-            }),
-        )),
-        crlf,
-    )
-    .parse(i)
 }
 
 /// `tag = 1*<any ASTRING-CHAR except "+">`
@@ -279,24 +252,6 @@ fn rest_of_command(i: &[u8]) -> NomResult<'_, ()> {
             Some(_) => return Ok((&rest[1..], ())),
         }
     }
-}
-
-/// `base64 = *(4base64-char) [base64-terminal]`, or `=` for an empty response.
-fn base64_or_eq(i: &[u8]) -> NomResult<'_, String> {
-    map(
-        take_while1(|b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='),
-        |b: &[u8]| String::from_utf8_lossy(b).into_owned(),
-    )
-    .parse(i)
-}
-
-/// CRLF, also accepting a bare LF as many scripts send.
-pub(crate) fn crlf(i: &[u8]) -> NomResult<'_, ()> {
-    value((), (opt(tag("\r")), tag("\n"))).parse(i)
-}
-
-fn fail(i: &[u8]) -> nom::Err<nom::error::Error<&[u8]>> {
-    nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::Verify))
 }
 
 /// `ATOM-CHAR = <any CHAR except atom-specials>`
@@ -484,23 +439,5 @@ mod tests {
         let (rest, cmd) = decode_command(b"a LOGIN u p\r\nb SELECT INBOX\r\n").expect("login");
         assert_eq!(cmd.tag, "a");
         assert_eq!(rest, b"b SELECT INBOX\r\n");
-    }
-
-    #[test]
-    fn sasl_lines() {
-        let (_, l) = decode_sasl_line(b"*\r\n").expect("cancel");
-        assert!(matches!(l, SaslLine::Cancel));
-        let (_, l) = decode_sasl_line(b"AGEAYg==\r\n").expect("resp");
-        assert!(matches!(l, SaslLine::Response(ref s) if s.expose_secret() == "AGEAYg=="));
-        let (_, l) = decode_sasl_line(b"\r\n").expect("empty");
-        assert!(matches!(l, SaslLine::Response(ref s) if s.expose_secret().is_empty()));
-        assert!(matches!(
-            decode_sasl_line(b"AGEA"),
-            Err(DecodeError::Incomplete)
-        ));
-        assert!(matches!(
-            decode_sasl_line(b"not base64\r\n"),
-            Err(DecodeError::Failed { .. })
-        ));
     }
 }

@@ -117,11 +117,10 @@ impl Framer {
 
     /// Frames one plain line (a SASL response): literals are not recognised.
     pub fn next_line(&mut self, buf: &[u8]) -> Frame {
-        match find_line(buf, self.limits.max_line) {
-            Some(n) if n > self.limits.max_line => Frame::LineTooLong,
-            Some(n) => Frame::Complete(n),
-            None if buf.len() > self.limits.max_line => Frame::LineTooLong,
-            None => Frame::Incomplete,
+        match crate::line::frame_line(buf, self.limits.max_line) {
+            crate::line::Line::Complete(n) => Frame::Complete(n),
+            crate::line::Line::Incomplete => Frame::Incomplete,
+            crate::line::Line::TooLong => Frame::LineTooLong,
         }
     }
 

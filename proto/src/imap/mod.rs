@@ -4,6 +4,6 @@ pub mod command;
 pub mod framer;
 pub mod response;
 
-pub use command::{Command, CommandBody, SaslLine, decode_command, decode_sasl_line};
+pub use command::{Command, CommandBody, decode_command};
 pub use framer::{Frame, Framer, Limits};
 pub use response::{Code, Response, Status, decode_response};

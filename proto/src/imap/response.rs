@@ -8,7 +8,8 @@ use nom::combinator::{map, opt, value};
 use nom::multi::many0;
 use nom::sequence::{delimited, preceded, terminated};
 
-use super::command::{atom, crlf, imap_tag};
+use super::command::{atom, imap_tag};
+use crate::lex::crlf;
 use crate::{DecodeError, NomResult, finish};
 
 /// A status condition.
