@@ -13,6 +13,7 @@ pub mod login;
 pub mod oauth;
 pub mod relay;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod upstream;
 

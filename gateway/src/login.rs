@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use mailgate_config::{Protocol, Upstream};
+use mailgate_config::{Protocol, Provider, Upstream};
 use secrecy::SecretString;
 use tracing::{info, warn};
 
@@ -29,6 +29,22 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::BadCredentials => "bad credentials",
+            Failure::NeedsAuthorization(_) => "needs authorization",
+            Failure::Refused(_) => "refused upstream",
+            Failure::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Whether the failure counts towards the per-connection limit (only
+    /// wrong credentials do).
+    pub fn counts(&self) -> bool {
+        matches!(self, Failure::BadCredentials)
+    }
+
     /// The message shown to the client.
     pub fn text(&self) -> &str {
         match self {
@@ -48,8 +64,19 @@ impl From<LoginError> for Failure {
     }
 }
 
+/// One upstream login attempt's inputs.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub server: Upstream,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The SASL identity upstream.
+    pub user: String,
+    pub token: SecretString,
+    pub provider: Arc<Provider>,
+}
+
 /// Authenticates `user` locally and logs in to the provider's server for
-/// `protocol` with `attempt(server, tls, upstream_user, token)`.
+/// `protocol` with `attempt`.
 pub async fn login<T, F, Fut>(
     ctx: &Context,
     protocol: Protocol,
@@ -59,7 +86,7 @@ pub async fn login<T, F, Fut>(
     attempt: F,
 ) -> Result<T, Failure>
 where
-    F: Fn(Upstream, Arc<rustls::ClientConfig>, String, SecretString) -> Fut,
+    F: Fn(Attempt) -> Fut,
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
     let accounts = &ctx.accounts;
@@ -79,17 +106,14 @@ where
         )
     })?;
     let limit = ctx.config.gateway.upstream_timeout;
-    let first = within(
-        limit,
-        &server,
-        attempt(
-            server.clone(),
-            tls.clone(),
-            auth.upstream_user.clone(),
-            auth.access_token.clone(),
-        ),
-    )
-    .await;
+    let make = |token: SecretString| Attempt {
+        server: server.clone(),
+        tls: tls.clone(),
+        user: auth.upstream_user.clone(),
+        token,
+        provider: provider.clone(),
+    };
+    let first = within(limit, &server, attempt(make(auth.access_token.clone()))).await;
     let rejection = match first {
         Ok(t) => return Ok(t),
         Err(UpstreamError::Rejected { detail, .. }) => detail,
@@ -97,13 +121,7 @@ where
     };
     info!(detail = %rejection, "upstream rejected the token; refreshing and retrying once");
     let token = accounts.token_rejected(&auth).await?;
-    match within(
-        limit,
-        &server,
-        attempt(server.clone(), tls, auth.upstream_user.clone(), token),
-    )
-    .await
-    {
+    match within(limit, &server, attempt(make(token))).await {
         Ok(t) => Ok(t),
         Err(UpstreamError::Rejected { detail, .. }) => {
             warn!(%detail, "upstream rejected a freshly refreshed token");

@@ -78,3 +78,15 @@ where
         )
     })
 }
+
+/// [`relay`], logging how the session ended.
+pub async fn run<C, U>(client: C, upstream: U, to_upstream: &[u8], to_client: &[u8])
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    match relay(client, upstream, to_upstream, to_client).await {
+        Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "session closed"),
+        Err(e) => tracing::info!(error = %e, "session ended"),
+    }
+}

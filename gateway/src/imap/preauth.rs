@@ -14,22 +14,9 @@ use mailgate_proto::sasl::{SaslLine, decode_base64, decode_plain, decode_sasl_li
 use mailgate_proto::{DecodeError, ExposeSecret, SecretString};
 
 use super::capabilities;
-
-/// What the session must do next.
-#[derive(Debug)]
-pub enum Event {
-    /// Send these bytes to the client.
-    Write(Vec<u8>),
-    /// Authenticate `user` with `password`; answer with
-    /// [`PreAuth::login_failed`] or finish with [`PreAuth::into_residual`].
-    Login {
-        tag: String,
-        user: String,
-        password: SecretString,
-    },
-    /// Close the connection (after writing what came before).
-    Close,
-}
+use crate::login::Failure;
+pub use crate::session::Event;
+use crate::session::{PreAuth as Machine, one_line};
 
 #[derive(Debug, Clone)]
 enum Phase {
@@ -52,6 +39,8 @@ pub struct Options {
     /// Failed logins before the connection is closed.
     pub max_failures: u32,
     pub starttls: bool,
+    /// Name used in the greeting.
+    pub hostname: String,
 }
 
 impl Default for Options {
@@ -60,6 +49,7 @@ impl Default for Options {
             limits: Limits::default(),
             max_failures: 3,
             starttls: false,
+            hostname: "localhost".into(),
         }
     }
 }
@@ -86,35 +76,17 @@ impl PreAuth {
         }
     }
 
-    /// The untagged greeting.
-    pub fn greeting(&self, hostname: &str) -> Vec<u8> {
-        format!(
-            "* OK [CAPABILITY {}] {hostname} mailgate ready\r\n",
-            capabilities::pre_auth(self.opts.starttls)
-        )
-        .into_bytes()
-    }
-
-    pub fn feed(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
-
-    /// The next thing to do; `None` when more input is needed (or while a
-    /// login is pending).
-    pub fn next_event(&mut self) -> Option<Event> {
-        if let Some(e) = self.out.pop_front() {
-            return Some(e);
-        }
-        match self.phase.clone() {
-            Phase::Command => self.next_command(),
-            Phase::SaslPlain { tag } => self.next_sasl(tag),
-            Phase::AwaitLogin { .. } | Phase::Closed => None,
+    /// The tag of the pending login.
+    pub fn pending_tag(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::AwaitLogin { tag } => Some(tag),
+            _ => None,
         }
     }
 
-    /// The pending login failed: answer `tag NO [code] text`, and close after
-    /// too many credential failures.
-    pub fn login_failed(&mut self, code: &str, text: &str, counts: bool) {
+    /// Answers the pending login with `tag NO [code] text`, closing after too
+    /// many credential failures.
+    fn fail(&mut self, code: &str, text: &str, counts: bool) {
         let Phase::AwaitLogin { tag } = self.phase.clone() else {
             return;
         };
@@ -127,19 +99,6 @@ impl PreAuth {
                 self.bye("Too many failed login attempts");
             }
         }
-    }
-
-    /// The tag of the pending login.
-    pub fn pending_tag(&self) -> Option<&str> {
-        match &self.phase {
-            Phase::AwaitLogin { tag } => Some(tag),
-            _ => None,
-        }
-    }
-
-    /// The bytes the client sent after its login command.
-    pub fn into_residual(self) -> Vec<u8> {
-        self.buf
     }
 
     fn write(&mut self, s: String) {
@@ -284,20 +243,56 @@ impl PreAuth {
             ));
             return;
         }
-        self.phase = Phase::AwaitLogin { tag: tag.clone() };
-        self.out.push_back(Event::Login {
-            tag,
-            user,
-            password,
-        });
+        self.phase = Phase::AwaitLogin { tag };
+        self.out.push_back(Event::Login { user, password });
     }
 }
 
-/// Keeps a reply text on one line.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+impl Machine for PreAuth {
+    fn greeting(&self) -> Vec<u8> {
+        format!(
+            "* OK [CAPABILITY {}] {} mailgate ready\r\n",
+            capabilities::pre_auth(self.opts.starttls),
+            self.opts.hostname
+        )
+        .into_bytes()
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    fn next_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.out.pop_front() {
+            return Some(e);
+        }
+        match self.phase.clone() {
+            Phase::Command => self.next_command(),
+            Phase::SaslPlain { tag } => self.next_sasl(tag),
+            Phase::AwaitLogin { .. } | Phase::Closed => None,
+        }
+    }
+
+    fn login_failed(&mut self, failure: &Failure) {
+        let code = match failure {
+            Failure::BadCredentials | Failure::Refused(_) => "AUTHENTICATIONFAILED",
+            Failure::NeedsAuthorization(_) => "ALERT",
+            Failure::Unavailable(_) => "UNAVAILABLE",
+        };
+        self.fail(code, failure.text(), failure.counts());
+    }
+
+    fn timeout_reply(&self, limit: std::time::Duration) -> Vec<u8> {
+        format!(
+            "* BYE Autologout: no login within {}\r\n",
+            humantime::format_duration(limit)
+        )
+        .into_bytes()
+    }
+
+    fn into_residual(self) -> Vec<u8> {
+        self.buf
+    }
 }
 
 #[cfg(test)]
@@ -318,13 +313,13 @@ mod tests {
         (String::from_utf8_lossy(&written).into_owned(), None)
     }
 
-    fn login_of(e: Option<Event>) -> (String, String, String) {
+    fn login_of(m: &PreAuth, e: Option<Event>) -> (String, String, String) {
         match e {
-            Some(Event::Login {
-                tag,
+            Some(Event::Login { user, password }) => (
+                m.pending_tag().unwrap_or_default().to_owned(),
                 user,
-                password,
-            }) => (tag, user, password.expose_secret().to_owned()),
+                password.expose_secret().to_owned(),
+            ),
             other => panic!("expected a login, got {other:?}"),
         }
     }
@@ -333,7 +328,7 @@ mod tests {
     fn greeting_and_local_commands() {
         let mut m = PreAuth::new(Options::default());
         assert_eq!(
-            String::from_utf8_lossy(&m.greeting("gw")),
+            String::from_utf8_lossy(&m.greeting()).replace("localhost", "gw"),
             "* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN] gw mailgate ready\r\n"
         );
         let (w, e) = run(&mut m, b"a CAPABILITY\r\nb NOOP\r\nc ID NIL\r\n");
@@ -386,7 +381,7 @@ mod tests {
             let mut m = PreAuth::new(Options::default());
             let (w, e) = run(&mut m, input);
             assert_eq!(w, "");
-            let (tag, u, p) = login_of(e);
+            let (tag, u, p) = login_of(&m, e);
             assert_eq!((tag.as_str(), u.as_str(), p.as_str()), ("a", *user, *pw));
         }
     }
@@ -402,7 +397,7 @@ mod tests {
         assert!(e.is_none());
         let (w, e) = run(&mut m, b"secret\r\n");
         assert_eq!(w, "");
-        assert_eq!(login_of(e).2, "secret");
+        assert_eq!(login_of(&m, e).2, "secret");
     }
 
     #[test]
@@ -418,7 +413,7 @@ mod tests {
         assert_eq!(w, "+ \r\n");
         let (w, e) = run(&mut m, b"AGFsaWNlAHNlY3JldA==\r\n");
         assert_eq!(w, "");
-        assert_eq!(login_of(e).0, "b");
+        assert_eq!(login_of(&m, e).0, "b");
     }
 
     #[test]
@@ -456,7 +451,7 @@ mod tests {
             &mut m,
             b"a LOGIN u p\r\nb SELECT INBOX\r\nc FETCH 1 BODY[]\r\n",
         );
-        login_of(e);
+        login_of(&m, e);
         assert!(
             m.next_event().is_none(),
             "nothing is parsed while the login is pending"
@@ -470,8 +465,8 @@ mod tests {
         let mut m = PreAuth::new(Options::default());
         for i in 0..3 {
             let (_, e) = run(&mut m, b"a LOGIN u p\r\n");
-            login_of(e);
-            m.login_failed("AUTHENTICATIONFAILED", "Invalid credentials", true);
+            login_of(&m, e);
+            m.login_failed(&Failure::BadCredentials);
             let (w, e) = run(&mut m, b"");
             if i < 2 {
                 assert_eq!(w, "a NO [AUTHENTICATIONFAILED] Invalid credentials\r\n");
@@ -491,8 +486,8 @@ mod tests {
         let mut m = PreAuth::new(Options::default());
         for _ in 0..5 {
             let (_, e) = run(&mut m, b"a LOGIN u p\r\n");
-            login_of(e);
-            m.login_failed("UNAVAILABLE", "try\r\nlater", false);
+            login_of(&m, e);
+            m.login_failed(&Failure::Unavailable("try\r\nlater".into()));
             let (w, e) = run(&mut m, b"");
             assert_eq!(w, "a NO [UNAVAILABLE] try  later\r\n");
             assert!(e.is_none());
@@ -538,7 +533,7 @@ mod tests {
             }
         }
         assert_eq!(String::from_utf8_lossy(&written), "a OK NOOP completed\r\n");
-        assert_eq!(login_of(login).1, "alice");
+        assert_eq!(login_of(&m, login).1, "alice");
         assert_eq!(m.into_residual(), b"c NOOP\r\n");
     }
 }
