@@ -166,12 +166,6 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
         let Some(protocol) = choice::<Protocol>(errs, &key("protocol"), l.protocol) else {
             continue;
         };
-        if protocol != Protocol::Imap {
-            errs.push(
-                key("protocol"),
-                format!("{protocol} listeners are not available in this version; only imap is"),
-            );
-        }
         let address = match l.address.as_deref().map(str::parse::<SocketAddr>) {
             None => {
                 errs.push(

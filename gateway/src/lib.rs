@@ -11,9 +11,11 @@ pub mod imap;
 pub mod logging;
 pub mod login;
 pub mod oauth;
+pub mod pop3;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod smtp;
 pub mod store;
 pub mod upstream;
 

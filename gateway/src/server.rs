@@ -213,9 +213,8 @@ async fn session(stream: TcpStream, peer: SocketAddr, protocol: Protocol, ctx: A
     tracing::debug!("connected");
     match protocol {
         Protocol::Imap => crate::imap::session::serve(stream, peer, ctx).await,
-        Protocol::Pop3 | Protocol::Smtp => {
-            warn!("no session handler for this protocol");
-        }
+        Protocol::Smtp => crate::smtp::session::serve(stream, peer, ctx).await,
+        Protocol::Pop3 => crate::pop3::session::serve(stream, peer, ctx).await,
     }
 }
 

@@ -105,21 +105,68 @@ impl LineReader {
                     reason: "reply line too long".into(),
                 });
             }
-            let mut chunk = [0u8; 4096];
-            let n = stream
-                .read(&mut chunk)
-                .await
-                .map_err(|e| UpstreamError::Connect {
+            self.fill(stream, server).await?;
+        }
+    }
+
+    /// Reads until `decode` finds a whole message at the start of the
+    /// buffer (e.g. a multi-line SMTP reply), and consumes it.
+    pub async fn read_message<S, T>(
+        &mut self,
+        stream: &mut S,
+        server: &Upstream,
+        decode: impl Fn(&[u8]) -> Result<(&[u8], T), mailgate_proto::DecodeError>,
+    ) -> Result<T, UpstreamError>
+    where
+        S: AsyncRead + Unpin,
+    {
+        loop {
+            match decode(&self.buf) {
+                Ok((rest, t)) => {
+                    let used = self.buf.len() - rest.len();
+                    self.buf.drain(..used);
+                    return Ok(t);
+                }
+                Err(mailgate_proto::DecodeError::Incomplete) => {}
+                Err(mailgate_proto::DecodeError::Failed { .. }) => {
+                    let shown =
+                        String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)]).into_owned();
+                    return Err(UpstreamError::Protocol {
+                        server: server.to_string(),
+                        reason: format!("unexpected reply: {}", shown.trim_end()),
+                    });
+                }
+            }
+            if self.buf.len() > MAX_REPLY_LINE {
+                return Err(UpstreamError::Protocol {
                     server: server.to_string(),
-                    reason: e.to_string(),
-                })?;
-            if n == 0 {
-                return Err(UpstreamError::Closed {
-                    server: server.to_string(),
+                    reason: "reply too long".into(),
                 });
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.fill(stream, server).await?;
         }
+    }
+
+    async fn fill<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        server: &Upstream,
+    ) -> Result<(), UpstreamError> {
+        let mut chunk = [0u8; 4096];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                server: server.to_string(),
+                reason: e.to_string(),
+            })?;
+        if n == 0 {
+            return Err(UpstreamError::Closed {
+                server: server.to_string(),
+            });
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
     }
 
     /// Bytes received beyond the last line read.

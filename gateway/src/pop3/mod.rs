@@ -1,0 +1,5 @@
+//! POP3 through the gateway: pre-auth state machine, upstream login, session.
+
+pub mod preauth;
+pub mod session;
+pub mod upstream;

@@ -1,0 +1,360 @@
+//! The POP3 pre-authentication state machine (SPEC §6), sans I/O.
+//!
+//! Greets with `+OK`, answers `CAPA`, takes `USER`/`PASS` and `AUTH PLAIN`
+//! (with an initial response or after `+`), refuses `APOP`, and refuses
+//! transaction commands before login. Nothing after the login is parsed.
+
+use std::collections::VecDeque;
+
+use mailgate_proto::line::{Line, frame_line};
+use mailgate_proto::pop3::{Command, decode_command};
+use mailgate_proto::sasl::{SaslLine, decode_base64, decode_plain, decode_sasl_line};
+use mailgate_proto::{ExposeSecret, SecretString};
+
+use crate::login::Failure;
+use crate::session::{Event, PreAuth as Machine, one_line};
+
+/// The one place where the gateway's CAPA list is written.
+pub fn capabilities(stls: bool) -> Vec<&'static str> {
+    let mut c = vec![
+        "USER",
+        "SASL PLAIN",
+        "RESP-CODES",
+        "AUTH-RESP-CODE",
+        "UIDL",
+        "TOP",
+    ];
+    if stls {
+        c.push("STLS");
+    }
+    c
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub hostname: String,
+    pub max_line: usize,
+    pub max_failures: u32,
+    pub stls: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hostname: "localhost".into(),
+            max_line: 8 * 1024,
+            max_failures: 3,
+            stls: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Command,
+    /// `AUTH PLAIN` sent `+`; the response line is next.
+    AuthPlain,
+    AwaitLogin,
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct PreAuth {
+    opts: Options,
+    buf: Vec<u8>,
+    phase: Phase,
+    failures: u32,
+    /// The name given by `USER`.
+    user: Option<String>,
+    out: VecDeque<Event>,
+}
+
+impl PreAuth {
+    pub fn new(opts: Options) -> PreAuth {
+        PreAuth {
+            opts,
+            buf: Vec::new(),
+            phase: Phase::Command,
+            failures: 0,
+            user: None,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The reply to a successful login.
+    pub fn success_reply() -> &'static [u8] {
+        b"+OK Logged in\r\n"
+    }
+
+    fn write(&mut self, s: impl Into<String>) {
+        self.out.push_back(Event::Write(s.into().into_bytes()));
+    }
+
+    fn close(&mut self, s: &str) {
+        self.write(s);
+        self.out.push_back(Event::Close);
+        self.phase = Phase::Closed;
+    }
+
+    fn step(&mut self) {
+        let n = match frame_line(&self.buf, self.opts.max_line) {
+            Line::Incomplete => return,
+            Line::TooLong => {
+                tracing::info!("closing: client line over the limit");
+                let limit = self.opts.max_line;
+                self.close(&format!("-ERR Line too long (limit {limit} bytes)\r\n"));
+                return;
+            }
+            Line::Complete(n) => n,
+        };
+        let line = zeroize::Zeroizing::new(self.buf.drain(..n).collect::<Vec<u8>>());
+        if self.phase == Phase::AuthPlain {
+            self.phase = Phase::Command;
+            match decode_sasl_line(&line) {
+                Ok((_, SaslLine::Response(b64))) => self.plain(&b64),
+                Ok((_, SaslLine::Cancel)) => self.write("-ERR Authentication cancelled\r\n"),
+                Err(_) => self.write("-ERR Invalid base64 data\r\n"),
+            }
+            return;
+        }
+        let cmd = match decode_command(&line) {
+            Ok((_, c)) => c,
+            Err(_) => {
+                self.write("-ERR Invalid command syntax\r\n");
+                return;
+            }
+        };
+        match cmd {
+            Command::Capa => {
+                let mut r = String::from("+OK Capability list follows\r\n");
+                for c in capabilities(self.opts.stls) {
+                    r.push_str(c);
+                    r.push_str("\r\n");
+                }
+                r.push_str(".\r\n");
+                self.write(r);
+            }
+            Command::User(name) => {
+                self.user = Some(name);
+                self.write("+OK Send PASS\r\n");
+            }
+            Command::Pass(pw) => match self.user.take() {
+                Some(user) => self.login(user, pw),
+                None => self.write("-ERR No user name given; send USER first\r\n"),
+            },
+            Command::Auth {
+                mechanism: None, ..
+            } => self.write("+OK Mechanisms follow\r\nPLAIN\r\n.\r\n"),
+            Command::Auth {
+                mechanism: Some(m),
+                initial_response,
+            } if m == "PLAIN" => match initial_response {
+                Some(ir) => self.plain(&ir),
+                None => {
+                    self.write("+ \r\n");
+                    self.phase = Phase::AuthPlain;
+                }
+            },
+            Command::Auth { .. } => {
+                self.write("-ERR Unsupported mechanism; use AUTH PLAIN or USER and PASS\r\n")
+            }
+            Command::Stls => self.write("-ERR STLS is not offered on this listener\r\n"),
+            Command::Quit => self.close(&format!("+OK {} signing off\r\n", self.opts.hostname)),
+            Command::Apop => {
+                self.write("-ERR APOP is not supported; use USER and PASS or AUTH PLAIN\r\n")
+            }
+            Command::Noop | Command::Other(_) => {
+                self.write("-ERR Not logged in; use USER and PASS or AUTH PLAIN first\r\n")
+            }
+        }
+    }
+
+    fn plain(&mut self, b64: &SecretString) {
+        let creds = decode_base64(b64.expose_secret().as_bytes())
+            .and_then(|raw| decode_plain(raw.expose_secret()));
+        match creds {
+            Err(e) => self.write(format!("-ERR Invalid AUTH PLAIN response: {e}\r\n")),
+            Ok(c) => {
+                if let Some(authz) = &c.authzid
+                    && !authz.eq_ignore_ascii_case(&c.authcid)
+                {
+                    self.write("-ERR [AUTH] Logging in as another user is not supported\r\n");
+                    return;
+                }
+                self.login(c.authcid, c.password);
+            }
+        }
+    }
+
+    fn login(&mut self, user: String, password: SecretString) {
+        self.phase = Phase::AwaitLogin;
+        self.out.push_back(Event::Login { user, password });
+    }
+}
+
+impl Machine for PreAuth {
+    fn greeting(&self) -> Vec<u8> {
+        format!("+OK {} mailgate ready\r\n", self.opts.hostname).into_bytes()
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.out.pop_front() {
+                return Some(e);
+            }
+            if matches!(self.phase, Phase::AwaitLogin | Phase::Closed) {
+                return None;
+            }
+            let before = self.buf.len();
+            self.step();
+            if self.out.is_empty() && self.buf.len() == before {
+                return None;
+            }
+        }
+    }
+
+    fn login_failed(&mut self, failure: &Failure) {
+        if self.phase != Phase::AwaitLogin {
+            return;
+        }
+        self.phase = Phase::Command;
+        let text = one_line(failure.text());
+        match failure {
+            Failure::Unavailable(_) => self.write(format!("-ERR [SYS/TEMP] {text}\r\n")),
+            _ => self.write(format!("-ERR [AUTH] {text}\r\n")),
+        }
+        if failure.counts() {
+            self.failures += 1;
+            if self.failures >= self.opts.max_failures {
+                tracing::info!("closing: too many failed logins");
+                self.out.push_back(Event::Close);
+                self.phase = Phase::Closed;
+            }
+        }
+    }
+
+    fn timeout_reply(&self, limit: std::time::Duration) -> Vec<u8> {
+        format!(
+            "-ERR Autologout: no login within {}\r\n",
+            humantime::format_duration(limit)
+        )
+        .into_bytes()
+    }
+
+    fn into_residual(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    fn run(m: &mut PreAuth, input: &[u8]) -> (String, Option<Event>) {
+        m.feed(input);
+        let mut written = Vec::new();
+        while let Some(e) = m.next_event() {
+            match e {
+                Event::Write(b) => written.extend(b),
+                other => return (String::from_utf8_lossy(&written).into_owned(), Some(other)),
+            }
+        }
+        (String::from_utf8_lossy(&written).into_owned(), None)
+    }
+
+    fn creds(e: Option<Event>) -> (String, String) {
+        match e {
+            Some(Event::Login { user, password }) => (user, password.expose_secret().to_owned()),
+            other => panic!("expected a login, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn greeting_capa_and_refusals() {
+        let mut m = PreAuth::new(Options::default());
+        assert_eq!(m.greeting(), b"+OK localhost mailgate ready\r\n");
+        let (w, _) = run(
+            &mut m,
+            b"CAPA\r\nAUTH\r\nSTAT\r\nAPOP a b\r\nSTLS\r\nPASS x\r\nAUTH CRAM-MD5\r\n",
+        );
+        assert_eq!(
+            w,
+            "+OK Capability list follows\r\nUSER\r\nSASL PLAIN\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nUIDL\r\nTOP\r\n.\r\n\
+             +OK Mechanisms follow\r\nPLAIN\r\n.\r\n\
+             -ERR Not logged in; use USER and PASS or AUTH PLAIN first\r\n\
+             -ERR APOP is not supported; use USER and PASS or AUTH PLAIN\r\n\
+             -ERR STLS is not offered on this listener\r\n\
+             -ERR No user name given; send USER first\r\n\
+             -ERR Unsupported mechanism; use AUTH PLAIN or USER and PASS\r\n"
+        );
+        let (w, e) = run(&mut m, b"QUIT\r\n");
+        assert_eq!(w, "+OK localhost signing off\r\n");
+        assert!(matches!(e, Some(Event::Close)));
+    }
+
+    #[test]
+    fn login_forms() {
+        let cases = vec![
+            "USER alice\r\nPASS se cret\r\n".to_string(),
+            format!("AUTH PLAIN {}\r\n", b64("\0alice\0se cret")),
+        ];
+        for input in cases {
+            let mut m = PreAuth::new(Options::default());
+            let (_, e) = run(&mut m, input.as_bytes());
+            assert_eq!(creds(e), ("alice".into(), "se cret".into()));
+        }
+        let mut m = PreAuth::new(Options::default());
+        let (w, e) = run(&mut m, b"AUTH PLAIN\r\n");
+        assert_eq!(w, "+ \r\n");
+        assert!(e.is_none());
+        let (_, e) = run(&mut m, format!("{}\r\n", b64("\0alice\0pw")).as_bytes());
+        assert_eq!(creds(e).1, "pw");
+        let mut m = PreAuth::new(Options::default());
+        let (w, _) = run(&mut m, b"AUTH PLAIN\r\n*\r\n");
+        assert_eq!(w, "+ \r\n-ERR Authentication cancelled\r\n");
+    }
+
+    #[test]
+    fn residual_and_failures() {
+        let mut m = PreAuth::new(Options::default());
+        let (_, e) = run(&mut m, b"USER a\r\nPASS p\r\nSTAT\r\nLIST\r\n");
+        creds(e);
+        assert!(m.next_event().is_none());
+        m.login_failed(&Failure::Unavailable("down".into()));
+        let (w, _) = run(&mut m, b"");
+        assert!(w.starts_with("-ERR [SYS/TEMP] down\r\n"), "{w}");
+        let mut m = PreAuth::new(Options::default());
+        for i in 0..3 {
+            let (_, e) = run(&mut m, b"USER a\r\nPASS p\r\n");
+            creds(e);
+            m.login_failed(&Failure::BadCredentials);
+            let (w, e) = run(&mut m, b"");
+            assert_eq!(w, "-ERR [AUTH] Invalid credentials\r\n");
+            assert_eq!(matches!(e, Some(Event::Close)), i == 2);
+        }
+        let mut m = PreAuth::new(Options::default());
+        let (_, e) = run(&mut m, b"USER a\r\nPASS p\r\nSTAT\r\nRETR 1\r\n");
+        creds(e);
+        assert_eq!(m.into_residual(), b"STAT\r\nRETR 1\r\n");
+    }
+
+    #[test]
+    fn overlong_line_closes() {
+        let mut m = PreAuth::new(Options {
+            max_line: 10,
+            ..Options::default()
+        });
+        let (w, e) = run(&mut m, b"USER aaaaaaaaaaaaaaa");
+        assert_eq!(w, "-ERR Line too long (limit 10 bytes)\r\n");
+        assert!(matches!(e, Some(Event::Close)));
+    }
+}

@@ -1,0 +1,51 @@
+//! One POP3 client connection: the pre-auth dialogue, the login, `+OK`, then
+//! the relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mailgate_config::Protocol;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::info;
+
+use super::preauth::{Options, PreAuth};
+use super::upstream;
+use crate::login;
+use crate::server::Context;
+use crate::session::{PreAuth as _, drive};
+
+pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    let gw = &ctx.config.gateway;
+    let mut m = PreAuth::new(Options {
+        hostname: gw.hostname.clone(),
+        ..Options::default()
+    });
+    let ctx2 = ctx.clone();
+    let logged_in = drive(
+        &mut client,
+        &mut m,
+        gw.preauth_timeout,
+        |_, user, password| {
+            let ctx = ctx2.clone();
+            async move {
+                login::login(
+                    &ctx,
+                    Protocol::Pop3,
+                    &user,
+                    &password,
+                    peer.ip(),
+                    |a| async move { upstream::login(&a).await },
+                )
+                .await
+            }
+        },
+    )
+    .await;
+    let Some(mut up) = logged_in else { return };
+    if client.write_all(PreAuth::success_reply()).await.is_err() {
+        return;
+    }
+    info!("logged in upstream; relaying");
+    crate::relay::run(client, &mut up.stream, &m.into_residual(), &up.leftover).await;
+}

@@ -1,0 +1,553 @@
+//! The SMTP pre-authentication state machine (SPEC §6), sans I/O.
+//!
+//! Greets, answers `EHLO`/`HELO` locally with the gateway's own capabilities,
+//! takes `AUTH PLAIN` (inline or after `334`) and `AUTH LOGIN`, refuses mail
+//! commands before authentication with `530 5.7.0`, and remembers the
+//! client's EHLO name for the upstream. Nothing after the `AUTH` exchange is
+//! parsed: pipelined `MAIL`/`RCPT`/`DATA` stay in the buffer for the relay.
+
+use std::collections::VecDeque;
+
+use mailgate_proto::line::{Line, frame_line};
+use mailgate_proto::sasl::{SaslLine, decode_base64, decode_plain, decode_sasl_line};
+use mailgate_proto::smtp::{Command, decode_command};
+use mailgate_proto::{ExposeSecret, SecretString};
+
+use crate::login::Failure;
+use crate::session::{Event, PreAuth as Machine, one_line};
+
+/// The one place where the gateway's EHLO keywords are written.
+pub fn ehlo_keywords(starttls: bool) -> Vec<&'static str> {
+    let mut k = vec![
+        "AUTH PLAIN LOGIN",
+        "PIPELINING",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+    ];
+    if starttls {
+        k.push("STARTTLS");
+    }
+    k
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub hostname: String,
+    pub max_line: usize,
+    pub max_failures: u32,
+    pub starttls: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hostname: "localhost".into(),
+            max_line: 8 * 1024,
+            max_failures: 3,
+            starttls: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Command,
+    /// `AUTH PLAIN` sent `334`; the response line is next.
+    AuthPlain,
+    /// `AUTH LOGIN` asked for the user name.
+    AuthLoginUser,
+    /// `AUTH LOGIN` asked for the password.
+    AuthLoginPassword {
+        user: String,
+    },
+    AwaitLogin,
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct PreAuth {
+    opts: Options,
+    buf: Vec<u8>,
+    phase: Phase,
+    failures: u32,
+    /// The client's EHLO/HELO name.
+    ehlo: Option<String>,
+    out: VecDeque<Event>,
+}
+
+const USERNAME_PROMPT: &str = "334 VXNlcm5hbWU6\r\n"; // "Username:"
+const PASSWORD_PROMPT: &str = "334 UGFzc3dvcmQ6\r\n"; // "Password:"
+
+impl PreAuth {
+    pub fn new(opts: Options) -> PreAuth {
+        PreAuth {
+            opts,
+            buf: Vec::new(),
+            phase: Phase::Command,
+            failures: 0,
+            ehlo: None,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The name the client gave in EHLO/HELO, for the upstream's EHLO.
+    pub fn ehlo_name(&self) -> Option<&str> {
+        self.ehlo.as_deref()
+    }
+
+    /// The reply to a successful authentication.
+    pub fn success_reply() -> &'static [u8] {
+        b"235 2.7.0 Authentication successful\r\n"
+    }
+
+    fn write(&mut self, s: impl Into<String>) {
+        self.out.push_back(Event::Write(s.into().into_bytes()));
+    }
+
+    fn close(&mut self, s: &str) {
+        self.write(s);
+        self.out.push_back(Event::Close);
+        self.phase = Phase::Closed;
+    }
+
+    fn ehlo_reply(&self, name: &str) -> String {
+        let mut r = format!("250-{} Hello {name}\r\n", self.opts.hostname);
+        let keys = ehlo_keywords(self.opts.starttls);
+        for (i, k) in keys.iter().enumerate() {
+            let sep = if i + 1 == keys.len() { ' ' } else { '-' };
+            r.push_str(&format!("250{sep}{k}\r\n"));
+        }
+        r
+    }
+
+    fn take_line(&mut self) -> Option<Result<zeroize::Zeroizing<Vec<u8>>, ()>> {
+        match frame_line(&self.buf, self.opts.max_line) {
+            Line::Incomplete => None,
+            Line::TooLong => Some(Err(())),
+            Line::Complete(n) => Some(Ok(zeroize::Zeroizing::new(self.buf.drain(..n).collect()))),
+        }
+    }
+
+    fn step(&mut self) {
+        let line = match self.take_line() {
+            None => return,
+            Some(Err(())) => {
+                tracing::info!("closing: client line over the limit");
+                let limit = self.opts.max_line;
+                self.close(&format!(
+                    "500 5.5.6 Line too long (limit {limit} bytes)\r\n"
+                ));
+                return;
+            }
+            Some(Ok(line)) => line,
+        };
+        match self.phase.clone() {
+            Phase::Command => self.command(&line),
+            Phase::AuthPlain => {
+                self.phase = Phase::Command;
+                if let Some(b64) = self.sasl_response(&line) {
+                    self.plain(&b64);
+                }
+            }
+            Phase::AuthLoginUser => {
+                self.phase = Phase::Command;
+                if let Some(user) = self.sasl_text(&line) {
+                    self.write(PASSWORD_PROMPT);
+                    self.phase = Phase::AuthLoginPassword {
+                        user: user.expose_secret().to_owned(),
+                    };
+                }
+            }
+            Phase::AuthLoginPassword { user } => {
+                self.phase = Phase::Command;
+                if let Some(pw) = self.sasl_text(&line) {
+                    self.login(user, pw);
+                }
+            }
+            Phase::AwaitLogin | Phase::Closed => {}
+        }
+    }
+
+    /// A SASL response line; `None` (with the reply queued) when cancelled
+    /// or malformed.
+    fn sasl_response(&mut self, line: &[u8]) -> Option<SecretString> {
+        match decode_sasl_line(line) {
+            Ok((_, SaslLine::Response(b64))) => Some(b64),
+            Ok((_, SaslLine::Cancel)) => {
+                self.write("501 5.0.0 Authentication cancelled\r\n");
+                None
+            }
+            Err(_) => {
+                self.write("501 5.5.2 Invalid base64 data\r\n");
+                None
+            }
+        }
+    }
+
+    /// A SASL response decoded as UTF-8 text (AUTH LOGIN fields).
+    fn sasl_text(&mut self, line: &[u8]) -> Option<SecretString> {
+        let b64 = self.sasl_response(line)?;
+        let text = decode_base64(b64.expose_secret().as_bytes())
+            .ok()
+            .and_then(|raw| String::from_utf8(raw.expose_secret().to_vec()).ok());
+        match text {
+            Some(t) => Some(SecretString::from(t)),
+            None => {
+                self.write("501 5.5.2 Invalid base64 data\r\n");
+                None
+            }
+        }
+    }
+
+    fn plain(&mut self, b64: &SecretString) {
+        let creds = decode_base64(b64.expose_secret().as_bytes())
+            .and_then(|raw| decode_plain(raw.expose_secret()));
+        match creds {
+            Err(e) => self.write(format!("501 5.5.2 Invalid AUTH PLAIN response: {e}\r\n")),
+            Ok(c) => {
+                if let Some(authz) = &c.authzid
+                    && !authz.eq_ignore_ascii_case(&c.authcid)
+                {
+                    self.write("535 5.7.8 Logging in as another user is not supported\r\n");
+                    return;
+                }
+                self.login(c.authcid, c.password);
+            }
+        }
+    }
+
+    fn login(&mut self, user: String, password: SecretString) {
+        if user.trim().is_empty() {
+            self.write("535 5.7.8 Authentication credentials invalid\r\n");
+            return;
+        }
+        self.phase = Phase::AwaitLogin;
+        self.out.push_back(Event::Login { user, password });
+    }
+
+    fn command(&mut self, line: &[u8]) {
+        let cmd = match decode_command(line) {
+            Ok((_, c)) => c,
+            Err(_) => {
+                self.write("501 5.5.4 Syntax error\r\n");
+                return;
+            }
+        };
+        match cmd {
+            Command::Ehlo(name) => {
+                let r = self.ehlo_reply(&name);
+                self.ehlo = Some(name);
+                self.write(r);
+            }
+            Command::Helo(name) => {
+                self.write(format!("250 {}\r\n", self.opts.hostname));
+                self.ehlo = Some(name);
+            }
+            Command::Auth { .. } if self.ehlo.is_none() => {
+                self.write("503 5.5.1 Send EHLO first\r\n");
+            }
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => match (mechanism.as_str(), initial_response) {
+                ("PLAIN", Some(ir)) => self.plain(&ir),
+                ("PLAIN", None) => {
+                    self.write("334 \r\n");
+                    self.phase = Phase::AuthPlain;
+                }
+                ("LOGIN", None) => {
+                    self.write(USERNAME_PROMPT);
+                    self.phase = Phase::AuthLoginUser;
+                }
+                ("LOGIN", Some(ir)) => {
+                    // RFC 4954 initial response: the user name.
+                    let line = format!("{}\r\n", ir.expose_secret());
+                    if let Some(user) = self.sasl_text(line.as_bytes()) {
+                        self.write(PASSWORD_PROMPT);
+                        self.phase = Phase::AuthLoginPassword {
+                            user: user.expose_secret().to_owned(),
+                        };
+                    }
+                }
+                _ => {
+                    self.write("504 5.5.4 Unrecognized authentication type; use PLAIN or LOGIN\r\n")
+                }
+            },
+            Command::StartTls => self.write("454 4.7.0 TLS not available on this listener\r\n"),
+            Command::Mail => self.write("530 5.7.0 Authentication required\r\n"),
+            Command::Rset => self.write("250 2.0.0 OK\r\n"),
+            Command::Noop => self.write("250 2.0.0 OK\r\n"),
+            Command::Help => {
+                self.write("214 2.0.0 Log in with AUTH PLAIN or AUTH LOGIN, then send mail\r\n")
+            }
+            Command::Quit => self.close(&format!(
+                "221 2.0.0 {} closing connection\r\n",
+                self.opts.hostname
+            )),
+            Command::Other(verb) => match verb.as_str() {
+                "RCPT" | "DATA" | "BDAT" | "VRFY" | "EXPN" | "ETRN" => {
+                    self.write("530 5.7.0 Authentication required\r\n")
+                }
+                _ => self.write("500 5.5.2 Command not recognized\r\n"),
+            },
+        }
+    }
+}
+
+impl Machine for PreAuth {
+    fn greeting(&self) -> Vec<u8> {
+        format!("220 {} ESMTP mailgate ready\r\n", self.opts.hostname).into_bytes()
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.out.pop_front() {
+                return Some(e);
+            }
+            if matches!(self.phase, Phase::AwaitLogin | Phase::Closed) {
+                return None;
+            }
+            let before = self.buf.len();
+            self.step();
+            if self.out.is_empty() && self.buf.len() == before {
+                return None;
+            }
+        }
+    }
+
+    fn login_failed(&mut self, failure: &Failure) {
+        if !matches!(self.phase, Phase::AwaitLogin) {
+            return;
+        }
+        self.phase = Phase::Command;
+        let text = one_line(failure.text());
+        match failure {
+            Failure::Unavailable(_) => self.write(format!("454 4.7.0 {text}\r\n")),
+            _ => self.write(format!("535 5.7.8 {text}\r\n")),
+        }
+        if failure.counts() {
+            self.failures += 1;
+            if self.failures >= self.opts.max_failures {
+                self.close("421 4.7.0 Too many failed authentication attempts\r\n");
+            }
+        }
+    }
+
+    fn timeout_reply(&self, limit: std::time::Duration) -> Vec<u8> {
+        format!(
+            "421 4.4.2 {} Timeout: no login within {}\r\n",
+            self.opts.hostname,
+            humantime::format_duration(limit)
+        )
+        .into_bytes()
+    }
+
+    fn into_residual(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    fn run(m: &mut PreAuth, input: &[u8]) -> (String, Option<Event>) {
+        m.feed(input);
+        let mut written = Vec::new();
+        while let Some(e) = m.next_event() {
+            match e {
+                Event::Write(b) => written.extend(b),
+                other => return (String::from_utf8_lossy(&written).into_owned(), Some(other)),
+            }
+        }
+        (String::from_utf8_lossy(&written).into_owned(), None)
+    }
+
+    fn creds(e: Option<Event>) -> (String, String) {
+        match e {
+            Some(Event::Login { user, password }) => (user, password.expose_secret().to_owned()),
+            other => panic!("expected a login, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn greeting_ehlo_and_local_commands() {
+        let mut m = PreAuth::new(Options::default());
+        assert_eq!(m.greeting(), b"220 localhost ESMTP mailgate ready\r\n");
+        let (w, e) = run(&mut m, b"EHLO client.example\r\nNOOP\r\nRSET\r\n");
+        assert!(e.is_none());
+        assert_eq!(
+            w,
+            "250-localhost Hello client.example\r\n250-AUTH PLAIN LOGIN\r\n250-PIPELINING\r\n\
+             250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n250 2.0.0 OK\r\n250 2.0.0 OK\r\n"
+        );
+        assert_eq!(m.ehlo_name(), Some("client.example"));
+        let (w, _) = run(
+            &mut m,
+            b"MAIL FROM:<a@b.c>\r\nRCPT TO:<x@y.z>\r\nDATA\r\nSTARTTLS\r\nWHAT\r\nEHLO\r\n",
+        );
+        assert_eq!(
+            w,
+            "530 5.7.0 Authentication required\r\n530 5.7.0 Authentication required\r\n\
+             530 5.7.0 Authentication required\r\n454 4.7.0 TLS not available on this listener\r\n\
+             500 5.5.2 Command not recognized\r\n501 5.5.4 Syntax error\r\n"
+        );
+        let (w, e) = run(&mut m, b"QUIT\r\n");
+        assert_eq!(w, "221 2.0.0 localhost closing connection\r\n");
+        assert!(matches!(e, Some(Event::Close)));
+    }
+
+    #[test]
+    fn auth_needs_ehlo_first() {
+        let mut m = PreAuth::new(Options::default());
+        let (w, e) = run(
+            &mut m,
+            format!("AUTH PLAIN {}\r\n", b64("\0u\0p")).as_bytes(),
+        );
+        assert_eq!(w, "503 5.5.1 Send EHLO first\r\n");
+        assert!(e.is_none());
+    }
+
+    #[test]
+    fn auth_forms() {
+        let plain = b64("\0alice\0secret");
+        let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+            (vec![format!("EHLO c\r\nAUTH PLAIN {plain}\r\n")], vec![]),
+            (
+                vec!["EHLO c\r\nAUTH PLAIN\r\n".into(), format!("{plain}\r\n")],
+                vec!["334 \r\n"],
+            ),
+            (
+                vec![
+                    "HELO c\r\nAUTH LOGIN\r\n".into(),
+                    format!("{}\r\n", b64("alice")),
+                    format!("{}\r\n", b64("secret")),
+                ],
+                vec![USERNAME_PROMPT, PASSWORD_PROMPT],
+            ),
+            (
+                vec![
+                    format!("EHLO c\r\nAUTH LOGIN {}\r\n", b64("alice")),
+                    format!("{}\r\n", b64("secret")),
+                ],
+                vec![PASSWORD_PROMPT],
+            ),
+        ];
+        for (parts, prompts) in cases {
+            let mut m = PreAuth::new(Options::default());
+            let mut last = None;
+            let mut seen = Vec::new();
+            for p in parts {
+                let (w, e) = run(&mut m, p.as_bytes());
+                let w = w
+                    .lines()
+                    .filter(|l| l.starts_with("334"))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<Vec<_>>();
+                seen.extend(w);
+                last = e;
+            }
+            assert_eq!(creds(last), ("alice".into(), "secret".into()));
+            let want: Vec<String> = prompts.iter().map(|p| p.replace("\r\n", "\n")).collect();
+            assert_eq!(seen, want);
+        }
+    }
+
+    #[test]
+    fn cancel_and_bad_base64() {
+        let mut m = PreAuth::new(Options::default());
+        run(&mut m, b"EHLO c\r\n");
+        let (w, _) = run(&mut m, b"AUTH PLAIN\r\n*\r\n");
+        assert_eq!(w, "334 \r\n501 5.0.0 Authentication cancelled\r\n");
+        let (w, _) = run(&mut m, b"AUTH LOGIN\r\n!!!\r\n");
+        assert_eq!(
+            w,
+            format!("{USERNAME_PROMPT}501 5.5.2 Invalid base64 data\r\n")
+        );
+        let (w, _) = run(&mut m, b"AUTH CRAM-MD5\r\n");
+        assert!(w.starts_with("504 5.5.4"), "{w}");
+        let (w, _) = run(
+            &mut m,
+            format!("AUTH PLAIN {}\r\n", b64("bob\0alice\0pw")).as_bytes(),
+        );
+        assert!(w.starts_with("535 5.7.8 Logging in as another user"), "{w}");
+    }
+
+    #[test]
+    fn pipelined_mail_after_auth_is_residual() {
+        let mut m = PreAuth::new(Options::default());
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n",
+            b64("\0alice\0secret")
+        );
+        let (_, e) = run(&mut m, input.as_bytes());
+        creds(e);
+        assert!(m.next_event().is_none());
+        assert_eq!(
+            m.into_residual(),
+            b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n"
+        );
+    }
+
+    #[test]
+    fn failures_and_limits() {
+        let mut m = PreAuth::new(Options::default());
+        run(&mut m, b"EHLO c\r\n");
+        let login = format!("AUTH PLAIN {}\r\n", b64("\0u\0p"));
+        run(&mut m, login.as_bytes());
+        m.login_failed(&Failure::Unavailable("provider down".into()));
+        let (w, _) = run(&mut m, b"");
+        assert_eq!(w, "454 4.7.0 provider down\r\n");
+        for i in 0..3 {
+            let (_, e) = run(&mut m, login.as_bytes());
+            creds(e);
+            m.login_failed(&Failure::BadCredentials);
+            let (w, e) = run(&mut m, b"");
+            if i < 2 {
+                assert_eq!(w, "535 5.7.8 Invalid credentials\r\n");
+            } else {
+                assert_eq!(
+                    w,
+                    "535 5.7.8 Invalid credentials\r\n421 4.7.0 Too many failed authentication attempts\r\n"
+                );
+                assert!(matches!(e, Some(Event::Close)));
+            }
+        }
+        let mut m = PreAuth::new(Options {
+            max_line: 16,
+            ..Options::default()
+        });
+        let (w, e) = run(&mut m, &[b'x'; 20]);
+        assert_eq!(w, "500 5.5.6 Line too long (limit 16 bytes)\r\n");
+        assert!(matches!(e, Some(Event::Close)));
+    }
+
+    #[test]
+    fn split_points() {
+        let input = format!(
+            "EHLO c\r\nNOOP\r\nAUTH PLAIN {}\r\nQUIT\r\n",
+            b64("\0alice\0secret")
+        );
+        let mut m = PreAuth::new(Options::default());
+        let mut login = None;
+        for b in input.as_bytes() {
+            m.feed(std::slice::from_ref(b));
+            while let Some(e) = m.next_event() {
+                if let Event::Login { .. } = e {
+                    login = Some(e);
+                }
+            }
+        }
+        assert_eq!(creds(login).0, "alice");
+        assert_eq!(m.into_residual(), b"QUIT\r\n");
+    }
+}
