@@ -57,11 +57,16 @@ impl LineClient {
         std::mem::replace(&mut self.buf, rest)
     }
 
-    /// Connects and reads the greeting, which must be `* OK ...`.
+    /// Connects and reads the IMAP greeting, which must be `* OK ...`.
     pub async fn greeted(addr: SocketAddr) -> LineClient {
+        Self::greeted_with(addr, "* OK").await
+    }
+
+    /// Connects and reads a greeting that must start with `prefix`.
+    pub async fn greeted_with(addr: SocketAddr, prefix: &str) -> LineClient {
         let mut c = LineClient::connect(addr).await;
         let g = c.line().await;
-        assert!(g.starts_with("* OK"), "greeting: {g}");
+        assert!(g.starts_with(prefix), "greeting: {g}");
         c
     }
 

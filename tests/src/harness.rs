@@ -38,11 +38,28 @@ impl Env {
 
     /// A configuration with one IMAP listener on 127.0.0.1:0, one custom
     /// provider `test` whose IMAP server is `imap_url`, and account USER.
-    /// `extra_provider` is appended to the provider section, `extra` to the
-    /// file.
+    /// `extra_gateway` goes into `[gateway]`, `extra_provider` into the
+    /// provider, `extra` into the account.
     pub fn config_text(
         &self,
         imap_url: &str,
+        extra_gateway: &str,
+        extra_provider: &str,
+        extra: &str,
+    ) -> String {
+        self.config_for(
+            &[(Protocol::Imap, imap_url)],
+            extra_gateway,
+            extra_provider,
+            extra,
+        )
+    }
+
+    /// As [`Env::config_text`], with a listener and an upstream server for
+    /// each `(protocol, url)`.
+    pub fn config_for(
+        &self,
+        servers: &[(Protocol, &str)],
         extra_gateway: &str,
         extra_provider: &str,
         extra: &str,
@@ -56,23 +73,30 @@ impl Env {
                 gateway.push_str(&format!("\n{k} = {v}"));
             }
         }
+        let mut listeners = String::new();
+        let mut upstreams = String::new();
+        for (p, url) in servers {
+            listeners.push_str(&format!(
+                "[[listener]]\nprotocol = \"{p}\"\naddress = \"127.0.0.1:0\"\n\n"
+            ));
+            upstreams.push_str(&format!("{p} = \"{url}\"\n"));
+        }
+        let preset = if extra_provider.contains("preset") {
+            ""
+        } else {
+            "preset = \"custom\"\n"
+        };
         format!(
             r#"[gateway]
 state_dir = "state"
 {gateway}
 
-[[listener]]
-protocol = "imap"
-address = "127.0.0.1:0"
-
-[provider.test]
-preset = "custom"
-client_id = "{CLIENT_ID}"
+{listeners}[provider.test]
+{preset}client_id = "{CLIENT_ID}"
 authorize_url = "http://127.0.0.1:9/authorize"
 token_url = "{token_url}"
 scopes = ["mail"]
-imap = "{imap_url}"
-ca_file = "test-ca.pem"
+{upstreams}ca_file = "test-ca.pem"
 min_token_life = "60s"
 {extra_provider}
 
@@ -142,6 +166,14 @@ pub async fn start(config: Config) -> mailgate::Gateway {
 
 pub fn imap_addr(g: &mailgate::Gateway) -> std::net::SocketAddr {
     g.address(Protocol::Imap).unwrap()
+}
+
+pub fn smtp_addr(g: &mailgate::Gateway) -> std::net::SocketAddr {
+    g.address(Protocol::Smtp).unwrap()
+}
+
+pub fn pop3_addr(g: &mailgate::Gateway) -> std::net::SocketAddr {
+    g.address(Protocol::Pop3).unwrap()
 }
 
 /// A loopback port nothing listens on (bound once, then released).

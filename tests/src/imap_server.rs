@@ -5,30 +5,16 @@
 //! after login, and answers a few commands the way real servers do: a big
 //! `FETCH` literal, `IDLE` with an update, `LOGOUT`.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use mailgate_proto::sasl::decode_xoauth2;
-use secrecy::ExposeSecret;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::ca::TestCa;
+pub use crate::fake::{ERROR_CHALLENGE_JSON, FailureStyle, FakeServer};
+use crate::fake::{Lines, Record, acceptor, check_xoauth2, error_challenge, listen, tls};
 use crate::oauth::FakeOAuth;
-
-/// How a failed XOAUTH2 login is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureStyle {
-    /// Gmail and Dovecot: `+ <base64 JSON>`, wait for an empty line, `NO`.
-    Challenge,
-    /// Office 365: a plain tagged `NO AUTHENTICATE failed.`
-    PlainNo,
-}
-
 #[derive(Debug, Clone)]
 pub struct Options {
     /// `imap://` with STARTTLS instead of implicit TLS.
@@ -53,103 +39,28 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Record {
-    /// The AUTHENTICATE command line and any response lines, per attempt.
-    pub auth: Mutex<Vec<Vec<u8>>>,
-    /// Lines received after a successful login.
-    pub after_login: Mutex<Vec<String>>,
-    pub successful_logins: AtomicUsize,
-    pub failed_logins: AtomicUsize,
-    pub connections: AtomicUsize,
-    /// Whether any login arrived before TLS (must never happen).
-    pub plaintext_auth: AtomicUsize,
-}
+/// The IMAP fake is a [`FakeServer`].
+pub type FakeImap = FakeServer;
 
-#[derive(Debug, Clone)]
-pub struct FakeImap {
-    pub addr: SocketAddr,
-    pub record: Arc<Record>,
-}
-
-pub const ERROR_CHALLENGE_JSON: &str =
-    r#"{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}"#;
-
-trait Rw: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Rw for T {}
-
-struct Lines<S> {
-    s: S,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Lines<S> {
-    async fn line(&mut self) -> Option<Vec<u8>> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let rest = self.buf.split_off(i + 1);
-                return Some(std::mem::replace(&mut self.buf, rest));
-            }
-            let mut chunk = [0u8; 8192];
-            let n = self.s.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn send(&mut self, data: &[u8]) -> Option<()> {
-        self.s.write_all(data).await.ok()?;
-        self.s.flush().await.ok()
-    }
-}
-
-impl FakeImap {
-    pub async fn start(ca: &TestCa, oauth: FakeOAuth, opts: Options) -> FakeImap {
+impl FakeServer {
+    /// A fake IMAP server on 127.0.0.1.
+    pub async fn start(ca: &TestCa, oauth: FakeOAuth, opts: Options) -> FakeServer {
         Self::start_on("127.0.0.1:0", ca, oauth, opts).await
     }
 
-    pub async fn start_on(bind: &str, ca: &TestCa, oauth: FakeOAuth, opts: Options) -> FakeImap {
-        let listener = TcpListener::bind(bind).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    pub async fn start_on(bind: &str, ca: &TestCa, oauth: FakeOAuth, opts: Options) -> FakeServer {
         let record = Arc::new(Record::default());
-        let acceptor = TlsAcceptor::from(ca.server_config());
-        let rec = record.clone();
+        let acceptor = acceptor(ca);
         let opts = Arc::new(opts);
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                rec.connections.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, oauth, rec, opts) =
-                    (acceptor.clone(), oauth.clone(), rec.clone(), opts.clone());
-                tokio::spawn(async move {
-                    let _ = serve(tcp, acceptor, oauth, rec, opts).await;
-                });
-            }
-        });
-        FakeImap { addr, record }
-    }
-
-    /// `imaps://127.0.0.1:PORT` or `imap://127.0.0.1:PORT`.
-    pub fn url(&self, starttls: bool) -> String {
-        let scheme = if starttls { "imap" } else { "imaps" };
-        format!("{scheme}://{}", self.addr)
-    }
-
-    pub fn auth_lines(&self) -> Vec<Vec<u8>> {
-        self.record.auth.lock().unwrap().clone()
-    }
-
-    pub fn after_login(&self) -> Vec<String> {
-        self.record.after_login.lock().unwrap().clone()
-    }
-
-    pub fn successful_logins(&self) -> usize {
-        self.record.successful_logins.load(Ordering::SeqCst)
-    }
-
-    pub fn failed_logins(&self) -> usize {
-        self.record.failed_logins.load(Ordering::SeqCst)
+        let addr = listen(bind, record.clone(), move |tcp, rec| {
+            serve(tcp, acceptor.clone(), oauth.clone(), rec, opts.clone())
+        })
+        .await;
+        FakeServer {
+            addr,
+            record,
+            schemes: ("imaps", "imap"),
+        }
     }
 }
 
@@ -184,11 +95,8 @@ async fn serve(
     rec: Arc<Record>,
     opts: Arc<Options>,
 ) -> Option<()> {
-    let mut conn: Lines<Box<dyn Rw>> = if opts.starttls {
-        let mut plain = Lines {
-            s: tcp,
-            buf: Vec::new(),
-        };
+    let mut conn = if opts.starttls {
+        let mut plain = Lines::new(tcp);
         plain.send(b"* OK fake IMAP ready (STARTTLS)\r\n").await?;
         loop {
             let line = plain.line().await?;
@@ -223,26 +131,15 @@ async fn serve(
                     .await?;
             }
         }
-        let tls = acceptor.accept(plain.s).await.ok()?;
-        Lines {
-            s: Box::new(tls),
-            buf: Vec::new(),
-        }
+        tls(&acceptor, plain.s).await?
     } else {
-        let mut tls = acceptor.accept(tcp).await.ok()?;
-        tls.write_all(
-            format!(
-                "* OK [CAPABILITY {}] fake IMAP ready\r\n",
-                caps(&opts, true)
-            )
-            .as_bytes(),
-        )
-        .await
-        .ok()?;
-        Lines {
-            s: Box::new(tls),
-            buf: Vec::new(),
-        }
+        let mut conn = tls(&acceptor, tcp).await?;
+        let greeting = format!(
+            "* OK [CAPABILITY {}] fake IMAP ready\r\n",
+            caps(&opts, true)
+        );
+        conn.send(greeting.as_bytes()).await?;
+        conn
     };
 
     // Before login.
@@ -265,10 +162,7 @@ async fn serve(
                     String::from_utf8_lossy(&resp).trim_end().to_string()
                 }
             };
-            let ok_user = decode_xoauth2(b64.as_bytes()).and_then(|(u, t)| {
-                let owner = oauth.check_access(t.expose_secret())?;
-                owner.eq_ignore_ascii_case(&u).then_some(u)
-            });
+            let ok_user = check_xoauth2(&oauth, &b64);
             match ok_user {
                 Some(u) => {
                     rec.auth.lock().unwrap().push(exchange);
@@ -286,7 +180,7 @@ async fn serve(
                     rec.failed_logins.fetch_add(1, Ordering::SeqCst);
                     match opts.failure {
                         FailureStyle::Challenge => {
-                            let ch = STANDARD.encode(ERROR_CHALLENGE_JSON);
+                            let ch = error_challenge();
                             conn.send(format!("+ {ch}\r\n").as_bytes()).await?;
                             let empty = conn.line().await?;
                             exchange.extend_from_slice(&empty);

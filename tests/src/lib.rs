@@ -15,6 +15,9 @@
 pub mod ca;
 pub mod client;
 pub mod dovecot;
+pub mod fake;
 pub mod harness;
 pub mod imap_server;
 pub mod oauth;
+pub mod pop3_server;
+pub mod smtp_server;
