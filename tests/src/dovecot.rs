@@ -24,6 +24,12 @@ pub struct Dovecot {
     pub imap_port: u16,
     /// IMAPS on 127.0.0.1 and 127.0.0.2.
     pub imaps_port: u16,
+    /// POP3 with STLS, and POP3S.
+    pub pop3_port: u16,
+    pub pop3s_port: u16,
+    /// Submission with STARTTLS, and submissions (implicit TLS).
+    pub submission_port: u16,
+    pub submissions_port: u16,
 }
 
 /// The dovecot binary, or a panic telling how to install it: these tests
@@ -76,7 +82,15 @@ fn give_to_mail_user(p: &Path) {
 }
 
 impl Dovecot {
-    pub fn start(dir: &Path, ca: &TestCa, oauth: &FakeOAuth) -> Dovecot {
+    /// The configuration file a Dovecot started in `dir` uses (known before
+    /// it starts, for the relay sink's `dovecot-lda`).
+    pub fn config_path(dir: &Path) -> PathBuf {
+        dir.join("dovecot").join("dovecot.conf")
+    }
+
+    /// Starts Dovecot in `dir` with IMAP, POP3 and submission; submission
+    /// relays to 127.0.0.1:`relay_port`.
+    pub fn start(dir: &Path, ca: &TestCa, oauth: &FakeOAuth, relay_port: u16) -> Dovecot {
         let bin = binary();
         let dir = dir.join("dovecot");
         for sub in ["run", "state", "mail", "home"] {
@@ -92,8 +106,14 @@ impl Dovecot {
             give_to_mail_user(&dir.join("mail"));
             give_to_mail_user(&dir.join("home"));
         }
-        let imap_port = free_port();
-        let imaps_port = free_port();
+        let [
+            imap_port,
+            imaps_port,
+            pop3_port,
+            pop3s_port,
+            submission_port,
+            submissions_port,
+        ] = [(); 6].map(|_| free_port());
         let d = dir.display();
         std::fs::write(
             dir.join("oauth2.conf"),
@@ -112,8 +132,14 @@ impl Dovecot {
             r#"base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
-protocols = imap
+protocols = imap pop3 submission
 listen = 127.0.0.1, 127.0.0.2
+hostname = localhost
+postmaster_address = postmaster@example.test
+submission_relay_host = 127.0.0.1
+submission_relay_port = {relay_port}
+submission_relay_trusted = yes
+pop3_uidl_format = %08Xu%08Xv
 ssl = yes
 ssl_cert = <{cert}
 ssl_key = <{key}
@@ -132,7 +158,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid=mail gid=mail home={d}/home/%u
+  args = uid=mail gid=mail home={d}/home/%u allow_all_users=yes
 }}
 service imap-login {{
   inet_listener imap {{
@@ -140,6 +166,24 @@ service imap-login {{
   }}
   inet_listener imaps {{
     port = {imaps_port}
+    ssl = yes
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = {pop3s_port}
+    ssl = yes
+  }}
+}}
+service submission-login {{
+  inet_listener submission {{
+    port = {submission_port}
+  }}
+  inet_listener submissions {{
+    port = {submissions_port}
     ssl = yes
   }}
 }}
@@ -163,6 +207,10 @@ service imap-login {{
             dir,
             imap_port,
             imaps_port,
+            pop3_port,
+            pop3s_port,
+            submission_port,
+            submissions_port,
         };
         dv.wait_ready();
         dv
@@ -170,7 +218,14 @@ service imap-login {{
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        for port in [self.imap_port, self.imaps_port] {
+        for port in [
+            self.imap_port,
+            self.imaps_port,
+            self.pop3_port,
+            self.pop3s_port,
+            self.submission_port,
+            self.submissions_port,
+        ] {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 assert!(

@@ -20,4 +20,5 @@ pub mod harness;
 pub mod imap_server;
 pub mod oauth;
 pub mod pop3_server;
+pub mod relay_sink;
 pub mod smtp_server;

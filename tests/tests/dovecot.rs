@@ -7,9 +7,15 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mailgate_config::Protocol;
 use mailgate_tests::client::LineClient;
 use mailgate_tests::dovecot::Dovecot;
-use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs};
+use mailgate_tests::harness::{
+    Env, PASSWORD, USER, imap_addr, logs, pop3_addr, smtp_addr, start, unused_port,
+};
+use mailgate_tests::relay_sink::RelaySink;
 
 async fn login(addr: std::net::SocketAddr) -> LineClient {
     let mut c = LineClient::connect(addr).await;
@@ -63,7 +69,7 @@ async fn append_and_fetch(c: &mut LineClient, subject: &str) {
 async fn with_dovecot() -> (Env, Dovecot) {
     logs();
     let env = Env::new().await;
-    let dv = Dovecot::start(env.path(), &env.ca, &env.oauth);
+    let dv = Dovecot::start(env.path(), &env.ca, &env.oauth, unused_port());
     env.seal_new_user_token();
     (env, dv)
 }
@@ -128,4 +134,119 @@ async fn dovecot_rejected_token_is_refreshed() {
     assert_eq!(env.oauth.refresh_count(), 2);
     c.send("s SELECT INBOX\r\n").await;
     assert!(c.response_text("s").await.contains("s OK"));
+}
+
+/// What issue 3 is about: a plain-auth SMTP client sends a message through
+/// mailgate to Dovecot's XOAUTH2-only submission service; a plain-auth POP3
+/// client and a plain-LOGIN IMAP client read it back through mailgate. Once
+/// with STARTTLS/STLS upstream on 127.0.0.2 (where Dovecot refuses
+/// authentication in clear), once with implicit TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_to_pop3_and_imap_through_dovecot() {
+    logs();
+    let env = Env::new().await;
+    let sink = RelaySink::start(Dovecot::config_path(env.path())).await;
+    let dv = Dovecot::start(env.path(), &env.ca, &env.oauth, sink.port);
+    env.seal_new_user_token();
+    let variants = [
+        (
+            format!("smtp://127.0.0.2:{}", dv.submission_port),
+            format!("pop3://127.0.0.2:{}", dv.pop3_port),
+            format!("imap://127.0.0.2:{}", dv.imap_port),
+        ),
+        (
+            format!("smtps://127.0.0.1:{}", dv.submissions_port),
+            format!("pop3s://127.0.0.1:{}", dv.pop3s_port),
+            format!("imaps://127.0.0.1:{}", dv.imaps_port),
+        ),
+    ];
+    for (n, (smtp, pop3, imap)) in variants.iter().enumerate() {
+        let text = env.config_for(
+            &[
+                (Protocol::Smtp, smtp),
+                (Protocol::Pop3, pop3),
+                (Protocol::Imap, imap),
+            ],
+            "",
+            "",
+            "",
+        );
+        let g = start(env.load(&text)).await;
+        let subject = format!("round trip {n}");
+        // As stored; on the SMTP and POP3 wires a line starting with a dot
+        // is dot-stuffed.
+        let body =
+            format!("Sent by a scanner through mailgate.\r\n.dot line\r\nEnd of message {n}.\r\n");
+        let stuffed = body.replace("\r\n.", "\r\n..");
+
+        // SMTP with AUTH LOGIN, as scanners and CRMs do.
+        let mut c = LineClient::greeted_with(smtp_addr(&g), "220").await;
+        c.send("EHLO scanner.example\r\n").await;
+        while !c.line().await.starts_with("250 ") {}
+        c.send("AUTH LOGIN\r\n").await;
+        assert!(c.line().await.starts_with("334"));
+        c.send(format!("{}\r\n", STANDARD.encode(USER))).await;
+        assert!(c.line().await.starts_with("334"));
+        c.send(format!("{}\r\n", STANDARD.encode(PASSWORD))).await;
+        let r = c.line().await;
+        assert_eq!(
+            r,
+            "235 2.7.0 Authentication successful\r\n",
+            "log:\n{}",
+            dv.log()
+        );
+        c.send(format!(
+            "MAIL FROM:<{USER}>\r\nRCPT TO:<{USER}>\r\nDATA\r\n"
+        ))
+        .await;
+        for _ in 0..2 {
+            let r = c.line().await;
+            assert!(r.starts_with("250"), "{r}");
+        }
+        assert!(c.line().await.starts_with("354"));
+        c.send(format!(
+            "From: {USER}\r\nTo: {USER}\r\nSubject: {subject}\r\n\r\n{stuffed}.\r\n"
+        ))
+        .await;
+        let r = c.line().await;
+        assert!(r.starts_with("250"), "{r}\nlog:\n{}", dv.log());
+        c.send("QUIT\r\n").await;
+        c.line().await;
+
+        // POP3 with USER/PASS, as fetchmail does.
+        let mut p = LineClient::greeted_with(pop3_addr(&g), "+OK").await;
+        p.send(format!("USER {USER}\r\nPASS {PASSWORD}\r\n")).await;
+        assert!(p.line().await.starts_with("+OK"));
+        let r = p.line().await;
+        assert_eq!(r, "+OK Logged in\r\n", "log:\n{}", dv.log());
+        p.send(format!("RETR {}\r\n", n + 1)).await;
+        assert!(p.line().await.starts_with("+OK"));
+        let mut retr = String::new();
+        loop {
+            let l = p.line().await;
+            if l == ".\r\n" {
+                break;
+            }
+            retr.push_str(&l);
+        }
+        assert!(retr.contains(&format!("Subject: {subject}\r\n")), "{retr}");
+        // Dot-stuffed on the wire, as POP3 requires.
+        assert!(retr.contains(&stuffed), "{retr}");
+        p.send("QUIT\r\n").await;
+        p.line().await;
+
+        // IMAP with LOGIN.
+        let mut i = LineClient::greeted(imap_addr(&g)).await;
+        assert!(i.login("a", USER, PASSWORD).await.starts_with("a OK"));
+        i.send("s SELECT INBOX\r\n").await;
+        i.response_text("s").await;
+        i.send(format!("f FETCH {} BODY.PEEK[TEXT]\r\n", n + 1))
+            .await;
+        let r = i.response_text("f").await;
+        assert!(r.contains(&body), "{r}");
+        i.send("z LOGOUT\r\n").await;
+        i.response_text("z").await;
+        drop((c, p, i));
+        g.shutdown().await;
+    }
 }
