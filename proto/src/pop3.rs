@@ -147,6 +147,22 @@ fn reply(i: &[u8]) -> NomResult<'_, Reply> {
     Ok((i, r))
 }
 
+/// Encodes the body of a multi-line reply: each line dot-stuffed, then the
+/// terminating `.`.
+pub fn encode_multiline<S: AsRef<str>>(lines: &[S]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in lines {
+        let l = l.as_ref();
+        if l.starts_with('.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(l.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
 /// Decodes the body of a multi-line reply (after its `+OK` line): lines up to
 /// the terminating `.`, dot-unstuffed.
 pub fn decode_multiline(input: &[u8]) -> Result<(&[u8], Vec<String>), DecodeError> {
@@ -283,6 +299,19 @@ mod tests {
             decode_multiline(b"USER\r\nSASL PLAIN XOAUTH2\r\n..dot\r\n.\r\nnext").expect("ok");
         assert_eq!(lines, vec!["USER", "SASL PLAIN XOAUTH2", ".dot"]);
         assert_eq!(rest, b"next");
+    }
+
+    #[test]
+    fn multiline_round_trip() {
+        let lines = vec!["USER", ".starts with a dot", "", "SASL PLAIN"];
+        let wire = encode_multiline(&lines);
+        assert_eq!(
+            wire,
+            b"USER\r\n..starts with a dot\r\n\r\nSASL PLAIN\r\n.\r\n"
+        );
+        let (rest, back) = decode_multiline(&wire).expect("decodes");
+        assert!(rest.is_empty());
+        assert_eq!(back, lines);
     }
 
     #[test]

@@ -162,6 +162,18 @@ impl Reply {
     pub fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
     }
+
+    /// The reply on the wire: `code-text` lines, the last `code text`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::new();
+        let n = self.lines.len().max(1);
+        for i in 0..n {
+            let text = self.lines.get(i).map(String::as_str).unwrap_or("");
+            let sep = if i + 1 == n { ' ' } else { '-' };
+            out.push_str(&format!("{}{sep}{text}\r\n", self.code));
+        }
+        out.into_bytes()
+    }
 }
 
 /// Decodes one reply (all its lines).
@@ -302,6 +314,33 @@ mod tests {
             decode_reply(b"220 x\r\n").map(|(_, r)| r.enhanced().is_none()),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        for r in [
+            Reply {
+                code: 250,
+                lines: vec![
+                    "host Hello x".into(),
+                    "AUTH PLAIN LOGIN".into(),
+                    "PIPELINING".into(),
+                ],
+            },
+            Reply {
+                code: 235,
+                lines: vec!["2.7.0 Authentication successful".into()],
+            },
+            Reply {
+                code: 334,
+                lines: vec![String::new()],
+            },
+        ] {
+            let wire = r.encode();
+            let (rest, back) = decode_reply(&wire).expect("decodes");
+            assert!(rest.is_empty());
+            assert_eq!(back, r);
+        }
     }
 
     #[test]

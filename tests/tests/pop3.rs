@@ -207,3 +207,15 @@ async fn unreachable_upstream_is_sys_temp() {
     assert!(c.line().await.starts_with("+OK"));
     assert!(c.line().await.starts_with("-ERR [SYS/TEMP] "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_failure_is_sys_temp() {
+    let s = Setup::with(Options::default()).await;
+    s.env.oauth.set_mode(mailgate_tests::oauth::Mode::Http500);
+    let mut c = s.client().await;
+    c.send(format!("USER {USER}\r\nPASS {PASSWORD}\r\n")).await;
+    assert!(c.line().await.starts_with("+OK"));
+    let r = c.line().await;
+    assert!(r.starts_with("-ERR [SYS/TEMP] Cannot log in now"), "{r}");
+    assert_eq!(s.pop3.connections(), 0);
+}

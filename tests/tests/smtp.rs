@@ -307,3 +307,18 @@ async fn unreachable_upstream_is_454() {
     .await;
     assert!(c.line().await.starts_with("454 4.7.0 "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_failure_is_454() {
+    let s = Setup::new().await;
+    s.env.oauth.set_mode(mailgate_tests::oauth::Mode::Http500);
+    let mut c = s.client().await;
+    c.send(format!(
+        "AUTH PLAIN {}\r\n",
+        b64(&format!("\0{USER}\0{PASSWORD}"))
+    ))
+    .await;
+    let r = c.line().await;
+    assert!(r.starts_with("454 4.7.0 Cannot log in now"), "{r}");
+    assert_eq!(s.smtp.connections(), 0);
+}

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use mailgate_proto::line::{Line, frame_line};
-use mailgate_proto::pop3::{Command, decode_command};
+use mailgate_proto::pop3::{Command, decode_command, encode_multiline};
 use mailgate_proto::sasl::{SaslLine, decode_base64, decode_plain, decode_sasl_line};
 use mailgate_proto::{ExposeSecret, SecretString};
 
@@ -126,13 +126,9 @@ impl PreAuth {
         };
         match cmd {
             Command::Capa => {
-                let mut r = String::from("+OK Capability list follows\r\n");
-                for c in capabilities(self.opts.stls) {
-                    r.push_str(c);
-                    r.push_str("\r\n");
-                }
-                r.push_str(".\r\n");
-                self.write(r);
+                let mut r = b"+OK Capability list follows\r\n".to_vec();
+                r.extend(encode_multiline(&capabilities(self.opts.stls)));
+                self.out.push_back(Event::Write(r));
             }
             Command::User(name) => {
                 self.user = Some(name);
@@ -144,7 +140,11 @@ impl PreAuth {
             },
             Command::Auth {
                 mechanism: None, ..
-            } => self.write("+OK Mechanisms follow\r\nPLAIN\r\n.\r\n"),
+            } => {
+                let mut r = b"+OK Mechanisms follow\r\n".to_vec();
+                r.extend(encode_multiline(&["PLAIN"]));
+                self.out.push_back(Event::Write(r));
+            }
             Command::Auth {
                 mechanism: Some(m),
                 initial_response,

@@ -111,13 +111,14 @@ impl PreAuth {
     }
 
     fn ehlo_reply(&self, name: &str) -> String {
-        let mut r = format!("250-{} Hello {name}\r\n", self.opts.hostname);
-        let keys = ehlo_keywords(self.opts.starttls);
-        for (i, k) in keys.iter().enumerate() {
-            let sep = if i + 1 == keys.len() { ' ' } else { '-' };
-            r.push_str(&format!("250{sep}{k}\r\n"));
-        }
-        r
+        let mut lines = vec![format!("{} Hello {name}", self.opts.hostname)];
+        lines.extend(
+            ehlo_keywords(self.opts.starttls)
+                .iter()
+                .map(|k| k.to_string()),
+        );
+        let reply = mailgate_proto::smtp::Reply { code: 250, lines };
+        String::from_utf8_lossy(&reply.encode()).into_owned()
     }
 
     fn take_line(&mut self) -> Option<Result<zeroize::Zeroizing<Vec<u8>>, ()>> {
