@@ -31,6 +31,21 @@ pub enum Command {
     Run,
     /// Validate the configuration and print what it resolved to.
     Check,
+    /// Authorise an account interactively and store its tokens, sealed with
+    /// a local password.
+    Login {
+        /// The account's login name.
+        user: String,
+        /// How to sign in (default: from the provider's `flow`).
+        #[arg(long, value_enum)]
+        flow: Option<LoginFlow>,
+        /// Only print the URL; do not try to open a browser.
+        #[arg(long)]
+        no_browser: bool,
+        /// How long to wait for the browser sign-in.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Manage stored tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -43,6 +58,17 @@ pub enum Command {
     },
     /// Print an Argon2id PHC string for `password_hash`.
     HashPassword,
+}
+
+/// The ways `mailgate login` can sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoginFlow {
+    /// Authorization code with PKCE; the browser redirects to a local listener.
+    Browser,
+    /// Device authorization: a URL and a code to enter on any device.
+    Device,
+    /// Authorization code; paste the final address from the browser.
+    Paste,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +138,16 @@ fn run(cli: Cli) -> CliResult {
             let cfg = load(path)?;
             crate::logging::init(cfg.gateway.log_format, "info");
             runtime()?.block_on(serve(cfg))
+        }
+        Command::Login {
+            user,
+            flow,
+            no_browser,
+            timeout,
+        } => {
+            let cfg = load(path)?;
+            crate::logging::init(LogFormat::Text, "warn");
+            login(&cfg, &user, flow, no_browser, timeout)
         }
         Command::Token(TokenCommand::Import { user, no_verify }) => {
             let cfg = load(path)?;
@@ -218,18 +254,109 @@ fn read_password(prompt: &str, confirm: bool) -> Result<SecretString, CliError> 
     Ok(first)
 }
 
-fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
-    let user = user.trim().to_lowercase();
-    let account = cfg.find_account(&user).ok_or_else(|| {
+/// The account and provider of `user`, or a user error.
+fn account_provider(cfg: &Config, user: &str) -> Result<Arc<mailgate_config::Provider>, CliError> {
+    let account = cfg.find_account(user).ok_or_else(|| {
         CliError::User(format!(
             "{user} matches no [[account]] in {}; add it first",
             cfg.file.display()
         ))
     })?;
-    let provider = cfg
-        .provider(&account.provider)
+    cfg.provider(&account.provider)
         .cloned()
-        .ok_or_else(|| CliError::Internal("account without provider".into()))?;
+        .ok_or_else(|| CliError::Internal("account without provider".into()))
+}
+
+fn login(
+    cfg: &Config,
+    user: &str,
+    flow: Option<LoginFlow>,
+    no_browser: bool,
+    timeout: std::time::Duration,
+) -> CliResult {
+    use mailgate_config::Flow;
+    use std::io::Write as _;
+    let user = user.trim().to_lowercase();
+    let provider = account_provider(cfg, &user)?;
+    let flow = match (flow, provider.flow) {
+        (_, Flow::ClientCredentials) => {
+            return Err(CliError::User(format!(
+                "provider {} uses client_credentials: its accounts need no login; their local password is the account's password_hash",
+                provider.name
+            )));
+        }
+        (Some(f), _) => f,
+        (None, Flow::DeviceCode) => LoginFlow::Device,
+        (None, Flow::AuthorizationCode) => LoginFlow::Browser,
+    };
+    if flow == LoginFlow::Device && provider.device_code_url.is_none() {
+        return Err(CliError::User(format!(
+            "provider {} has no device_code_url (Google does not allow the device flow for mail); use --flow browser or --flow paste",
+            provider.name
+        )));
+    }
+    let password = read_password(&format!("Local password for {user}"), true)?;
+    let oauth =
+        OAuth::new(cfg.gateway.upstream_timeout).map_err(|e| CliError::Internal(e.to_string()))?;
+    let failed = |e: crate::flows::FlowError| CliError::User(format!("{e}; nothing was stored"));
+    let grant = runtime()?.block_on(async {
+        match flow {
+            LoginFlow::Browser => {
+                let server = crate::redirect::RedirectServer::bind(&provider.redirect_uri, true).await?;
+                let req = crate::flows::browser_request(&oauth, &provider, &server, &user)?;
+                println!("Open this URL in a browser and sign in as {user}:\n\n{}\n", req.url);
+                let _ = std::io::stdout().flush();
+                if !no_browser && webbrowser::open(req.url.as_str()).is_err() {
+                    eprintln!("(no browser could be opened; open the URL yourself)");
+                }
+                eprintln!(
+                    "Waiting for the sign-in at {} (up to {})...",
+                    server.redirect_uri,
+                    humantime::format_duration(timeout)
+                );
+                crate::flows::browser_finish(&oauth, &provider, &server, &req, timeout).await
+            }
+            LoginFlow::Device => {
+                let d = oauth.start_device(&provider).await?;
+                println!("{}", crate::flows::device_instructions(&d));
+                let _ = std::io::stdout().flush();
+                eprintln!("Waiting for the sign-in...");
+                Ok(oauth.poll_device(&provider, &d).await?)
+            }
+            LoginFlow::Paste => {
+                let req = oauth.authorization_request(&provider, &provider.redirect_uri, &user)?;
+                println!(
+                    "Open this URL in a browser and sign in as {user}:\n\n{}\n\nThe browser then ends on an address starting with {} (the page may not load).\nCopy that whole address from the address bar and paste it here:",
+                    req.url, provider.redirect_uri
+                );
+                let _ = std::io::stdout().flush();
+                let line = tokio::task::spawn_blocking(|| {
+                    let mut l = String::new();
+                    std::io::stdin().read_line(&mut l).map(|_| l)
+                })
+                .await
+                .map_err(|e| crate::flows::FlowError::Input(e.to_string()))?
+                .map_err(|e| crate::flows::FlowError::Input(format!("cannot read the address: {e}")))?;
+                crate::flows::paste_finish(&oauth, &provider, &req, &line).await
+            }
+        }
+    })
+    .map_err(failed)?;
+    crate::flows::store_grant(
+        &Store::new(&cfg.gateway.state_dir),
+        &user,
+        &provider.name,
+        &grant,
+        &password,
+    )
+    .map_err(failed)?;
+    println!("stored the tokens of {user} (provider {})", provider.name);
+    Ok(())
+}
+
+fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
+    let user = user.trim().to_lowercase();
+    let provider = account_provider(cfg, &user)?;
     if std::io::stdin().is_terminal() {
         eprintln!("Paste the refresh token and press Enter:");
     }

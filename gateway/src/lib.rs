@@ -7,11 +7,13 @@
 pub mod accounts;
 pub mod backoff;
 pub mod cli;
+pub mod flows;
 pub mod imap;
 pub mod logging;
 pub mod login;
 pub mod oauth;
 pub mod pop3;
+pub mod redirect;
 pub mod relay;
 pub mod server;
 pub mod session;

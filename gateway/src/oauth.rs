@@ -1,37 +1,49 @@
-//! Talking to token endpoints with the `oauth2` crate. One HTTP client for
-//! the process, with redirects disabled (a token endpoint that redirects is
-//! misconfigured, and following it could hand a refresh token elsewhere).
+//! Every OAuth 2.0 exchange mailgate makes, through the `oauth2` crate: the
+//! refresh-token grant, the authorization code grant with PKCE (S256) and a
+//! checked `state`, the device authorization grant (RFC 8628) and the client
+//! credentials grant. One HTTP client for the process, with redirects
+//! disabled (a token endpoint that redirects is misconfigured, and following
+//! it could hand a secret elsewhere).
 
 use std::time::Duration;
 
-use mailgate_config::Provider;
+use mailgate_config::{Preset, Provider};
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
-    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, Scope, TokenResponse,
-    TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    DeviceAuthorizationUrl, DeviceCodeErrorResponseType, EndpointNotSet, EndpointSet,
+    ExtraDeviceAuthorizationFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardErrorResponse, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 
 /// What a token endpoint granted.
 #[derive(Debug)]
 pub struct Grant {
     pub access_token: SecretString,
-    /// A new refresh token, when the provider rotates them (Microsoft does).
+    /// A refresh token: new, or rotated (Microsoft rotates on every refresh).
     pub refresh_token: Option<SecretString>,
     pub expires_in: Option<Duration>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OAuthError {
-    /// `invalid_grant`: the refresh token is dead (revoked, expired, password
-    /// changed). The user must authorise again.
-    #[error("the provider rejected the refresh token (invalid_grant{})", detail(.0))]
+    /// `invalid_grant`: the refresh token or code is dead (revoked, expired,
+    /// password changed, wrong PKCE verifier). The user must authorise again.
+    #[error("the provider rejected the grant (invalid_grant{})", detail(.0))]
     InvalidGrant(String),
     /// `invalid_client`: the client ID or secret is wrong or expired.
     #[error("the provider rejected mailgate's client credentials (invalid_client{}); check client_id and client_secret of the provider", detail(.0))]
     InvalidClient(String),
+    /// The user declined (`access_denied`).
+    #[error("the authorisation was declined (access_denied{})", detail(.0))]
+    Declined(String),
+    /// The device code expired before the user approved.
+    #[error("the device code expired before the sign-in was completed; run the login again")]
+    Expired,
     /// Any other OAuth error code.
-    #[error("the token endpoint answered {code}{}", detail(.description))]
+    #[error("the provider answered {code}{}", detail(.description))]
     Other { code: String, description: String },
     /// The endpoint could not be reached or timed out.
     #[error("the token endpoint cannot be reached: {0}")]
@@ -39,6 +51,12 @@ pub enum OAuthError {
     /// The endpoint answered something that is not an OAuth response.
     #[error("the token endpoint gave an invalid answer: {0}")]
     BadResponse(String),
+    /// The provider lacks an endpoint this flow needs.
+    #[error("provider {provider} has no {endpoint} configured")]
+    NotConfigured {
+        provider: String,
+        endpoint: &'static str,
+    },
 }
 
 fn detail(s: &str) -> String {
@@ -59,6 +77,34 @@ impl OAuthError {
     }
 }
 
+/// An authorization request ready to be opened in a browser.
+#[derive(Debug)]
+pub struct AuthorizationRequest {
+    /// The URL to open.
+    pub url: url::Url,
+    /// The `state` it carries, to be checked on the redirect.
+    pub state: SecretString,
+    /// The PKCE verifier for the code exchange.
+    pub verifier: SecretString,
+    /// The redirect URI it names (the code exchange must repeat it).
+    pub redirect_uri: url::Url,
+}
+
+/// Microsoft adds a human `message` to the device authorization response.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceExtra {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl ExtraDeviceAuthorizationFields for DeviceExtra {}
+
+/// A started device authorization.
+pub type DeviceAuthorization = oauth2::DeviceAuthorizationResponse<DeviceExtra>;
+
+type TokenClient =
+    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
 /// The process's OAuth client.
 #[derive(Debug, Clone)]
 pub struct OAuth {
@@ -76,56 +122,205 @@ impl OAuth {
         Ok(OAuth { http })
     }
 
-    /// The refresh-token grant (RFC 6749 §6).
-    pub async fn refresh(
-        &self,
-        provider: &Provider,
-        refresh_token: &SecretString,
-    ) -> Result<Grant, OAuthError> {
+    /// A client with the provider's ID, secret and token URL.
+    fn client(provider: &Provider) -> TokenClient {
         let mut client = BasicClient::new(ClientId::new(provider.client_id.clone()))
             .set_token_uri(TokenUrl::from_url(provider.token_url.clone()))
             .set_auth_type(AuthType::RequestBody);
         if let Some(secret) = &provider.client_secret {
             client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
         }
+        client
+    }
+
+    fn scopes(provider: &Provider) -> impl Iterator<Item = Scope> + '_ {
+        provider.scopes.iter().cloned().map(Scope::new)
+    }
+
+    /// The refresh-token grant (RFC 6749 §6).
+    pub async fn refresh(
+        &self,
+        provider: &Provider,
+        refresh_token: &SecretString,
+    ) -> Result<Grant, OAuthError> {
         let rt = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let response = client
+        let response = Self::client(provider)
             .exchange_refresh_token(&rt)
-            .add_scopes(provider.scopes.iter().cloned().map(Scope::new))
+            .add_scopes(Self::scopes(provider))
             .request_async(&self.http)
             .await
             .map_err(convert)?;
-        Ok(Grant {
-            access_token: SecretString::from(response.access_token().secret().to_owned()),
-            refresh_token: response
-                .refresh_token()
-                .map(|r| SecretString::from(r.secret().to_owned())),
-            expires_in: response.expires_in(),
+        Ok(grant(&response))
+    }
+
+    /// Builds an authorization code request with PKCE S256 and a random
+    /// `state` for `redirect_uri`. The presets add what their providers
+    /// need: `login_hint` everywhere, and for Google `access_type=offline`
+    /// and `prompt=consent` (without them no refresh token comes back).
+    pub fn authorization_request(
+        &self,
+        provider: &Provider,
+        redirect_uri: &url::Url,
+        login_hint: &str,
+    ) -> Result<AuthorizationRequest, OAuthError> {
+        let auth_url = provider
+            .authorize_url
+            .clone()
+            .ok_or_else(|| OAuthError::NotConfigured {
+                provider: provider.name.clone(),
+                endpoint: "authorize_url",
+            })?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let client = Self::client(provider)
+            .set_auth_uri(AuthUrl::from_url(auth_url))
+            .set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()));
+        let mut req = client
+            .authorize_url(CsrfToken::new_random)
+            .add_scopes(Self::scopes(provider))
+            .set_pkce_challenge(challenge)
+            .add_extra_param("login_hint", login_hint);
+        if provider.preset == Preset::Gmail {
+            req = req
+                .add_extra_param("access_type", "offline")
+                .add_extra_param("prompt", "consent");
+        }
+        let (url, state) = req.url();
+        Ok(AuthorizationRequest {
+            url,
+            state: SecretString::from(state.secret().clone()),
+            verifier: SecretString::from(verifier.secret().clone()),
+            redirect_uri: redirect_uri.clone(),
         })
+    }
+
+    /// Exchanges an authorization code (with its PKCE verifier).
+    pub async fn exchange_code(
+        &self,
+        provider: &Provider,
+        request: &AuthorizationRequest,
+        code: &SecretString,
+    ) -> Result<Grant, OAuthError> {
+        let response = Self::client(provider)
+            .set_redirect_uri(RedirectUrl::from_url(request.redirect_uri.clone()))
+            .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
+            .set_pkce_verifier(PkceCodeVerifier::new(
+                request.verifier.expose_secret().to_owned(),
+            ))
+            .request_async(&self.http)
+            .await
+            .map_err(convert)?;
+        Ok(grant(&response))
+    }
+
+    /// Starts a device authorization (RFC 8628 §3.1).
+    pub async fn start_device(
+        &self,
+        provider: &Provider,
+    ) -> Result<DeviceAuthorization, OAuthError> {
+        let url = provider
+            .device_code_url
+            .clone()
+            .ok_or_else(|| OAuthError::NotConfigured {
+                provider: provider.name.clone(),
+                endpoint: "device_code_url",
+            })?;
+        Self::client(provider)
+            .set_device_authorization_url(DeviceAuthorizationUrl::from_url(url))
+            .exchange_device_code()
+            .add_scopes(Self::scopes(provider))
+            .request_async(&self.http)
+            .await
+            .map_err(convert)
+    }
+
+    /// Polls the token endpoint until the user approves, declines or the
+    /// code expires, honouring `interval` and `slow_down`.
+    pub async fn poll_device(
+        &self,
+        provider: &Provider,
+        details: &DeviceAuthorization,
+    ) -> Result<Grant, OAuthError> {
+        let response = Self::client(provider)
+            .exchange_device_access_token(details)
+            .request_async(&self.http, tokio::time::sleep, None)
+            .await
+            .map_err(convert_device)?;
+        Ok(grant(&response))
+    }
+
+    /// The client credentials grant (app-only access).
+    pub async fn client_credentials(&self, provider: &Provider) -> Result<Grant, OAuthError> {
+        let response = Self::client(provider)
+            .exchange_client_credentials()
+            .add_scopes(Self::scopes(provider))
+            .request_async(&self.http)
+            .await
+            .map_err(convert)?;
+        Ok(grant(&response))
     }
 }
 
-fn convert<RE: std::error::Error + 'static>(
-    err: RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
-) -> OAuthError {
+fn grant(response: &oauth2::basic::BasicTokenResponse) -> Grant {
+    Grant {
+        access_token: SecretString::from(response.access_token().secret().to_owned()),
+        refresh_token: response
+            .refresh_token()
+            .map(|r| SecretString::from(r.secret().to_owned())),
+        expires_in: response.expires_in(),
+    }
+}
+
+fn convert_code(code: &str, description: String) -> OAuthError {
+    match code {
+        "invalid_grant" => OAuthError::InvalidGrant(description),
+        "invalid_client" => OAuthError::InvalidClient(description),
+        "access_denied" | "authorization_declined" => OAuthError::Declined(description),
+        "expired_token" => OAuthError::Expired,
+        other => OAuthError::Other {
+            code: other.to_owned(),
+            description,
+        },
+    }
+}
+
+fn convert_transport<RE: std::error::Error + 'static, T>(
+    err: RequestTokenError<RE, T>,
+) -> OAuthError
+where
+    T: oauth2::ErrorResponse,
+{
     match err {
-        RequestTokenError::ServerResponse(r) => {
-            let description = r.error_description().cloned().unwrap_or_default();
-            match r.error() {
-                BasicErrorResponseType::InvalidGrant => OAuthError::InvalidGrant(description),
-                BasicErrorResponseType::InvalidClient => OAuthError::InvalidClient(description),
-                other => OAuthError::Other {
-                    code: other.as_ref().to_owned(),
-                    description,
-                },
-            }
-        }
         RequestTokenError::Request(e) => OAuthError::Unreachable(chain(&e)),
         // The body is not logged: a malformed success could still hold a token.
         RequestTokenError::Parse(e, _body) => {
             OAuthError::BadResponse(format!("not an OAuth JSON response (at {})", e.path()))
         }
         RequestTokenError::Other(s) => OAuthError::BadResponse(s),
+        RequestTokenError::ServerResponse(_) => OAuthError::BadResponse("unexpected error".into()),
+    }
+}
+
+fn convert<RE: std::error::Error + 'static>(
+    err: RequestTokenError<RE, StandardErrorResponse<BasicErrorResponseType>>,
+) -> OAuthError {
+    match err {
+        RequestTokenError::ServerResponse(r) => convert_code(
+            r.error().as_ref(),
+            r.error_description().cloned().unwrap_or_default(),
+        ),
+        other => convert_transport(other),
+    }
+}
+
+fn convert_device<RE: std::error::Error + 'static>(
+    err: RequestTokenError<RE, StandardErrorResponse<DeviceCodeErrorResponseType>>,
+) -> OAuthError {
+    match err {
+        RequestTokenError::ServerResponse(r) => convert_code(
+            r.error().as_ref(),
+            r.error_description().cloned().unwrap_or_default(),
+        ),
+        other => convert_transport(other),
     }
 }
 

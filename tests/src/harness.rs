@@ -93,7 +93,9 @@ state_dir = "state"
 
 {listeners}[provider.test]
 {preset}client_id = "{CLIENT_ID}"
-authorize_url = "http://127.0.0.1:9/authorize"
+authorize_url = "{authorize_url}"
+device_code_url = "{device_code_url}"
+redirect_uri = "http://127.0.0.1/"
 token_url = "{token_url}"
 scopes = ["mail"]
 {upstreams}ca_file = "test-ca.pem"
@@ -106,6 +108,8 @@ provider = "test"
 {extra}
 "#,
             token_url = self.oauth.token_url(),
+            authorize_url = self.oauth.authorize_url(),
+            device_code_url = self.oauth.device_code_url(),
         )
     }
 

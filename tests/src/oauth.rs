@@ -13,7 +13,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Form, Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 /// How the token endpoint answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +34,47 @@ pub enum Mode {
     Slow(Duration),
 }
 
+/// How `/authorize` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizeMode {
+    /// Redirects with a code and the request's state.
+    Approve,
+    /// Redirects with `error=access_denied`.
+    Deny,
+    /// Redirects with a code and a different state (a forged redirect).
+    WrongState,
+}
+
+/// How the device flow's token polls are answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceMode {
+    /// `authorization_pending` for this many polls, then tokens.
+    ApproveAfter(u32),
+    /// One `slow_down`, then tokens.
+    SlowDownOnce,
+    /// `access_denied` (the user declined).
+    Decline,
+    /// `expired_token`.
+    Expire,
+}
+
+#[derive(Debug, Clone)]
+struct Code {
+    user: String,
+    challenge: String,
+    redirect_uri: String,
+}
+
 #[derive(Debug)]
 struct Inner {
+    authorize_mode: AuthorizeMode,
+    device_mode: DeviceMode,
+    /// The user the device flow and the codes without login_hint approve.
+    default_user: String,
+    codes: HashMap<String, Code>,
+    /// device_code → polls so far
+    devices: HashMap<String, u32>,
+    last_authorize: HashMap<String, String>,
     /// refresh token → user
     refresh: HashMap<String, String>,
     /// access token → (user, expiry)
@@ -51,6 +93,7 @@ pub struct Shared {
     refreshes: AtomicUsize,
     introspections: AtomicUsize,
     counter: AtomicU64,
+    grants: Mutex<HashMap<String, usize>>,
 }
 
 /// A running fake authorisation server.
@@ -74,14 +117,23 @@ impl FakeOAuth {
                 client_id: CLIENT_ID.into(),
                 client_secret: None,
                 last_access: None,
+                authorize_mode: AuthorizeMode::Approve,
+                device_mode: DeviceMode::ApproveAfter(1),
+                default_user: "alice@example.test".into(),
+                codes: HashMap::new(),
+                devices: HashMap::new(),
+                last_authorize: HashMap::new(),
             }),
             refreshes: AtomicUsize::new(0),
             introspections: AtomicUsize::new(0),
             counter: AtomicU64::new(1),
+            grants: Mutex::new(HashMap::new()),
         });
         let app = Router::new()
             .route("/token", post(token))
             .route("/introspect", post(introspect))
+            .route("/authorize", axum::routing::get(authorize))
+            .route("/devicecode", post(devicecode))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -93,6 +145,38 @@ impl FakeOAuth {
 
     pub fn token_url(&self) -> String {
         format!("http://{}/token", self.addr)
+    }
+
+    pub fn authorize_url(&self) -> String {
+        format!("http://{}/authorize", self.addr)
+    }
+
+    pub fn device_code_url(&self) -> String {
+        format!("http://{}/devicecode", self.addr)
+    }
+
+    pub fn set_authorize_mode(&self, m: AuthorizeMode) {
+        self.inner().authorize_mode = m;
+    }
+
+    pub fn set_device_mode(&self, m: DeviceMode) {
+        self.inner().device_mode = m;
+    }
+
+    /// The query parameters of the last `/authorize` request.
+    pub fn last_authorize(&self) -> HashMap<String, String> {
+        self.inner().last_authorize.clone()
+    }
+
+    /// Token requests by grant type.
+    pub fn grants(&self, grant_type: &str) -> usize {
+        self.shared
+            .grants
+            .lock()
+            .unwrap()
+            .get(grant_type)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn introspect_url(&self) -> String {
@@ -230,8 +314,78 @@ async fn token(
     {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
     }
-    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "");
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    *s.grants
+        .lock()
+        .unwrap()
+        .entry(grant_type.clone())
+        .or_default() += 1;
+    match grant_type.as_str() {
+        "refresh_token" => {}
+        "authorization_code" => {
+            let code = form.get("code").and_then(|c| inner.codes.remove(c));
+            let Some(code) = code else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "unknown or used authorization code",
+                );
+            };
+            if form.get("redirect_uri") != Some(&code.redirect_uri) {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "redirect_uri does not match",
+                );
+            }
+            let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+            let digest = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+            if digest != code.challenge {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "AADSTS501481: The Code_Verifier does not match the code_challenge",
+                );
+            }
+            return issue(&s, &mut inner, &code.user, true);
+        }
+        "urn:ietf:params:oauth:grant-type:device_code" => {
+            let device = form.get("device_code").cloned().unwrap_or_default();
+            let mode = inner.device_mode.clone();
+            let Some(polls) = inner.devices.get_mut(&device) else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "unknown device code",
+                );
+            };
+            *polls += 1;
+            let polls = *polls;
+            let pending = |code: &str| oauth_error(StatusCode::BAD_REQUEST, code, "");
+            match mode {
+                DeviceMode::ApproveAfter(n) if polls <= n => {
+                    return pending("authorization_pending");
+                }
+                DeviceMode::SlowDownOnce if polls == 1 => return pending("slow_down"),
+                DeviceMode::Decline => return pending("access_denied"),
+                DeviceMode::Expire => return pending("expired_token"),
+                _ => {}
+            }
+            inner.devices.remove(&device);
+            let user = inner.default_user.clone();
+            return issue(&s, &mut inner, &user, true);
+        }
+        "client_credentials" => {
+            if inner.client_secret.is_none() {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "a confidential client is required",
+                );
+            }
+            return issue(&s, &mut inner, "*", false);
+        }
+        _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", ""),
     }
     let Some(rt) = form.get("refresh_token") else {
         return oauth_error(
@@ -268,6 +422,104 @@ async fn token(
     }
     s.refreshes.fetch_add(1, Ordering::SeqCst);
     (StatusCode::OK, Json(body)).into_response()
+}
+
+/// Issues an access token (and a refresh token) for `user`.
+fn issue(s: &Shared, inner: &mut Inner, user: &str, with_refresh: bool) -> Response {
+    let n = s.counter.fetch_add(1, Ordering::SeqCst);
+    let tag = user.replace('@', "_");
+    let at = format!("at-{n}-{tag}");
+    let lifetime = inner.lifetime;
+    inner
+        .access
+        .insert(at.clone(), (user.to_owned(), Instant::now() + lifetime));
+    inner.last_access = Some(at.clone());
+    let mut body =
+        json!({"access_token": at, "token_type": "Bearer", "expires_in": lifetime.as_secs()});
+    if with_refresh {
+        let rt = format!("rt-{n}-{tag}");
+        inner.refresh.insert(rt.clone(), user.to_owned());
+        body["refresh_token"] = json!(rt);
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// The authorization endpoint: approves at once by redirecting back.
+async fn authorize(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let mut inner = s.inner.lock().unwrap();
+    inner.last_authorize = q.clone();
+    let Some(redirect) = q.get("redirect_uri").and_then(|r| url::Url::parse(r).ok()) else {
+        return (StatusCode::BAD_REQUEST, "no redirect_uri").into_response();
+    };
+    if q.get("client_id") != Some(&inner.client_id)
+        || q.get("response_type").map(String::as_str) != Some("code")
+        || q.get("code_challenge_method").map(String::as_str) != Some("S256")
+    {
+        return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
+    }
+    let state = q.get("state").cloned().unwrap_or_default();
+    let mut to = redirect.clone();
+    match inner.authorize_mode {
+        AuthorizeMode::Deny => {
+            to.query_pairs_mut()
+                .append_pair("error", "access_denied")
+                .append_pair("error_description", "AADSTS65004: User declined to consent")
+                .append_pair("state", &state);
+        }
+        ref mode => {
+            let n = s.counter.fetch_add(1, Ordering::SeqCst);
+            let code = format!("code-{n}");
+            let user = q
+                .get("login_hint")
+                .cloned()
+                .unwrap_or_else(|| inner.default_user.clone());
+            let challenge = q.get("code_challenge").cloned().unwrap_or_default();
+            let state = if *mode == AuthorizeMode::WrongState {
+                format!("{state}x")
+            } else {
+                state
+            };
+            inner.codes.insert(
+                code.clone(),
+                Code {
+                    user,
+                    challenge,
+                    redirect_uri: redirect.to_string(),
+                },
+            );
+            to.query_pairs_mut()
+                .append_pair("code", &code)
+                .append_pair("state", &state);
+        }
+    }
+    (StatusCode::FOUND, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+/// The device authorization endpoint (RFC 8628 §3.1).
+async fn devicecode(
+    State(s): State<Arc<Shared>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut inner = s.inner.lock().unwrap();
+    if form.get("client_id") != Some(&inner.client_id) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
+    }
+    let n = s.counter.fetch_add(1, Ordering::SeqCst);
+    let device = format!("dev-{n}");
+    inner.devices.insert(device.clone(), 0);
+    let user_code = format!("CODE-{n:04}");
+    Json(json!({
+        "device_code": device,
+        "user_code": user_code,
+        "verification_uri": "https://login.example.test/device",
+        "expires_in": 120,
+        "interval": 1,
+        "message": format!("To sign in, use a web browser to open the page https://login.example.test/device and enter the code {user_code} to authenticate."),
+    }))
+    .into_response()
 }
 
 /// RFC 7662 token introspection, as Dovecot's oauth2 passdb asks it.

@@ -1,0 +1,240 @@
+//! The loopback HTTP listener that receives the authorization redirect
+//! (RFC 8252 §7.3), on the provider's `redirect_uri` host and port.
+//!
+//! It serves one path; each request must carry the `state` of a pending
+//! sign-in, and then delivers its `code` (or the provider's `error` and
+//! `error_description`) to that sign-in and shows a short page in the
+//! browser. With `http://127.0.0.1/` (no port) any free port is used and the
+//! redirect URI names it. In single mode (`mailgate login`) a request with
+//! an unknown `state` fails the one pending sign-in; otherwise (in-band,
+//! many users) it is refused with a page and ignored.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Html;
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// What the redirect brought.
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error("the provider refused the sign-in: {error}{}", if .description.is_empty() { String::new() } else { format!(" ({})", .description) })]
+    Provider { error: String, description: String },
+    #[error(
+        "the redirect's state does not match this sign-in (a stale browser tab, or a forged request); run the login again"
+    )]
+    StateMismatch,
+    #[error("the redirect carries no authorization code")]
+    NoCode,
+    #[error("the sign-in was abandoned")]
+    Abandoned,
+}
+
+type Waiter = oneshot::Sender<Result<SecretString, RedirectError>>;
+
+#[derive(Default)]
+struct Shared {
+    /// state → the sign-in waiting for it
+    pending: Mutex<HashMap<String, Waiter>>,
+    single: bool,
+}
+
+/// A running redirect listener.
+#[derive(Debug)]
+pub struct RedirectServer {
+    shared: Arc<Shared>,
+    /// The redirect URI to send to the provider (with the real port).
+    pub redirect_uri: url::Url,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("single", &self.single)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "redirect_uri {0} must be http:// on localhost or a loopback address to be received here; use --flow paste or --flow device instead"
+    )]
+    NotLoopback(url::Url),
+    #[error(
+        "cannot listen for the redirect on {addr} ({source}); is another `mailgate login` running? Free the port or change redirect_uri"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl RedirectServer {
+    /// Binds the listener for `configured` (the provider's redirect URI).
+    pub async fn bind(configured: &url::Url, single: bool) -> Result<RedirectServer, BindError> {
+        let ip: std::net::IpAddr = match configured.host() {
+            Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+                [127, 0, 0, 1].into()
+            }
+            Some(url::Host::Ipv4(a)) if a.is_loopback() => a.into(),
+            Some(url::Host::Ipv6(a)) if a.is_loopback() => a.into(),
+            _ => return Err(BindError::NotLoopback(configured.clone())),
+        };
+        if configured.scheme() != "http" {
+            return Err(BindError::NotLoopback(configured.clone()));
+        }
+        // RFC 8252 §7.3: any port for a loopback IP literal without one.
+        let port = configured.port().unwrap_or(match configured.host() {
+            Some(url::Host::Domain(_)) => 80,
+            _ => 0,
+        });
+        let addr = SocketAddr::new(ip, port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| BindError::Bind { addr, source })?;
+        let actual = listener
+            .local_addr()
+            .map_err(|source| BindError::Bind { addr, source })?;
+        let mut redirect_uri = configured.clone();
+        if configured.port().is_none() && actual.port() != 80 {
+            let _ = redirect_uri.set_port(Some(actual.port()));
+        }
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            single,
+        });
+        let path = match configured.path() {
+            "" => "/".to_owned(),
+            p => p.to_owned(),
+        };
+        let app = Router::new()
+            .route(&path, axum::routing::get(redirected))
+            .with_state(shared.clone());
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await;
+        });
+        Ok(RedirectServer {
+            shared,
+            redirect_uri,
+            stop,
+        })
+    }
+
+    /// Registers a sign-in by its `state`; the receiver gets its code.
+    pub fn expect(
+        &self,
+        state: &SecretString,
+    ) -> oneshot::Receiver<Result<SecretString, RedirectError>> {
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.insert(state.expose_secret().to_owned(), tx);
+        rx
+    }
+
+    /// Forgets a sign-in (timed out or finished).
+    pub fn forget(&self, state: &SecretString) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.remove(state.expose_secret());
+    }
+}
+
+impl Drop for RedirectServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn page(title: &str, text: &str) -> Html<String> {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>mailgate: {t}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\"><h1>{t}</h1><p>{x}</p></body></html>",
+        t = esc(title),
+        x = esc(text)
+    ))
+}
+
+async fn redirected(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> (StatusCode, Html<String>) {
+    let state = q.get("state").cloned().unwrap_or_default();
+    let waiter = {
+        let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let key = pending
+            .keys()
+            .find(|k| bool::from(k.as_bytes().ct_eq(state.as_bytes())))
+            .cloned();
+        match key {
+            Some(k) => pending.remove(&k).map(|w| (w, true)),
+            None if shared.single && pending.len() == 1 => {
+                let k = pending.keys().next().cloned().unwrap_or_default();
+                pending.remove(&k).map(|w| (w, false))
+            }
+            None => None,
+        }
+    };
+    let Some((waiter, state_ok)) = waiter else {
+        tracing::info!("redirect with an unknown state ignored");
+        return (
+            StatusCode::BAD_REQUEST,
+            page(
+                "Sign-in not recognised",
+                "This sign-in is unknown or expired. Start again from your mail client or with mailgate login.",
+            ),
+        );
+    };
+    let result = if !state_ok {
+        Err(RedirectError::StateMismatch)
+    } else if let Some(error) = q.get("error") {
+        Err(RedirectError::Provider {
+            error: error.clone(),
+            description: q.get("error_description").cloned().unwrap_or_default(),
+        })
+    } else if let Some(code) = q.get("code") {
+        Ok(SecretString::from(code.clone()))
+    } else {
+        Err(RedirectError::NoCode)
+    };
+    let reply = match &result {
+        Ok(_) => (
+            StatusCode::OK,
+            page(
+                "Signed in",
+                "mailgate received the authorisation. You can close this window and return to your mail program.",
+            ),
+        ),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            page("Sign-in failed", &e.to_string()),
+        ),
+    };
+    let _ = waiter.send(result);
+    reply
+}
