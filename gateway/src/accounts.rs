@@ -73,8 +73,14 @@ pub struct Accounts {
     oauth: OAuth,
     backoff: Backoff,
     states: Mutex<HashMap<String, Arc<tokio::sync::Mutex<AccountState>>>>,
+    /// Per provider: the app-only token and its expiry (client credentials).
+    app_tokens: Mutex<HashMap<String, AppTokenSlot>>,
+    /// Per user: the check of a password that matched its password_hash.
+    hash_checks: Mutex<HashMap<String, [u8; 32]>>,
     salt: [u8; 32],
 }
+
+type AppTokenSlot = Arc<tokio::sync::Mutex<Option<(SecretString, u64)>>>;
 
 impl std::fmt::Debug for Accounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,6 +100,8 @@ impl Accounts {
             oauth,
             backoff: Backoff::default(),
             states: Mutex::new(HashMap::new()),
+            app_tokens: Mutex::new(HashMap::new()),
+            hash_checks: Mutex::new(HashMap::new()),
             salt,
         }
     }
@@ -142,13 +150,8 @@ impl Accounts {
                 account.provider
             )));
         };
-        if provider.flow == Flow::ClientCredentials {
-            return Err(LoginError::Unavailable(
-                "client_credentials providers are not supported by this version of mailgate".into(),
-            ));
-        }
         if let Some(hash) = &account.password_hash
-            && !verify_hash(hash, password).await
+            && !self.check_hash(&user, hash, password).await
         {
             info!("wrong local password (password_hash)");
             self.backoff.failure(&user, peer);
@@ -158,6 +161,19 @@ impl Accounts {
             .upstream_user
             .clone()
             .unwrap_or_else(|| login.trim().to_owned());
+        if provider.flow == Flow::ClientCredentials {
+            // App-only access: the password_hash (required by the
+            // configuration) was the password check; one token serves every
+            // mailbox of the provider.
+            self.backoff.success(&user, peer);
+            let access_token = self.app_token(&provider, None).await?;
+            return Ok(Authorized {
+                user,
+                upstream_user,
+                provider,
+                access_token,
+            });
+        }
 
         let state = self.state(&user);
         let mut st = state.lock().await;
@@ -174,6 +190,11 @@ impl Accounts {
     /// The upstream rejected `auth.access_token`: drop it and refresh, once.
     /// When another login already replaced it, that newer token is returned.
     pub async fn token_rejected(&self, auth: &Authorized) -> Result<SecretString, LoginError> {
+        if auth.provider.flow == Flow::ClientCredentials {
+            return self
+                .app_token(&auth.provider, Some(&auth.access_token))
+                .await;
+        }
         let state = self.state(&auth.user);
         let mut st = state.lock().await;
         self.fresh_token(
@@ -183,6 +204,72 @@ impl Accounts {
             Some(&auth.access_token),
         )
         .await
+    }
+
+    /// Checks a `password_hash`, remembering a match so that later logins
+    /// with the same password skip Argon2.
+    async fn check_hash(&self, user: &str, hash: &str, password: &SecretString) -> bool {
+        let check = self.check_of(password);
+        let cached = {
+            let map = self.hash_checks.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(user).is_some_and(|c| bool::from(c.ct_eq(&check)))
+        };
+        if cached {
+            return true;
+        }
+        let ok = verify_hash(hash, password).await;
+        if ok {
+            let mut map = self.hash_checks.lock().unwrap_or_else(|e| e.into_inner());
+            map.insert(user.to_owned(), check);
+        }
+        ok
+    }
+
+    /// The provider's app-only token (client credentials grant), cached and
+    /// renewed once it has less than `min_token_life` left; one request at a
+    /// time per provider. `rejected` is never returned again.
+    async fn app_token(
+        &self,
+        provider: &Provider,
+        rejected: Option<&SecretString>,
+    ) -> Result<SecretString, LoginError> {
+        let slot = {
+            let mut map = self.app_tokens.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(provider.name.clone()).or_default().clone()
+        };
+        let mut cur = slot.lock().await;
+        if let (Some(bad), Some((tok, _))) = (rejected, cur.as_ref())
+            && bool::from(
+                bad.expose_secret()
+                    .as_bytes()
+                    .ct_eq(tok.expose_secret().as_bytes()),
+            )
+        {
+            *cur = None;
+        }
+        if let Some((tok, exp)) = cur.as_ref()
+            && *exp >= now().saturating_add(provider.min_token_life.as_secs())
+        {
+            return Ok(tok.clone());
+        }
+        match self.oauth.client_credentials(provider).await {
+            Ok(grant) => {
+                let life = grant
+                    .expires_in
+                    .unwrap_or(Duration::from_secs(3600))
+                    .as_secs();
+                info!(provider = %provider.name, lifetime_s = life, "app-only token obtained");
+                *cur = Some((grant.access_token.clone(), now().saturating_add(life)));
+                Ok(grant.access_token)
+            }
+            Err(e) => {
+                warn!(error = %e, provider = %provider.name, "client credentials grant failed");
+                Err(LoginError::Unavailable(format!(
+                    "the token endpoint of {} refused or failed the app-only token request; see the gateway's log",
+                    provider.name
+                )))
+            }
+        }
     }
 
     /// Opens the account's tokens with `password`, from the key cache when the
