@@ -85,6 +85,10 @@ pub struct Listener {
     pub certificate: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub insecure_plaintext: bool,
+    /// Whether a login for an account without a usable token starts the
+    /// provider's flow and answers with its URL (default: on for loopback
+    /// addresses only).
+    pub in_band_authorization: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,12 +279,17 @@ impl Config {
         for l in &self.listeners {
             let _ = writeln!(
                 s,
-                "  {:<5} {:<22} tls={:?}{}",
+                "  {:<5} {:<22} tls={:?}{}{}",
                 l.protocol.to_string(),
                 l.address,
                 l.tls,
                 if l.insecure_plaintext {
                     " insecure_plaintext"
+                } else {
+                    ""
+                },
+                if l.in_band_authorization {
+                    " in_band_authorization"
                 } else {
                     ""
                 }

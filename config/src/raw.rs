@@ -42,6 +42,7 @@ pub(crate) struct RawListener {
     pub certificate: Option<String>,
     pub key: Option<String>,
     pub insecure_plaintext: Option<bool>,
+    pub in_band_authorization: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

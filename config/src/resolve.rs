@@ -221,6 +221,9 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
             certificate: l.certificate.map(|c| relative_to(file, &c)),
             key: l.key.map(|k| relative_to(file, &k)),
             insecure_plaintext,
+            in_band_authorization: l
+                .in_band_authorization
+                .unwrap_or(address.ip().is_loopback()),
         });
     }
     out

@@ -76,6 +76,10 @@ fn defaults_and_presets() {
     assert_eq!(cfg.gateway.max_connections, 10_000);
     assert_eq!(cfg.gateway.preauth_timeout, Duration::from_secs(60));
     assert_eq!(cfg.gateway.shutdown_grace, Duration::from_secs(30));
+    assert!(
+        cfg.listeners[0].in_band_authorization,
+        "on by default on loopback"
+    );
     let o = cfg.provider("o").expect("provider");
     assert_eq!(o.preset, Preset::Office365);
     assert_eq!(o.flow, Flow::AuthorizationCode);
@@ -372,4 +376,20 @@ fn upstream_urls() {
     );
     let pop3 = o.upstream(Protocol::Pop3).expect("pop3");
     assert_eq!((pop3.host.as_str(), pop3.port), ("::1", 1995));
+}
+
+#[test]
+fn in_band_authorization_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:1143\"",
+        "address = \"0.0.0.0:1143\"\ninsecure_plaintext = true",
+    ) + "\n[[listener]]\nprotocol = \"smtp\"\naddress = \"127.0.0.1:1587\"\nin_band_authorization = false\n";
+    let p = write(dir.path(), &text);
+    let cfg = load_with_env(&p, no_env()).expect("loads");
+    assert!(
+        !cfg.listeners[0].in_band_authorization,
+        "off by default off loopback"
+    );
+    assert!(!cfg.listeners[1].in_band_authorization, "explicitly off");
 }

@@ -106,6 +106,12 @@ impl Accounts {
         }
     }
 
+    /// The provider of a login name's account.
+    pub fn provider_of(&self, login: &str) -> Option<Arc<Provider>> {
+        let account = self.config.find_account(login)?;
+        self.config.provider(&account.provider).cloned()
+    }
+
     pub fn backoff(&self) -> &Backoff {
         &self.backoff
     }

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod cli;
 pub mod flows;
 pub mod imap;
+pub mod inband;
 pub mod logging;
 pub mod login;
 pub mod oauth;

@@ -4,7 +4,6 @@
 //! client (SPEC §5).
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use mailgate_config::{Protocol, Provider, Upstream};
@@ -64,6 +63,14 @@ impl From<LoginError> for Failure {
     }
 }
 
+/// Who is logging in, and how their listener is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub peer: std::net::SocketAddr,
+    /// In-band authorisation is on for the listener.
+    pub in_band: bool,
+}
+
 /// One upstream login attempt's inputs.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -82,7 +89,7 @@ pub async fn login<T, F, Fut>(
     protocol: Protocol,
     user: &str,
     password: &SecretString,
-    peer: IpAddr,
+    client: Client,
     attempt: F,
 ) -> Result<T, Failure>
 where
@@ -90,7 +97,14 @@ where
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
     let accounts = &ctx.accounts;
-    let auth = accounts.login(user, password, peer).await?;
+    let auth = match accounts.login(user, password, client.peer.ip()).await {
+        Err(LoginError::NeedsAuthorization(text)) if client.in_band => {
+            return Err(Failure::NeedsAuthorization(
+                in_band(ctx, user, password).await.unwrap_or(text),
+            ));
+        }
+        other => other?,
+    };
     let provider = auth.provider.clone();
     let Some(server) = provider.upstream(protocol).cloned() else {
         warn!(provider = %provider.name, %protocol, "the provider has no server for this protocol");
@@ -131,6 +145,20 @@ where
             )))
         }
         Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Starts or finds the in-band flow of `user`; `None` when none can run
+/// (the reason is logged and the plain instructions are shown instead).
+async fn in_band(ctx: &Context, user: &str, password: &SecretString) -> Option<String> {
+    let provider = ctx.accounts.provider_of(user)?;
+    let user = user.trim().to_lowercase();
+    match ctx.inband.authorize(&user, provider, password).await {
+        Ok(text) => Some(text),
+        Err(e) => {
+            warn!(error = %e, "in-band authorisation could not start");
+            None
+        }
     }
 }
 

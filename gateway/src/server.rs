@@ -31,6 +31,7 @@ const BACKLOG: u32 = 4096;
 pub struct Context {
     pub config: Arc<Config>,
     pub accounts: Accounts,
+    pub inband: crate::inband::InBand,
     tls: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
 }
 
@@ -45,6 +46,10 @@ impl Context {
         let oauth =
             OAuth::new(config.gateway.upstream_timeout).context("building the HTTP client")?;
         Ok(Context {
+            inband: crate::inband::InBand::new(
+                oauth.clone(),
+                crate::store::Store::new(&config.gateway.state_dir),
+            ),
             accounts: Accounts::new(config.clone(), oauth),
             config,
             tls: Mutex::new(HashMap::new()),
@@ -113,7 +118,10 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
         addresses.push((l.protocol, local));
         tokio::spawn(accept_loop(
             listener,
-            l.protocol,
+            Listening {
+                protocol: l.protocol,
+                in_band: l.in_band_authorization,
+            },
             ctx.clone(),
             permits.clone(),
             stop_accepting.clone(),
@@ -164,9 +172,17 @@ impl Gateway {
     }
 }
 
+/// What a session needs to know of its listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub protocol: Protocol,
+    /// In-band authorisation is on for this listener.
+    pub in_band: bool,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    protocol: Protocol,
+    listening: Listening,
     ctx: Arc<Context>,
     permits: Arc<Semaphore>,
     stop: CancellationToken,
@@ -189,6 +205,7 @@ async fn accept_loop(
         };
         crate::upstream::tune(&stream);
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
+        let protocol = listening.protocol;
         let span = info_span!("conn", id, proto = %protocol, %peer, user = tracing::field::Empty);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracker.spawn(too_busy(stream, protocol).instrument(span));
@@ -201,7 +218,7 @@ async fn accept_loop(
                 let _permit = permit;
                 tokio::select! {
                     _ = kill.cancelled() => info!("closed by shutdown"),
-                    _ = session(stream, peer, protocol, ctx) => {}
+                    _ = session(stream, peer, listening, ctx) => {}
                 }
             }
             .instrument(span),
@@ -209,12 +226,16 @@ async fn accept_loop(
     }
 }
 
-async fn session(stream: TcpStream, peer: SocketAddr, protocol: Protocol, ctx: Arc<Context>) {
+async fn session(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Context>) {
     tracing::debug!("connected");
-    match protocol {
-        Protocol::Imap => crate::imap::session::serve(stream, peer, ctx).await,
-        Protocol::Smtp => crate::smtp::session::serve(stream, peer, ctx).await,
-        Protocol::Pop3 => crate::pop3::session::serve(stream, peer, ctx).await,
+    let who = crate::login::Client {
+        peer,
+        in_band: l.in_band,
+    };
+    match l.protocol {
+        Protocol::Imap => crate::imap::session::serve(stream, who, ctx).await,
+        Protocol::Smtp => crate::smtp::session::serve(stream, who, ctx).await,
+        Protocol::Pop3 => crate::pop3::session::serve(stream, who, ctx).await,
     }
 }
 

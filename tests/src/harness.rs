@@ -163,6 +163,14 @@ provider = "test"
     }
 }
 
+/// `text` with in-band authorisation turned off on every listener.
+pub fn without_in_band(text: &str) -> String {
+    text.replace(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\nin_band_authorization = false\n",
+    )
+}
+
 /// Starts the gateway in this process on the configuration.
 pub async fn start(config: Config) -> mailgate::Gateway {
     mailgate::start(Arc::new(config)).await.unwrap()

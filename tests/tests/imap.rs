@@ -10,7 +10,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mailgate::store::Tokens;
 use mailgate_tests::client::{LineClient, quote};
-use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start, unused_port};
+use mailgate_tests::harness::{
+    Env, PASSWORD, USER, imap_addr, logs, start, unused_port, without_in_band,
+};
 use mailgate_tests::imap_server::{FailureStyle, FakeImap, Options};
 use mailgate_tests::oauth::Mode;
 
@@ -35,9 +37,11 @@ impl Setup {
         let starttls = opts.starttls;
         let imap = FakeImap::start(&env.ca, env.oauth.clone(), opts).await;
         env.seal_new_user_token();
-        let cfg =
-            env.load(&env.config_text(&imap.url(starttls), extra_gateway, extra_provider, ""));
-        let gateway = start(cfg).await;
+        let mut text = env.config_text(&imap.url(starttls), extra_gateway, extra_provider, "");
+        if extra_gateway.contains("# no in-band") {
+            text = without_in_band(&text);
+        }
+        let gateway = start(env.load(&text)).await;
         Setup { env, imap, gateway }
     }
 
@@ -343,7 +347,12 @@ async fn no_token_tells_the_user_what_to_do() {
     logs();
     let env = Env::new().await;
     let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
-    let cfg = env.load(&env.config_text(&imap.url(false), "", "", ""));
+    let cfg = env.load(&without_in_band(&env.config_text(
+        &imap.url(false),
+        "",
+        "",
+        "",
+    )));
     let g = start(cfg).await;
     let mut c = LineClient::greeted(imap_addr(&g)).await;
     c.send(format!("a LOGIN {USER} pw\r\n")).await;
@@ -357,7 +366,7 @@ async fn no_token_tells_the_user_what_to_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_refresh_token() {
-    let s = Setup::new().await;
+    let s = Setup::with(Options::default(), "# no in-band", "").await;
     s.env.oauth.set_mode(Mode::InvalidGrant);
     let mut c = s.client().await;
     let r = c.login("a", USER, PASSWORD).await;

@@ -1,7 +1,6 @@
 //! One IMAP client connection: the pre-auth dialogue, the login, then the
 //! relay.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mailgate_config::Protocol;
@@ -16,7 +15,7 @@ use crate::login;
 use crate::server::Context;
 use crate::session::{PreAuth as _, drive};
 
-pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+pub async fn serve(mut client: TcpStream, who: login::Client, ctx: Arc<Context>) {
     let gw = &ctx.config.gateway;
     let mut m = PreAuth::new(Options {
         hostname: gw.hostname.clone(),
@@ -31,7 +30,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
             |_, user, password| {
                 let ctx = ctx2.clone();
                 async move {
-                    login::login(&ctx, Protocol::Imap, &user, &password, peer.ip(), |a| async move {
+                    login::login(&ctx, Protocol::Imap, &user, &password, who, |a| async move {
                 upstream::login(&a.server, a.tls, &a.user, &a.token).await
             })
             .await

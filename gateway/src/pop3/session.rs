@@ -1,7 +1,6 @@
 //! One POP3 client connection: the pre-auth dialogue, the login, `+OK`, then
 //! the relay.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mailgate_config::Protocol;
@@ -15,7 +14,7 @@ use crate::login;
 use crate::server::Context;
 use crate::session::{PreAuth as _, drive};
 
-pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+pub async fn serve(mut client: TcpStream, who: login::Client, ctx: Arc<Context>) {
     let gw = &ctx.config.gateway;
     let mut m = PreAuth::new(Options {
         hostname: gw.hostname.clone(),
@@ -34,7 +33,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
                     Protocol::Pop3,
                     &user,
                     &password,
-                    peer.ip(),
+                    who,
                     |a| async move { upstream::login(&a).await },
                 )
                 .await

@@ -1,7 +1,6 @@
 //! One SMTP client connection: the pre-auth dialogue, the login with the
 //! client's EHLO name, `235`, then the relay.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mailgate_config::Protocol;
@@ -15,7 +14,7 @@ use crate::login;
 use crate::server::Context;
 use crate::session::{PreAuth as _, drive};
 
-pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+pub async fn serve(mut client: TcpStream, who: login::Client, ctx: Arc<Context>) {
     let gw = &ctx.config.gateway;
     let mut m = PreAuth::new(Options {
         hostname: gw.hostname.clone(),
@@ -30,7 +29,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
             let ctx = ctx2.clone();
             let ehlo = m.ehlo_name().unwrap_or("localhost").to_owned();
             async move {
-                login::login(&ctx, Protocol::Smtp, &user, &password, peer.ip(), |a| {
+                login::login(&ctx, Protocol::Smtp, &user, &password, who, |a| {
                     let ehlo = ehlo.clone();
                     async move { upstream::login(&a, &ehlo).await }
                 })
