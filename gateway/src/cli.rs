@@ -303,10 +303,11 @@ fn login(
         match flow {
             LoginFlow::Browser => {
                 let server = crate::redirect::RedirectServer::bind(&provider.redirect_uri, true).await?;
-                let req = crate::flows::browser_request(&oauth, &provider, &server, &user)?;
-                println!("Open this URL in a browser and sign in as {user}:\n\n{}\n", req.url);
+                let sign_in = crate::flows::browser_request(&oauth, &provider, &server, &user)?;
+                let url = sign_in.request.url.clone();
+                println!("Open this URL in a browser and sign in as {user}:\n\n{url}\n");
                 let _ = std::io::stdout().flush();
-                if !no_browser && webbrowser::open(req.url.as_str()).is_err() {
+                if !no_browser && webbrowser::open(url.as_str()).is_err() {
                     eprintln!("(no browser could be opened; open the URL yourself)");
                 }
                 eprintln!(
@@ -314,7 +315,7 @@ fn login(
                     server.redirect_uri,
                     humantime::format_duration(timeout)
                 );
-                crate::flows::browser_finish(&oauth, &provider, &server, &req, timeout).await
+                crate::flows::browser_finish(&oauth, &provider, &server, sign_in, timeout).await
             }
             LoginFlow::Device => {
                 let d = oauth.start_device(&provider).await?;

@@ -57,15 +57,24 @@ pub fn store_grant(
     Ok(())
 }
 
+/// A browser sign-in whose redirect `server` already expects.
+#[derive(Debug)]
+pub struct BrowserSignIn {
+    pub request: AuthorizationRequest,
+    redirect: tokio::sync::oneshot::Receiver<Result<SecretString, RedirectError>>,
+}
+
 /// The browser flow's first half: an authorization request whose redirect
-/// comes to `server`.
+/// comes to `server`, registered there before its URL is shown to anyone.
 pub fn browser_request(
     oauth: &OAuth,
     provider: &Provider,
     server: &RedirectServer,
     user: &str,
-) -> Result<AuthorizationRequest, FlowError> {
-    Ok(oauth.authorization_request(provider, &server.redirect_uri, user)?)
+) -> Result<BrowserSignIn, FlowError> {
+    let request = oauth.authorization_request(provider, &server.redirect_uri, user)?;
+    let redirect = server.expect(&request.state);
+    Ok(BrowserSignIn { request, redirect })
 }
 
 /// The browser flow's second half: waits for the redirect (at most
@@ -74,11 +83,11 @@ pub async fn browser_finish(
     oauth: &OAuth,
     provider: &Provider,
     server: &RedirectServer,
-    request: &AuthorizationRequest,
+    sign_in: BrowserSignIn,
     timeout: Duration,
 ) -> Result<Grant, FlowError> {
-    let rx = server.expect(&request.state);
-    let code = match tokio::time::timeout(timeout, rx).await {
+    let BrowserSignIn { request, redirect } = sign_in;
+    let code = match tokio::time::timeout(timeout, redirect).await {
         Err(_) => {
             server.forget(&request.state);
             return Err(FlowError::Timeout {
@@ -89,7 +98,7 @@ pub async fn browser_finish(
         Ok(Err(_)) => return Err(RedirectError::Abandoned.into()),
         Ok(Ok(result)) => result?,
     };
-    Ok(oauth.exchange_code(provider, request, &code).await?)
+    Ok(oauth.exchange_code(provider, &request, &code).await?)
 }
 
 /// The paste flow: `redirected` is the URL the browser ended on; its

@@ -79,15 +79,16 @@ impl InBand {
                         s
                     }
                 };
-                let req = flows::browser_request(&self.oauth, &provider, &server, user)
+                let sign_in = flows::browser_request(&self.oauth, &provider, &server, user)
                     .map_err(|e| e.to_string())?;
                 let text = format!(
                     "To authorise {user}, open {} in a browser and sign in, then log in again",
-                    req.url
+                    sign_in.request.url
                 );
                 let (oauth, provider) = (self.oauth.clone(), provider.clone());
                 let fut = async move {
-                    flows::browser_finish(&oauth, &provider, &server, &req, BROWSER_TIMEOUT).await
+                    flows::browser_finish(&oauth, &provider, &server, sign_in, BROWSER_TIMEOUT)
+                        .await
                 };
                 (text, Box::pin(fut))
             }
