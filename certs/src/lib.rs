@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -93,6 +94,121 @@ pub fn upstream_client_config(
     Ok(Arc::new(config))
 }
 
+/// A server's certificate chain and key, as loaded.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// SHA-256 fingerprint of the leaf certificate, `AB:CD:...`.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.chain[0])
+    }
+}
+
+/// SHA-256 fingerprint of a certificate, colon-separated upper-case hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Loads a PEM chain and its private key: RSA, ECDSA or Ed25519, in PKCS#8,
+/// PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`) form.
+pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, CertError> {
+    let chain = load_certificates(cert)?;
+    let bytes = std::fs::read(key).map_err(|source| CertError::Read {
+        path: key.to_path_buf(),
+        source,
+    })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| CertError::Invalid {
+        path: key.to_path_buf(),
+        message: format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
+    })?;
+    let id = Identity {
+        chain,
+        key: key_der,
+    };
+    // Fail now, with the file names, rather than at the first handshake.
+    server_config(&id).map_err(|e| CertError::Invalid {
+        path: key.to_path_buf(),
+        message: format!(
+            "the key does not fit the certificate {}: {e}",
+            cert.display()
+        ),
+    })?;
+    Ok(id)
+}
+
+/// The rustls server configuration for a listener: TLS 1.2 and 1.3 only.
+pub fn server_config(id: &Identity) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(id.chain.clone(), id.key.clone_key())?;
+    Ok(Arc::new(config))
+}
+
+/// The gateway's own certificate under `dir` (`gateway.pem`, `gateway.key`):
+/// generated once (ECDSA P-256, valid for `hostname`, localhost, 127.0.0.1
+/// and ::1) and reused afterwards. Returns the paths and whether it was
+/// just generated.
+pub fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf, bool), CertError> {
+    let cert = dir.join("gateway.pem");
+    let key = dir.join("gateway.key");
+    if cert.is_file() && key.is_file() {
+        return Ok((cert, key, false));
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CertError::Read { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut names = vec![hostname.to_owned()];
+    for n in ["localhost", "127.0.0.1", "::1"] {
+        if !names.iter().any(|x| x == n) {
+            names.push(n.to_owned());
+        }
+    }
+    let failed = |e: rcgen::Error| CertError::Invalid {
+        path: cert.clone(),
+        message: format!("generating a certificate failed: {e}"),
+    };
+    let pair = rcgen::KeyPair::generate().map_err(failed)?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(failed)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("mailgate on {hostname}"));
+    params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+    let certificate = params.self_signed(&pair).map_err(failed)?;
+    write_private(&key, pair.serialize_pem().as_bytes()).map_err(io(&key))?;
+    std::fs::write(&cert, certificate.pem()).map_err(io(&cert))?;
+    Ok((cert, key, true))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +231,45 @@ mod tests {
         assert!(matches!(err, CertError::NoCertificate { .. }), "{err}");
 
         let missing = dir.path().join("missing.pem");
+        let err = load_identity(&missing, &missing).expect_err("missing");
+        assert!(err.to_string().contains("cannot read"), "{err}");
         let err = upstream_client_config(Some(&missing)).expect_err("missing");
         assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_is_generated_once_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key, fresh) = self_signed(dir.path(), "gw.example").expect("generate");
+        assert!(fresh);
+        let first = load_identity(&cert, &key).expect("loads").fingerprint();
+        let (cert2, key2, fresh2) = self_signed(dir.path(), "gw.example").expect("reuse");
+        assert!(!fresh2);
+        assert_eq!(
+            load_identity(&cert2, &key2).expect("loads").fingerprint(),
+            first
+        );
+        assert_eq!(first.len(), 32 * 3 - 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn mismatched_key_is_reported() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let b = tempfile::tempdir().expect("tempdir");
+        let (cert, _, _) = self_signed(a.path(), "a").expect("a");
+        let (_, key, _) = self_signed(b.path(), "b").expect("b");
+        let err = load_identity(&cert, &key).expect_err("mismatch");
+        assert!(err.to_string().contains("does not fit"), "{err}");
     }
 }

@@ -193,12 +193,6 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
             );
         }
         let tls = choice(errs, &key("tls"), l.tls).unwrap_or(TlsMode::None);
-        if tls != TlsMode::None {
-            errs.push(
-                key("tls"),
-                "client-side TLS is not available in this version; use tls = \"none\" on a loopback address",
-            );
-        }
         let insecure_plaintext = l.insecure_plaintext.unwrap_or(false);
         if tls == TlsMode::None && !address.ip().is_loopback() && !insecure_plaintext {
             errs.push(
@@ -213,6 +207,25 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
                 key("certificate"),
                 "certificate and key must be set together",
             );
+        }
+        if tls == TlsMode::None && l.certificate.is_some() {
+            errs.push(
+                key("certificate"),
+                "a certificate is set but tls = \"none\"; set tls = \"starttls\" or \"implicit\"",
+            );
+        }
+        for (k, v) in [("certificate", &l.certificate), ("key", &l.key)] {
+            if let Some(p) = v
+                && !relative_to(file, p).is_file()
+            {
+                errs.push(
+                    key(k),
+                    format!(
+                        "{} does not exist or is not a file",
+                        relative_to(file, p).display()
+                    ),
+                );
+            }
         }
         out.push(Listener {
             protocol,

@@ -340,6 +340,14 @@ fn errors_name_file_and_key() {
             "provider.o.ca_file:",
         ),
         ("", "listener: no [[listener]] is configured"),
+        (
+            &MINIMAL.replace("address = \"127.0.0.1:1143\"", "address = \"127.0.0.1:1143\"\ntls = \"implicit\"\ncertificate = \"nope.pem\"\nkey = \"nope.key\""),
+            "listener[0].certificate:",
+        ),
+        (
+            &MINIMAL.replace("address = \"127.0.0.1:1143\"", "address = \"127.0.0.1:1143\"\ntls = \"sometimes\""),
+            "listener[0].tls: `sometimes` is not one of: none, starttls, implicit",
+        ),
     ];
     for (text, want) in cases {
         let errs = errors_of(text);

@@ -120,6 +120,7 @@ fn run(cli: Cli) -> CliResult {
             match mailgate_config::load(&path) {
                 Ok(cfg) => {
                     print!("{}", cfg.describe());
+                    certificates(&cfg)?;
                     println!("configuration is valid");
                     Ok(())
                 }
@@ -184,6 +185,25 @@ fn run(cli: Cli) -> CliResult {
     }
 }
 
+/// Prints each TLS listener's certificate and SHA-256 fingerprint
+/// (generating the self-signed one on first use).
+fn certificates(cfg: &Config) -> CliResult {
+    for l in cfg.listeners.iter().filter(|l| l.tls != mailgate_config::TlsMode::None) {
+        let what = format!("{} {}", l.protocol, l.address);
+        let source = crate::tls::CertSource::for_listener(l, &cfg.gateway)
+            .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
+        let tls = crate::tls::ListenerTls::load(source)
+            .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
+        println!(
+            "tls {what}: {}{} sha256 {}",
+            tls.source.cert.display(),
+            if tls.source.generated { " (self-signed)" } else { "" },
+            tls.fingerprint()
+        );
+    }
+    Ok(())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -207,7 +227,9 @@ async fn serve(cfg: Config) -> CliResult {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                tracing::warn!("SIGHUP: reloading is not supported by this version; restart mailgate to apply configuration changes");
+                tracing::info!("SIGHUP: reloading the TLS certificates");
+                gateway.reload_certificates();
+                tracing::warn!("SIGHUP does not reload providers and accounts in this version; restart mailgate to apply configuration changes");
             }
         }
     }

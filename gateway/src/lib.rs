@@ -20,6 +20,7 @@ pub mod server;
 pub mod session;
 pub mod smtp;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 
 pub use server::{Gateway, start};

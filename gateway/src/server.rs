@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mailgate_config::{Config, Protocol};
+use mailgate_config::{Config, Protocol, TlsMode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -24,6 +24,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::accounts::Accounts;
 use crate::oauth::OAuth;
+use crate::tls::{CertSource, ClientStream, ListenerTls};
 
 const BACKLOG: u32 = 4096;
 
@@ -79,6 +80,8 @@ impl Context {
 #[derive(Debug)]
 pub struct Gateway {
     addresses: Vec<(Protocol, SocketAddr)>,
+    /// TLS state of the listeners that have TLS.
+    tls: Vec<Arc<ListenerTls>>,
     stop_accepting: CancellationToken,
     kill: CancellationToken,
     tracker: TaskTracker,
@@ -106,7 +109,34 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.gateway.max_connections));
     let mut addresses = Vec::new();
+    let mut all_tls = Vec::new();
     for l in &config.listeners {
+        let tls = match l.tls {
+            TlsMode::None => None,
+            _ => {
+                let source = CertSource::for_listener(l, &config.gateway).with_context(|| {
+                    format!(
+                        "TLS certificate for the {} listener on {}",
+                        l.protocol, l.address
+                    )
+                })?;
+                let t = Arc::new(ListenerTls::load(source).with_context(|| {
+                    format!(
+                        "TLS certificate for the {} listener on {}",
+                        l.protocol, l.address
+                    )
+                })?);
+                info!(
+                    protocol = %l.protocol,
+                    address = %l.address,
+                    certificate = %t.source.cert.display(),
+                    sha256 = %t.fingerprint(),
+                    "TLS certificate"
+                );
+                all_tls.push(t.clone());
+                Some(t)
+            }
+        };
         let listener = bind(l.address).with_context(|| {
             format!(
                 "cannot listen on {} ({}); is another program using it?",
@@ -121,6 +151,9 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
             Listening {
                 protocol: l.protocol,
                 in_band: l.in_band_authorization,
+                mode: l.tls,
+                tls,
+                auth_before_tls: l.address.ip().is_loopback() || l.insecure_plaintext,
             },
             ctx.clone(),
             permits.clone(),
@@ -131,6 +164,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     }
     Ok(Gateway {
         addresses,
+        tls: all_tls,
         stop_accepting,
         kill,
         tracker,
@@ -150,6 +184,23 @@ impl Gateway {
             .iter()
             .find(|(p, _)| *p == protocol)
             .map(|(_, a)| *a)
+    }
+
+    /// Reads every listener's certificate and key again (SIGHUP). New
+    /// handshakes use the new ones; open sessions are not touched. A file
+    /// that fails to load leaves that listener's old certificate in place.
+    pub fn reload_certificates(&self) -> Vec<Result<String, mailgate_certs::CertError>> {
+        self.tls
+            .iter()
+            .map(|t| {
+                let r = t.reload();
+                match &r {
+                    Ok(fp) => info!(certificate = %t.source.cert.display(), sha256 = %fp, "TLS certificate reloaded"),
+                    Err(e) => warn!(error = %e, "TLS certificate reload failed; keeping the old one"),
+                }
+                r
+            })
+            .collect()
     }
 
     /// Stops accepting, waits up to `shutdown_grace` for sessions to end,
@@ -173,11 +224,15 @@ impl Gateway {
 }
 
 /// What a session needs to know of its listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Listening {
     pub protocol: Protocol,
     /// In-band authorisation is on for this listener.
     pub in_band: bool,
+    pub mode: TlsMode,
+    pub tls: Option<Arc<ListenerTls>>,
+    /// Logins are accepted before STARTTLS.
+    pub auth_before_tls: bool,
 }
 
 async fn accept_loop(
@@ -213,6 +268,7 @@ async fn accept_loop(
         };
         let ctx = ctx.clone();
         let kill = kill.clone();
+        let listening = listening.clone();
         tracker.spawn(
             async move {
                 let _permit = permit;
@@ -228,14 +284,38 @@ async fn accept_loop(
 
 async fn session(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Context>) {
     tracing::debug!("connected");
-    let who = crate::login::Client {
-        peer,
-        in_band: l.in_band,
+    let plain = ClientStream::Plain(stream);
+    let (client, starttls, tls) = match (l.mode, &l.tls) {
+        (TlsMode::Implicit, Some(t)) => {
+            let limit = ctx.config.gateway.preauth_timeout;
+            match tokio::time::timeout(limit, plain.start_tls(&t.acceptor())).await {
+                Ok(Ok(c)) => (c, None, true),
+                Ok(Err(e)) => {
+                    info!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    info!("TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        (TlsMode::Starttls, Some(t)) => (plain, Some(t.acceptor()), false),
+        _ => (plain, None, false),
+    };
+    let setup = crate::session::Setup {
+        client: crate::login::Client {
+            peer,
+            in_band: l.in_band,
+        },
+        starttls,
+        auth_before_tls: l.auth_before_tls,
+        tls,
     };
     match l.protocol {
-        Protocol::Imap => crate::imap::session::serve(stream, who, ctx).await,
-        Protocol::Smtp => crate::smtp::session::serve(stream, who, ctx).await,
-        Protocol::Pop3 => crate::pop3::session::serve(stream, who, ctx).await,
+        Protocol::Imap => crate::imap::session::serve(client, setup, ctx).await,
+        Protocol::Smtp => crate::smtp::session::serve(client, setup, ctx).await,
+        Protocol::Pop3 => crate::pop3::session::serve(client, setup, ctx).await,
     }
 }
 

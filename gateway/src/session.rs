@@ -7,11 +7,37 @@ use std::future::Future;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use crate::login::Failure;
+use crate::tls::ClientStream;
+
+/// A connection's setting, from its listener.
+#[derive(Clone)]
+pub struct Setup {
+    pub client: crate::login::Client,
+    /// The acceptor for STARTTLS, when the listener offers it.
+    pub starttls: Option<TlsAcceptor>,
+    /// Logins are accepted before TLS on a STARTTLS listener (loopback, or
+    /// `insecure_plaintext = true`).
+    pub auth_before_tls: bool,
+    /// TLS is up from the start (implicit TLS).
+    pub tls: bool,
+}
+
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup")
+            .field("client", &self.client)
+            .field("starttls", &self.starttls.is_some())
+            .field("auth_before_tls", &self.auth_before_tls)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
 
 /// What a pre-auth state machine asks of its session.
 #[derive(Debug)]
@@ -26,6 +52,10 @@ pub enum Event {
     },
     /// Close the connection (after writing what came before).
     Close,
+    /// Run the TLS handshake now (STARTTLS/STLS was accepted; the machine
+    /// has discarded whatever the client pipelined in clear), then call
+    /// [`PreAuth::tls_started`].
+    StartTls,
 }
 
 /// A protocol's pre-authentication state machine, sans I/O.
@@ -43,19 +73,23 @@ pub trait PreAuth {
     fn timeout_reply(&self, limit: Duration) -> Vec<u8>;
     /// The bytes the client sent after its login command.
     fn into_residual(self) -> Vec<u8>;
+    /// TLS is now up after STARTTLS: forget the session state of the clear
+    /// phase and stop offering STARTTLS.
+    fn tls_started(&mut self);
 }
 
-/// Runs the pre-auth dialogue on `client` until `login` succeeds (its value
-/// is returned) or the client leaves, is closed, or runs out of time
-/// (`None`).
-pub async fn drive<C, M, T, F, Fut>(
-    client: &mut C,
+/// Runs the pre-auth dialogue on `client` until `login` succeeds (the
+/// stream, possibly upgraded to TLS, and the login's value are returned) or
+/// the client leaves, is closed, or runs out of time (`None`). `starttls` is
+/// the acceptor for STARTTLS when the listener offers it.
+pub async fn drive<M, T, F, Fut>(
+    mut client: ClientStream,
     m: &mut M,
     limit: Duration,
+    starttls: Option<TlsAcceptor>,
     mut login: F,
-) -> Option<T>
+) -> Option<(ClientStream, T)>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
     M: PreAuth,
     F: FnMut(&M, String, SecretString) -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
@@ -71,11 +105,28 @@ where
                     let _ = client.shutdown().await;
                     return None;
                 }
+                Event::StartTls => {
+                    let acceptor = starttls.as_ref()?;
+                    client.flush().await.ok()?;
+                    match tokio::time::timeout_at(deadline, client.start_tls(acceptor)).await {
+                        Ok(Ok(upgraded)) => client = upgraded,
+                        Ok(Err(e)) => {
+                            info!(error = %e, "STARTTLS handshake failed");
+                            return None;
+                        }
+                        Err(_) => {
+                            info!("STARTTLS handshake timed out");
+                            return None;
+                        }
+                    }
+                    debug!("STARTTLS done");
+                    m.tls_started();
+                }
                 Event::Login { user, password } => {
                     tracing::Span::current().record("user", user.as_str());
                     let attempt = login(m, user, password);
                     match attempt.await {
-                        Ok(t) => return Some(t),
+                        Ok(t) => return Some((client, t)),
                         Err(f) => {
                             info!(failure = f.kind(), "login failed");
                             m.login_failed(&f);

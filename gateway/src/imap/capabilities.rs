@@ -1,10 +1,18 @@
 //! The one place where IMAP capabilities are written (ARCHITECTURE practice 4).
 
-/// What the gateway announces before login (greeting and `CAPABILITY`).
-pub fn pre_auth(starttls: bool) -> String {
-    let mut caps = String::from("IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN");
+/// What the gateway announces before login (greeting and `CAPABILITY`):
+/// `STARTTLS` when offered, and `LOGINDISABLED` instead of `AUTH=PLAIN`
+/// while authentication must wait for TLS.
+pub fn pre_auth(starttls: bool, login_allowed: bool) -> String {
+    let mut caps = String::from("IMAP4rev1 SASL-IR LITERAL+ ID");
+    if login_allowed {
+        caps.push_str(" AUTH=PLAIN");
+    }
     if starttls {
         caps.push_str(" STARTTLS");
+    }
+    if !login_allowed {
+        caps.push_str(" LOGINDISABLED");
     }
     caps
 }

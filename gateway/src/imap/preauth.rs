@@ -29,6 +29,8 @@ enum Phase {
     AwaitLogin {
         tag: String,
     },
+    /// STARTTLS was accepted; the handshake comes next.
+    AwaitTls,
     Closed,
 }
 
@@ -38,7 +40,13 @@ pub struct Options {
     pub limits: Limits,
     /// Failed logins before the connection is closed.
     pub max_failures: u32,
+    /// STARTTLS is offered (a `starttls` listener before the upgrade).
     pub starttls: bool,
+    /// Logins are accepted before TLS (false on a non-loopback `starttls`
+    /// listener until the upgrade).
+    pub auth_before_tls: bool,
+    /// TLS is already active (implicit TLS).
+    pub tls: bool,
     /// Name used in the greeting.
     pub hostname: String,
 }
@@ -49,6 +57,8 @@ impl Default for Options {
             limits: Limits::default(),
             max_failures: 3,
             starttls: false,
+            auth_before_tls: true,
+            tls: false,
             hostname: "localhost".into(),
         }
     }
@@ -149,12 +159,30 @@ impl PreAuth {
         self.out.pop_front()
     }
 
+    fn login_allowed(&self) -> bool {
+        self.opts.tls || self.opts.auth_before_tls
+    }
+
+    fn capabilities(&self) -> String {
+        capabilities::pre_auth(self.opts.starttls, self.login_allowed())
+    }
+
     fn command(&mut self, cmd: Command) {
         let tag = cmd.tag;
+        if matches!(
+            cmd.body,
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. }
+        ) && !self.login_allowed()
+        {
+            self.write(format!(
+                "{tag} NO [PRIVACYREQUIRED] Use STARTTLS first: this listener does not take passwords in clear\r\n"
+            ));
+            return;
+        }
         match cmd.body {
             CommandBody::Capability => self.write(format!(
                 "* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n",
-                capabilities::pre_auth(self.opts.starttls)
+                self.capabilities()
             )),
             CommandBody::Noop => self.write(format!("{tag} OK NOOP completed\r\n")),
             CommandBody::Logout => {
@@ -163,6 +191,18 @@ impl PreAuth {
                 ));
                 self.out.push_back(Event::Close);
                 self.phase = Phase::Closed;
+            }
+            CommandBody::StartTls if self.opts.starttls => {
+                self.write(format!("{tag} OK Begin TLS negotiation now\r\n"));
+                // Whatever was pipelined in clear is dropped, never executed
+                // after the upgrade (CVE-2011-0411, RFC 3207 §4.2).
+                self.buf.clear();
+                self.framer.reset();
+                self.out.push_back(Event::StartTls);
+                self.phase = Phase::AwaitTls;
+            }
+            CommandBody::StartTls if self.opts.tls => {
+                self.write(format!("{tag} BAD TLS is already active\r\n"));
             }
             CommandBody::StartTls => {
                 self.write(format!(
@@ -252,7 +292,7 @@ impl Machine for PreAuth {
     fn greeting(&self) -> Vec<u8> {
         format!(
             "* OK [CAPABILITY {}] {} mailgate ready\r\n",
-            capabilities::pre_auth(self.opts.starttls),
+            self.capabilities(),
             self.opts.hostname
         )
         .into_bytes()
@@ -269,7 +309,7 @@ impl Machine for PreAuth {
         match self.phase.clone() {
             Phase::Command => self.next_command(),
             Phase::SaslPlain { tag } => self.next_sasl(tag),
-            Phase::AwaitLogin { .. } | Phase::Closed => None,
+            Phase::AwaitLogin { .. } | Phase::AwaitTls | Phase::Closed => None,
         }
     }
 
@@ -292,6 +332,14 @@ impl Machine for PreAuth {
 
     fn into_residual(self) -> Vec<u8> {
         self.buf
+    }
+
+    fn tls_started(&mut self) {
+        self.opts.starttls = false;
+        self.opts.tls = true;
+        self.buf.clear();
+        self.framer.reset();
+        self.phase = Phase::Command;
     }
 }
 
@@ -350,6 +398,35 @@ mod tests {
         let (w, e) = run(&mut m, b"z LOGOUT\r\n");
         assert_eq!(w, "* BYE Logging out\r\nz OK LOGOUT completed\r\n");
         assert!(matches!(e, Some(Event::Close)));
+    }
+
+    #[test]
+    fn starttls_discards_pipelined_input_and_is_not_offered_twice() {
+        let mut m = PreAuth::new(Options {
+            starttls: true,
+            auth_before_tls: false,
+            ..Options::default()
+        });
+        assert!(String::from_utf8_lossy(&m.greeting()).contains("ID STARTTLS LOGINDISABLED]"));
+        let (w, e) = run(&mut m, b"a LOGIN u p\r\n");
+        assert!(w.starts_with("a NO [PRIVACYREQUIRED]"), "{w}");
+        assert!(e.is_none());
+        let (w, e) = run(&mut m, b"b STARTTLS\r\nc LOGIN injected pw\r\n");
+        assert_eq!(w, "b OK Begin TLS negotiation now\r\n");
+        assert!(matches!(e, Some(Event::StartTls)));
+        assert!(
+            m.next_event().is_none(),
+            "nothing is parsed before the handshake"
+        );
+        m.tls_started();
+        let (w, e) = run(&mut m, b"d CAPABILITY\r\ne STARTTLS\r\n");
+        assert!(e.is_none(), "the injected LOGIN was dropped");
+        assert_eq!(
+            w,
+            "* CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN\r\nd OK CAPABILITY completed\r\ne BAD TLS is already active\r\n"
+        );
+        let (_, e) = run(&mut m, b"f LOGIN u p\r\n");
+        assert_eq!(login_of(&m, e).1, "u");
     }
 
     #[test]

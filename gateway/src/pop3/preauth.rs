@@ -14,16 +14,14 @@ use mailgate_proto::{ExposeSecret, SecretString};
 use crate::login::Failure;
 use crate::session::{Event, PreAuth as Machine, one_line};
 
-/// The one place where the gateway's CAPA list is written.
-pub fn capabilities(stls: bool) -> Vec<&'static str> {
-    let mut c = vec![
-        "USER",
-        "SASL PLAIN",
-        "RESP-CODES",
-        "AUTH-RESP-CODE",
-        "UIDL",
-        "TOP",
-    ];
+/// The one place where the gateway's CAPA list is written: `USER` and
+/// `SASL` only while logins are accepted, `STLS` while offered.
+pub fn capabilities(stls: bool, login_allowed: bool) -> Vec<&'static str> {
+    let mut c = Vec::new();
+    if login_allowed {
+        c.extend(["USER", "SASL PLAIN"]);
+    }
+    c.extend(["RESP-CODES", "AUTH-RESP-CODE", "UIDL", "TOP"]);
     if stls {
         c.push("STLS");
     }
@@ -35,7 +33,12 @@ pub struct Options {
     pub hostname: String,
     pub max_line: usize,
     pub max_failures: u32,
+    /// STLS is offered (a `starttls` listener before the upgrade).
     pub stls: bool,
+    /// Logins are accepted before TLS.
+    pub auth_before_tls: bool,
+    /// TLS is already active.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -45,6 +48,8 @@ impl Default for Options {
             max_line: 8 * 1024,
             max_failures: 3,
             stls: false,
+            auth_before_tls: true,
+            tls: false,
         }
     }
 }
@@ -55,6 +60,8 @@ enum Phase {
     /// `AUTH PLAIN` sent `+`; the response line is next.
     AuthPlain,
     AwaitLogin,
+    /// STLS was accepted; the handshake comes next.
+    AwaitTls,
     Closed,
 }
 
@@ -124,10 +131,23 @@ impl PreAuth {
                 return;
             }
         };
+        let login_allowed = self.opts.tls || self.opts.auth_before_tls;
+        if !login_allowed
+            && matches!(
+                cmd,
+                Command::User(_) | Command::Pass(_) | Command::Auth { .. }
+            )
+        {
+            self.write("-ERR Use STLS first: this listener does not take passwords in clear\r\n");
+            return;
+        }
         match cmd {
             Command::Capa => {
                 let mut r = b"+OK Capability list follows\r\n".to_vec();
-                r.extend(encode_multiline(&capabilities(self.opts.stls)));
+                r.extend(encode_multiline(&capabilities(
+                    self.opts.stls,
+                    self.opts.tls || self.opts.auth_before_tls,
+                )));
                 self.out.push_back(Event::Write(r));
             }
             Command::User(name) => {
@@ -158,6 +178,14 @@ impl PreAuth {
             Command::Auth { .. } => {
                 self.write("-ERR Unsupported mechanism; use AUTH PLAIN or USER and PASS\r\n")
             }
+            Command::Stls if self.opts.stls => {
+                self.write("+OK Begin TLS negotiation\r\n");
+                // Whatever was pipelined in clear is dropped.
+                self.buf.clear();
+                self.out.push_back(Event::StartTls);
+                self.phase = Phase::AwaitTls;
+            }
+            Command::Stls if self.opts.tls => self.write("-ERR TLS is already active\r\n"),
             Command::Stls => self.write("-ERR STLS is not offered on this listener\r\n"),
             Command::Quit => self.close(&format!("+OK {} signing off\r\n", self.opts.hostname)),
             Command::Apop => {
@@ -206,7 +234,10 @@ impl Machine for PreAuth {
             if let Some(e) = self.out.pop_front() {
                 return Some(e);
             }
-            if matches!(self.phase, Phase::AwaitLogin | Phase::Closed) {
+            if matches!(
+                self.phase,
+                Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed
+            ) {
                 return None;
             }
             let before = self.buf.len();
@@ -247,6 +278,14 @@ impl Machine for PreAuth {
 
     fn into_residual(self) -> Vec<u8> {
         self.buf
+    }
+
+    fn tls_started(&mut self) {
+        self.opts.stls = false;
+        self.opts.tls = true;
+        self.user = None;
+        self.buf.clear();
+        self.phase = Phase::Command;
     }
 }
 
@@ -299,6 +338,41 @@ mod tests {
         let (w, e) = run(&mut m, b"QUIT\r\n");
         assert_eq!(w, "+OK localhost signing off\r\n");
         assert!(matches!(e, Some(Event::Close)));
+    }
+
+    #[test]
+    fn stls_resets_and_drops_injected_commands() {
+        let mut m = PreAuth::new(Options {
+            stls: true,
+            auth_before_tls: false,
+            ..Options::default()
+        });
+        let (w, _) = run(&mut m, b"CAPA\r\nUSER a\r\n");
+        assert!(
+            !w.contains("USER\r\n") && w.contains("STLS\r\n.\r\n"),
+            "{w}"
+        );
+        assert!(
+            w.ends_with("-ERR Use STLS first: this listener does not take passwords in clear\r\n"),
+            "{w}"
+        );
+        let (w, e) = run(&mut m, b"STLS\r\nUSER a\r\nPASS injected\r\n");
+        assert_eq!(w, "+OK Begin TLS negotiation\r\n");
+        assert!(matches!(e, Some(Event::StartTls)));
+        m.tls_started();
+        let (w, e) = run(&mut m, b"PASS p\r\n");
+        assert_eq!(
+            w, "-ERR No user name given; send USER first\r\n",
+            "USER from before TLS is forgotten"
+        );
+        assert!(e.is_none());
+        let (w, _) = run(&mut m, b"STLS\r\nCAPA\r\n");
+        assert!(
+            w.starts_with("-ERR TLS is already active\r\n")
+                && w.contains("USER\r\n")
+                && !w.contains("STLS\r\n."),
+            "{w}"
+        );
     }
 
     #[test]

@@ -5,26 +5,31 @@ use std::sync::Arc;
 
 use mailgate_config::Protocol;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::info;
 
 use super::preauth::{Options, PreAuth};
 use super::upstream;
 use crate::login;
 use crate::server::Context;
-use crate::session::{PreAuth as _, drive};
+use crate::session::{PreAuth as _, Setup, drive};
+use crate::tls::ClientStream;
 
-pub async fn serve(mut client: TcpStream, who: login::Client, ctx: Arc<Context>) {
+pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
     let gw = &ctx.config.gateway;
     let mut m = PreAuth::new(Options {
         hostname: gw.hostname.clone(),
+        stls: setup.starttls.is_some(),
+        auth_before_tls: setup.auth_before_tls,
+        tls: setup.tls,
         ..Options::default()
     });
+    let who = setup.client;
     let ctx2 = ctx.clone();
     let logged_in = drive(
-        &mut client,
+        client,
         &mut m,
         gw.preauth_timeout,
+        setup.starttls,
         |_, user, password| {
             let ctx = ctx2.clone();
             async move {
@@ -41,7 +46,9 @@ pub async fn serve(mut client: TcpStream, who: login::Client, ctx: Arc<Context>)
         },
     )
     .await;
-    let Some(mut up) = logged_in else { return };
+    let Some((mut client, mut up)) = logged_in else {
+        return;
+    };
     if client.write_all(PreAuth::success_reply()).await.is_err() {
         return;
     }

@@ -16,14 +16,14 @@ use mailgate_proto::{ExposeSecret, SecretString};
 use crate::login::Failure;
 use crate::session::{Event, PreAuth as Machine, one_line};
 
-/// The one place where the gateway's EHLO keywords are written.
-pub fn ehlo_keywords(starttls: bool) -> Vec<&'static str> {
-    let mut k = vec![
-        "AUTH PLAIN LOGIN",
-        "PIPELINING",
-        "8BITMIME",
-        "ENHANCEDSTATUSCODES",
-    ];
+/// The one place where the gateway's EHLO keywords are written: `AUTH`
+/// only while logins are accepted, `STARTTLS` while offered.
+pub fn ehlo_keywords(starttls: bool, login_allowed: bool) -> Vec<&'static str> {
+    let mut k = Vec::new();
+    if login_allowed {
+        k.push("AUTH PLAIN LOGIN");
+    }
+    k.extend(["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"]);
     if starttls {
         k.push("STARTTLS");
     }
@@ -35,7 +35,12 @@ pub struct Options {
     pub hostname: String,
     pub max_line: usize,
     pub max_failures: u32,
+    /// STARTTLS is offered (a `starttls` listener before the upgrade).
     pub starttls: bool,
+    /// AUTH is accepted before TLS.
+    pub auth_before_tls: bool,
+    /// TLS is already active.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -45,6 +50,8 @@ impl Default for Options {
             max_line: 8 * 1024,
             max_failures: 3,
             starttls: false,
+            auth_before_tls: true,
+            tls: false,
         }
     }
 }
@@ -61,6 +68,8 @@ enum Phase {
         user: String,
     },
     AwaitLogin,
+    /// STARTTLS was accepted; the handshake comes next.
+    AwaitTls,
     Closed,
 }
 
@@ -110,10 +119,14 @@ impl PreAuth {
         self.phase = Phase::Closed;
     }
 
+    fn login_allowed(&self) -> bool {
+        self.opts.tls || self.opts.auth_before_tls
+    }
+
     fn ehlo_reply(&self, name: &str) -> String {
         let mut lines = vec![format!("{} Hello {name}", self.opts.hostname)];
         lines.extend(
-            ehlo_keywords(self.opts.starttls)
+            ehlo_keywords(self.opts.starttls, self.login_allowed())
                 .iter()
                 .map(|k| k.to_string()),
         );
@@ -165,7 +178,7 @@ impl PreAuth {
                     self.login(user, pw);
                 }
             }
-            Phase::AwaitLogin | Phase::Closed => {}
+            Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed => {}
         }
     }
 
@@ -244,6 +257,9 @@ impl PreAuth {
                 self.write(format!("250 {}\r\n", self.opts.hostname));
                 self.ehlo = Some(name);
             }
+            Command::Auth { .. } if !self.login_allowed() => {
+                self.write("530 5.7.0 Must issue a STARTTLS command first\r\n");
+            }
             Command::Auth { .. } if self.ehlo.is_none() => {
                 self.write("503 5.5.1 Send EHLO first\r\n");
             }
@@ -274,6 +290,14 @@ impl PreAuth {
                     self.write("504 5.5.4 Unrecognized authentication type; use PLAIN or LOGIN\r\n")
                 }
             },
+            Command::StartTls if self.opts.starttls => {
+                self.write("220 2.0.0 Ready to start TLS\r\n");
+                // Whatever was pipelined in clear is dropped (RFC 3207 §4.2).
+                self.buf.clear();
+                self.out.push_back(Event::StartTls);
+                self.phase = Phase::AwaitTls;
+            }
+            Command::StartTls if self.opts.tls => self.write("503 5.5.1 TLS already active\r\n"),
             Command::StartTls => self.write("454 4.7.0 TLS not available on this listener\r\n"),
             Command::Mail => self.write("530 5.7.0 Authentication required\r\n"),
             Command::Rset => self.write("250 2.0.0 OK\r\n"),
@@ -309,7 +333,10 @@ impl Machine for PreAuth {
             if let Some(e) = self.out.pop_front() {
                 return Some(e);
             }
-            if matches!(self.phase, Phase::AwaitLogin | Phase::Closed) {
+            if matches!(
+                self.phase,
+                Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed
+            ) {
                 return None;
             }
             let before = self.buf.len();
@@ -349,6 +376,16 @@ impl Machine for PreAuth {
 
     fn into_residual(self) -> Vec<u8> {
         self.buf
+    }
+
+    fn tls_started(&mut self) {
+        // RFC 3207 §4.2: forget what the client said in clear; it must EHLO
+        // again.
+        self.opts.starttls = false;
+        self.opts.tls = true;
+        self.ehlo = None;
+        self.buf.clear();
+        self.phase = Phase::Command;
     }
 }
 
@@ -405,6 +442,40 @@ mod tests {
         let (w, e) = run(&mut m, b"QUIT\r\n");
         assert_eq!(w, "221 2.0.0 localhost closing connection\r\n");
         assert!(matches!(e, Some(Event::Close)));
+    }
+
+    #[test]
+    fn starttls_resets_and_drops_injected_commands() {
+        let mut m = PreAuth::new(Options {
+            starttls: true,
+            auth_before_tls: false,
+            ..Options::default()
+        });
+        let (w, _) = run(&mut m, b"EHLO c\r\n");
+        assert!(!w.contains("AUTH") && w.contains("250 STARTTLS"), "{w}");
+        let (w, _) = run(
+            &mut m,
+            format!("AUTH PLAIN {}\r\n", b64("\0u\0p")).as_bytes(),
+        );
+        assert_eq!(w, "530 5.7.0 Must issue a STARTTLS command first\r\n");
+        let injected = format!("STARTTLS\r\nAUTH PLAIN {}\r\n", b64("\0u\0p"));
+        let (w, e) = run(&mut m, injected.as_bytes());
+        assert_eq!(w, "220 2.0.0 Ready to start TLS\r\n");
+        assert!(matches!(e, Some(Event::StartTls)));
+        m.tls_started();
+        let (w, e) = run(&mut m, b"");
+        assert!(w.is_empty() && e.is_none(), "the injected AUTH was dropped");
+        let (w, _) = run(
+            &mut m,
+            format!("AUTH PLAIN {}\r\n", b64("\0u\0p")).as_bytes(),
+        );
+        assert_eq!(w, "503 5.5.1 Send EHLO first\r\n", "EHLO again after TLS");
+        let (w, _) = run(&mut m, b"EHLO c\r\nSTARTTLS\r\n");
+        assert!(
+            w.contains("250-AUTH PLAIN LOGIN") && !w.contains("250 STARTTLS"),
+            "{w}"
+        );
+        assert!(w.ends_with("503 5.5.1 TLS already active\r\n"), "{w}");
     }
 
     #[test]
