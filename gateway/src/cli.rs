@@ -188,7 +188,11 @@ fn run(cli: Cli) -> CliResult {
 /// Prints each TLS listener's certificate and SHA-256 fingerprint
 /// (generating the self-signed one on first use).
 fn certificates(cfg: &Config) -> CliResult {
-    for l in cfg.listeners.iter().filter(|l| l.tls != mailgate_config::TlsMode::None) {
+    for l in cfg
+        .listeners
+        .iter()
+        .filter(|l| l.tls != mailgate_config::TlsMode::None)
+    {
         let what = format!("{} {}", l.protocol, l.address);
         let source = crate::tls::CertSource::for_listener(l, &cfg.gateway)
             .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
@@ -197,7 +201,11 @@ fn certificates(cfg: &Config) -> CliResult {
         println!(
             "tls {what}: {}{} sha256 {}",
             tls.source.cert.display(),
-            if tls.source.generated { " (self-signed)" } else { "" },
+            if tls.source.generated {
+                " (self-signed)"
+            } else {
+                ""
+            },
             tls.fingerprint()
         );
     }

@@ -58,6 +58,22 @@ impl TestCa {
         ca
     }
 
+    /// A rustls client configuration trusting this CA only.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Arc::new(cfg)
+    }
+
     /// A rustls server configuration presenting the test certificate.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let certs: Vec<CertificateDer<'static>> =

@@ -4,15 +4,22 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-pub struct LineClient {
-    s: TcpStream,
+pub struct LineClient<S = TcpStream> {
+    s: S,
     buf: Vec<u8>,
 }
+
+/// A line client over TLS.
+pub type TlsClient = LineClient<TlsStream<TcpStream>>;
 
 impl LineClient {
     pub async fn connect(addr: SocketAddr) -> LineClient {
@@ -21,6 +28,49 @@ impl LineClient {
         LineClient { s, buf: Vec::new() }
     }
 
+    /// Connects with implicit TLS, verifying the server as `localhost`.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<TlsClient> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let s = TlsConnector::from(tls).connect(localhost(), tcp).await?;
+        Ok(LineClient { s, buf: Vec::new() })
+    }
+
+    /// Upgrades after a STARTTLS reply. Nothing may be buffered.
+    pub async fn start_tls(self, tls: Arc<rustls::ClientConfig>) -> std::io::Result<TlsClient> {
+        assert!(
+            self.buf.is_empty(),
+            "data after the STARTTLS reply: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        let s = TlsConnector::from(tls).connect(localhost(), self.s).await?;
+        Ok(LineClient { s, buf: Vec::new() })
+    }
+}
+
+fn localhost() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from("localhost").unwrap()
+}
+
+impl LineClient {
+    /// Connects and reads the IMAP greeting, which must be `* OK ...`.
+    pub async fn greeted(addr: SocketAddr) -> LineClient {
+        Self::greeted_with(addr, "* OK").await
+    }
+
+    /// Connects and reads a greeting that must start with `prefix`.
+    pub async fn greeted_with(addr: SocketAddr, prefix: &str) -> LineClient {
+        let mut c = LineClient::connect(addr).await;
+        let g = c.line().await;
+        assert!(g.starts_with(prefix), "greeting: {g}");
+        c
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
     async fn fill(&mut self) -> bool {
         let mut chunk = vec![0u8; 64 * 1024];
         let n = tokio::time::timeout(TIMEOUT, self.s.read(&mut chunk))
@@ -55,19 +105,6 @@ impl LineClient {
         }
         let rest = self.buf.split_off(n);
         std::mem::replace(&mut self.buf, rest)
-    }
-
-    /// Connects and reads the IMAP greeting, which must be `* OK ...`.
-    pub async fn greeted(addr: SocketAddr) -> LineClient {
-        Self::greeted_with(addr, "* OK").await
-    }
-
-    /// Connects and reads a greeting that must start with `prefix`.
-    pub async fn greeted_with(addr: SocketAddr, prefix: &str) -> LineClient {
-        let mut c = LineClient::connect(addr).await;
-        let g = c.line().await;
-        assert!(g.starts_with(prefix), "greeting: {g}");
-        c
     }
 
     /// Sends `tag LOGIN user "password"` and returns the whole reply.

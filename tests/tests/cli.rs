@@ -13,10 +13,25 @@ use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, mailgate_bin
 use mailgate_tests::imap_server::{FakeImap, Options};
 
 fn mailgate(config: &Path, args: &[&str], stdin: &str, password: Option<&str>) -> Output {
+    mailgate_env(config, args, stdin, password, &[])
+}
+
+/// Runs the binary with `env` added (and no inherited MAILGATE_ variables
+/// that would change the outcome).
+fn mailgate_env(
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+    password: Option<&str>,
+    env: &[(&str, &Path)],
+) -> Output {
     let mut cmd = Command::new(mailgate_bin());
     cmd.arg("-c").arg(config).args(args);
     cmd.env_remove("MAILGATE_PASSWORD")
         .env_remove("MAILGATE_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     if let Some(p) = password {
         cmd.env("MAILGATE_PASSWORD", p);
     }
@@ -42,17 +57,30 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn check_examples_and_errors() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    // check generates the self-signed certificate of TLS listeners: keep it
+    // out of the examples' state_dir (/var/lib/mailgate for the gateway box).
+    let state = tempfile::tempdir().unwrap();
     for name in [
         "desktop-office365.toml",
         "desktop-gmail.toml",
         "gateway-box.toml",
     ] {
-        let out = mailgate(&examples.join(name), &["check"], "", None);
+        let out = mailgate_env(
+            &examples.join(name),
+            &["check"],
+            "",
+            None,
+            &[("MAILGATE_GATEWAY__STATE_DIR", state.path())],
+        );
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         let stdout = text(&out.stdout);
         assert!(stdout.contains("configuration is valid"), "{stdout}");
         assert!(stdout.contains("imap"), "{stdout}");
+        if name == "gateway-box.toml" {
+            assert!(stdout.contains("(self-signed) sha256 "), "{stdout}");
+        }
     }
+    assert!(state.path().join("tls/gateway.pem").is_file());
     let out = mailgate(
         &examples.join("desktop-office365.toml"),
         &["check"],
@@ -87,6 +115,24 @@ fn check_examples_and_errors() {
     ] {
         assert!(err.contains(&want), "wanted {want} in\n{err}");
     }
+
+    // A plaintext listener off loopback is refused unless acknowledged.
+    let open = dir.path().join("open.toml");
+    std::fs::write(
+        &open,
+        "[[listener]]\nprotocol = \"imap\"\naddress = \"0.0.0.0:1143\"\n[provider.p]\npreset = \"gmail\"\nclient_id = \"x\"\n[[account]]\nuser = \"a@b.c\"\nprovider = \"p\"\n",
+    )
+    .unwrap();
+    let out = mailgate(&open, &["check"], "", None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("listener[0].address: 0.0.0.0:1143 is not a loopback address")
+            && err.contains("insecure_plaintext"),
+        "{err}"
+    );
+    let out = mailgate(&open, &["run"], "", None);
+    assert_eq!(out.status.code(), Some(1), "run refuses it too");
 
     let out = mailgate(&dir.path().join("missing.toml"), &["check"], "", None);
     assert_eq!(out.status.code(), Some(1));
