@@ -154,9 +154,70 @@ where
     }
 }
 
+/// Why a SASL PLAIN response cannot be used.
+#[derive(Debug)]
+pub enum PlainError {
+    /// Not base64, or not `authzid NUL authcid NUL password`.
+    Malformed(mailgate_proto::sasl::SaslError),
+    /// An authorisation identity other than the user: logging in as someone
+    /// else is not supported.
+    OtherUser,
+}
+
+/// Decodes a base64 SASL PLAIN response into (user, password), the rule
+/// for every protocol.
+pub fn plain_credentials(b64: &SecretString) -> Result<(String, SecretString), PlainError> {
+    use mailgate_proto::sasl::{decode_base64, decode_plain};
+    use secrecy::ExposeSecret;
+    let c = decode_base64(b64.expose_secret().as_bytes())
+        .and_then(|raw| decode_plain(raw.expose_secret()))
+        .map_err(PlainError::Malformed)?;
+    if c.authzid
+        .as_ref()
+        .is_some_and(|authz| !authz.eq_ignore_ascii_case(&c.authcid))
+    {
+        return Err(PlainError::OtherUser);
+    }
+    Ok((c.authcid, c.password))
+}
+
 /// Keeps a reply text on one line.
 pub fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+/// Helpers for the state machines' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Event, PreAuth};
+    use base64::Engine as _;
+    use secrecy::ExposeSecret;
+
+    pub fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// Feeds `input` and collects what is written until the machine waits
+    /// or asks for something else (returned).
+    pub fn run<M: PreAuth>(m: &mut M, input: &[u8]) -> (String, Option<Event>) {
+        m.feed(input);
+        let mut written = Vec::new();
+        while let Some(e) = m.next_event() {
+            match e {
+                Event::Write(b) => written.extend(b),
+                other => return (String::from_utf8_lossy(&written).into_owned(), Some(other)),
+            }
+        }
+        (String::from_utf8_lossy(&written).into_owned(), None)
+    }
+
+    /// The credentials of a login event.
+    pub fn creds(e: Option<Event>) -> (String, String) {
+        match e {
+            Some(Event::Login { user, password }) => (user, password.expose_secret().to_owned()),
+            other => panic!("expected a login, got {other:?}"),
+        }
+    }
 }

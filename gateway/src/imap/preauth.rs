@@ -10,13 +10,13 @@
 use std::collections::VecDeque;
 
 use mailgate_proto::imap::{Command, CommandBody, Frame, Framer, Limits, decode_command};
-use mailgate_proto::sasl::{SaslLine, decode_base64, decode_plain, decode_sasl_line};
-use mailgate_proto::{DecodeError, ExposeSecret, SecretString};
+use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
+use mailgate_proto::{DecodeError, SecretString};
 
 use super::capabilities;
 use crate::login::Failure;
 pub use crate::session::Event;
-use crate::session::{PreAuth as Machine, one_line};
+use crate::session::{PlainError, PreAuth as Machine, one_line, plain_credentials};
 
 #[derive(Debug, Clone)]
 enum Phase {
@@ -258,21 +258,14 @@ impl PreAuth {
     }
 
     fn plain_response(&mut self, tag: String, b64: &SecretString) {
-        let creds = decode_base64(b64.expose_secret().as_bytes())
-            .and_then(|raw| decode_plain(raw.expose_secret()));
-        match creds {
-            Err(e) => self.write(format!("{tag} BAD Invalid SASL PLAIN response: {e}\r\n")),
-            Ok(c) => {
-                if let Some(authz) = &c.authzid
-                    && !authz.eq_ignore_ascii_case(&c.authcid)
-                {
-                    self.write(format!(
-                        "{tag} NO [AUTHORIZATIONFAILED] Logging in as another user is not supported\r\n"
-                    ));
-                    return;
-                }
-                self.login(tag, c.authcid, c.password);
+        match plain_credentials(b64) {
+            Ok((user, password)) => self.login(tag, user, password),
+            Err(PlainError::Malformed(e)) => {
+                self.write(format!("{tag} BAD Invalid SASL PLAIN response: {e}\r\n"))
             }
+            Err(PlainError::OtherUser) => self.write(format!(
+                "{tag} NO [AUTHORIZATIONFAILED] Logging in as another user is not supported\r\n"
+            )),
         }
     }
 
@@ -346,20 +339,8 @@ impl Machine for PreAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Feeds `input` in one go and collects written bytes until the machine
-    /// waits or emits a login/close.
-    fn run(m: &mut PreAuth, input: &[u8]) -> (String, Option<Event>) {
-        m.feed(input);
-        let mut written = Vec::new();
-        while let Some(e) = m.next_event() {
-            match e {
-                Event::Write(b) => written.extend(b),
-                other => return (String::from_utf8_lossy(&written).into_owned(), Some(other)),
-            }
-        }
-        (String::from_utf8_lossy(&written).into_owned(), None)
-    }
+    use crate::session::testing::run;
+    use secrecy::ExposeSecret;
 
     fn login_of(m: &PreAuth, e: Option<Event>) -> (String, String, String) {
         match e {

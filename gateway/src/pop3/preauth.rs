@@ -6,13 +6,13 @@
 
 use std::collections::VecDeque;
 
+use mailgate_proto::SecretString;
 use mailgate_proto::line::{Line, frame_line};
 use mailgate_proto::pop3::{Command, decode_command, encode_multiline};
-use mailgate_proto::sasl::{SaslLine, decode_base64, decode_plain, decode_sasl_line};
-use mailgate_proto::{ExposeSecret, SecretString};
+use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
 
 use crate::login::Failure;
-use crate::session::{Event, PreAuth as Machine, one_line};
+use crate::session::{Event, PlainError, PreAuth as Machine, one_line, plain_credentials};
 
 /// The one place where the gateway's CAPA list is written: `USER` and
 /// `SASL` only while logins are accepted, `STLS` while offered.
@@ -198,18 +198,13 @@ impl PreAuth {
     }
 
     fn plain(&mut self, b64: &SecretString) {
-        let creds = decode_base64(b64.expose_secret().as_bytes())
-            .and_then(|raw| decode_plain(raw.expose_secret()));
-        match creds {
-            Err(e) => self.write(format!("-ERR Invalid AUTH PLAIN response: {e}\r\n")),
-            Ok(c) => {
-                if let Some(authz) = &c.authzid
-                    && !authz.eq_ignore_ascii_case(&c.authcid)
-                {
-                    self.write("-ERR [AUTH] Logging in as another user is not supported\r\n");
-                    return;
-                }
-                self.login(c.authcid, c.password);
+        match plain_credentials(b64) {
+            Ok((user, password)) => self.login(user, password),
+            Err(PlainError::Malformed(e)) => {
+                self.write(format!("-ERR Invalid AUTH PLAIN response: {e}\r\n"))
+            }
+            Err(PlainError::OtherUser) => {
+                self.write("-ERR [AUTH] Logging in as another user is not supported\r\n")
             }
         }
     }
@@ -292,31 +287,7 @@ impl Machine for PreAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
-
-    fn b64(s: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(s)
-    }
-
-    fn run(m: &mut PreAuth, input: &[u8]) -> (String, Option<Event>) {
-        m.feed(input);
-        let mut written = Vec::new();
-        while let Some(e) = m.next_event() {
-            match e {
-                Event::Write(b) => written.extend(b),
-                other => return (String::from_utf8_lossy(&written).into_owned(), Some(other)),
-            }
-        }
-        (String::from_utf8_lossy(&written).into_owned(), None)
-    }
-
-    fn creds(e: Option<Event>) -> (String, String) {
-        match e {
-            Some(Event::Login { user, password }) => (user, password.expose_secret().to_owned()),
-            other => panic!("expected a login, got {other:?}"),
-        }
-    }
-
+    use crate::session::testing::{b64, creds, run};
     #[test]
     fn greeting_capa_and_refusals() {
         let mut m = PreAuth::new(Options::default());
