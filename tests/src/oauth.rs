@@ -94,6 +94,7 @@ pub struct Shared {
     introspections: AtomicUsize,
     counter: AtomicU64,
     grants: Mutex<HashMap<String, usize>>,
+    issued: Mutex<Vec<String>>,
 }
 
 /// A running fake authorisation server.
@@ -128,6 +129,7 @@ impl FakeOAuth {
             introspections: AtomicUsize::new(0),
             counter: AtomicU64::new(1),
             grants: Mutex::new(HashMap::new()),
+            issued: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/token", post(token))
@@ -242,6 +244,11 @@ impl FakeOAuth {
     /// Whether a refresh token is still accepted.
     pub fn refresh_token_valid(&self, rt: &str) -> bool {
         self.inner().refresh.contains_key(rt)
+    }
+
+    /// Every access and refresh token issued so far (for leak checks).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.issued.lock().unwrap().clone()
     }
 
     /// The most recently issued access token.
@@ -408,6 +415,7 @@ async fn token(
         .access
         .insert(at.clone(), (user.clone(), Instant::now() + lifetime));
     inner.last_access = Some(at.clone());
+    s.issued.lock().unwrap().push(at.clone());
     let mut body = json!({
         "access_token": at,
         "token_type": "Bearer",
@@ -417,6 +425,7 @@ async fn token(
     if inner.rotate {
         inner.refresh.remove(rt);
         let new_rt = format!("rt-{n}-{}", user.replace('@', "_"));
+        s.issued.lock().unwrap().push(new_rt.clone());
         inner.refresh.insert(new_rt.clone(), user);
         body["refresh_token"] = json!(new_rt);
     }
@@ -438,6 +447,7 @@ fn issue(s: &Shared, inner: &mut Inner, user: &str, with_refresh: bool) -> Respo
         json!({"access_token": at, "token_type": "Bearer", "expires_in": lifetime.as_secs()});
     if with_refresh {
         let rt = format!("rt-{n}-{tag}");
+        s.issued.lock().unwrap().push(rt.clone());
         inner.refresh.insert(rt.clone(), user.to_owned());
         body["refresh_token"] = json!(rt);
     }
