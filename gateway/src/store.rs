@@ -235,6 +235,9 @@ impl TokenFile {
         let ct = STANDARD
             .decode(&self.ciphertext)
             .map_err(|_| corrupt("ciphertext is not base64"))?;
+        if ct.len() < 16 {
+            return Err(corrupt("ciphertext is shorter than its authentication tag"));
+        }
         let cipher = XChaCha20Poly1305::new((&key.key).into());
         let plain = Zeroizing::new(
             cipher

@@ -28,6 +28,8 @@ pub enum UpstreamError {
     Timeout { server: String },
     #[error("{server} closed the connection")]
     Closed { server: String },
+    #[error("the connection to {server} failed: {reason}")]
+    Io { server: String, reason: String },
     #[error("{server}: {reason}")]
     Protocol { server: String, reason: String },
     /// The server refused the token; `detail` is its reply (and the decoded
@@ -156,10 +158,7 @@ impl LineReader {
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| UpstreamError::Connect {
-                server: server.to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| io_error(server, e))?;
         if n == 0 {
             return Err(UpstreamError::Closed {
                 server: server.to_string(),
@@ -185,12 +184,31 @@ pub async fn send<S: AsyncWrite + Unpin>(
     data: &[u8],
     server: &Upstream,
 ) -> Result<(), UpstreamError> {
-    let io = |e: std::io::Error| UpstreamError::Connect {
-        server: server.to_string(),
-        reason: e.to_string(),
-    };
-    stream.write_all(data).await.map_err(io)?;
-    stream.flush().await.map_err(io)
+    stream
+        .write_all(data)
+        .await
+        .map_err(|e| io_error(server, e))?;
+    stream.flush().await.map_err(|e| io_error(server, e))
+}
+
+/// An I/O error on an established connection; an unexpected end (a TLS
+/// peer hanging up without close_notify) is a plain close.
+fn io_error(server: &Upstream, e: std::io::Error) -> UpstreamError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+    ) {
+        UpstreamError::Closed {
+            server: server.to_string(),
+        }
+    } else {
+        UpstreamError::Io {
+            server: server.to_string(),
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// Runs `fut` under the upstream timeout.

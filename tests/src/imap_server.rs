@@ -25,6 +25,21 @@ pub struct Options {
     pub failure: FailureStyle,
     /// The message `FETCH 1 BODY[]` returns.
     pub message: Vec<u8>,
+    /// Misbehaviour, for fault tests.
+    pub fault: Fault,
+}
+
+/// Ways the fake upstream can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Greets with `* BYE` and hangs up.
+    ByeGreeting,
+    /// Drops the connection when the AUTHENTICATE command arrives.
+    ResetDuringLogin,
+    /// Answers AUTHENTICATE with `* BYE` and hangs up.
+    ByeDuringLogin,
 }
 
 impl Default for Options {
@@ -35,6 +50,7 @@ impl Default for Options {
             sasl_ir: true,
             failure: FailureStyle::Challenge,
             message: b"Subject: hello\r\n\r\nHello world\r\n".to_vec(),
+            fault: Fault::None,
         }
     }
 }
@@ -134,6 +150,10 @@ async fn serve(
         tls(&acceptor, plain.s).await?
     } else {
         let mut conn = tls(&acceptor, tcp).await?;
+        if opts.fault == Fault::ByeGreeting {
+            conn.send(b"* BYE Server too busy, try later\r\n").await?;
+            return Some(());
+        }
         let greeting = format!(
             "* OK [CAPABILITY {}] fake IMAP ready\r\n",
             caps(&opts, true)
@@ -151,6 +171,12 @@ async fn serve(
             let c = caps(&opts, true);
             conn.send(format!("* CAPABILITY {c}\r\n{tag} OK done\r\n").as_bytes())
                 .await?;
+        } else if upper.starts_with("AUTHENTICATE XOAUTH2") && opts.fault == Fault::ResetDuringLogin
+        {
+            return None;
+        } else if upper.starts_with("AUTHENTICATE XOAUTH2") && opts.fault == Fault::ByeDuringLogin {
+            conn.send(b"* BYE Internal error occurred\r\n").await?;
+            return None;
         } else if upper.starts_with("AUTHENTICATE XOAUTH2") {
             let mut exchange = line.clone();
             let b64 = match rest.split(' ').nth(2) {
@@ -241,6 +267,8 @@ async fn serve(
                     .await?;
                 return Some(());
             }
+            // Mid-session failure: the connection just drops.
+            "CRASH" => return None,
             _ => conn.send(format!("{tag} OK {cmd} completed\r\n").as_bytes()).await?,
         }
     }

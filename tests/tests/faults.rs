@@ -1,0 +1,118 @@
+//! Faults at the upstream and in the store, end to end: each yields a clear
+//! protocol reply and a log line; the gateway neither hangs nor crashes, and
+//! other accounts are unaffected.
+
+#![allow(clippy::unwrap_used)]
+
+use mailgate_tests::client::LineClient;
+use mailgate_tests::fake::FakeServer;
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start};
+use mailgate_tests::imap_server::{Fault, Options};
+
+async fn with_fault(fault: Fault) -> (Env, FakeServer, mailgate::Gateway) {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(
+        &env.ca,
+        env.oauth.clone(),
+        Options {
+            fault,
+            ..Options::default()
+        },
+    )
+    .await;
+    env.seal_new_user_token();
+    let g = env.gateway(&imap.url(false)).await;
+    (env, imap, g)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_bye_and_resets_during_login() {
+    for (fault, want) in [
+        (Fault::ByeGreeting, "greeted with BYE: Server too busy"),
+        (
+            Fault::ByeDuringLogin,
+            "BYE during login: Internal error occurred",
+        ),
+        (Fault::ResetDuringLogin, "closed the connection"),
+    ] {
+        let (_env, _imap, g) = with_fault(fault).await;
+        let mut c = LineClient::greeted(imap_addr(&g)).await;
+        let r = c.login("a", USER, PASSWORD).await;
+        assert!(r.starts_with("a NO [UNAVAILABLE] "), "{fault:?}: {r}");
+        assert!(r.contains(want), "{fault:?}: {r}");
+        // The client keeps its connection and may try again.
+        c.send("n NOOP\r\n").await;
+        assert_eq!(c.response_text("n").await, "n OK NOOP completed\r\n");
+    }
+}
+
+/// The upstream drops a relayed session: the client is closed cleanly, and
+/// the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_mid_session_closes_the_client() {
+    let (_env, _imap, g) = with_fault(Fault::None).await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
+    c.send("b CRASH\r\n").await;
+    assert!(
+        c.closed().await,
+        "the client is closed when the upstream goes away"
+    );
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("c", USER, PASSWORD).await.starts_with("c OK"));
+}
+
+/// A damaged token file makes its account need authorisation; another
+/// account is unaffected; nothing is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_or_truncated_token_file() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    let (_, path) = env.seal_new_user_token();
+    let other = "bob@example.test";
+    let mut t = mailgate::store::Tokens::default();
+    t.refresh_token = Some(env.oauth.issue_refresh_token(other));
+    env.seal(other, "bob pw", t);
+    let text = env.config_text(
+        &imap.url(false),
+        "shutdown_grace = \"1s\"",
+        "",
+        &format!("\n[[account]]\nuser = \"{other}\"\nprovider = \"test\"\n"),
+    );
+    let text = mailgate_tests::harness::without_in_band(&text);
+    let whole = std::fs::read(&path).unwrap();
+    for damage in [
+        whole[..whole.len() / 2].to_vec(),
+        b"\x00\xffnot json".to_vec(),
+        {
+            // Valid JSON whose ciphertext was altered.
+            let mut f: serde_json::Value = serde_json::from_slice(&whole).unwrap();
+            f["ciphertext"] = serde_json::json!("AAAA");
+            serde_json::to_vec(&f).unwrap()
+        },
+    ] {
+        std::fs::write(&path, &damage).unwrap();
+        let g = start(env.load(&text)).await;
+        let mut c = LineClient::greeted(imap_addr(&g)).await;
+        let r = c.login("a", USER, PASSWORD).await;
+        assert!(
+            r.starts_with("a NO [ALERT] The stored token of alice@example.test"),
+            "{r}"
+        );
+        assert!(r.contains("mailgate login alice@example.test"), "{r}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            damage,
+            "the damaged file is left as it was"
+        );
+        let mut c = LineClient::greeted(imap_addr(&g)).await;
+        assert!(
+            c.login("b", other, "bob pw").await.starts_with("b OK"),
+            "other accounts work"
+        );
+        drop(c);
+        g.shutdown().await;
+    }
+}
