@@ -43,6 +43,14 @@ pub struct Gateway {
     /// Time allowed for one upstream exchange: connecting and logging in to a
     /// mail server, or one request to a token endpoint.
     pub upstream_timeout: Duration,
+    /// Longest client line before authentication, CRLF included.
+    pub max_line: usize,
+    /// Largest IMAP literal before authentication (a LOGIN argument).
+    pub max_literal: usize,
+    /// Longest IMAP tag.
+    pub max_tag: usize,
+    /// Failed logins per connection before it is closed.
+    pub max_failures: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,6 +282,11 @@ impl Config {
             s,
             "  upstream_timeout {}",
             humantime::format_duration(g.upstream_timeout)
+        );
+        let _ = writeln!(
+            s,
+            "  limits           line {} B, literal {} B, tag {} B, {} failed logins per connection",
+            g.max_line, g.max_literal, g.max_tag, g.max_failures
         );
         let _ = writeln!(s, "listeners:");
         for l in &self.listeners {

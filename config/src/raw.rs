@@ -31,6 +31,10 @@ pub(crate) struct RawGateway {
     pub preauth_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub upstream_timeout: Option<String>,
+    pub max_line: Option<u64>,
+    pub max_literal: Option<u64>,
+    pub max_tag: Option<u64>,
+    pub max_failures: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

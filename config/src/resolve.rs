@@ -92,6 +92,25 @@ fn duration(
     }
 }
 
+/// A whole-number setting within `min..=max`.
+fn bounded(
+    errs: &mut Errors<'_>,
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> u64 {
+    match value {
+        None => default,
+        Some(v) if (min..=max).contains(&v) => v,
+        Some(v) => {
+            errs.push(key, format!("{v} is out of range; use {min} to {max}"));
+            default
+        }
+    }
+}
+
 fn gateway(file: &Path, raw: RawGateway, errs: &mut Errors<'_>) -> Gateway {
     let metrics = raw.metrics.and_then(|m| match m.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -146,6 +165,17 @@ fn gateway(file: &Path, raw: RawGateway, errs: &mut Errors<'_>) -> Gateway {
             raw.upstream_timeout,
             Duration::from_secs(30),
         ),
+        max_line: bounded(errs, "gateway.max_line", raw.max_line, 8192, 512, 1 << 20) as usize,
+        max_literal: bounded(
+            errs,
+            "gateway.max_literal",
+            raw.max_literal,
+            8192,
+            64,
+            1 << 20,
+        ) as usize,
+        max_tag: bounded(errs, "gateway.max_tag", raw.max_tag, 64, 1, 1024) as usize,
+        max_failures: bounded(errs, "gateway.max_failures", raw.max_failures, 3, 1, 100) as u32,
     }
 }
 

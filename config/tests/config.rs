@@ -340,6 +340,8 @@ fn errors_name_file_and_key() {
             "provider.o.ca_file:",
         ),
         ("", "listener: no [[listener]] is configured"),
+        ("[gateway]\nmax_line = 10\n", "gateway.max_line: 10 is out of range; use 512 to 1048576"),
+        ("[gateway]\nmax_failures = 0\n", "gateway.max_failures: 0 is out of range"),
         (
             &MINIMAL.replace("address = \"127.0.0.1:1143\"", "address = \"127.0.0.1:1143\"\ntls = \"implicit\"\ncertificate = \"nope.pem\"\nkey = \"nope.key\""),
             "listener[0].certificate:",

@@ -40,6 +40,8 @@ pub struct Options {
     pub limits: Limits,
     /// Failed logins before the connection is closed.
     pub max_failures: u32,
+    /// Longest tag accepted.
+    pub max_tag: usize,
     /// STARTTLS is offered (a `starttls` listener before the upgrade).
     pub starttls: bool,
     /// Logins are accepted before TLS (false on a non-loopback `starttls`
@@ -56,6 +58,7 @@ impl Default for Options {
         Options {
             limits: Limits::default(),
             max_failures: 3,
+            max_tag: 64,
             starttls: false,
             auth_before_tls: true,
             tls: false,
@@ -169,6 +172,13 @@ impl PreAuth {
 
     fn command(&mut self, cmd: Command) {
         let tag = cmd.tag;
+        if tag.len() > self.opts.max_tag {
+            self.write(format!(
+                "* BAD Tag too long (limit {} characters)\r\n",
+                self.opts.max_tag
+            ));
+            return;
+        }
         if matches!(
             cmd.body,
             CommandBody::Login { .. } | CommandBody::Authenticate { .. }
@@ -408,6 +418,19 @@ mod tests {
         );
         let (_, e) = run(&mut m, b"f LOGIN u p\r\n");
         assert_eq!(login_of(&m, e).1, "u");
+    }
+
+    #[test]
+    fn tag_cap() {
+        let mut m = PreAuth::new(Options {
+            max_tag: 4,
+            ..Options::default()
+        });
+        let (w, _) = run(&mut m, b"abcd NOOP\r\nabcde NOOP\r\n");
+        assert_eq!(
+            w,
+            "abcd OK NOOP completed\r\n* BAD Tag too long (limit 4 characters)\r\n"
+        );
     }
 
     #[test]

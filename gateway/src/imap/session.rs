@@ -19,6 +19,13 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
     let gw = &ctx.config.gateway;
     let mut m = PreAuth::new(Options {
         hostname: gw.hostname.clone(),
+        limits: mailgate_proto::imap::Limits {
+            max_line: gw.max_line,
+            max_literal: u32::try_from(gw.max_literal).unwrap_or(u32::MAX),
+            max_message: 2 * (gw.max_line + gw.max_literal),
+        },
+        max_failures: gw.max_failures,
+        max_tag: gw.max_tag,
         starttls: setup.starttls.is_some(),
         auth_before_tls: setup.auth_before_tls,
         tls: setup.tls,

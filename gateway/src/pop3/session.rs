@@ -18,6 +18,8 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
     let gw = &ctx.config.gateway;
     let mut m = PreAuth::new(Options {
         hostname: gw.hostname.clone(),
+        max_line: gw.max_line,
+        max_failures: gw.max_failures,
         stls: setup.starttls.is_some(),
         auth_before_tls: setup.auth_before_tls,
         tls: setup.tls,

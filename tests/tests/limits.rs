@@ -1,0 +1,102 @@
+//! Configured limits, end to end: the connection cap answers with each
+//! protocol's "too busy" reply, and the line and failure limits follow the
+//! configuration.
+
+#![allow(clippy::unwrap_used)]
+
+use mailgate_config::Protocol;
+use mailgate_tests::client::LineClient;
+use mailgate_tests::fake::FakeServer;
+use mailgate_tests::harness::{Env, USER, imap_addr, logs, pop3_addr, smtp_addr, start};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_answers_too_busy() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = env.config_for(
+        &[
+            (Protocol::Imap, &imap.url(false)),
+            (Protocol::Smtp, "smtps://127.0.0.1:9"),
+            (Protocol::Pop3, "pop3s://127.0.0.1:9"),
+        ],
+        "max_connections = 2\nshutdown_grace = \"1s\"",
+        "",
+        "",
+    );
+    let g = start(env.load(&text)).await;
+    let a = LineClient::greeted(imap_addr(&g)).await;
+    let b = LineClient::greeted(imap_addr(&g)).await;
+    for (addr, want) in [
+        (
+            imap_addr(&g),
+            "* BYE Too many connections; try again later\r\n",
+        ),
+        (
+            smtp_addr(&g),
+            "421 4.3.2 Too many connections; try again later\r\n",
+        ),
+        (
+            pop3_addr(&g),
+            "-ERR [SYS/TEMP] Too many connections; try again later\r\n",
+        ),
+    ] {
+        let mut c = LineClient::connect(addr).await;
+        assert_eq!(c.line().await, want);
+        assert!(c.closed().await);
+    }
+    // A slot frees when a client leaves.
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut c = LineClient::connect(imap_addr(&g)).await;
+        if c.line().await.starts_with("* OK") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_line_and_failure_limits() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    env.seal_new_user_token();
+    let text = env.config_for(
+        &[
+            (Protocol::Imap, &imap.url(false)),
+            (Protocol::Smtp, "smtps://127.0.0.1:9"),
+        ],
+        "max_line = 600\nmax_failures = 1",
+        "",
+        "",
+    );
+    let g = start(env.load(&text)).await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    c.send(format!("a NOOP {}\r\n", "x".repeat(700))).await;
+    assert_eq!(c.line().await, "* BYE Line too long (limit 600 bytes)\r\n");
+    assert!(c.closed().await);
+
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(
+        c.login("a", USER, "wrong")
+            .await
+            .starts_with("a NO [AUTHENTICATIONFAILED]")
+    );
+    assert_eq!(c.line().await, "* BYE Too many failed login attempts\r\n");
+    assert!(c.closed().await);
+
+    let mut s = LineClient::greeted_with(smtp_addr(&g), "220").await;
+    s.send(format!("EHLO {}\r\n", "y".repeat(700))).await;
+    assert_eq!(
+        s.line().await,
+        "500 5.5.6 Line too long (limit 600 bytes)\r\n"
+    );
+    assert!(s.closed().await);
+}
