@@ -23,7 +23,6 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
         stls: setup.starttls.is_some(),
         auth_before_tls: setup.auth_before_tls,
         tls: setup.tls,
-        ..Options::default()
     });
     let who = setup.client;
     let ctx2 = ctx.clone();
