@@ -95,6 +95,7 @@ pub struct Shared {
     counter: AtomicU64,
     grants: Mutex<HashMap<String, usize>>,
     issued: Mutex<Vec<String>>,
+    refreshed_at: Mutex<Vec<Instant>>,
 }
 
 /// A running fake authorisation server.
@@ -130,6 +131,7 @@ impl FakeOAuth {
             counter: AtomicU64::new(1),
             grants: Mutex::new(HashMap::new()),
             issued: Mutex::new(Vec::new()),
+            refreshed_at: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/token", post(token))
@@ -244,6 +246,11 @@ impl FakeOAuth {
     /// Whether a refresh token is still accepted.
     pub fn refresh_token_valid(&self, rt: &str) -> bool {
         self.inner().refresh.contains_key(rt)
+    }
+
+    /// When each refresh grant was answered.
+    pub fn refresh_times(&self) -> Vec<Instant> {
+        self.shared.refreshed_at.lock().unwrap().clone()
     }
 
     /// Every access and refresh token issued so far (for leak checks).
@@ -430,6 +437,7 @@ async fn token(
         body["refresh_token"] = json!(new_rt);
     }
     s.refreshes.fetch_add(1, Ordering::SeqCst);
+    s.refreshed_at.lock().unwrap().push(Instant::now());
     (StatusCode::OK, Json(body)).into_response()
 }
 
