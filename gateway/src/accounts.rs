@@ -68,7 +68,7 @@ struct AccountState {
 
 /// The token service.
 pub struct Accounts {
-    config: Arc<Config>,
+    config: std::sync::RwLock<Arc<Config>>,
     store: Store,
     oauth: OAuth,
     backoff: Backoff,
@@ -96,7 +96,7 @@ impl Accounts {
         OsRng.fill_bytes(&mut salt);
         Accounts {
             store: Store::new(&config.gateway.state_dir),
-            config,
+            config: std::sync::RwLock::new(config),
             oauth,
             backoff: Backoff::default(),
             states: Mutex::new(HashMap::new()),
@@ -106,10 +106,34 @@ impl Accounts {
         }
     }
 
+    fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes a reloaded configuration: accounts and providers change for
+    /// the next logins; cached password-hash checks and app tokens are
+    /// dropped (hashes and client secrets may have changed). Sealed tokens
+    /// and derived keys stay valid.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        self.hash_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.app_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// The provider of a login name's account.
     pub fn provider_of(&self, login: &str) -> Option<Arc<Provider>> {
-        let account = self.config.find_account(login)?;
-        self.config.provider(&account.provider).cloned()
+        let config = self.config();
+        let account = config.find_account(login)?;
+        config.provider(&account.provider).cloned()
     }
 
     pub fn backoff(&self) -> &Backoff {
@@ -145,12 +169,13 @@ impl Accounts {
             );
             tokio::time::sleep(delay).await;
         }
-        let Some(account) = self.config.find_account(&user) else {
+        let config = self.config();
+        let Some(account) = config.find_account(&user) else {
             info!("login for an unknown user");
             self.backoff.failure(&user, peer);
             return Err(LoginError::BadCredentials);
         };
-        let Some(provider) = self.config.provider(&account.provider).cloned() else {
+        let Some(provider) = config.provider(&account.provider).cloned() else {
             return Err(LoginError::Unavailable(format!(
                 "provider {} is not configured",
                 account.provider

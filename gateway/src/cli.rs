@@ -235,9 +235,12 @@ async fn serve(cfg: Config) -> CliResult {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the TLS certificates");
-                gateway.reload_certificates();
-                tracing::warn!("SIGHUP does not reload providers and accounts in this version; restart mailgate to apply configuration changes");
+                tracing::info!("SIGHUP: reloading the configuration and certificates");
+                if let Err(errs) = gateway.reload() {
+                    for e in &errs.0 {
+                        tracing::error!(error = %e, "configuration not reloaded");
+                    }
+                }
             }
         }
     }

@@ -119,7 +119,7 @@ where
             "The gateway's TLS configuration for the provider is broken; see its log".into(),
         )
     })?;
-    let limit = ctx.config.gateway.upstream_timeout;
+    let limit = ctx.config().gateway.upstream_timeout;
     let make = |token: SecretString| Attempt {
         server: server.clone(),
         tls: tls.clone(),

@@ -30,7 +30,7 @@ const BACKLOG: u32 = 4096;
 
 /// What every session shares.
 pub struct Context {
-    pub config: Arc<Config>,
+    config: std::sync::RwLock<Arc<Config>>,
     pub accounts: Accounts,
     pub inband: crate::inband::InBand,
     tls: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
@@ -47,14 +47,29 @@ impl Context {
         let oauth =
             OAuth::new(config.gateway.upstream_timeout).context("building the HTTP client")?;
         Ok(Context {
+            config: std::sync::RwLock::new(config.clone()),
             inband: crate::inband::InBand::new(
                 oauth.clone(),
                 crate::store::Store::new(&config.gateway.state_dir),
             ),
-            accounts: Accounts::new(config.clone(), oauth),
-            config,
+            accounts: Accounts::new(config, oauth),
             tls: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The configuration in force (a session keeps the one it started with).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Switches to a reloaded configuration for new sessions and logins.
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.accounts.set_config(config.clone());
+        self.tls.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     /// The upstream TLS client configuration of a provider (built once).
@@ -67,7 +82,7 @@ impl Context {
             return Ok(c.clone());
         }
         let ca = self
-            .config
+            .config()
             .provider(provider)
             .and_then(|p| p.ca_file.clone());
         let c = mailgate_certs::upstream_client_config(ca.as_deref())?;
@@ -82,6 +97,7 @@ pub struct Gateway {
     addresses: Vec<(Protocol, SocketAddr)>,
     /// TLS state of the listeners that have TLS.
     tls: Vec<Arc<ListenerTls>>,
+    ctx: Arc<Context>,
     stop_accepting: CancellationToken,
     kill: CancellationToken,
     tracker: TaskTracker,
@@ -165,6 +181,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     Ok(Gateway {
         addresses,
         tls: all_tls,
+        ctx,
         stop_accepting,
         kill,
         tracker,
@@ -184,6 +201,34 @@ impl Gateway {
             .iter()
             .find(|(p, _)| *p == protocol)
             .map(|(_, a)| *a)
+    }
+
+    /// SIGHUP: reads the configuration file again and, when it is valid,
+    /// uses its providers, accounts and gateway settings for new sessions
+    /// and logins; then reloads the certificates. Relayed sessions are not
+    /// touched. Listener changes need a restart. On errors the running
+    /// configuration stays and the errors are returned.
+    pub fn reload(&self) -> Result<(), mailgate_config::ConfigErrors> {
+        let old = self.ctx.config();
+        let new = mailgate_config::load(&old.file)?;
+        let listeners = |c: &Config| {
+            c.listeners
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} {} {:?} {:?} {:?}",
+                        l.protocol, l.address, l.tls, l.certificate, l.key
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        if listeners(&old) != listeners(&new) {
+            warn!("the listeners changed; restart mailgate to apply that part");
+        }
+        self.ctx.set_config(Arc::new(new));
+        info!("configuration reloaded: providers and accounts apply to new logins");
+        self.reload_certificates();
+        Ok(())
     }
 
     /// Reads every listener's certificate and key again (SIGHUP). New
@@ -287,7 +332,7 @@ async fn session(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Con
     let plain = ClientStream::Plain(stream);
     let (client, starttls, tls) = match (l.mode, &l.tls) {
         (TlsMode::Implicit, Some(t)) => {
-            let limit = ctx.config.gateway.preauth_timeout;
+            let limit = ctx.config().gateway.preauth_timeout;
             match tokio::time::timeout(limit, plain.start_tls(&t.acceptor())).await {
                 Ok(Ok(c)) => (c, None, true),
                 Ok(Err(e)) => {

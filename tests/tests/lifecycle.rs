@@ -117,3 +117,54 @@ async fn soak_200_clients_with_expiring_tokens() {
         times.len()
     );
 }
+
+/// SIGHUP reload: a new account and a new host name apply to new sessions,
+/// a relayed session goes on, and a broken file changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_to_new_sessions_only() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    env.seal_new_user_token();
+    let bob = "bob@example.test";
+    let mut t = mailgate::store::Tokens::default();
+    t.refresh_token = Some(env.oauth.issue_refresh_token(bob));
+    env.seal(bob, "bob pw", t);
+    let before = env.config_text(&imap.url(false), "", "", "");
+    let g = start(env.load(&before)).await;
+    let mut open = LineClient::greeted(imap_addr(&g)).await;
+    assert!(open.login("a", USER, PASSWORD).await.starts_with("a OK"));
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(
+        c.login("b", bob, "bob pw")
+            .await
+            .starts_with("b NO [AUTHENTICATIONFAILED]"),
+        "bob is unknown"
+    );
+
+    // Add bob and rename the host.
+    let after = env.config_text(
+        &imap.url(false),
+        "hostname = \"gw.example.test\"",
+        "",
+        &format!("\n[[account]]\nuser = \"{bob}\"\nprovider = \"test\"\n"),
+    );
+    env.write_config(&after);
+    g.reload().unwrap();
+    let mut c = LineClient::connect(imap_addr(&g)).await;
+    assert!(c.line().await.contains("gw.example.test mailgate ready"));
+    assert!(c.login("c", bob, "bob pw").await.starts_with("c OK"));
+    open.send("n NOOP\r\n").await;
+    assert_eq!(
+        open.response_text("n").await,
+        "n OK NOOP completed\r\n",
+        "the relayed session goes on"
+    );
+
+    // A broken file is refused; the running configuration stays.
+    env.write_config("[gateway]\nbogus = 1\n");
+    let errs = g.reload().unwrap_err();
+    assert!(errs.to_string().contains("bogus"), "{errs}");
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("d", bob, "bob pw").await.starts_with("d OK"));
+}

@@ -16,7 +16,8 @@ use crate::session::{PreAuth as _, Setup, drive};
 use crate::tls::ClientStream;
 
 pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
-    let gw = &ctx.config.gateway;
+    let config = ctx.config();
+    let gw = &config.gateway;
     let mut m = PreAuth::new(Options {
         hostname: gw.hostname.clone(),
         limits: mailgate_proto::imap::Limits {

@@ -15,7 +15,8 @@ use crate::session::{PreAuth as _, Setup, drive};
 use crate::tls::ClientStream;
 
 pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
-    let gw = &ctx.config.gateway;
+    let config = ctx.config();
+    let gw = &config.gateway;
     let mut m = PreAuth::new(Options {
         hostname: gw.hostname.clone(),
         max_line: gw.max_line,
