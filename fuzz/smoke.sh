@@ -16,7 +16,15 @@ for t in $bins; do
   mkdir -p "$corpus" artifacts
   echo "fuzzing $t for ${secs}s"
   log="target/$t.log"
-  if "target/sancov/$target/release/$t" "$corpus" -max_total_time="$secs" -max_len=4096 \
+  case "$t" in
+    imap_*) dict=dict/imap.dict ;;
+    smtp_*) dict=dict/smtp.dict ;;
+    pop3_*) dict=dict/pop3.dict ;;
+    *) dict=dict/all.dict ;;
+  esac
+  # The committed seeds are read too; new finds go to corpus/ (not committed).
+  if "target/sancov/$target/release/$t" "$corpus" "seeds/$t" -dict="$dict" \
+      -max_total_time="$secs" -max_len=4096 \
       -artifact_prefix="artifacts/$t-" >"$log" 2>&1; then
     grep -E 'DONE' "$log" || true
   else

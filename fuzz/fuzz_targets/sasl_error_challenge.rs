@@ -1,7 +1,5 @@
 #![no_main]
+//! See `mailgate::fuzzing` for what this target checks.
 use libfuzzer_sys::fuzz_target;
-use mailgate_proto::sasl::decode_error_challenge;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = decode_error_challenge(data);
-});
+fuzz_target!(|data: &[u8]| mailgate::fuzzing::run("sasl_error_challenge", data));

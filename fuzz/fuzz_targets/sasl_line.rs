@@ -1,7 +1,5 @@
 #![no_main]
+//! See `mailgate::fuzzing` for what this target checks.
 use libfuzzer_sys::fuzz_target;
-use mailgate_proto::sasl::decode_sasl_line;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = decode_sasl_line(data);
-});
+fuzz_target!(|data: &[u8]| mailgate::fuzzing::run("sasl_line", data));

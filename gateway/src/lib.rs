@@ -8,6 +8,8 @@ pub mod accounts;
 pub mod backoff;
 pub mod cli;
 pub mod flows;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imap;
 pub mod inband;
 pub mod logging;

@@ -1,0 +1,172 @@
+//! The body of every fuzz target, shared by `fuzz/` (libFuzzer) and the
+//! regression test that replays the committed inputs under `cargo test`.
+//! Each function must not panic on any input; the assertions are the
+//! invariants the fuzzer checks.
+
+use mailgate_proto::{imap, pop3, sasl, smtp};
+
+use crate::login::Failure;
+use crate::session::{Event, PreAuth};
+
+/// The targets, by name (the names of `fuzz/fuzz_targets/*.rs`).
+pub const TARGETS: &[&str] = &[
+    "imap_framer",
+    "imap_command",
+    "imap_response",
+    "sasl_line",
+    "sasl_plain",
+    "sasl_error_challenge",
+    "smtp_command",
+    "smtp_reply",
+    "pop3_command",
+    "pop3_reply",
+    "pop3_multiline",
+    "preauth",
+];
+
+/// Runs target `name` on `data`. Unknown names panic (a test mistake).
+pub fn run(name: &str, data: &[u8]) {
+    match name {
+        "imap_framer" => imap_framer(data),
+        "imap_command" => consumed(data, imap::decode_command(data).map(|(r, _)| r.len())),
+        "imap_response" => {
+            if let Ok((rest, r)) = imap::decode_response(data) {
+                assert!(rest.len() < data.len());
+                let _ = r.capabilities();
+            }
+        }
+        "sasl_line" => consumed(data, sasl::decode_sasl_line(data).map(|(r, _)| r.len())),
+        "sasl_plain" => {
+            let _ = sasl::decode_plain(data);
+            if let Ok(raw) = sasl::decode_base64(data) {
+                use secrecy::ExposeSecret;
+                let _ = sasl::decode_plain(raw.expose_secret());
+            }
+            let _ = sasl::decode_xoauth2(data);
+        }
+        "sasl_error_challenge" => {
+            let _ = sasl::decode_error_challenge(data);
+        }
+        "smtp_command" => consumed(data, smtp::decode_command(data).map(|(r, _)| r.len())),
+        "smtp_reply" => {
+            if let Ok((rest, r)) = smtp::decode_reply(data) {
+                assert!(rest.len() < data.len());
+                // What decodes encodes back to something that decodes alike.
+                let wire = r.encode();
+                let (_, again) = smtp::decode_reply(&wire).expect("re-encoded reply decodes");
+                assert_eq!(again.code, r.code);
+            }
+        }
+        "pop3_command" => consumed(data, pop3::decode_command(data).map(|(r, _)| r.len())),
+        "pop3_reply" => consumed(data, pop3::decode_reply(data).map(|(r, _)| r.len())),
+        "pop3_multiline" => consumed(data, pop3::decode_multiline(data).map(|(r, _)| r.len())),
+        "preauth" => preauth(data),
+        other => panic!("unknown fuzz target {other}"),
+    }
+}
+
+/// A decoder that succeeded consumed something.
+fn consumed<E>(data: &[u8], rest: Result<usize, E>) {
+    if let Ok(rest) = rest {
+        assert!(rest < data.len());
+    }
+}
+
+/// The framer never reports a message longer than its input or its caps.
+fn imap_framer(data: &[u8]) {
+    let limits = imap::Limits {
+        max_line: 256,
+        max_literal: 128,
+        max_message: 1024,
+    };
+    let mut f = imap::Framer::new(limits);
+    for end in (0..=data.len()).step_by(7).chain([data.len()]) {
+        match f.next_message(&data[..end]) {
+            imap::Frame::Complete(n) => {
+                assert!(n <= end && n <= limits.max_message);
+                f.reset();
+            }
+            imap::Frame::LineTooLong | imap::Frame::MessageTooLarge => return,
+            imap::Frame::Incomplete | imap::Frame::SyncLiteral { .. } => {}
+        }
+    }
+    let _ = imap::Framer::new(limits).next_line(data);
+}
+
+/// The three pre-auth machines fed `data` in arbitrary chunks; the first
+/// byte picks the protocol and the TLS setting; logins fail or TLS starts
+/// as the input decides.
+fn preauth(data: &[u8]) {
+    let Some((&which, data)) = data.split_first() else {
+        return;
+    };
+    let starttls = which & 0x10 != 0;
+    let auth_before_tls = which & 0x20 != 0;
+    match which % 3 {
+        0 => drive(
+            crate::imap::preauth::PreAuth::new(crate::imap::preauth::Options {
+                starttls,
+                auth_before_tls,
+                limits: imap::Limits {
+                    max_line: 256,
+                    max_literal: 64,
+                    max_message: 1024,
+                },
+                ..Default::default()
+            }),
+            data,
+        ),
+        1 => drive(
+            crate::smtp::preauth::PreAuth::new(crate::smtp::preauth::Options {
+                starttls,
+                auth_before_tls,
+                max_line: 256,
+                ..Default::default()
+            }),
+            data,
+        ),
+        _ => drive(
+            crate::pop3::preauth::PreAuth::new(crate::pop3::preauth::Options {
+                stls: starttls,
+                auth_before_tls,
+                max_line: 256,
+                ..Default::default()
+            }),
+            data,
+        ),
+    }
+}
+
+fn drive<M: PreAuth>(mut m: M, data: &[u8]) {
+    let mut choices = data.iter().rev().copied().cycle();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = (rest[0] as usize % 37 + 1).min(rest.len());
+        m.feed(&rest[..n]);
+        rest = &rest[n..];
+        // Bounded: a machine that never stops producing events is a bug.
+        let mut settled = false;
+        for _ in 0..10_000 {
+            match m.next_event() {
+                None => {
+                    settled = true;
+                    break;
+                }
+                Some(Event::Write(w)) => assert!(w.ends_with(b"\r\n"), "reply without CRLF"),
+                Some(Event::Close) => return,
+                Some(Event::StartTls) => m.tls_started(),
+                Some(Event::Login { .. }) => {
+                    let f = match choices.next().unwrap_or(0) % 4 {
+                        0 => Failure::BadCredentials,
+                        1 => Failure::Unavailable("down".into()),
+                        2 => Failure::Refused("no".into()),
+                        _ => Failure::NeedsAuthorization("authorise".into()),
+                    };
+                    m.login_failed(&f);
+                }
+            }
+        }
+        assert!(settled, "the machine kept producing events");
+    }
+    let _ = m.into_residual();
+}
