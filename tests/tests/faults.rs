@@ -116,3 +116,51 @@ async fn corrupted_or_truncated_token_file() {
         g.shutdown().await;
     }
 }
+
+/// The token store cannot be written (here: `tokens` is no longer a
+/// directory — permissions would not stop root): logins go on with the
+/// in-memory tokens, a rotated refresh token is kept in memory, and the
+/// file on disk is not corrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_state_dir_keeps_logins_working() {
+    logs();
+    let env = Env::new().await;
+    env.oauth.set_rotate(true);
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    let (_, path) = env.seal_new_user_token();
+    let g = env.gateway(&imap.url(false)).await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
+    let saved = std::fs::read(&path).unwrap();
+
+    let tokens = env.state_dir().join("tokens");
+    let aside = env.state_dir().join("tokens.aside");
+    std::fs::rename(&tokens, &aside).unwrap();
+    std::fs::write(&tokens, b"not a directory").unwrap();
+
+    // Force refreshes (each rotates the refresh token) while nothing can be
+    // written.
+    for tag in ["b", "c", "d"] {
+        env.oauth.revoke_access_tokens();
+        let mut c = LineClient::greeted(imap_addr(&g)).await;
+        let r = c.login(tag, USER, PASSWORD).await;
+        assert!(r.starts_with(&format!("{tag} OK")), "{r}");
+    }
+    assert_eq!(env.oauth.refresh_count(), 4);
+    assert_eq!(
+        std::fs::read(aside.join(format!("{USER}.json"))).unwrap(),
+        saved,
+        "the file on disk is intact"
+    );
+    // Once writable again, the next refresh persists the newest token.
+    std::fs::remove_file(&tokens).unwrap();
+    std::fs::rename(&aside, &tokens).unwrap();
+    env.oauth.revoke_access_tokens();
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("e", USER, PASSWORD).await.starts_with("e OK"));
+    let stored = env.open(USER, PASSWORD).refresh_token.clone().unwrap();
+    assert!(
+        env.oauth.refresh_token_valid(&stored),
+        "the newest refresh token was persisted"
+    );
+}
