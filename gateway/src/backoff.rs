@@ -5,10 +5,13 @@
 //! at `CAP`. A success clears both counters; counters are forgotten after
 //! `FORGET` without failures.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 const FREE: u32 = 2;
 const BASE: Duration = Duration::from_millis(500);
@@ -27,11 +30,44 @@ enum Key {
 struct Entry {
     failures: u32,
     last: Instant,
+    /// Unix seconds of `last`, for the snapshot.
+    last_unix: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct Backoff {
     entries: Mutex<HashMap<Key, Entry>>,
+    /// Changed since the last snapshot was taken.
+    dirty: AtomicBool,
+}
+
+/// The snapshot's file name under `state_dir`.
+pub const SNAPSHOT_FILE: &str = "backoff.json";
+
+/// Reads the running gateway's last snapshot, if any.
+pub fn read_snapshot(state_dir: &std::path::Path) -> Option<Snapshot> {
+    let bytes = std::fs::read(state_dir.join(SNAPSHOT_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// One user's or address's state, as written to `state_dir/backoff.json`
+/// for `mailgate accounts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttle {
+    pub failures: u32,
+    /// Unix seconds of the last failure.
+    pub last_failure: u64,
+    /// How long the next attempt waits.
+    pub delay_ms: u64,
+}
+
+/// The snapshot file's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Unix seconds when it was written.
+    pub written: u64,
+    pub users: BTreeMap<String, Throttle>,
+    pub addresses: BTreeMap<String, Throttle>,
 }
 
 fn delay_for(failures: u32) -> Duration {
@@ -67,20 +103,54 @@ impl Backoff {
             let e = map.entry(k).or_insert(Entry {
                 failures: 0,
                 last: now,
+                last_unix: 0,
             });
             if now.duration_since(e.last) >= FORGET {
                 e.failures = 0;
             }
             e.failures = e.failures.saturating_add(1);
             e.last = now;
+            e.last_unix = crate::store::now();
         }
+        self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// Records a successful login.
     pub fn success(&self, user: &str, addr: IpAddr) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&Key::User(user.to_owned()));
-        map.remove(&Key::Addr(addr));
+        let a = map.remove(&Key::User(user.to_owned())).is_some();
+        let b = map.remove(&Key::Addr(addr)).is_some();
+        if a || b {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The current state when it changed since the last call, else `None`.
+    pub fn snapshot_if_changed(&self) -> Option<Snapshot> {
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        let now = Instant::now();
+        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut snap = Snapshot {
+            written: crate::store::now(),
+            ..Snapshot::default()
+        };
+        for (k, e) in map
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.last) < FORGET)
+        {
+            let t = Throttle {
+                failures: e.failures,
+                last_failure: e.last_unix,
+                delay_ms: delay_for(e.failures).as_millis() as u64,
+            };
+            match k {
+                Key::User(u) => snap.users.insert(u.clone(), t),
+                Key::Addr(a) => snap.addresses.insert(a.to_string(), t),
+            };
+        }
+        Some(snap)
     }
 
     /// Current failure count of a user (for display).
@@ -103,6 +173,23 @@ mod tests {
             assert_eq!(delay_for(n as u32), Duration::from_millis(*ms), "n={n}");
         }
         assert_eq!(delay_for(u32::MAX), CAP);
+    }
+
+    #[test]
+    fn snapshots_only_when_changed() {
+        let b = Backoff::default();
+        assert!(b.snapshot_if_changed().is_none());
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        for _ in 0..3 {
+            b.failure("u", a);
+        }
+        let s = b.snapshot_if_changed().expect("changed");
+        assert_eq!(s.users["u"].failures, 3);
+        assert_eq!(s.users["u"].delay_ms, 500);
+        assert_eq!(s.addresses["127.0.0.1"].failures, 3);
+        assert!(b.snapshot_if_changed().is_none());
+        b.success("u", a);
+        assert!(b.snapshot_if_changed().expect("changed").users.is_empty());
     }
 
     #[test]

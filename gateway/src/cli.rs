@@ -454,16 +454,33 @@ fn time(t: Option<u64>) -> String {
     }
 }
 
+/// "3 (next +0.5s)" for a throttled name, "-" otherwise. Entries older than
+/// the backoff's memory (15 min) are over.
+fn throttle(t: Option<&crate::backoff::Throttle>) -> String {
+    match t {
+        Some(t) if now().saturating_sub(t.last_failure) < 15 * 60 => {
+            if t.delay_ms > 0 {
+                format!("{} (next +{}s)", t.failures, t.delay_ms as f64 / 1000.0)
+            } else {
+                t.failures.to_string()
+            }
+        }
+        _ => "-".into(),
+    }
+}
+
 fn accounts(cfg: &Config) -> CliResult {
     let store = Store::new(&cfg.gateway.state_dir);
     let (files, errors) = store.list();
-    let mut rows: Vec<[String; 7]> = Vec::new();
+    let backoff = crate::backoff::read_snapshot(&cfg.gateway.state_dir).unwrap_or_default();
+    let mut rows: Vec<[String; 8]> = Vec::new();
     let flow = |p: &str| {
         cfg.provider(p)
             .map(|p| p.flow.to_string())
             .unwrap_or_else(|| "-".into())
     };
-    let row = |user: String, provider: &str, f: Option<&TokenFile>| -> [String; 7] {
+    let row = |user: String, provider: &str, f: Option<&TokenFile>| -> [String; 8] {
+        let failed = throttle(backoff.users.get(&user));
         [
             user,
             provider.to_owned(),
@@ -475,6 +492,7 @@ fn accounts(cfg: &Config) -> CliResult {
             },
             time(f.map(|f| f.sealed_at)),
             time(f.and_then(|f| f.last_refresh)),
+            failed,
             f.and_then(|f| f.last_error.clone())
                 .unwrap_or_else(|| "-".into()),
         ]
@@ -498,7 +516,7 @@ fn accounts(cfg: &Config) -> CliResult {
     }
     for f in files.iter().filter(|f| cfg.find_account(&f.user).is_none()) {
         let mut r = row(f.user.clone(), &f.provider, Some(f));
-        r[6] = "not in the configuration".into();
+        r[7] = "not in the configuration".into();
         rows.push(r);
     }
     let header = [
@@ -530,6 +548,18 @@ fn accounts(cfg: &Config) -> CliResult {
     line(&header);
     for r in &rows {
         line(&r.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let slowed: Vec<String> = backoff
+        .addresses
+        .iter()
+        .filter(|(_, t)| throttle(Some(t)) != "-")
+        .map(|(a, t)| format!("{a}: {}", throttle(Some(t))))
+        .collect();
+    if !slowed.is_empty() {
+        println!(
+            "\nclient addresses with failed logins: {}",
+            slowed.join(", ")
+        );
     }
     for e in errors {
         eprintln!("warning: {e}");

@@ -178,6 +178,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
             tracker.clone(),
         ));
     }
+    tokio::spawn(publish_backoff(ctx.clone(), stop_accepting.clone()));
     Ok(Gateway {
         addresses,
         tls: all_tls,
@@ -278,6 +279,33 @@ pub struct Listening {
     pub tls: Option<Arc<ListenerTls>>,
     /// Logins are accepted before STARTTLS.
     pub auth_before_tls: bool,
+}
+
+/// Writes the wrong-password backoff state to `state_dir/backoff.json` (at
+/// most once a second, only when it changed) so `mailgate accounts` can show
+/// it; a last time when the gateway stops.
+async fn publish_backoff(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        if let Some(snap) = ctx.accounts.backoff().snapshot_if_changed() {
+            let dir = ctx.config().gateway.state_dir.clone();
+            let body = serde_json::to_vec_pretty(&snap).unwrap_or_default();
+            let written = tokio::task::spawn_blocking(move || {
+                crate::store::write_atomic(&dir, &dir.join(crate::backoff::SNAPSHOT_FILE), &body)
+            })
+            .await;
+            if let Ok(Err(e)) = written {
+                warn!(error = %e, "cannot write the backoff state");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 async fn accept_loop(

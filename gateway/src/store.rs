@@ -323,38 +323,8 @@ impl Store {
 
     /// Writes a file atomically with mode 0600.
     pub fn save(&self, file: &TokenFile) -> Result<(), StoreError> {
-        let io = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        create_private_dir(&self.dir).map_err(io("create", &self.dir))?;
-        let path = self.path(&file.user);
-        let tmp = self.dir.join(format!(
-            ".{}.{}.{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("token"),
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
         let body = serde_json::to_vec_pretty(file).unwrap_or_default();
-        let result = (|| {
-            let mut f = open_private(&tmp).map_err(io("create", &tmp))?;
-            f.write_all(&body).map_err(io("write", &tmp))?;
-            f.sync_all().map_err(io("sync", &tmp))?;
-            drop(f);
-            std::fs::rename(&tmp, &path).map_err(io("rename into", &path))?;
-            if let Ok(d) = std::fs::File::open(&self.dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        write_atomic(&self.dir, &self.path(&file.user), &body)
     }
 
     /// Deletes a user's file. `Ok(false)` when there was none.
@@ -397,6 +367,42 @@ impl Store {
         files.sort_by(|a, b| a.user.cmp(&b.user));
         (files, errors)
     }
+}
+
+/// Writes `path` (inside `dir`) atomically with mode 0600: a temporary file,
+/// fsync, rename, fsync of the directory. A crash leaves the old file or the
+/// new one, never half of either.
+pub fn write_atomic(dir: &Path, path: &Path, body: &[u8]) -> Result<(), StoreError> {
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    create_private_dir(dir).map_err(io("create", dir))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = open_private(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(body).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("sync", &tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io("rename into", path))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(unix)]

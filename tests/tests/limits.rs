@@ -100,3 +100,37 @@ async fn configured_line_and_failure_limits() {
     );
     assert!(s.closed().await);
 }
+
+/// Repeated wrong passwords show in `mailgate accounts` (written by the
+/// running gateway to state_dir/backoff.json).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_is_visible_in_accounts() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    env.seal_new_user_token();
+    let text = env.config_text(&imap.url(false), "", "", "");
+    let cfg = env.write_config(&text);
+    let g = start(env.load(&text)).await;
+    for tag in ["a", "b", "c"] {
+        let mut c = LineClient::greeted(imap_addr(&g)).await;
+        assert!(c.login(tag, USER, "wrong").await.contains(" NO "));
+    }
+    let snapshot = env.state_dir().join("backoff.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains("\"failures\": 3")) {
+        assert!(std::time::Instant::now() < deadline, "no backoff snapshot");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = std::process::Command::new(mailgate_tests::harness::mailgate_bin())
+        .args(["-c", cfg.to_str().unwrap(), "accounts"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().find(|l| l.starts_with(USER)).unwrap();
+    assert!(row.contains("3 (next +0.5s)"), "{text}");
+    assert!(
+        text.contains("client addresses with failed logins: 127.0.0.1: 3 (next +0.5s)"),
+        "{text}"
+    );
+}
