@@ -223,3 +223,22 @@ pub async fn within<T>(
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// Both legs get TCP_NODELAY and keepalive.
+    #[tokio::test]
+    async fn tune_sets_nodelay_and_keepalive() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (s, _) = l.accept().await.expect("accept");
+        for sock in [&c, &s] {
+            super::tune(sock);
+            assert!(sock.nodelay().expect("nodelay"));
+            assert!(socket2::SockRef::from(sock).keepalive().expect("keepalive"));
+        }
+    }
+}

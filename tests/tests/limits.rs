@@ -73,7 +73,7 @@ async fn configured_line_and_failure_limits() {
             (Protocol::Imap, &imap.url(false)),
             (Protocol::Smtp, "smtps://127.0.0.1:9"),
         ],
-        "max_line = 600\nmax_failures = 1",
+        "max_line = 600\nmax_failures = 1\nmax_literal = 64",
         "",
         "",
     );
