@@ -147,6 +147,15 @@ impl Accounts {
         h.finalize().into()
     }
 
+    /// Removes `user`'s state when nobody else holds it.
+    fn forget_if_idle(&self, user: &str, state: &Arc<tokio::sync::Mutex<AccountState>>) {
+        let mut map = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's own reference and ours: no other login is using it.
+        if Arc::strong_count(state) == 2 && map.get(user).is_some_and(|s| Arc::ptr_eq(s, state)) {
+            map.remove(user);
+        }
+    }
+
     fn state(&self, user: &str) -> Arc<tokio::sync::Mutex<AccountState>> {
         let mut map = self.states.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(user.to_owned()).or_default().clone()
@@ -208,7 +217,16 @@ impl Accounts {
 
         let state = self.state(&user);
         let mut st = state.lock().await;
-        self.unlock(&user, password, peer, &mut st).await?;
+        if let Err(e) = self.unlock(&user, password, peer, &mut st).await {
+            // Nothing learnt about this name (no token, wrong password):
+            // forget its state, so names tried against a `*@domain`
+            // account do not pile up.
+            if st.key.is_none() && st.tokens.is_none() {
+                drop(st);
+                self.forget_if_idle(&user, &state);
+            }
+            return Err(e);
+        }
         let access_token = self.fresh_token(&user, &provider, &mut st, None).await?;
         Ok(Authorized {
             user,

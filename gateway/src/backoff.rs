@@ -99,6 +99,16 @@ impl Backoff {
         if map.len() >= MAX_ENTRIES {
             map.retain(|_, e| now.duration_since(e.last) < FORGET);
         }
+        if map.len() >= MAX_ENTRIES {
+            // Still full of fresh entries (many names or addresses at once):
+            // forget the least recent tenth, so memory stays bounded.
+            let mut by_age: Vec<(Instant, Key)> =
+                map.iter().map(|(k, e)| (e.last, k.clone())).collect();
+            by_age.sort_by_key(|(t, _)| *t);
+            for (_, k) in by_age.into_iter().take(MAX_ENTRIES / 10) {
+                map.remove(&k);
+            }
+        }
         for k in [Key::User(user.to_owned()), Key::Addr(addr)] {
             let e = map.entry(k).or_insert(Entry {
                 failures: 0,
@@ -173,6 +183,21 @@ mod tests {
             assert_eq!(delay_for(n as u32), Duration::from_millis(*ms), "n={n}");
         }
         assert_eq!(delay_for(u32::MAX), CAP);
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_many_names() {
+        let b = Backoff::default();
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        for i in 0..(MAX_ENTRIES + 1000) {
+            b.failure(&format!("user{i}"), a);
+        }
+        let n = b.entries.lock().expect("lock").len();
+        assert!(n <= MAX_ENTRIES, "{n} entries");
+        assert!(
+            b.failures(&format!("user{}", MAX_ENTRIES + 999)) == 1,
+            "recent entries are kept"
+        );
     }
 
     #[test]
