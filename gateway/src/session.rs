@@ -154,6 +154,56 @@ where
     }
 }
 
+/// The plumbing shared by the line-based machines (SMTP, POP3): the
+/// client's unparsed bytes, the queued events and the failed-login count.
+#[derive(Debug, Default)]
+pub struct LineCore {
+    pub buf: Vec<u8>,
+    pub out: std::collections::VecDeque<Event>,
+    failures: u32,
+}
+
+impl LineCore {
+    /// Queues a reply.
+    pub fn write(&mut self, s: impl Into<String>) {
+        self.out.push_back(Event::Write(s.into().into_bytes()));
+    }
+
+    /// Counts a failed login (when it counts); true once `max` is reached.
+    pub fn failed(&mut self, counts: bool, max: u32) -> bool {
+        if counts {
+            self.failures += 1;
+        }
+        counts && self.failures >= max
+    }
+
+    /// The event loop of a line-based machine: queued events first, then
+    /// one line at a time through `step` until it queues an event or no
+    /// whole line is left; nothing while `blocked` (a login or a TLS
+    /// handshake is pending, or the connection is closing).
+    pub fn next_event<M>(
+        m: &mut M,
+        core: fn(&mut M) -> &mut LineCore,
+        blocked: fn(&M) -> bool,
+        step: fn(&mut M),
+    ) -> Option<Event> {
+        loop {
+            if let Some(e) = core(m).out.pop_front() {
+                return Some(e);
+            }
+            if blocked(m) {
+                return None;
+            }
+            let before = core(m).buf.len();
+            step(m);
+            let c = core(m);
+            if c.out.is_empty() && c.buf.len() == before {
+                return None;
+            }
+        }
+    }
+}
+
 /// Why a SASL PLAIN response cannot be used.
 #[derive(Debug)]
 pub enum PlainError {

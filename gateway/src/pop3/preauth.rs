@@ -4,15 +4,15 @@
 //! (with an initial response or after `+`), refuses `APOP`, and refuses
 //! transaction commands before login. Nothing after the login is parsed.
 
-use std::collections::VecDeque;
-
 use mailgate_proto::SecretString;
 use mailgate_proto::line::{Line, frame_line};
 use mailgate_proto::pop3::{Command, decode_command, encode_multiline};
 use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
 
 use crate::login::Failure;
-use crate::session::{Event, PlainError, PreAuth as Machine, one_line, plain_credentials};
+use crate::session::{
+    Event, LineCore, PlainError, PreAuth as Machine, one_line, plain_credentials,
+};
 
 /// The one place where the gateway's CAPA list is written: `USER` and
 /// `SASL` only while logins are accepted, `STLS` while offered.
@@ -68,23 +68,19 @@ enum Phase {
 #[derive(Debug)]
 pub struct PreAuth {
     opts: Options,
-    buf: Vec<u8>,
+    core: LineCore,
     phase: Phase,
-    failures: u32,
     /// The name given by `USER`.
     user: Option<String>,
-    out: VecDeque<Event>,
 }
 
 impl PreAuth {
     pub fn new(opts: Options) -> PreAuth {
         PreAuth {
             opts,
-            buf: Vec::new(),
+            core: LineCore::default(),
             phase: Phase::Command,
-            failures: 0,
             user: None,
-            out: VecDeque::new(),
         }
     }
 
@@ -94,17 +90,17 @@ impl PreAuth {
     }
 
     fn write(&mut self, s: impl Into<String>) {
-        self.out.push_back(Event::Write(s.into().into_bytes()));
+        self.core.write(s);
     }
 
     fn close(&mut self, s: &str) {
         self.write(s);
-        self.out.push_back(Event::Close);
+        self.core.out.push_back(Event::Close);
         self.phase = Phase::Closed;
     }
 
     fn step(&mut self) {
-        let n = match frame_line(&self.buf, self.opts.max_line) {
+        let n = match frame_line(&self.core.buf, self.opts.max_line) {
             Line::Incomplete => return,
             Line::TooLong => {
                 tracing::info!("closing: client line over the limit");
@@ -114,7 +110,7 @@ impl PreAuth {
             }
             Line::Complete(n) => n,
         };
-        let line = zeroize::Zeroizing::new(self.buf.drain(..n).collect::<Vec<u8>>());
+        let line = zeroize::Zeroizing::new(self.core.buf.drain(..n).collect::<Vec<u8>>());
         if self.phase == Phase::AuthPlain {
             self.phase = Phase::Command;
             match decode_sasl_line(&line) {
@@ -148,7 +144,7 @@ impl PreAuth {
                     self.opts.stls,
                     self.opts.tls || self.opts.auth_before_tls,
                 )));
-                self.out.push_back(Event::Write(r));
+                self.core.out.push_back(Event::Write(r));
             }
             Command::User(name) => {
                 self.user = Some(name);
@@ -163,7 +159,7 @@ impl PreAuth {
             } => {
                 let mut r = b"+OK Mechanisms follow\r\n".to_vec();
                 r.extend(encode_multiline(&["PLAIN"]));
-                self.out.push_back(Event::Write(r));
+                self.core.out.push_back(Event::Write(r));
             }
             Command::Auth {
                 mechanism: Some(m),
@@ -181,8 +177,8 @@ impl PreAuth {
             Command::Stls if self.opts.stls => {
                 self.write("+OK Begin TLS negotiation\r\n");
                 // Whatever was pipelined in clear is dropped.
-                self.buf.clear();
-                self.out.push_back(Event::StartTls);
+                self.core.buf.clear();
+                self.core.out.push_back(Event::StartTls);
                 self.phase = Phase::AwaitTls;
             }
             Command::Stls if self.opts.tls => self.write("-ERR TLS is already active\r\n"),
@@ -211,7 +207,7 @@ impl PreAuth {
 
     fn login(&mut self, user: String, password: SecretString) {
         self.phase = Phase::AwaitLogin;
-        self.out.push_back(Event::Login { user, password });
+        self.core.out.push_back(Event::Login { user, password });
     }
 }
 
@@ -221,26 +217,16 @@ impl Machine for PreAuth {
     }
 
     fn feed(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        self.core.buf.extend_from_slice(data);
     }
 
     fn next_event(&mut self) -> Option<Event> {
-        loop {
-            if let Some(e) = self.out.pop_front() {
-                return Some(e);
-            }
-            if matches!(
-                self.phase,
-                Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed
-            ) {
-                return None;
-            }
-            let before = self.buf.len();
-            self.step();
-            if self.out.is_empty() && self.buf.len() == before {
-                return None;
-            }
-        }
+        LineCore::next_event(
+            self,
+            |m| &mut m.core,
+            |m| matches!(m.phase, Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed),
+            Self::step,
+        )
     }
 
     fn login_failed(&mut self, failure: &Failure) {
@@ -253,13 +239,10 @@ impl Machine for PreAuth {
             Failure::Unavailable(_) => self.write(format!("-ERR [SYS/TEMP] {text}\r\n")),
             _ => self.write(format!("-ERR [AUTH] {text}\r\n")),
         }
-        if failure.counts() {
-            self.failures += 1;
-            if self.failures >= self.opts.max_failures {
-                tracing::info!("closing: too many failed logins");
-                self.out.push_back(Event::Close);
-                self.phase = Phase::Closed;
-            }
+        if self.core.failed(failure.counts(), self.opts.max_failures) {
+            tracing::info!("closing: too many failed logins");
+            self.core.out.push_back(Event::Close);
+            self.phase = Phase::Closed;
         }
     }
 
@@ -272,14 +255,14 @@ impl Machine for PreAuth {
     }
 
     fn into_residual(self) -> Vec<u8> {
-        self.buf
+        self.core.buf
     }
 
     fn tls_started(&mut self) {
         self.opts.stls = false;
         self.opts.tls = true;
         self.user = None;
-        self.buf.clear();
+        self.core.buf.clear();
         self.phase = Phase::Command;
     }
 }

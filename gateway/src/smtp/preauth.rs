@@ -6,15 +6,15 @@
 //! client's EHLO name for the upstream. Nothing after the `AUTH` exchange is
 //! parsed: pipelined `MAIL`/`RCPT`/`DATA` stay in the buffer for the relay.
 
-use std::collections::VecDeque;
-
 use mailgate_proto::line::{Line, frame_line};
 use mailgate_proto::sasl::{SaslLine, decode_base64, decode_sasl_line};
 use mailgate_proto::smtp::{Command, decode_command};
 use mailgate_proto::{ExposeSecret, SecretString};
 
 use crate::login::Failure;
-use crate::session::{Event, PlainError, PreAuth as Machine, one_line, plain_credentials};
+use crate::session::{
+    Event, LineCore, PlainError, PreAuth as Machine, one_line, plain_credentials,
+};
 
 /// The one place where the gateway's EHLO keywords are written: `AUTH`
 /// only while logins are accepted, `STARTTLS` while offered.
@@ -76,12 +76,10 @@ enum Phase {
 #[derive(Debug)]
 pub struct PreAuth {
     opts: Options,
-    buf: Vec<u8>,
+    core: LineCore,
     phase: Phase,
-    failures: u32,
     /// The client's EHLO/HELO name.
     ehlo: Option<String>,
-    out: VecDeque<Event>,
 }
 
 const USERNAME_PROMPT: &str = "334 VXNlcm5hbWU6\r\n"; // "Username:"
@@ -91,11 +89,9 @@ impl PreAuth {
     pub fn new(opts: Options) -> PreAuth {
         PreAuth {
             opts,
-            buf: Vec::new(),
+            core: LineCore::default(),
             phase: Phase::Command,
-            failures: 0,
             ehlo: None,
-            out: VecDeque::new(),
         }
     }
 
@@ -110,12 +106,12 @@ impl PreAuth {
     }
 
     fn write(&mut self, s: impl Into<String>) {
-        self.out.push_back(Event::Write(s.into().into_bytes()));
+        self.core.write(s);
     }
 
     fn close(&mut self, s: &str) {
         self.write(s);
-        self.out.push_back(Event::Close);
+        self.core.out.push_back(Event::Close);
         self.phase = Phase::Closed;
     }
 
@@ -135,10 +131,12 @@ impl PreAuth {
     }
 
     fn take_line(&mut self) -> Option<Result<zeroize::Zeroizing<Vec<u8>>, ()>> {
-        match frame_line(&self.buf, self.opts.max_line) {
+        match frame_line(&self.core.buf, self.opts.max_line) {
             Line::Incomplete => None,
             Line::TooLong => Some(Err(())),
-            Line::Complete(n) => Some(Ok(zeroize::Zeroizing::new(self.buf.drain(..n).collect()))),
+            Line::Complete(n) => Some(Ok(zeroize::Zeroizing::new(
+                self.core.buf.drain(..n).collect(),
+            ))),
         }
     }
 
@@ -231,7 +229,7 @@ impl PreAuth {
             return;
         }
         self.phase = Phase::AwaitLogin;
-        self.out.push_back(Event::Login { user, password });
+        self.core.out.push_back(Event::Login { user, password });
     }
 
     fn command(&mut self, line: &[u8]) {
@@ -288,8 +286,8 @@ impl PreAuth {
             Command::StartTls if self.opts.starttls => {
                 self.write("220 2.0.0 Ready to start TLS\r\n");
                 // Whatever was pipelined in clear is dropped (RFC 3207 §4.2).
-                self.buf.clear();
-                self.out.push_back(Event::StartTls);
+                self.core.buf.clear();
+                self.core.out.push_back(Event::StartTls);
                 self.phase = Phase::AwaitTls;
             }
             Command::StartTls if self.opts.tls => self.write("503 5.5.1 TLS already active\r\n"),
@@ -320,26 +318,16 @@ impl Machine for PreAuth {
     }
 
     fn feed(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        self.core.buf.extend_from_slice(data);
     }
 
     fn next_event(&mut self) -> Option<Event> {
-        loop {
-            if let Some(e) = self.out.pop_front() {
-                return Some(e);
-            }
-            if matches!(
-                self.phase,
-                Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed
-            ) {
-                return None;
-            }
-            let before = self.buf.len();
-            self.step();
-            if self.out.is_empty() && self.buf.len() == before {
-                return None;
-            }
-        }
+        LineCore::next_event(
+            self,
+            |m| &mut m.core,
+            |m| matches!(m.phase, Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed),
+            Self::step,
+        )
     }
 
     fn login_failed(&mut self, failure: &Failure) {
@@ -352,11 +340,8 @@ impl Machine for PreAuth {
             Failure::Unavailable(_) => self.write(format!("454 4.7.0 {text}\r\n")),
             _ => self.write(format!("535 5.7.8 {text}\r\n")),
         }
-        if failure.counts() {
-            self.failures += 1;
-            if self.failures >= self.opts.max_failures {
-                self.close("421 4.7.0 Too many failed authentication attempts\r\n");
-            }
+        if self.core.failed(failure.counts(), self.opts.max_failures) {
+            self.close("421 4.7.0 Too many failed authentication attempts\r\n");
         }
     }
 
@@ -370,7 +355,7 @@ impl Machine for PreAuth {
     }
 
     fn into_residual(self) -> Vec<u8> {
-        self.buf
+        self.core.buf
     }
 
     fn tls_started(&mut self) {
@@ -379,7 +364,7 @@ impl Machine for PreAuth {
         self.opts.starttls = false;
         self.opts.tls = true;
         self.ehlo = None;
-        self.buf.clear();
+        self.core.buf.clear();
         self.phase = Phase::Command;
     }
 }
