@@ -163,7 +163,8 @@ impl Backoff {
         Some(snap)
     }
 
-    /// Current failure count of a user (for display).
+    /// Current failure count of a user.
+    #[cfg(test)]
     pub fn failures(&self, user: &str) -> u32 {
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&Key::User(user.to_owned()))

@@ -67,16 +67,6 @@ fn detail(s: &str) -> String {
     }
 }
 
-impl OAuthError {
-    /// Whether the failure is temporary (worth trying again later).
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            OAuthError::Unreachable(_) | OAuthError::BadResponse(_)
-        )
-    }
-}
-
 /// An authorization request ready to be opened in a browser.
 #[derive(Debug)]
 pub struct AuthorizationRequest {

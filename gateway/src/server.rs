@@ -191,11 +191,6 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
 }
 
 impl Gateway {
-    /// The bound addresses, in listener order (useful with port 0).
-    pub fn addresses(&self) -> &[(Protocol, SocketAddr)] {
-        &self.addresses
-    }
-
     /// The first bound address of a protocol.
     pub fn address(&self, protocol: Protocol) -> Option<SocketAddr> {
         self.addresses

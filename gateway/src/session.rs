@@ -231,6 +231,24 @@ pub fn plain_credentials(b64: &SecretString) -> Result<(String, SecretString), P
     Ok((c.authcid, c.password))
 }
 
+/// After a successful login: tells the client (`reply`), then relays,
+/// flushing first what each side sent beyond the login.
+pub async fn relay_after_login<U>(
+    mut client: ClientStream,
+    reply: &[u8],
+    residual: Vec<u8>,
+    upstream: U,
+    leftover: &[u8],
+) where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if client.write_all(reply).await.is_err() {
+        return;
+    }
+    info!("logged in upstream; relaying");
+    crate::relay::run(client, upstream, &residual, leftover).await;
+}
+
 /// Keeps a reply text on one line.
 pub fn one_line(s: &str) -> String {
     s.chars()

@@ -122,10 +122,6 @@ impl SealingKey {
             kdf: kdf.clone(),
         })
     }
-
-    pub fn kdf(&self) -> &Kdf {
-        &self.kdf
-    }
 }
 
 /// The secret part of a token file.

@@ -23,10 +23,6 @@ pub enum ClientStream {
 }
 
 impl ClientStream {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
-    }
-
     /// Runs the server side of a TLS handshake (implicit TLS or STARTTLS).
     pub async fn start_tls(self, acceptor: &TlsAcceptor) -> io::Result<ClientStream> {
         match self {

@@ -15,6 +15,14 @@ use tokio_rustls::client::TlsStream;
 /// The upstream connection after TLS is up.
 pub type UpstreamStream = TlsStream<TcpStream>;
 
+/// A logged-in upstream session, ready for the relay.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub stream: UpstreamStream,
+    /// Bytes the server sent after its success reply.
+    pub leftover: Vec<u8>,
+}
+
 /// Longest reply line accepted from an upstream before login.
 pub const MAX_REPLY_LINE: usize = 64 * 1024;
 

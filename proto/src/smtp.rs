@@ -159,10 +159,6 @@ impl Reply {
             .collect()
     }
 
-    pub fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
-    }
-
     /// The reply on the wire: `code-text` lines, the last `code text`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = String::new();

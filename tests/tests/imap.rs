@@ -32,15 +32,23 @@ impl Setup {
     }
 
     async fn with(opts: Options, extra_gateway: &str, extra_provider: &str) -> Setup {
+        Self::edited(opts, extra_gateway, extra_provider, |t| t).await
+    }
+
+    /// As `with`, with the configuration text passed through `edit`.
+    async fn edited(
+        opts: Options,
+        extra_gateway: &str,
+        extra_provider: &str,
+        edit: fn(String) -> String,
+    ) -> Setup {
         logs();
         let env = Env::new().await;
         let starttls = opts.starttls;
         let imap = FakeImap::start(&env.ca, env.oauth.clone(), opts).await;
         env.seal_new_user_token();
         let mut text = env.config_text(&imap.url(starttls), extra_gateway, extra_provider, "");
-        if extra_gateway.contains("# no in-band") {
-            text = without_in_band(&text);
-        }
+        text = edit(text);
         let gateway = start(env.load(&text)).await;
         Setup { env, imap, gateway }
     }
@@ -366,7 +374,7 @@ async fn no_token_tells_the_user_what_to_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_refresh_token() {
-    let s = Setup::with(Options::default(), "# no in-band", "").await;
+    let s = Setup::edited(Options::default(), "", "", |t| without_in_band(&t)).await;
     s.env.oauth.set_mode(Mode::InvalidGrant);
     let mut c = s.client().await;
     let r = c.login("a", USER, PASSWORD).await;

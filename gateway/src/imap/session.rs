@@ -4,15 +4,13 @@
 use std::sync::Arc;
 
 use mailgate_config::Protocol;
-use tokio::io::AsyncWriteExt;
-use tracing::info;
 
 use super::capabilities;
 use super::preauth::{Options, PreAuth};
 use super::upstream;
 use crate::login;
 use crate::server::Context;
-use crate::session::{PreAuth as _, Setup, drive};
+use crate::session::{PreAuth as _, Setup, drive, relay_after_login};
 use crate::tls::ClientStream;
 
 pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
@@ -50,7 +48,7 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
             },
         )
         .await;
-    let Some((mut client, mut up)) = logged_in else {
+    let Some((client, up)) = logged_in else {
         return;
     };
     let tag = m.pending_tag().unwrap_or("*").to_owned();
@@ -61,9 +59,6 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
         ),
         None => format!("{tag} OK Logged in\r\n"),
     };
-    if client.write_all(ok.as_bytes()).await.is_err() {
-        return;
-    }
-    info!("logged in upstream; relaying");
-    crate::relay::run(client, &mut up.stream, &m.into_residual(), &up.leftover).await;
+    let residual = m.into_residual();
+    relay_after_login(client, ok.as_bytes(), residual, up.stream, &up.leftover).await;
 }

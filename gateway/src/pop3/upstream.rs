@@ -15,15 +15,7 @@ use tracing::{debug, info};
 use zeroize::Zeroizing;
 
 use crate::login::Attempt;
-use crate::upstream::{LineReader, UpstreamError, UpstreamStream, connect_tcp, handshake, send};
-
-/// A logged-in upstream POP3 session.
-#[derive(Debug)]
-pub struct LoggedIn {
-    pub stream: UpstreamStream,
-    /// Bytes the server sent after its `+OK`.
-    pub leftover: Vec<u8>,
-}
+use crate::upstream::{LineReader, LoggedIn, UpstreamError, connect_tcp, handshake, send};
 
 async fn reply<S: AsyncRead + Unpin>(
     s: &mut S,

@@ -4,14 +4,12 @@
 use std::sync::Arc;
 
 use mailgate_config::Protocol;
-use tokio::io::AsyncWriteExt;
-use tracing::info;
 
 use super::preauth::{Options, PreAuth};
 use super::upstream;
 use crate::login;
 use crate::server::Context;
-use crate::session::{PreAuth as _, Setup, drive};
+use crate::session::{PreAuth as _, Setup, drive, relay_after_login};
 use crate::tls::ClientStream;
 
 pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
@@ -45,12 +43,16 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
         },
     )
     .await;
-    let Some((mut client, mut up)) = logged_in else {
+    let Some((client, up)) = logged_in else {
         return;
     };
-    if client.write_all(PreAuth::success_reply()).await.is_err() {
-        return;
-    }
-    info!("logged in upstream; relaying");
-    crate::relay::run(client, &mut up.stream, &m.into_residual(), &up.leftover).await;
+    let residual = m.into_residual();
+    relay_after_login(
+        client,
+        PreAuth::success_reply(),
+        residual,
+        up.stream,
+        &up.leftover,
+    )
+    .await;
 }

@@ -16,15 +16,7 @@ use tracing::{debug, info};
 use zeroize::Zeroizing;
 
 use crate::login::Attempt;
-use crate::upstream::{LineReader, UpstreamError, UpstreamStream, connect_tcp, handshake, send};
-
-/// A logged-in upstream SMTP session.
-#[derive(Debug)]
-pub struct LoggedIn {
-    pub stream: UpstreamStream,
-    /// Bytes the server sent after its `235`.
-    pub leftover: Vec<u8>,
-}
+use crate::upstream::{LineReader, LoggedIn, UpstreamError, connect_tcp, handshake, send};
 
 async fn reply<S: AsyncRead + Unpin>(
     s: &mut S,

@@ -69,10 +69,6 @@ impl Framer {
         }
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Forgets progress; call after the caller consumed a complete message.
     pub fn reset(&mut self) {
         self.scan = 0;
