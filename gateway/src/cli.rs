@@ -219,8 +219,30 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))
 }
 
+/// Raises the soft descriptor limit to the hard one (often 1,024 against
+/// 500,000+): each relayed session holds two descriptors. Warns when the
+/// limit still cannot hold `max_connections` sessions.
+fn raise_fd_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let sessions = limit.saturating_sub(64) / 2;
+            if sessions < max_connections as u64 {
+                tracing::warn!(
+                    limit,
+                    max_connections,
+                    "the descriptor limit holds only about {sessions} sessions (two descriptors each); raise it (LimitNOFILE= in the unit, ulimit -n) or lower max_connections"
+                );
+            } else {
+                tracing::debug!(limit, "descriptor limit");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the descriptor limit"),
+    }
+}
+
 async fn serve(cfg: Config) -> CliResult {
     use tokio::signal::unix::{SignalKind, signal};
+    raise_fd_limit(cfg.gateway.max_connections);
     let gateway = crate::server::start(Arc::new(cfg))
         .await
         .map_err(|e| CliError::User(format!("{e:#}")))?;

@@ -352,7 +352,7 @@ async fn accept_loop(
 
 async fn session(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Context>) {
     tracing::debug!("connected");
-    let plain = ClientStream::Plain(stream);
+    let plain = ClientStream::plain(stream);
     let (client, starttls, tls) = match (l.mode, &l.tls) {
         (TlsMode::Implicit, Some(t)) => {
             let limit = ctx.config().gateway.preauth_timeout;

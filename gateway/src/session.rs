@@ -240,7 +240,7 @@ pub async fn relay_after_login<U>(
     upstream: U,
     leftover: &[u8],
 ) where
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncBufRead + tokio::io::AsyncWrite + Unpin,
 {
     if client.write_all(reply).await.is_err() {
         return;

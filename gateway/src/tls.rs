@@ -10,25 +10,33 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use mailgate_config::{Gateway, Listener};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// A client connection, in clear or over TLS.
+use crate::relay::OnDemand;
+
+/// A client connection, in clear or over TLS. As an [`AsyncBufRead`] it
+/// lends rustls's plaintext buffer, or for a plain socket a buffer that
+/// exists only while bytes are in flight.
 #[derive(Debug)]
 pub enum ClientStream {
-    Plain(TcpStream),
+    Plain(OnDemand<TcpStream>),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl ClientStream {
+    pub fn plain(tcp: TcpStream) -> Self {
+        ClientStream::Plain(OnDemand::new(tcp))
+    }
+
     /// Runs the server side of a TLS handshake (implicit TLS or STARTTLS).
     pub async fn start_tls(self, acceptor: &TlsAcceptor) -> io::Result<ClientStream> {
         match self {
-            ClientStream::Plain(tcp) => {
-                Ok(ClientStream::Tls(Box::new(acceptor.accept(tcp).await?)))
-            }
+            ClientStream::Plain(tcp) => Ok(ClientStream::Tls(Box::new(
+                acceptor.accept(tcp.into_inner()).await?,
+            ))),
             ClientStream::Tls(_) => Err(io::Error::other("TLS is already active")),
         }
     }
@@ -43,6 +51,22 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncBufRead for ClientStream {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_fill_buf(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_fill_buf(cx),
+        }
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).consume(amt),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).consume(amt),
         }
     }
 }

@@ -1,0 +1,670 @@
+//! mailgate's end-to-end benchmark: the real `mailgate` binary between
+//! benchmark clients and a local XOAUTH2 upstream over TLS, measured side by
+//! side with the same clients talking to the upstream directly.
+//!
+//! `cargo bench -p mailgate --bench gateway` runs the full benchmark (64 MiB
+//! transfers, 10,000 idle sessions); `cargo test -p mailgate --bench
+//! gateway` (what CI does) runs the same code as a smoke with tiny sizes.
+//! Figures are printed, never asserted. See docs/performance.md.
+
+mod client;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use client::{Conn, Target};
+use mailgate::store::Tokens;
+use mailgate_tests::harness::{Env, PASSWORD, USER, unused_port};
+use mailgate_tests::oauth::CLIENT_ID;
+
+/// What one run measures, and how much.
+#[derive(Debug, Clone)]
+struct Plan {
+    smoke: bool,
+    /// Bytes per FETCH and per DATA.
+    transfer: usize,
+    transfer_rounds: usize,
+    latency_samples: usize,
+    login_clients: usize,
+    login_seconds: f64,
+    idle: Vec<usize>,
+    /// `--only a,b`: the parts to run (throughput, latency, logins, idle).
+    only: Option<Vec<String>>,
+}
+
+impl Plan {
+    fn from_args() -> Plan {
+        let args: Vec<String> = std::env::args().collect();
+        // `cargo bench` passes --bench; `cargo test` does not.
+        let smoke = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--smoke");
+        let mut plan = if smoke {
+            Plan {
+                smoke,
+                transfer: 256 * 1024,
+                transfer_rounds: 1,
+                latency_samples: 20,
+                login_clients: 8,
+                login_seconds: 0.5,
+                idle: vec![50],
+                only: None,
+            }
+        } else {
+            Plan {
+                smoke,
+                transfer: 64 << 20,
+                transfer_rounds: 5,
+                latency_samples: 2000,
+                login_clients: 64,
+                login_seconds: 10.0,
+                idle: vec![1_000, 10_000],
+                only: None,
+            }
+        };
+        // `--idle 1000,20000` overrides the session counts, `--rounds N` the
+        // transfers per case.
+        if let Some(i) = args.iter().position(|a| a == "--idle") {
+            if let Some(list) = args.get(i + 1) {
+                plan.idle = list.split(',').filter_map(|n| n.parse().ok()).collect();
+            }
+        }
+        if let Some(n) = args
+            .iter()
+            .position(|a| a == "--rounds")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+        {
+            plan.transfer_rounds = n;
+        }
+        if let Some(i) = args.iter().position(|a| a == "--only") {
+            plan.only = args
+                .get(i + 1)
+                .map(|l| l.split(',').map(str::to_owned).collect());
+        }
+        plan
+    }
+
+    fn runs(&self, part: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|p| p == part))
+    }
+}
+
+fn main() -> ExitCode {
+    let plan = Plan::from_args();
+    let fds = raise_fd_limit();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.iter().position(|a| a == "--upstream") {
+        Some(i) => rt.block_on(upstream::serve_forever(&args[i + 1..])),
+        None => rt.block_on(run(plan, fds)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("benchmark failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the descriptor limit (the hard one too, when allowed: 10,000
+/// sessions need 20,000 descriptors on each side). mailgate inherits it.
+fn raise_fd_limit() -> u64 {
+    use rlimit::Resource;
+    let want = 262_144;
+    if Resource::NOFILE.set(want, want).is_err() {
+        let _ = rlimit::increase_nofile_limit(want);
+    }
+    Resource::NOFILE.get().map(|(soft, _)| soft).unwrap_or(0)
+}
+
+/// The benchmark upstream, in a child process (this same executable).
+struct Upstream {
+    child: Child,
+    addrs: upstream::Addrs,
+}
+
+impl Upstream {
+    fn spawn(env: &Env, size: usize, token: &str) -> anyhow::Result<Upstream> {
+        use std::io::BufRead as _;
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--upstream")
+            .arg(env.path())
+            .arg(size.to_string())
+            .arg(USER)
+            .arg(token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line)?;
+        let addr = |key: &str| -> anyhow::Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .ok_or_else(|| anyhow::anyhow!("upstream said {line:?}"))?
+                .parse()
+                .map_err(Into::into)
+        };
+        let addrs = upstream::Addrs {
+            imap: addr("imap=")?,
+            smtp: addr("smtp=")?,
+        };
+        Ok(Upstream { child, addrs })
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `mailgate` binary, run on its own configuration.
+struct Gateway {
+    child: Child,
+    imap: SocketAddr,
+    smtp: SocketAddr,
+}
+
+impl Gateway {
+    fn spawn(env: &Env, up: upstream::Addrs, name: &str) -> anyhow::Result<Gateway> {
+        let imap: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
+        let smtp: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
+        let config = format!(
+            r#"[gateway]
+state_dir = "{state}"
+max_connections = 50000
+preauth_timeout = "120s"
+shutdown_grace = "1s"
+
+[[listener]]
+protocol = "imap"
+address = "{imap}"
+in_band_authorization = false
+
+[[listener]]
+protocol = "smtp"
+address = "{smtp}"
+in_band_authorization = false
+
+[provider.test]
+preset = "custom"
+client_id = "{CLIENT_ID}"
+authorize_url = "{authorize}"
+redirect_uri = "http://127.0.0.1/"
+token_url = "{token}"
+scopes = ["mail"]
+imap = "imaps://{up_imap}"
+smtp = "smtps://{up_smtp}"
+ca_file = "{ca}"
+
+[[account]]
+user = "{USER}"
+provider = "test"
+"#,
+            state = env.state_dir().display(),
+            authorize = env.oauth.authorize_url(),
+            token = env.oauth.token_url(),
+            up_imap = up.imap,
+            up_smtp = up.smtp,
+            ca = env.ca.ca_file.display(),
+        );
+        let path = env.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config)?;
+        let log = std::fs::File::create(env.path().join(format!("{name}.log")))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_mailgate"))
+            .arg("-c")
+            .arg(&path)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let g = Gateway { child, imap, smtp };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(imap).is_err()
+            || std::net::TcpStream::connect(smtp).is_err()
+        {
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "mailgate did not start: see {}",
+                    env.path().join(format!("{name}.log")).display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(g)
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    fn memory(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Bench {
+    env: Env,
+    up: upstream::Addrs,
+    fds: u64,
+    upstream_pid: u32,
+    gateway_pid: u32,
+    direct_imap: Target,
+    direct_smtp: Target,
+    chunk: Arc<[u8]>,
+    report: Vec<String>,
+}
+
+impl Bench {
+    fn via(&self, addr: SocketAddr) -> Target {
+        Target::Gateway {
+            addr,
+            password: PASSWORD.to_owned(),
+        }
+    }
+
+    fn say(&mut self, line: String) {
+        println!("{line}");
+        self.report.push(line);
+    }
+}
+
+async fn run(plan: Plan, fds: u64) -> anyhow::Result<()> {
+    let env = Env::new().await;
+    env.oauth.set_lifetime(Duration::from_secs(3 * 3600));
+    // A warm token: a live access token sealed with the refresh token.
+    let rt = env.oauth.issue_refresh_token(USER);
+    let at = env.oauth.issue_access_token(USER);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    env.seal(
+        USER,
+        PASSWORD,
+        Tokens {
+            refresh_token: Some(rt),
+            access_token: Some(at.clone()),
+            expires_at: Some(now.as_secs() + 3 * 3600),
+        },
+    );
+    let upstream = Upstream::spawn(&env, plan.transfer, &at)?;
+    let up = upstream.addrs;
+    let tls = env.ca.client_config();
+    let mut b = Bench {
+        direct_imap: Target::Direct {
+            addr: up.imap,
+            tls: tls.clone(),
+            token: at.clone(),
+        },
+        direct_smtp: Target::Direct {
+            addr: up.smtp,
+            tls,
+            token: at,
+        },
+        env,
+        up,
+        fds,
+        upstream_pid: upstream.child.id(),
+        gateway_pid: 0,
+        chunk: upstream::text_chunk(),
+        report: Vec::new(),
+    };
+    println!(
+        "mailgate benchmark ({}; {} CPUs; descriptor limit {fds})",
+        if plan.smoke {
+            "smoke: tiny sizes"
+        } else {
+            "full"
+        },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    );
+
+    let gw = Gateway::spawn(&b.env, b.up, "main")?;
+    b.gateway_pid = gw.child.id();
+    let via_imap = b.via(gw.imap);
+    let via_smtp = b.via(gw.smtp);
+    // Warm the token and key cache (the first login derives the key).
+    client::imap_logout(client::imap_session(&via_imap, USER, false).await?).await?;
+
+    if plan.runs("throughput") {
+        throughput(&mut b, &plan, &via_imap, &via_smtp).await?;
+    }
+    if plan.runs("latency") {
+        latency(&mut b, &plan, &via_imap).await?;
+    }
+    if plan.runs("logins") {
+        login_rate(&mut b, &plan, &via_imap).await?;
+    }
+    drop(gw);
+    if plan.runs("idle") {
+        for &n in &plan.idle.clone() {
+            idle(&mut b, n).await?;
+        }
+    }
+    drop(upstream);
+    println!("\nsummary");
+    for l in &b.report {
+        println!("  {l}");
+    }
+    Ok(())
+}
+
+fn size_text(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn mb(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+async fn fetch_once(target: &Target) -> anyhow::Result<f64> {
+    let mut c = client::imap_session(target, USER, false).await?;
+    let t = Instant::now();
+    let n = client::imap_fetch(&mut c).await?;
+    let rate = mb(n, t.elapsed());
+    client::imap_logout(c).await?;
+    Ok(rate)
+}
+
+async fn data_once(target: &Target, chunk: &[u8], size: usize) -> anyhow::Result<f64> {
+    let mut c = client::smtp_session(target, USER).await?;
+    let t = Instant::now();
+    client::smtp_send(&mut c, chunk, size).await?;
+    let rate = mb(size, t.elapsed());
+    c.send(b"QUIT\r\n").await?;
+    c.reply("221").await?;
+    Ok(rate)
+}
+
+async fn throughput(
+    b: &mut Bench,
+    plan: &Plan,
+    via_imap: &Target,
+    via_smtp: &Target,
+) -> anyhow::Result<()> {
+    let size = plan.transfer;
+    println!(
+        "\n1. relay throughput: {}, median of {} rounds, direct and via alternating",
+        size_text(size),
+        plan.transfer_rounds
+    );
+    let (mut fd, mut fv, mut sd, mut sv) = (vec![], vec![], vec![], vec![]);
+    // CPU time (ms) of [bench clients, upstream, mailgate] per case.
+    let mut cpu = [[0f64; 3]; 4];
+    let pids = [std::process::id(), b.upstream_pid, b.gateway_pid];
+    let mut account = |case: usize, before: [f64; 3]| {
+        let after = pids.map(cpu_ms);
+        for i in 0..3 {
+            cpu[case][i] += after[i] - before[i];
+        }
+    };
+    for _ in 0..plan.transfer_rounds {
+        let t = pids.map(cpu_ms);
+        fd.push(fetch_once(&b.direct_imap).await?);
+        account(0, t);
+        let t = pids.map(cpu_ms);
+        fv.push(fetch_once(via_imap).await?);
+        account(1, t);
+        let t = pids.map(cpu_ms);
+        sd.push(data_once(&b.direct_smtp, &b.chunk, size).await?);
+        account(2, t);
+        let t = pids.map(cpu_ms);
+        sv.push(data_once(via_smtp, &b.chunk, size).await?);
+        account(3, t);
+    }
+    let (fd, fv, sd, sv) = (median(fd), median(fv), median(sd), median(sv));
+    let rounds = plan.transfer_rounds as f64;
+    for (case, name) in ["FETCH direct", "FETCH via", "DATA direct", "DATA via"]
+        .iter()
+        .enumerate()
+    {
+        let [c, u, g] = cpu[case].map(|ms| ms / rounds);
+        println!(
+            "   CPU per transfer, {name}: clients {c:.1} ms, upstream {u:.1} ms, mailgate {g:.1} ms"
+        );
+    }
+    b.say(format!(
+        "IMAP FETCH {}: direct {fd:.0} MB/s, via mailgate {fv:.0} MB/s, ratio {:.3} (target >= 0.95)",
+        size_text(size),
+        fv / fd
+    ));
+    b.say(format!(
+        "SMTP DATA  {}: direct {sd:.0} MB/s, via mailgate {sv:.0} MB/s, ratio {:.3} (target >= 0.95)",
+        size_text(size),
+        sv / sd
+    ));
+    Ok(())
+}
+
+/// CPU time a process has used, in milliseconds (all its threads).
+fn cpu_ms(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e6
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn latency(b: &mut Bench, plan: &Plan, via: &Target) -> anyhow::Result<()> {
+    let n = plan.latency_samples;
+    println!("\n2. login latency, warm token and key cache: {n} logins each, alternating");
+    let (mut direct, mut gw, mut gw_login) = (vec![], vec![], vec![]);
+    for i in 0..n + n / 10 {
+        let warm = i < n / 10;
+        // Direct: TCP connect, TLS handshake, greeting, AUTHENTICATE XOAUTH2 -> OK.
+        let t0 = Instant::now();
+        let mut c = client::imap_greeted(&b.direct_imap, true).await?;
+        client::imap_login(&mut c, &b.direct_imap, USER).await?;
+        let d = t0.elapsed();
+        client::imap_logout(c).await?;
+        // Via: TCP connect, greeting, LOGIN -> OK (mailgate connects,
+        // handshakes and authenticates upstream in between).
+        let t0 = Instant::now();
+        let mut c = client::imap_greeted(via, true).await?;
+        let t1 = Instant::now();
+        client::imap_login(&mut c, via, USER).await?;
+        let (v, vl) = (t0.elapsed(), t1.elapsed());
+        client::imap_logout(c).await?;
+        if !warm {
+            direct.push(d);
+            gw.push(v);
+            gw_login.push(vl);
+        }
+    }
+    for v in [&mut direct, &mut gw, &mut gw_login] {
+        v.sort();
+    }
+    let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
+    let (g50, g99) = (percentile(&gw, 0.5), percentile(&gw, 0.99));
+    let (l50, l99) = (percentile(&gw_login, 0.5), percentile(&gw_login, 0.99));
+    b.say(format!(
+        "login, connect -> tagged OK: direct p50 {:.0} us p99 {:.0} us; via mailgate p50 {:.0} us p99 {:.0} us; added p50 {:.0} us p99 {:.0} us (target p50 <= 1000 us)",
+        us(d50), us(d99), us(g50), us(g99), us(g50) - us(d50), us(g99) - us(d99)
+    ));
+    b.say(format!(
+        "  of which LOGIN -> tagged OK via mailgate: p50 {:.0} us p99 {:.0} us",
+        us(l50),
+        us(l99)
+    ));
+    Ok(())
+}
+
+async fn logins_for(target: &Target, clients: usize, secs: f64) -> (u64, u64, f64) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (target, ok, failed) = (target.clone(), ok.clone(), failed.clone());
+        tasks.spawn(async move {
+            while Instant::now() < deadline {
+                let r = async {
+                    let c = client::imap_session(&target, USER, true).await?;
+                    client::imap_logout(c).await
+                }
+                .await;
+                match r {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed().as_secs_f64();
+    let ok = ok.load(Ordering::Relaxed);
+    (ok, failed.load(Ordering::Relaxed), ok as f64 / elapsed)
+}
+
+async fn login_rate(b: &mut Bench, plan: &Plan, via: &Target) -> anyhow::Result<()> {
+    let (c, s) = (plan.login_clients, plan.login_seconds);
+    println!(
+        "\n4. login throughput: {c} concurrent clients for {s} s each (connect, login, LOGOUT)"
+    );
+    let (dok, dfail, drate) = logins_for(&b.direct_imap, c, s).await;
+    let (vok, vfail, vrate) = logins_for(via, c, s).await;
+    b.say(format!(
+        "logins/s with {c} clients: direct {drate:.0} ({dok} ok, {dfail} failed), via mailgate {vrate:.0} ({vok} ok, {vfail} failed)"
+    ));
+    if vfail > 0 {
+        anyhow::bail!("{vfail} logins through mailgate failed");
+    }
+    Ok(())
+}
+
+async fn idle_session(target: Target) -> std::io::Result<Conn> {
+    let mut c = client::imap_session(&target, USER, true).await?;
+    c.send(b"i IDLE\r\n").await?;
+    let l = c.line().await?;
+    if !l.starts_with('+') {
+        return Err(std::io::Error::other(format!("IDLE answered {l:?}")));
+    }
+    Ok(c)
+}
+
+async fn idle(b: &mut Bench, wanted: usize) -> anyhow::Result<()> {
+    // mailgate holds two descriptors per session (client and upstream) and
+    // a few of its own; without the right to raise the hard limit, the
+    // limit caps the count.
+    let most = (b.fds.saturating_sub(32) / 2) as usize;
+    let n = wanted.min(most);
+    let capped = if n < wanted {
+        format!(
+            " (asked for {wanted}: the descriptor limit {} allows {most})",
+            b.fds
+        )
+    } else {
+        String::new()
+    };
+    println!("\n3. {n} idle IMAP sessions in IDLE (fresh mailgate process){capped}");
+    let mut gw = Gateway::spawn(&b.env, b.up, &format!("idle-{n}"))?;
+    let target = b.via(gw.imap);
+    client::imap_logout(client::imap_session(&target, USER, true).await?).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (base, _) = gw.memory()?;
+    let start = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (target, gate) = (target.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(std::io::Error::other)?;
+            idle_session(target).await
+        });
+    }
+    let mut held = Vec::with_capacity(n);
+    let mut errors = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(c)) => held.push(c),
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let ramp = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss, hwm) = gw.memory()?;
+    // Every session is still there: end one IDLE through the relay.
+    if let Some(c) = held.last_mut() {
+        c.send(b"DONE\r\n").await?;
+        c.tagged_ok("i").await?;
+    }
+    let alive = gw.alive();
+    let per = |kib: u64| (kib.saturating_sub(base)) as f64 / held.len().max(1) as f64;
+    b.say(format!(
+        "{n} idle sessions{capped}: {} held, {} errors, opened in {:.1} s; mailgate RSS {base} KiB before, {rss} KiB now, peak {hwm} KiB; per session {:.1} KiB now, {:.1} KiB at peak (target <= 64 KiB){}",
+        held.len(),
+        errors.len(),
+        ramp.as_secs_f64(),
+        per(rss),
+        per(hwm),
+        if alive { "" } else { "; mailgate DIED" },
+    ));
+    if let Some(e) = errors.first() {
+        anyhow::bail!("{} of {n} idle sessions failed, first: {e}", errors.len());
+    }
+    if !alive {
+        anyhow::bail!("mailgate exited during the idle phase");
+    }
+    drop(held);
+    Ok(())
+}
