@@ -74,6 +74,7 @@ pub struct Accounts {
     backoff: Backoff,
     states: Mutex<HashMap<String, Arc<tokio::sync::Mutex<AccountState>>>>,
     /// Per provider: the app-only token and its expiry (client credentials).
+    metrics: Arc<crate::metrics::Metrics>,
     app_tokens: Mutex<HashMap<String, AppTokenSlot>>,
     /// Per user: the check of a password that matched its password_hash.
     hash_checks: Mutex<HashMap<String, [u8; 32]>>,
@@ -91,7 +92,11 @@ impl std::fmt::Debug for Accounts {
 }
 
 impl Accounts {
-    pub fn new(config: Arc<Config>, oauth: OAuth) -> Accounts {
+    pub fn new(
+        config: Arc<Config>,
+        oauth: OAuth,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Accounts {
         let mut salt = [0u8; 32];
         OsRng.fill_bytes(&mut salt);
         Accounts {
@@ -103,6 +108,7 @@ impl Accounts {
             app_tokens: Mutex::new(HashMap::new()),
             hash_checks: Mutex::new(HashMap::new()),
             salt,
+            metrics,
         }
     }
 
@@ -308,11 +314,16 @@ impl Accounts {
                     .unwrap_or(Duration::from_secs(3600))
                     .as_secs();
                 info!(provider = %provider.name, lifetime_s = life, "app-only token obtained");
+                self.metrics.refresh("ok");
                 *cur = Some((grant.access_token.clone(), now().saturating_add(life)));
                 Ok(grant.access_token)
             }
             Err(e) => {
                 warn!(error = %e, provider = %provider.name, "client credentials grant failed");
+                self.metrics.refresh(match e {
+                    OAuthError::InvalidClient(_) => "invalid_client",
+                    _ => "error",
+                });
                 Err(LoginError::Unavailable(format!(
                     "the token endpoint of {} refused or failed the app-only token request; see the gateway's log",
                     provider.name
@@ -462,11 +473,17 @@ impl Accounts {
                     tokens.refresh_token = Some(new_rt.expose_secret().to_owned());
                 }
                 info!(rotated, lifetime_s = lifetime, "access token refreshed");
+                self.metrics.refresh("ok");
                 self.persist(user, provider, st, None);
                 Ok(grant.access_token)
             }
             Err(e) => {
                 let mark_dead = matches!(e, OAuthError::InvalidGrant(_));
+                self.metrics.refresh(match e {
+                    OAuthError::InvalidGrant(_) => "invalid_grant",
+                    OAuthError::InvalidClient(_) => "invalid_client",
+                    _ => "error",
+                });
                 match &e {
                     OAuthError::InvalidClient(_) => {
                         warn!(error = %e, provider = %provider.name, "token refresh failed: invalid_client")

@@ -14,6 +14,7 @@ pub mod imap;
 pub mod inband;
 pub mod logging;
 pub mod login;
+pub mod metrics;
 pub mod oauth;
 pub mod pop3;
 pub mod redirect;

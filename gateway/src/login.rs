@@ -28,12 +28,12 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// A short name for logs.
+    /// A short name for logs and the `result` label of `mailgate_logins_total`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Failure::BadCredentials => "bad credentials",
-            Failure::NeedsAuthorization(_) => "needs authorization",
-            Failure::Refused(_) => "refused upstream",
+            Failure::BadCredentials => "bad_credentials",
+            Failure::NeedsAuthorization(_) => "needs_authorization",
+            Failure::Refused(_) => "refused",
             Failure::Unavailable(_) => "unavailable",
         }
     }
@@ -96,6 +96,29 @@ where
     F: Fn(Attempt) -> Fut,
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
+    let result = login_once(ctx, protocol, user, password, client, attempt).await;
+    ctx.metrics.login(
+        protocol,
+        match &result {
+            Ok(_) => "ok",
+            Err(f) => f.kind(),
+        },
+    );
+    result
+}
+
+async fn login_once<T, F, Fut>(
+    ctx: &Context,
+    protocol: Protocol,
+    user: &str,
+    password: &SecretString,
+    client: Client,
+    attempt: F,
+) -> Result<T, Failure>
+where
+    F: Fn(Attempt) -> Fut,
+    Fut: Future<Output = Result<T, UpstreamError>>,
+{
     let accounts = &ctx.accounts;
     let auth = match accounts.login(user, password, client.peer.ip()).await {
         Err(LoginError::NeedsAuthorization(text)) if client.in_band => {
@@ -127,7 +150,13 @@ where
         token,
         provider: provider.clone(),
     };
-    let first = within(limit, &server, attempt(make(auth.access_token.clone()))).await;
+    let timed = |fut| async {
+        let started = std::time::Instant::now();
+        let r = within(limit, &server, fut).await;
+        ctx.metrics.upstream_login(protocol, started.elapsed());
+        r
+    };
+    let first = timed(attempt(make(auth.access_token.clone()))).await;
     let rejection = match first {
         Ok(t) => return Ok(t),
         Err(UpstreamError::Rejected { detail, .. }) => detail,
@@ -135,7 +164,7 @@ where
     };
     info!(detail = %rejection, "upstream rejected the token; refreshing and retrying once");
     let token = accounts.token_rejected(&auth).await?;
-    match within(limit, &server, attempt(make(token))).await {
+    match timed(attempt(make(token))).await {
         Ok(t) => Ok(t),
         Err(UpstreamError::Rejected { detail, .. }) => {
             warn!(%detail, "upstream rejected a freshly refreshed token");

@@ -21,7 +21,9 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::metrics::Meters;
 use crate::tls::ClientStream;
+use prometheus_client::metrics::counter::Counter;
 
 /// How long the upstream may keep talking after the client closed.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -125,6 +127,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for OnDemand<S> {
 #[derive(Debug)]
 struct Lane {
     bytes: u64,
+    /// The metrics counter of this direction.
+    meter: Counter,
     /// Bytes were written since the last flush.
     unflushed: bool,
 }
@@ -161,6 +165,7 @@ impl Lane {
             }
             Pin::new(&mut *src).consume(n);
             self.bytes += n as u64;
+            self.meter.inc_by(n as u64);
             self.unflushed = true;
         }
     }
@@ -175,6 +180,7 @@ pub async fn relay<C, U>(
     mut upstream: U,
     to_upstream: &[u8],
     to_client: &[u8],
+    meters: Meters,
 ) -> io::Result<(u64, u64)>
 where
     C: AsyncBufRead + AsyncWrite + Unpin,
@@ -188,12 +194,16 @@ where
         upstream.write_all(to_upstream).await?;
         upstream.flush().await?;
     }
+    meters.to_upstream.inc_by(to_upstream.len() as u64);
+    meters.to_client.inc_by(to_client.len() as u64);
     let mut up = Lane {
         bytes: to_upstream.len() as u64,
+        meter: meters.to_upstream,
         unflushed: false,
     };
     let mut down = Lane {
         bytes: to_client.len() as u64,
+        meter: meters.to_client,
         unflushed: false,
     };
     // Set once the client is gone: (how its side ended, the drain deadline).
@@ -224,11 +234,16 @@ where
 }
 
 /// [`relay`], logging how the session ended.
-pub async fn run<U>(client: ClientStream, upstream: U, to_upstream: &[u8], to_client: &[u8])
-where
+pub async fn run<U>(
+    client: ClientStream,
+    upstream: U,
+    to_upstream: &[u8],
+    to_client: &[u8],
+    meters: Meters,
+) where
     U: AsyncBufRead + AsyncWrite + Unpin,
 {
-    match relay(client, upstream, to_upstream, to_client).await {
+    match relay(client, upstream, to_upstream, to_client, meters).await {
         Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "session closed"),
         Err(e) => tracing::info!(error = %e, "session ended"),
     }
@@ -250,8 +265,10 @@ mod tests {
     async fn relays_both_ways_with_leftovers_and_counts() {
         let (client, mut client_peer) = pair();
         let (upstream, mut upstream_peer) = pair();
+        let meters = Meters::default();
+        let seen = meters.clone();
         let task = tokio::spawn(async move {
-            relay(client, upstream, b"a1 NOOP\r\n", b"* 3 EXISTS\r\n").await
+            relay(client, upstream, b"a1 NOOP\r\n", b"* 3 EXISTS\r\n", meters).await
         });
         let mut buf = [0u8; 64];
         let n = client_peer.read(&mut buf).await.expect("read");
@@ -280,6 +297,8 @@ mod tests {
         let (up, down) = task.await.expect("join").expect("relay");
         assert_eq!(up, 9 + 11);
         assert_eq!(down, 12 + 200_000);
+        assert_eq!(seen.to_upstream.get(), up, "the metrics see the same bytes");
+        assert_eq!(seen.to_client.get(), down);
         assert_eq!(client_peer.read(&mut buf).await.expect("eof"), 0);
     }
 
@@ -287,7 +306,8 @@ mod tests {
     async fn client_close_lets_the_upstream_finish() {
         let (client, mut client_peer) = pair();
         let (upstream, mut upstream_peer) = pair();
-        let task = tokio::spawn(async move { relay(client, upstream, b"", b"").await });
+        let task =
+            tokio::spawn(async move { relay(client, upstream, b"", b"", Meters::default()).await });
         client_peer.write_all(b"a LOGOUT\r\n").await.expect("write");
         client_peer.shutdown().await.expect("shutdown");
         let mut got = Vec::new();

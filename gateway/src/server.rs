@@ -31,6 +31,7 @@ const BACKLOG: u32 = 4096;
 /// What every session shares.
 pub struct Context {
     config: std::sync::RwLock<Arc<Config>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub accounts: Accounts,
     pub inband: crate::inband::InBand,
     tls: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
@@ -46,13 +47,15 @@ impl Context {
     pub fn new(config: Arc<Config>) -> anyhow::Result<Context> {
         let oauth =
             OAuth::new(config.gateway.upstream_timeout).context("building the HTTP client")?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         Ok(Context {
             config: std::sync::RwLock::new(config.clone()),
+            metrics: metrics.clone(),
             inband: crate::inband::InBand::new(
                 oauth.clone(),
                 crate::store::Store::new(&config.gateway.state_dir),
             ),
-            accounts: Accounts::new(config, oauth),
+            accounts: Accounts::new(config, oauth, metrics),
             tls: Mutex::new(HashMap::new()),
         })
     }
@@ -95,6 +98,8 @@ impl Context {
 #[derive(Debug)]
 pub struct Gateway {
     addresses: Vec<(Protocol, SocketAddr)>,
+    /// Where `/metrics` and `/healthz` are served, when configured.
+    metrics: Option<SocketAddr>,
     /// TLS state of the listeners that have TLS.
     tls: Vec<Arc<ListenerTls>>,
     ctx: Arc<Context>,
@@ -179,8 +184,25 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
         ));
     }
     tokio::spawn(publish_backoff(ctx.clone(), stop_accepting.clone()));
+    let metrics = match config.gateway.metrics {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics; is another program using it?")
+            })?;
+            let local = listener.local_addr()?;
+            info!(address = %local, "metrics on /metrics and /healthz");
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                ctx.metrics.clone(),
+                kill.clone(),
+            ));
+            Some(local)
+        }
+        None => None,
+    };
     Ok(Gateway {
         addresses,
+        metrics,
         tls: all_tls,
         ctx,
         stop_accepting,
@@ -191,6 +213,11 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
 }
 
 impl Gateway {
+    /// The bound address of the metrics endpoint.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
     /// The first bound address of a protocol.
     pub fn address(&self, protocol: Protocol) -> Option<SocketAddr> {
         self.addresses
@@ -379,6 +406,11 @@ async fn session(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Con
         starttls,
         auth_before_tls: l.auth_before_tls,
         tls,
+        tally: crate::session::Tally {
+            metrics: ctx.metrics.clone(),
+            protocol: l.protocol,
+            state: ctx.metrics.connected(l.protocol),
+        },
     };
     match l.protocol {
         Protocol::Imap => crate::imap::session::serve(client, setup, ctx).await,

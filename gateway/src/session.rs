@@ -15,8 +15,16 @@ use tracing::{debug, info};
 use crate::login::Failure;
 use crate::tls::ClientStream;
 
+/// A connection's place in the metrics.
+#[derive(Debug)]
+pub struct Tally {
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub protocol: mailgate_config::Protocol,
+    /// In the `preauth` state until the relay starts.
+    pub state: crate::metrics::InState,
+}
+
 /// A connection's setting, from its listener.
-#[derive(Clone)]
 pub struct Setup {
     pub client: crate::login::Client,
     /// The acceptor for STARTTLS, when the listener offers it.
@@ -26,6 +34,7 @@ pub struct Setup {
     pub auth_before_tls: bool,
     /// TLS is up from the start (implicit TLS).
     pub tls: bool,
+    pub tally: Tally,
 }
 
 impl std::fmt::Debug for Setup {
@@ -234,6 +243,7 @@ pub fn plain_credentials(b64: &SecretString) -> Result<(String, SecretString), P
 /// After a successful login: tells the client (`reply`), then relays,
 /// flushing first what each side sent beyond the login.
 pub async fn relay_after_login<U>(
+    tally: Tally,
     mut client: ClientStream,
     reply: &[u8],
     residual: Vec<u8>,
@@ -246,7 +256,21 @@ pub async fn relay_after_login<U>(
         return;
     }
     info!("logged in upstream; relaying");
-    crate::relay::run(client, upstream, &residual, leftover).await;
+    let Tally {
+        metrics,
+        protocol,
+        state,
+    } = tally;
+    drop(state);
+    let _relaying = metrics.enter(protocol, "relaying");
+    crate::relay::run(
+        client,
+        upstream,
+        &residual,
+        leftover,
+        metrics.meters(protocol),
+    )
+    .await;
 }
 
 /// Keeps a reply text on one line.

@@ -30,6 +30,7 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
         tls: setup.tls,
     });
     let who = setup.client;
+    let tally = setup.tally;
     let ctx2 = ctx.clone();
     let logged_in =
         drive(
@@ -60,5 +61,13 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
         None => format!("{tag} OK Logged in\r\n"),
     };
     let residual = m.into_residual();
-    relay_after_login(client, ok.as_bytes(), residual, up.stream, &up.leftover).await;
+    relay_after_login(
+        tally,
+        client,
+        ok.as_bytes(),
+        residual,
+        up.stream,
+        &up.leftover,
+    )
+    .await;
 }

@@ -24,6 +24,7 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
         tls: setup.tls,
     });
     let who = setup.client;
+    let tally = setup.tally;
     let ctx2 = ctx.clone();
     let logged_in = drive(
         client,
@@ -51,6 +52,7 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
     };
     let residual = m.into_residual();
     relay_after_login(
+        tally,
         client,
         PreAuth::success_reply(),
         residual,

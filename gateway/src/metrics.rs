@@ -1,0 +1,291 @@
+//! Prometheus metrics (`prometheus-client`), served with `/healthz` on
+//! `[gateway] metrics`. One registry per gateway, no globals.
+//!
+//! | Series | Type | Labels |
+//! |---|---|---|
+//! | `mailgate_connections_accepted_total` | counter | `protocol` |
+//! | `mailgate_connections` | gauge | `protocol`, `state` (`preauth`, `relaying`) |
+//! | `mailgate_logins_total` | counter | `protocol`, `result` |
+//! | `mailgate_token_refreshes_total` | counter | `result` (`ok`, `invalid_grant`, `invalid_client`, `error`) |
+//! | `mailgate_relayed_bytes_total` | counter | `protocol`, `direction` (`to_upstream`, `to_client`) |
+//! | `mailgate_upstream_login_seconds` | histogram | `protocol` |
+//!
+//! `result` of a login is `ok`, `bad_credentials`, `needs_authorization`,
+//! `refused` (the upstream refused a fresh token) or `unavailable`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use mailgate_config::Protocol;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByProtocol {
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByState {
+    protocol: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByResult {
+    protocol: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefreshResult {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByDirection {
+    protocol: String,
+    direction: &'static str,
+}
+
+type LatencyFamily = Family<ByProtocol, Histogram, fn() -> Histogram>;
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    connections_total: Family<ByProtocol, Counter>,
+    connections: Family<ByState, Gauge>,
+    logins: Family<ByResult, Counter>,
+    refreshes: Family<RefreshResult, Counter>,
+    bytes: Family<ByDirection, Counter>,
+    upstream_login: LatencyFamily,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// A session's place in the `mailgate_connections` gauge; leaves it when
+/// dropped.
+#[derive(Debug)]
+pub struct InState {
+    gauge: Gauge,
+}
+
+impl Drop for InState {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The byte counters of one relayed session.
+#[derive(Debug, Clone, Default)]
+pub struct Meters {
+    pub to_upstream: Counter,
+    pub to_client: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mailgate");
+        let connections_total = Family::<ByProtocol, Counter>::default();
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted",
+            connections_total.clone(),
+        );
+        let connections = Family::<ByState, Gauge>::default();
+        registry.register(
+            "connections",
+            "Client connections open now, by state",
+            connections.clone(),
+        );
+        let logins = Family::<ByResult, Counter>::default();
+        registry.register("logins", "Client logins by result", logins.clone());
+        let refreshes = Family::<RefreshResult, Counter>::default();
+        registry.register(
+            "token_refreshes",
+            "OAuth refresh and client-credentials token requests by result",
+            refreshes.clone(),
+        );
+        let bytes = Family::<ByDirection, Counter>::default();
+        registry.register("relayed_bytes", "Bytes relayed after login", bytes.clone());
+        let upstream_login: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_login_seconds",
+            "Time to connect, secure and log in to the upstream server",
+            upstream_login.clone(),
+        );
+        Metrics {
+            registry,
+            connections_total,
+            connections,
+            logins,
+            refreshes,
+            bytes,
+            upstream_login,
+        }
+    }
+
+    /// A client connected: counts it and enters it in the `preauth` state.
+    pub fn connected(&self, protocol: Protocol) -> InState {
+        self.connections_total
+            .get_or_create(&ByProtocol {
+                protocol: protocol.to_string(),
+            })
+            .inc();
+        self.enter(protocol, "preauth")
+    }
+
+    /// Enters a session in `state` until the returned guard is dropped.
+    pub fn enter(&self, protocol: Protocol, state: &'static str) -> InState {
+        let gauge = self
+            .connections
+            .get_or_create(&ByState {
+                protocol: protocol.to_string(),
+                state,
+            })
+            .clone();
+        gauge.inc();
+        InState { gauge }
+    }
+
+    pub fn login(&self, protocol: Protocol, result: &'static str) {
+        self.logins
+            .get_or_create(&ByResult {
+                protocol: protocol.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn refresh(&self, result: &'static str) {
+        self.refreshes
+            .get_or_create(&RefreshResult { result })
+            .inc();
+    }
+
+    pub fn upstream_login(&self, protocol: Protocol, took: Duration) {
+        self.upstream_login
+            .get_or_create(&ByProtocol {
+                protocol: protocol.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The byte counters a relayed session adds to.
+    pub fn meters(&self, protocol: Protocol) -> Meters {
+        let get = |direction| {
+            self.bytes
+                .get_or_create(&ByDirection {
+                    protocol: protocol.to_string(),
+                    direction,
+                })
+                .clone()
+        };
+        Meters {
+            to_upstream: get("to_upstream"),
+            to_client: get("to_client"),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { (StatusCode::OK, "ok\n") }),
+        );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::warn!(error = %e, "metrics server stopped");
+    }
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_named_as_documented() {
+        let m = Metrics::new();
+        let s = m.connected(Protocol::Imap);
+        let r = m.enter(Protocol::Imap, "relaying");
+        m.login(Protocol::Imap, "ok");
+        m.refresh("ok");
+        m.upstream_login(Protocol::Smtp, Duration::from_millis(30));
+        m.meters(Protocol::Pop3).to_client.inc_by(42);
+        let text = m.render();
+        for want in [
+            "mailgate_connections_accepted_total{protocol=\"imap\"} 1",
+            "mailgate_connections{protocol=\"imap\",state=\"preauth\"} 1",
+            "mailgate_connections{protocol=\"imap\",state=\"relaying\"} 1",
+            "mailgate_logins_total{protocol=\"imap\",result=\"ok\"} 1",
+            "mailgate_token_refreshes_total{result=\"ok\"} 1",
+            "mailgate_relayed_bytes_total{protocol=\"pop3\",direction=\"to_client\"} 42",
+            "mailgate_upstream_login_seconds_count{protocol=\"smtp\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        drop((s, r));
+        let text = m.render();
+        assert!(text.contains("mailgate_connections{protocol=\"imap\",state=\"preauth\"} 0"));
+    }
+}

@@ -1,0 +1,148 @@
+//! `/metrics` and `/healthz` on `[gateway] metrics`, scraped over HTTP on
+//! 127.0.0.1 during an end-to-end IMAP session: every documented series is
+//! there and moves.
+
+#![allow(clippy::unwrap_used)]
+
+use mailgate_tests::client::LineClient;
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start, without_in_band};
+use mailgate_tests::imap_server::{FakeImap, Options};
+
+async fn scrape(url: &str) -> (u16, String, String) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, ctype, r.text().await.unwrap())
+}
+
+/// The value of one sample line (`name{labels} value`), 0 when absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_during_a_session() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    env.seal_new_user_token();
+    let text = without_in_band(&env.config_text(
+        &imap.url(false),
+        "metrics = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"",
+        "",
+        "",
+    ));
+    let g = start(env.load(&text)).await;
+    let base = format!("http://{}", g.metrics_address().unwrap());
+
+    let (status, _, body) = scrape(&format!("{base}/healthz")).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, ctype, before) = scrape(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert!(before.ends_with("# EOF\n"), "{before}");
+
+    // A wrong password, then a good login and a FETCH, scraped while the
+    // session is still relaying.
+    let mut bad = LineClient::greeted(imap_addr(&g)).await;
+    assert!(bad.login("b", USER, "wrong").await.starts_with("b NO"));
+    drop(bad);
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
+    c.send("f FETCH 1 BODY[]\r\n").await;
+    let fetched = c.response("f").await;
+    let (_, _, during) = scrape(&format!("{base}/metrics")).await;
+
+    let imap_l = "protocol=\"imap\"";
+    assert_eq!(
+        value(
+            &during,
+            &format!("mailgate_connections_accepted_total{{{imap_l}}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &during,
+            &format!("mailgate_connections{{{imap_l},state=\"relaying\"}}")
+        ),
+        1.0,
+        "{during}"
+    );
+    assert_eq!(
+        value(
+            &during,
+            &format!("mailgate_logins_total{{{imap_l},result=\"ok\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &during,
+            &format!("mailgate_logins_total{{{imap_l},result=\"bad_credentials\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&during, "mailgate_token_refreshes_total{result=\"ok\"}"),
+        env.oauth.refresh_count() as f64
+    );
+    assert!(env.oauth.refresh_count() >= 1);
+    assert_eq!(
+        value(
+            &during,
+            &format!("mailgate_upstream_login_seconds_count{{{imap_l}}}")
+        ),
+        1.0
+    );
+    let down = value(
+        &during,
+        &format!("mailgate_relayed_bytes_total{{{imap_l},direction=\"to_client\"}}"),
+    );
+    assert!(down >= fetched.len() as f64, "{down} < {}", fetched.len());
+    let up = value(
+        &during,
+        &format!("mailgate_relayed_bytes_total{{{imap_l},direction=\"to_upstream\"}}"),
+    );
+    assert_eq!(up, "f FETCH 1 BODY[]\r\n".len() as f64);
+
+    // After LOGOUT the session leaves the gauge.
+    c.send("z LOGOUT\r\n").await;
+    c.response("z").await;
+    assert!(c.closed().await);
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = scrape(&format!("{base}/metrics")).await.2;
+        if value(
+            &after,
+            &format!("mailgate_connections{{{imap_l},state=\"relaying\"}}"),
+        ) == 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        value(
+            &after,
+            &format!("mailgate_connections{{{imap_l},state=\"relaying\"}}")
+        ),
+        0.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            &format!("mailgate_connections{{{imap_l},state=\"preauth\"}}")
+        ),
+        0.0
+    );
+    g.shutdown().await;
+}
