@@ -21,6 +21,10 @@ pub struct Cli {
     /// ~/.config/mailgate/mailgate.toml, /etc/mailgate/mailgate.toml).
     #[arg(short, long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or directives such as
+    /// `mailgate=debug,rustls=info` (overrides RUST_LOG).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -49,8 +53,13 @@ pub enum Command {
     /// Manage stored tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// List the accounts and the state of their tokens (needs no password).
-    Accounts,
+    /// List the accounts and the state of their tokens (needs no password):
+    /// token state, expiry, last refresh, backoff, last error.
+    Accounts {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete the stored tokens of one account.
     Forget {
         /// The account's login name.
@@ -114,6 +123,11 @@ fn load(explicit: Option<&Path>) -> Result<Config, CliError> {
 
 fn run(cli: Cli) -> CliResult {
     let path = cli.config.as_deref();
+    let level = cli.log_level.clone();
+    // A bad --log-level is reported before anything else is read.
+    crate::logging::filter(level.as_deref(), "info").map_err(CliError::User)?;
+    let log_filter =
+        |default: &str| crate::logging::filter(level.as_deref(), default).map_err(CliError::User);
     match cli.command {
         Command::Check => {
             let path = mailgate_config::locate(path).map_err(CliError::User)?;
@@ -137,7 +151,7 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Run => {
             let cfg = load(path)?;
-            crate::logging::init(cfg.gateway.log_format, "info");
+            crate::logging::init(cfg.gateway.log_format, log_filter("info")?);
             runtime()?.block_on(serve(cfg))
         }
         Command::Login {
@@ -147,15 +161,15 @@ fn run(cli: Cli) -> CliResult {
             timeout,
         } => {
             let cfg = load(path)?;
-            crate::logging::init(LogFormat::Text, "warn");
+            crate::logging::init(LogFormat::Text, log_filter("warn")?);
             login(&cfg, &user, flow, no_browser, timeout)
         }
         Command::Token(TokenCommand::Import { user, no_verify }) => {
             let cfg = load(path)?;
-            crate::logging::init(LogFormat::Text, "warn");
+            crate::logging::init(LogFormat::Text, log_filter("warn")?);
             token_import(&cfg, &user, no_verify)
         }
-        Command::Accounts => accounts(&load(path)?),
+        Command::Accounts { json } => accounts(&load(path)?, json),
         Command::Forget { user } => {
             let cfg = load(path)?;
             let user = user.trim().to_lowercase();
@@ -491,67 +505,155 @@ fn throttle(t: Option<&crate::backoff::Throttle>) -> String {
     }
 }
 
-fn accounts(cfg: &Config) -> CliResult {
+/// One row of `mailgate accounts`.
+#[derive(Debug, serde::Serialize)]
+struct AccountRow {
+    user: String,
+    provider: String,
+    flow: String,
+    /// `valid` (a live access token), `refresh_due` (refreshed at the next
+    /// login), `needs_login` (the refresh token is dead: `mailgate login`),
+    /// `none` (nothing stored).
+    token: &'static str,
+    /// Unix seconds.
+    expires_at: Option<u64>,
+    sealed_at: Option<u64>,
+    last_refresh: Option<u64>,
+    last_error: Option<String>,
+    /// Failed logins of this name in the last 15 minutes, and the delay the
+    /// next attempt waits (from the running gateway's `backoff.json`).
+    backoff: Option<crate::backoff::Throttle>,
+    in_configuration: bool,
+}
+
+impl AccountRow {
+    fn new(
+        cfg: &Config,
+        user: String,
+        provider: &str,
+        f: Option<&TokenFile>,
+        backoff: &crate::backoff::Snapshot,
+    ) -> AccountRow {
+        let throttle = backoff
+            .users
+            .get(&user)
+            .filter(|t| now().saturating_sub(t.last_failure) < 15 * 60)
+            .cloned();
+        AccountRow {
+            in_configuration: cfg.find_account(&user).is_some() || user.starts_with("*@"),
+            user,
+            provider: provider.to_owned(),
+            flow: cfg
+                .provider(provider)
+                .map(|p| p.flow.to_string())
+                .unwrap_or_else(|| "-".into()),
+            token: match f {
+                None => "none",
+                Some(f) if f.needs_authorization => "needs_login",
+                Some(f) if f.expires_at.is_some_and(|e| e > now()) => "valid",
+                Some(_) => "refresh_due",
+            },
+            expires_at: f.and_then(|f| f.expires_at),
+            sealed_at: f.map(|f| f.sealed_at),
+            last_refresh: f.and_then(|f| f.last_refresh),
+            last_error: f.and_then(|f| f.last_error.clone()),
+            backoff: throttle,
+        }
+    }
+
+    fn cells(&self) -> [String; 8] {
+        [
+            self.user.clone(),
+            self.provider.clone(),
+            self.flow.clone(),
+            self.token.to_owned(),
+            time(self.expires_at),
+            time(self.last_refresh),
+            throttle(self.backoff.as_ref()),
+            match (&self.last_error, self.in_configuration) {
+                (_, false) => "not in the configuration".into(),
+                (Some(e), true) => e.clone(),
+                (None, true) => "-".into(),
+            },
+        ]
+    }
+}
+
+fn accounts(cfg: &Config, json: bool) -> CliResult {
     let store = Store::new(&cfg.gateway.state_dir);
     let (files, errors) = store.list();
     let backoff = crate::backoff::read_snapshot(&cfg.gateway.state_dir).unwrap_or_default();
-    let mut rows: Vec<[String; 8]> = Vec::new();
-    let flow = |p: &str| {
-        cfg.provider(p)
-            .map(|p| p.flow.to_string())
-            .unwrap_or_else(|| "-".into())
-    };
-    let row = |user: String, provider: &str, f: Option<&TokenFile>| -> [String; 8] {
-        let failed = throttle(backoff.users.get(&user));
-        [
-            user,
-            provider.to_owned(),
-            flow(provider),
-            match f {
-                Some(f) if f.needs_authorization => "expired".into(),
-                Some(_) => "yes".into(),
-                None => "no".into(),
-            },
-            time(f.map(|f| f.sealed_at)),
-            time(f.and_then(|f| f.last_refresh)),
-            failed,
-            f.and_then(|f| f.last_error.clone())
-                .unwrap_or_else(|| "-".into()),
-        ]
-    };
+    let mut rows = Vec::new();
     for a in &cfg.accounts {
         match &a.user {
             UserPattern::Exact(u) => {
                 let f = files.iter().find(|f| &f.user == u);
-                rows.push(row(u.clone(), &a.provider, f));
+                rows.push(AccountRow::new(cfg, u.clone(), &a.provider, f, &backoff));
             }
             UserPattern::Domain(_) => {
-                rows.push(row(a.user.to_string(), &a.provider, None));
+                rows.push(AccountRow::new(
+                    cfg,
+                    a.user.to_string(),
+                    &a.provider,
+                    None,
+                    &backoff,
+                ));
                 for f in files.iter().filter(|f| {
                     a.user.matches(&f.user)
                         && cfg.find_account(&f.user).is_some_and(|b| b.user == a.user)
                 }) {
-                    rows.push(row(f.user.clone(), &a.provider, Some(f)));
+                    rows.push(AccountRow::new(
+                        cfg,
+                        f.user.clone(),
+                        &a.provider,
+                        Some(f),
+                        &backoff,
+                    ));
                 }
             }
         }
     }
     for f in files.iter().filter(|f| cfg.find_account(&f.user).is_none()) {
-        let mut r = row(f.user.clone(), &f.provider, Some(f));
-        r[7] = "not in the configuration".into();
-        rows.push(r);
+        rows.push(AccountRow::new(
+            cfg,
+            f.user.clone(),
+            &f.provider,
+            Some(f),
+            &backoff,
+        ));
+    }
+    let slowed: Vec<(&String, &crate::backoff::Throttle)> = backoff
+        .addresses
+        .iter()
+        .filter(|(_, t)| throttle(Some(t)) != "-")
+        .collect();
+    for e in &errors {
+        eprintln!("warning: {e}");
+    }
+    if json {
+        let out = serde_json::json!({
+            "accounts": rows,
+            "slowed_addresses": slowed.iter().map(|(a, t)| serde_json::json!({"address": a, "backoff": t})).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| CliError::Internal(e.to_string()))?
+        );
+        return Ok(());
     }
     let header = [
         "USER",
         "PROVIDER",
         "FLOW",
         "TOKEN",
-        "SEALED AT",
+        "EXPIRES",
         "LAST REFRESH",
+        "BACKOFF",
         "LAST ERROR",
     ];
+    let cells: Vec<[String; 8]> = rows.iter().map(AccountRow::cells).collect();
     let mut widths = header.map(str::len);
-    for r in &rows {
+    for r in &cells {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
             *w = (*w).max(c.chars().count());
         }
@@ -568,23 +670,15 @@ fn accounts(cfg: &Config) -> CliResult {
         println!("{}", s.trim_end());
     };
     line(&header);
-    for r in &rows {
+    for r in &cells {
         line(&r.iter().map(String::as_str).collect::<Vec<_>>());
     }
-    let slowed: Vec<String> = backoff
-        .addresses
-        .iter()
-        .filter(|(_, t)| throttle(Some(t)) != "-")
-        .map(|(a, t)| format!("{a}: {}", throttle(Some(t))))
-        .collect();
     if !slowed.is_empty() {
-        println!(
-            "\nclient addresses with failed logins: {}",
-            slowed.join(", ")
-        );
-    }
-    for e in errors {
-        eprintln!("warning: {e}");
+        let list: Vec<String> = slowed
+            .iter()
+            .map(|(a, t)| format!("{a}: {}", throttle(Some(t))))
+            .collect();
+        println!("\nclient addresses with failed logins: {}", list.join(", "));
     }
     Ok(())
 }

@@ -160,6 +160,10 @@ pub struct TokenFile {
     pub sealed_at: u64,
     pub last_refresh: Option<u64>,
     pub last_error: Option<String>,
+    /// Unix seconds when the sealed access token expires (a copy in clear,
+    /// for `mailgate accounts`; not a secret).
+    #[serde(default)]
+    pub expires_at: Option<u64>,
     /// Set when the provider answered `invalid_grant`: the refresh token is
     /// dead and the user must authorise again.
     #[serde(default)]
@@ -185,6 +189,7 @@ impl TokenFile {
             sealed_at: now(),
             last_refresh: None,
             last_error: None,
+            expires_at: None,
             needs_authorization: false,
             kdf: key.kdf.clone(),
             nonce: String::new(),
@@ -196,6 +201,7 @@ impl TokenFile {
 
     /// Replaces the sealed tokens, keeping the metadata.
     pub fn reseal(&mut self, key: &SealingKey, tokens: &Tokens) {
+        self.expires_at = tokens.access_token.as_ref().and(tokens.expires_at);
         let cipher = XChaCha20Poly1305::new((&key.key).into());
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let plain = Zeroizing::new(serde_json::to_vec(tokens).unwrap_or_default());

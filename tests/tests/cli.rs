@@ -207,10 +207,26 @@ async fn token_import_accounts_forget() {
     assert!(listing.starts_with("USER"), "{listing}");
     let row = listing.lines().find(|l| l.starts_with(USER)).unwrap();
     assert!(
-        row.contains("test") && row.contains("authorization_code") && row.contains(" yes "),
+        row.contains("test") && row.contains("authorization_code") && row.contains(" valid "),
         "{row}"
     );
+    assert!(listing.lines().next().unwrap().contains("EXPIRES"), "{listing}");
     assert!(!listing.contains(&rt));
+    // The same as JSON: expiry and last refresh are set, no error.
+    let out = mailgate(&cfg, &["accounts", "--json"], "", None);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = v["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["user"] == USER)
+        .unwrap();
+    assert_eq!(a["token"], "valid", "{v}");
+    assert_eq!(a["provider"], "test");
+    assert!(a["expires_at"].as_u64().unwrap() > a["last_refresh"].as_u64().unwrap());
+    assert!(a["last_error"].is_null() && a["backoff"].is_null(), "{v}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&rt));
     let raw = std::fs::read_to_string(env.state_dir().join("tokens").join(format!("{USER}.json")))
         .unwrap();
     assert!(!raw.contains(&rt));
@@ -233,7 +249,7 @@ async fn token_import_accounts_forget() {
         .find(|l| l.starts_with(USER))
         .unwrap()
         .to_string();
-    assert!(row.contains(" no "), "{row}");
+    assert!(row.contains(" none "), "{row}");
     let out = mailgate(&cfg, &["forget", USER], "", None);
     assert!(text(&out.stdout).contains("no tokens were stored"));
 }
