@@ -41,3 +41,42 @@ fn bad_arguments_and_missing_config_are_user_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    for (shell, marker) in [
+        ("bash", "_mailgate()"),
+        ("zsh", "#compdef mailgate"),
+        ("fish", "complete -c mailgate"),
+    ] {
+        let out = mailgate(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {text}");
+        for cmd in ["accounts", "hash-password", "completions", "log-level"] {
+            assert!(text.contains(cmd), "{shell} completion lacks {cmd}");
+        }
+    }
+    let out = mailgate(&["completions", "tcsh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+    let out = mailgate(&["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH mailgate 1"),
+        "{page}"
+    );
+    for section in [
+        "MAILGATE LOGIN",
+        "MAILGATE TOKEN IMPORT",
+        "MAILGATE ACCOUNTS",
+        "\\-\\-json",
+        "\\-\\-flow",
+    ] {
+        assert!(page.contains(section), "man page lacks {section}");
+    }
+}

@@ -210,7 +210,10 @@ async fn token_import_accounts_forget() {
         row.contains("test") && row.contains("authorization_code") && row.contains(" valid "),
         "{row}"
     );
-    assert!(listing.lines().next().unwrap().contains("EXPIRES"), "{listing}");
+    assert!(
+        listing.lines().next().unwrap().contains("EXPIRES"),
+        "{listing}"
+    );
     assert!(!listing.contains(&rt));
     // The same as JSON: expiry and last refresh are set, no error.
     let out = mailgate(&cfg, &["accounts", "--json"], "", None);
