@@ -13,7 +13,6 @@
 //! `result` of a login is `ok`, `bad_credentials`, `needs_authorization`,
 //! `refused` (the upstream refused a fresh token) or `unavailable`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,11 +251,6 @@ pub async fn serve(
     {
         tracing::warn!(error = %e, "metrics server stopped");
     }
-}
-
-/// Binds the metrics address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

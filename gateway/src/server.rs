@@ -186,7 +186,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     tokio::spawn(publish_backoff(ctx.clone(), stop_accepting.clone()));
     let metrics = match config.gateway.metrics {
         Some(addr) => {
-            let listener = crate::metrics::bind(addr).await.with_context(|| {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr} for metrics; is another program using it?")
             })?;
             let local = listener.local_addr()?;

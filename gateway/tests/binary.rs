@@ -66,10 +66,7 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     let out = mailgate(&["man"]);
     assert!(out.status.success());
     let page = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        page.starts_with(".ie") || page.contains(".TH mailgate 1"),
-        "{page}"
-    );
+    assert!(page.contains(".TH mailgate 1"), "{page}");
     for section in [
         "MAILGATE LOGIN",
         "MAILGATE TOKEN IMPORT",
