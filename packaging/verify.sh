@@ -15,7 +15,8 @@ mkdir -p "$work/man/man1"
 "$bin" man > "$work/man/man1/mailgate.1"
 grep -q '^\.TH mailgate 1' "$work/man/man1/mailgate.1"
 for shell in bash zsh fish; do
-  "$bin" completions "$shell" | grep -q accounts
+  "$bin" completions "$shell" > "$work/completion.$shell"
+  grep -q accounts "$work/completion.$shell"
 done
 
 echo "== systemd unit"

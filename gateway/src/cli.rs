@@ -1,7 +1,7 @@
 //! The `mailgate` command line (SPEC §2). Exit codes: 0 success, 1 user
 //! error, 2 internal error; every error is one line saying what to do.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -78,7 +78,6 @@ pub enum Command {
 /// Writes the man page (roff), generated from the CLI definition: clap's
 /// page for `mailgate`, then a section per command with its arguments.
 pub fn man_page(out: &mut Vec<u8>) -> std::io::Result<()> {
-    use std::io::Write as _;
     let cmd = <Cli as clap::CommandFactory>::command();
     clap_mangen::Man::new(cmd.clone()).render(out)?;
     let esc = |s: &str| s.replace('\\', "\\\\").replace('-', "\\-");
@@ -161,6 +160,36 @@ pub enum TokenCommand {
 pub enum CliError {
     User(String),
     Internal(String),
+    /// Standard output was closed by its reader (`mailgate accounts | head -1`):
+    /// the command stops quietly with exit 0, like other Unix tools.
+    OutputClosed,
+}
+
+impl CliError {
+    fn stdout(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            CliError::OutputClosed
+        } else {
+            CliError::User(format!("cannot write to standard output: {e}"))
+        }
+    }
+}
+
+/// Writes bytes to standard output; a closed pipe is [`CliError::OutputClosed`],
+/// never a panic (unlike `println!`).
+fn emit(bytes: &[u8]) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(CliError::stdout)
+}
+
+/// `println!` that returns [`CliError`] instead of panicking when standard
+/// output is gone.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
 }
 
 type CliResult = Result<(), CliError>;
@@ -168,7 +197,7 @@ type CliResult = Result<(), CliError>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(CliError::OutputClosed) => ExitCode::SUCCESS,
         Err(CliError::User(m)) => {
             eprintln!("mailgate: {m}");
             ExitCode::from(1)
@@ -197,10 +226,9 @@ fn run(cli: Cli) -> CliResult {
             let path = mailgate_config::locate(path).map_err(CliError::User)?;
             match mailgate_config::load(&path) {
                 Ok(cfg) => {
-                    print!("{}", cfg.describe());
+                    emit(cfg.describe().as_bytes())?;
                     certificates(&cfg)?;
-                    println!("configuration is valid");
-                    Ok(())
+                    out!("configuration is valid")
                 }
                 Err(errs) => {
                     for e in &errs.0 {
@@ -240,26 +268,25 @@ fn run(cli: Cli) -> CliResult {
             let store = Store::new(&cfg.gateway.state_dir);
             match store.remove(&user) {
                 Ok(true) => {
-                    println!("deleted the stored tokens of {user}");
-                    Ok(())
+                    out!("deleted the stored tokens of {user}")
                 }
                 Ok(false) => {
-                    println!("no tokens were stored for {user}");
-                    Ok(())
+                    out!("no tokens were stored for {user}")
                 }
                 Err(e) => Err(CliError::User(e.to_string())),
             }
         }
         Command::Completions { shell } => {
+            // Generated into memory first: clap_complete panics on a write error.
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "mailgate", &mut std::io::stdout());
-            Ok(())
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "mailgate", &mut script);
+            emit(&script)
         }
         Command::Man => {
             let mut out = Vec::new();
             man_page(&mut out).map_err(|e| CliError::Internal(e.to_string()))?;
-            std::io::Write::write_all(&mut std::io::stdout(), &out)
-                .map_err(|e| CliError::Internal(e.to_string()))
+            emit(&out)
         }
         Command::HashPassword => {
             let pw = read_password("New local password", true)?;
@@ -268,8 +295,7 @@ fn run(cli: Cli) -> CliResult {
             let hash = argon2::Argon2::default()
                 .hash_password(pw.expose_secret().as_bytes(), &salt)
                 .map_err(|e| CliError::Internal(e.to_string()))?;
-            println!("{hash}");
-            Ok(())
+            out!("{hash}")
         }
     }
 }
@@ -287,7 +313,7 @@ fn certificates(cfg: &Config) -> CliResult {
             .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
         let tls = crate::tls::ListenerTls::load(source)
             .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
-        println!(
+        out!(
             "tls {what}: {}{} sha256 {}",
             tls.source.cert.display(),
             if tls.source.generated {
@@ -296,7 +322,7 @@ fn certificates(cfg: &Config) -> CliResult {
                 ""
             },
             tls.fingerprint()
-        );
+        )?;
     }
     Ok(())
 }
@@ -419,7 +445,6 @@ fn login(
     timeout: std::time::Duration,
 ) -> CliResult {
     use mailgate_config::Flow;
-    use std::io::Write as _;
     let user = user.trim().to_lowercase();
     let provider = account_provider(cfg, &user)?;
     let flow = match (flow, provider.flow) {
@@ -443,14 +468,22 @@ fn login(
     let oauth =
         OAuth::new(cfg.gateway.upstream_timeout).map_err(|e| CliError::Internal(e.to_string()))?;
     let failed = |e: crate::flows::FlowError| CliError::User(format!("{e}; nothing was stored"));
+    // The sign-in instructions must reach the user: a closed standard output
+    // ends the login (nothing is stored) instead of panicking.
+    let say = |text: String| {
+        emit(format!("{text}\n").as_bytes()).map_err(|_| {
+            crate::flows::FlowError::Input(
+                "cannot write the sign-in instructions to standard output".into(),
+            )
+        })
+    };
     let grant = runtime()?.block_on(async {
         match flow {
             LoginFlow::Browser => {
                 let server = crate::redirect::RedirectServer::bind(&provider.redirect_uri, true).await?;
                 let sign_in = crate::flows::browser_request(&oauth, &provider, &server, &user)?;
                 let url = sign_in.request.url.clone();
-                println!("Open this URL in a browser and sign in as {user}:\n\n{url}\n");
-                let _ = std::io::stdout().flush();
+                say(format!("Open this URL in a browser and sign in as {user}:\n\n{url}\n"))?;
                 if !no_browser && webbrowser::open(url.as_str()).is_err() {
                     eprintln!("(no browser could be opened; open the URL yourself)");
                 }
@@ -463,18 +496,16 @@ fn login(
             }
             LoginFlow::Device => {
                 let d = oauth.start_device(&provider).await?;
-                println!("{}", crate::flows::device_instructions(&d));
-                let _ = std::io::stdout().flush();
+                say(crate::flows::device_instructions(&d))?;
                 eprintln!("Waiting for the sign-in...");
                 Ok(oauth.poll_device(&provider, &d).await?)
             }
             LoginFlow::Paste => {
                 let req = oauth.authorization_request(&provider, &provider.redirect_uri, &user)?;
-                println!(
+                say(format!(
                     "Open this URL in a browser and sign in as {user}:\n\n{}\n\nThe browser then ends on an address starting with {} (the page may not load).\nCopy that whole address from the address bar and paste it here:",
                     req.url, provider.redirect_uri
-                );
-                let _ = std::io::stdout().flush();
+                ))?;
                 let line = tokio::task::spawn_blocking(|| {
                     let mut l = String::new();
                     std::io::stdin().read_line(&mut l).map(|_| l)
@@ -495,8 +526,7 @@ fn login(
         &password,
     )
     .map_err(failed)?;
-    println!("stored the tokens of {user} (provider {})", provider.name);
-    Ok(())
+    out!("stored the tokens of {user} (provider {})", provider.name)
 }
 
 fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
@@ -543,7 +573,7 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
     Store::new(&cfg.gateway.state_dir)
         .save(&file)
         .map_err(|e| CliError::User(e.to_string()))?;
-    println!(
+    out!(
         "stored the tokens of {user} (provider {}){}",
         provider.name,
         if no_verify {
@@ -551,8 +581,7 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
         } else {
             ", verified with one refresh"
         }
-    );
-    Ok(())
+    )
 }
 
 fn time(t: Option<u64>) -> String {
@@ -710,11 +739,10 @@ fn accounts(cfg: &Config, json: bool) -> CliResult {
             "accounts": rows,
             "slowed_addresses": slowed.iter().map(|(a, t)| serde_json::json!({"address": a, "backoff": t})).collect::<Vec<_>>(),
         });
-        println!(
+        return out!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(|e| CliError::Internal(e.to_string()))?
         );
-        return Ok(());
     }
     let header = [
         "USER",
@@ -742,18 +770,18 @@ fn accounts(cfg: &Config, json: bool) -> CliResult {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", s.trim_end());
+        out!("{}", s.trim_end())
     };
-    line(&header);
+    line(&header)?;
     for r in &cells {
-        line(&r.iter().map(String::as_str).collect::<Vec<_>>());
+        line(&r.iter().map(String::as_str).collect::<Vec<_>>())?;
     }
     if !slowed.is_empty() {
         let list: Vec<String> = slowed
             .iter()
             .map(|(a, t)| format!("{a}: {}", throttle(Some(t))))
             .collect();
-        println!("\nclient addresses with failed logins: {}", list.join(", "));
+        out!("\nclient addresses with failed logins: {}", list.join(", "))?;
     }
     Ok(())
 }

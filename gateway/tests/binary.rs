@@ -77,3 +77,55 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         assert!(page.contains(section), "man page lacks {section}");
     }
 }
+
+/// Runs `mailgate` with its standard output a pipe whose reader is already
+/// gone, as in `mailgate accounts | head -0`.
+fn mailgate_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_mailgate"))
+        .args(args)
+        .env_remove("MAILGATE_CONFIG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mailgate");
+    child.wait_with_output().expect("wait for mailgate")
+}
+
+#[test]
+fn a_closed_standard_output_ends_quietly_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mailgate.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[gateway]
+state_dir = "state"
+[[listener]]
+protocol = "imap"
+address = "127.0.0.1:1143"
+[provider.gmail]
+preset = "gmail"
+client_id = "id.apps.googleusercontent.com"
+[[account]]
+user = "a@example.com"
+provider = "gmail"
+"#,
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "zsh"],
+        &["man"],
+        &["-c", cfg, "check"],
+        &["-c", cfg, "accounts"],
+        &["-c", cfg, "accounts", "--json"],
+    ] {
+        let out = mailgate_into_closed_pipe(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}
