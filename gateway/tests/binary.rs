@@ -81,7 +81,7 @@ fn completions_and_man_page_come_from_the_cli_definition() {
 /// Runs `mailgate` with its standard output a pipe whose reader is already
 /// gone, as in `mailgate accounts | head -0`.
 fn mailgate_into_closed_pipe(args: &[&str]) -> std::process::Output {
-    let (reader, writer) = std::io::pipe().expect("pipe");
+    let (reader, writer) = os_pipe::pipe().expect("pipe");
     drop(reader);
     let child = Command::new(env!("CARGO_BIN_EXE_mailgate"))
         .args(args)
@@ -95,7 +95,7 @@ fn mailgate_into_closed_pipe(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_closed_standard_output_ends_quietly_without_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let cfg = dir.path().join("mailgate.toml");
     std::fs::write(
         &cfg,
@@ -113,8 +113,8 @@ user = "a@example.com"
 provider = "gmail"
 "#,
     )
-    .unwrap();
-    let cfg = cfg.to_str().unwrap();
+    .expect("write the configuration");
+    let cfg = cfg.to_str().expect("UTF-8 path");
     for args in [
         &["completions", "bash"][..],
         &["completions", "zsh"],
