@@ -161,7 +161,8 @@ pub enum CliError {
     User(String),
     Internal(String),
     /// Standard output was closed by its reader (`mailgate accounts | head -1`):
-    /// the command stops quietly with exit 0, like other Unix tools.
+    /// the command stops quietly with exit 0 (as ripgrep does), so a
+    /// `pipefail` script does not fail on it.
     OutputClosed,
 }
 
@@ -471,7 +472,7 @@ fn login(
     // The sign-in instructions must reach the user: a closed standard output
     // ends the login (nothing is stored) instead of panicking.
     let say = |text: String| {
-        emit(format!("{text}\n").as_bytes()).map_err(|_| {
+        out!("{text}").map_err(|_| {
             crate::flows::FlowError::Input(
                 "cannot write the sign-in instructions to standard output".into(),
             )

@@ -273,6 +273,44 @@ pub async fn relay_after_login<U>(
     .await;
 }
 
+/// The session of a line-based protocol (POP3, SMTP) once its machine `m`
+/// is built: the pre-auth dialogue, the login (`upstream` gives, from what
+/// the client said before it, the upstream login to try, e.g. with its EHLO
+/// name), `success` to the client, then the relay.
+pub async fn serve_lines<M, U, A, Fut>(
+    client: ClientStream,
+    setup: Setup,
+    ctx: std::sync::Arc<crate::server::Context>,
+    mut m: M,
+    success: &[u8],
+    upstream: U,
+) where
+    M: PreAuth,
+    U: Fn(&M) -> A,
+    A: Fn(crate::login::Attempt) -> Fut,
+    Fut: Future<Output = Result<crate::upstream::LoggedIn, crate::upstream::UpstreamError>>,
+{
+    let Setup {
+        client: who,
+        starttls,
+        tally,
+        ..
+    } = setup;
+    let protocol = tally.protocol;
+    let limit = ctx.config().gateway.preauth_timeout;
+    let logged_in = drive(client, &mut m, limit, starttls, |m, user, password| {
+        let ctx = ctx.clone();
+        let attempt = upstream(m);
+        async move { crate::login::login(&ctx, protocol, &user, &password, who, attempt).await }
+    })
+    .await;
+    let Some((client, up)) = logged_in else {
+        return;
+    };
+    let residual = m.into_residual();
+    relay_after_login(tally, client, success, residual, up.stream, &up.leftover).await;
+}
+
 /// Keeps a reply text on one line.
 pub fn one_line(s: &str) -> String {
     s.chars()
