@@ -7,6 +7,17 @@
 //! tokens — happens under it, so concurrent logins for one account cause one
 //! key derivation and one refresh (single flight), and later logins with the
 //! same password cost a hash comparison.
+//!
+//! The store is the truth (SPEC §4): every login reads the account's file
+//! (a small read) and uses its cached key and tokens only while the file is
+//! still the one they came from; every write is a compare-and-swap against
+//! that file, so `mailgate forget`, `login` and `passwd` take effect for the
+//! next login and are never undone by a running gateway.
+//!
+//! Password checks that need Argon2 are bounded (see [`crate::argon`] and
+//! [`crate::backoff`]): refused at once while the user or the address is in
+//! backoff, capped per user and per address, and names without a file cost
+//! a derivation too, so that they answer like a wrong password.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::oauth::{OAuth, OAuthError};
-use crate::store::{SealingKey, Store, StoreError, TokenFile, Tokens, now};
+use crate::store::{Expect, SealingKey, Store, StoreError, TokenFile, Tokens, now};
 
 /// Why a login could not be completed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -31,9 +42,20 @@ pub enum LoginError {
     /// authentication failure (the two are not told apart).
     #[error("invalid credentials")]
     BadCredentials,
-    /// The account has no usable token; the text says what to do.
+    /// The account has no token file at all: nothing can check the
+    /// password. In-band authorisation may start a flow; otherwise the
+    /// client is told what a wrong password is told. The text is for the
+    /// log and for in-band.
     #[error("{0}")]
-    NeedsAuthorization(String),
+    NoToken(String),
+    /// The account has no usable token; the text says what to do. `file`
+    /// is the file that the password opened (a dead refresh token), which
+    /// an in-band flow may replace.
+    #[error("{text}")]
+    NeedsAuthorization {
+        text: String,
+        file: Option<Box<TokenFile>>,
+    },
     /// The provider, its token endpoint or the store cannot serve the login
     /// now; the text says why.
     #[error("{0}")]
@@ -62,8 +84,27 @@ struct CachedKey {
 struct AccountState {
     key: Option<CachedKey>,
     tokens: Option<Tokens>,
-    /// The file as last read or written.
-    file: Option<TokenFile>,
+    /// The file as last read from or written to the store: the key and the
+    /// tokens stand only while the store holds exactly this file.
+    disk: Option<TokenFile>,
+    /// The tokens in memory are newer than `disk` (a write failed); they
+    /// are written at the next login.
+    unsaved: bool,
+}
+
+/// The longest login name accepted (an e-mail address is at most 254
+/// octets; this leaves room for `upstream_user` style names).
+pub const MAX_USER: usize = 320;
+
+/// The lower-cased account name of a login name, or `None` when it cannot
+/// be one: empty, longer than [`MAX_USER`], or with control characters
+/// (they would reach the XOAUTH2 `user=` field, file names and logs).
+pub fn account_name(login: &str) -> Option<String> {
+    let user = login.trim();
+    if user.is_empty() || user.len() > MAX_USER || user.chars().any(char::is_control) {
+        return None;
+    }
+    Some(user.to_lowercase())
 }
 
 /// The token service.
@@ -76,9 +117,10 @@ pub struct Accounts {
     /// Per provider: the app-only token and its expiry (client credentials).
     metrics: Arc<crate::metrics::Metrics>,
     app_tokens: Mutex<HashMap<String, AppTokenSlot>>,
-    /// Per user: the check of a password that matched its password_hash.
-    hash_checks: Mutex<HashMap<String, [u8; 32]>>,
+    /// Per (user, password_hash): the check of a password that matched it.
+    hash_checks: Mutex<HashMap<(String, String), [u8; 32]>>,
     salt: [u8; 32],
+    argon: crate::argon::Limiter,
 }
 
 type AppTokenSlot = Arc<tokio::sync::Mutex<Option<(SecretString, u64)>>>;
@@ -109,6 +151,7 @@ impl Accounts {
             hash_checks: Mutex::new(HashMap::new()),
             salt,
             metrics,
+            argon: crate::argon::Limiter::default(),
         }
     }
 
@@ -142,11 +185,22 @@ impl Accounts {
         config.provider(&account.provider).cloned()
     }
 
+    /// The SASL identity upstream of a login name: its account's
+    /// `upstream_user`, else the name itself.
+    pub fn upstream_user_of(&self, login: &str) -> String {
+        self.config()
+            .find_account(login)
+            .and_then(|a| a.upstream_user.clone())
+            .unwrap_or_else(|| login.trim().to_owned())
+    }
+
     pub fn backoff(&self) -> &Backoff {
         &self.backoff
     }
 
-    fn check_of(&self, password: &SecretString) -> [u8; 32] {
+    /// A keyed hash of a password (memory only), to compare passwords in
+    /// constant time without keeping them.
+    pub fn check_of(&self, password: &SecretString) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.salt);
         h.update(password.expose_secret().as_bytes());
@@ -167,6 +221,65 @@ impl Accounts {
         map.entry(user.to_owned()).or_default().clone()
     }
 
+    /// Records a failed attempt that [`Accounts::login`] did not record
+    /// itself (an in-band flow started or refused).
+    pub fn failed(&self, user: &str, peer: IpAddr) {
+        self.backoff.failure(user, peer, true);
+    }
+
+    /// Runs Argon2 work for an attempt by `user` from `peer` that no cache
+    /// answered: refused at once while either is in backoff (no work done,
+    /// nothing recorded), or when too many attempts of either are being
+    /// checked, or when the gateway's limiter is full.
+    async fn gated<T, F>(&self, user: &str, peer: IpAddr, f: F) -> Result<T, LoginError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let locked = self.backoff.locked(user, peer);
+        if !locked.is_zero() {
+            info!(
+                locked_ms = locked.as_millis() as u64,
+                "refused without a check: this user or address is in backoff after failed logins"
+            );
+            return Err(LoginError::BadCredentials);
+        }
+        let Some(_pending) = self.backoff.begin(user, peer) else {
+            warn!("refused: too many logins for this user or from this address are being checked");
+            return Err(LoginError::Unavailable(
+                "too many login attempts at once for this account or from this address; try again shortly".into(),
+            ));
+        };
+        self.argon.run(f).await.map_err(|_| {
+            warn!("refused: the gateway's password checks are all busy");
+            LoginError::Unavailable("the gateway is busy; try again shortly".into())
+        })
+    }
+
+    /// A wrong-password answer for a name that has nothing to check the
+    /// password against: it costs a derivation, like a real check.
+    async fn refuse_after_dummy(
+        &self,
+        user: &str,
+        password: &SecretString,
+        peer: IpAddr,
+        known: bool,
+    ) -> LoginError {
+        let (pw, kdf) = (password.clone(), self.argon.dummy_kdf().clone());
+        let dummy = self
+            .gated(user, peer, move || drop(SealingKey::derive(&pw, &kdf)))
+            .await;
+        match dummy {
+            Ok(_) => {
+                if !known {
+                    self.backoff.failure(user, peer, false);
+                }
+                LoginError::BadCredentials
+            }
+            Err(e) => e,
+        }
+    }
+
     /// Checks the local password of `login` and returns an access token that
     /// lives at least the provider's `min_token_life`.
     pub async fn login(
@@ -175,20 +288,14 @@ impl Accounts {
         password: &SecretString,
         peer: IpAddr,
     ) -> Result<Authorized, LoginError> {
-        let user = login.trim().to_lowercase();
-        let delay = self.backoff.delay(&user, peer);
-        if !delay.is_zero() {
-            debug!(
-                delay_ms = delay.as_millis() as u64,
-                "slowing down after failed logins"
-            );
-            tokio::time::sleep(delay).await;
-        }
+        let Some(user) = account_name(login) else {
+            info!("login with a name that cannot be an account");
+            return Err(LoginError::BadCredentials);
+        };
         let config = self.config();
         let Some(account) = config.find_account(&user) else {
             info!("login for an unknown user");
-            self.backoff.failure(&user, peer);
-            return Err(LoginError::BadCredentials);
+            return Err(self.refuse_after_dummy(&user, password, peer, false).await);
         };
         let Some(provider) = config.provider(&account.provider).cloned() else {
             return Err(LoginError::Unavailable(format!(
@@ -197,10 +304,10 @@ impl Accounts {
             )));
         };
         if let Some(hash) = &account.password_hash
-            && !self.check_hash(&user, hash, password).await
+            && !self.check_hash(&user, hash, password, peer).await?
         {
             info!("wrong local password (password_hash)");
-            self.backoff.failure(&user, peer);
+            self.backoff.failure(&user, peer, true);
             return Err(LoginError::BadCredentials);
         }
         let upstream_user = account
@@ -223,7 +330,7 @@ impl Accounts {
 
         let state = self.state(&user);
         let mut st = state.lock().await;
-        if let Err(e) = self.unlock(&user, password, peer, &mut st).await {
+        if let Err(e) = self.unlock(&user, &provider, password, peer, &mut st).await {
             // Nothing learnt about this name (no token, wrong password):
             // forget its state, so names tried against a `*@domain`
             // account do not pile up.
@@ -261,23 +368,31 @@ impl Accounts {
         .await
     }
 
-    /// Checks a `password_hash`, remembering a match so that later logins
-    /// with the same password skip Argon2.
-    async fn check_hash(&self, user: &str, hash: &str, password: &SecretString) -> bool {
+    /// Checks a `password_hash`, remembering a match (for that hash) so
+    /// that later logins with the same password skip Argon2.
+    async fn check_hash(
+        &self,
+        user: &str,
+        hash: &str,
+        password: &SecretString,
+        peer: IpAddr,
+    ) -> Result<bool, LoginError> {
         let check = self.check_of(password);
+        let slot = (user.to_owned(), hash.to_owned());
         let cached = {
             let map = self.hash_checks.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(user).is_some_and(|c| bool::from(c.ct_eq(&check)))
+            map.get(&slot).is_some_and(|c| bool::from(c.ct_eq(&check)))
         };
         if cached {
-            return true;
+            return Ok(true);
         }
-        let ok = verify_hash(hash, password).await;
+        let (h, pw) = (hash.to_owned(), password.clone());
+        let ok = self.gated(user, peer, move || verify_hash(&h, &pw)).await?;
         if ok {
             let mut map = self.hash_checks.lock().unwrap_or_else(|e| e.into_inner());
-            map.insert(user.to_owned(), check);
+            map.insert(slot, check);
         }
-        ok
+        Ok(ok)
     }
 
     /// The provider's app-only token (client credentials grant), cached and
@@ -332,42 +447,65 @@ impl Accounts {
         }
     }
 
-    /// Opens the account's tokens with `password`, from the key cache when the
-    /// password matches it, else from the sealed file.
+    /// Opens the account's tokens with `password`: from the key cache when
+    /// the password matches it and the store still holds the file the cache
+    /// came from, else from the sealed file (one bounded derivation).
     async fn unlock(
         &self,
         user: &str,
+        provider: &Provider,
         password: &SecretString,
         peer: IpAddr,
         st: &mut AccountState,
     ) -> Result<(), LoginError> {
         let check = self.check_of(password);
+        let loaded = self.store.load(user);
+        match &loaded {
+            Ok(file) if file.as_ref() != st.disk.as_ref() => {
+                if st.key.is_some() {
+                    info!(
+                        "the token file changed or was removed behind the gateway; the cached key and tokens are dropped"
+                    );
+                }
+                *st = AccountState::default();
+            }
+            Ok(_) => {}
+            Err(StoreError::Io { .. }) => {
+                // Unreadable now: what is cached (if anything) keeps serving.
+            }
+            Err(_) => *st = AccountState::default(),
+        }
         let cached_ok = st
             .key
             .as_ref()
-            .is_some_and(|k| bool::from(k.check.ct_eq(&check)));
-        // With a cached key, the file is read again only when the in-memory
-        // tokens cannot be used (so a `mailgate token import` done while the
-        // gateway runs is picked up).
-        let usable =
-            st.tokens.is_some() && st.file.as_ref().is_some_and(|f| !f.needs_authorization);
-        if cached_ok && usable {
+            .is_some_and(|k| bool::from(k.check.ct_eq(&check)))
+            && st.tokens.is_some();
+        if cached_ok {
             self.backoff.success(user, peer);
-            return Ok(());
+            if st.unsaved {
+                self.persist(user, provider, st, None);
+            }
+            return self.check_usable(user, st);
         }
-        let file = match self.store.load(user) {
+        let file = match loaded {
             Ok(Some(f)) => f,
             Ok(None) => {
                 info!("no token stored for this account");
-                return Err(LoginError::NeedsAuthorization(format!(
-                    "No OAuth token is stored for {user}; on the gateway run `mailgate login {user}` (or `mailgate token import {user}`), then log in again"
-                )));
+                return match self.refuse_after_dummy(user, password, peer, true).await {
+                    LoginError::BadCredentials => Err(LoginError::NoToken(format!(
+                        "No OAuth token is stored for {user}; on the gateway run `mailgate login {user}` (or `mailgate token import {user}`), then log in again"
+                    ))),
+                    other => Err(other),
+                };
             }
             Err(e @ StoreError::Corrupt { .. }) => {
                 warn!(error = %e, "token file is damaged");
-                return Err(LoginError::NeedsAuthorization(format!(
-                    "The stored token of {user} is damaged; on the gateway run `mailgate login {user}`"
-                )));
+                return Err(LoginError::NeedsAuthorization {
+                    text: format!(
+                        "The stored token of {user} is damaged; on the gateway run `mailgate login {user}`"
+                    ),
+                    file: None,
+                });
             }
             Err(e) => {
                 warn!(error = %e, "cannot read the token store");
@@ -376,49 +514,50 @@ impl Accounts {
                 ));
             }
         };
-        let same_file = st.file.as_ref() == Some(&file);
-        if cached_ok && same_file {
-            // Nothing new on disk: the cached state stands.
-            self.backoff.success(user, peer);
-            return self.check_usable(user, &file);
-        }
         let pw = password.clone();
         let sealed = file.clone();
         let path = self.store.path(user);
-        let opened = tokio::task::spawn_blocking(move || {
-            let key = SealingKey::derive(&pw, &sealed.kdf)?;
-            let tokens = sealed.open(&key, &path)?;
-            Ok::<_, StoreError>((key, tokens))
-        })
-        .await
-        .map_err(|e| LoginError::Unavailable(format!("internal error: {e}")))?;
+        let opened = self
+            .gated(user, peer, move || {
+                let key = SealingKey::derive(&pw, &sealed.kdf)?;
+                let tokens = sealed.open(&key, &path)?;
+                Ok::<_, StoreError>((key, tokens))
+            })
+            .await?;
         match opened {
             Ok((key, tokens)) => {
                 self.backoff.success(user, peer);
                 st.key = Some(CachedKey { key, check });
                 st.tokens = Some(tokens);
-                st.file = Some(file.clone());
-                self.check_usable(user, &file)
+                st.disk = Some(file);
+                st.unsaved = false;
+                self.check_usable(user, st)
             }
             Err(StoreError::WrongPassword) => {
                 info!("wrong local password");
-                self.backoff.failure(user, peer);
+                self.backoff.failure(user, peer, true);
                 Err(LoginError::BadCredentials)
             }
             Err(e) => {
                 warn!(error = %e, "cannot open the token file");
-                Err(LoginError::NeedsAuthorization(format!(
-                    "The stored token of {user} cannot be used; on the gateway run `mailgate login {user}`"
-                )))
+                Err(LoginError::NeedsAuthorization {
+                    text: format!(
+                        "The stored token of {user} cannot be used; on the gateway run `mailgate login {user}`"
+                    ),
+                    file: None,
+                })
             }
         }
     }
 
-    fn check_usable(&self, user: &str, file: &TokenFile) -> Result<(), LoginError> {
-        if file.needs_authorization {
-            return Err(LoginError::NeedsAuthorization(needs_login_text(user)));
+    fn check_usable(&self, user: &str, st: &AccountState) -> Result<(), LoginError> {
+        match &st.disk {
+            Some(f) if f.needs_authorization => Err(LoginError::NeedsAuthorization {
+                text: needs_login_text(user),
+                file: Some(Box::new(f.clone())),
+            }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Returns an access token living at least `min_token_life`, refreshing
@@ -432,7 +571,10 @@ impl Accounts {
         rejected: Option<&SecretString>,
     ) -> Result<SecretString, LoginError> {
         let Some(tokens) = st.tokens.as_mut() else {
-            return Err(LoginError::NeedsAuthorization(needs_login_text(user)));
+            return Err(LoginError::NeedsAuthorization {
+                text: needs_login_text(user),
+                file: st.disk.clone().map(Box::new),
+            });
         };
         if let (Some(bad), Some(cur)) = (rejected, tokens.access_token.as_deref())
             && bool::from(bad.expose_secret().as_bytes().ct_eq(cur.as_bytes()))
@@ -448,7 +590,10 @@ impl Accounts {
             return Ok(SecretString::from(at.clone()));
         }
         let Some(rt) = tokens.refresh_token.clone() else {
-            return Err(LoginError::NeedsAuthorization(needs_login_text(user)));
+            return Err(LoginError::NeedsAuthorization {
+                text: needs_login_text(user),
+                file: st.disk.clone().map(Box::new),
+            });
         };
         let rt = SecretString::from(rt);
         debug!(provider = %provider.name, "refreshing the access token");
@@ -492,9 +637,12 @@ impl Accounts {
                 }
                 self.persist(user, provider, st, Some((e.to_string(), mark_dead)));
                 if mark_dead {
-                    Err(LoginError::NeedsAuthorization(format!(
-                        "The authorisation of {user} has expired or was revoked; on the gateway run `mailgate login {user}`"
-                    )))
+                    Err(LoginError::NeedsAuthorization {
+                        text: format!(
+                            "The authorisation of {user} has expired or was revoked; on the gateway run `mailgate login {user}`"
+                        ),
+                        file: st.disk.clone().map(Box::new),
+                    })
                 } else if matches!(e, OAuthError::InvalidClient(_)) {
                     Err(LoginError::Unavailable(
                         "the provider rejected the gateway's client credentials; the administrator must check the provider's client_id and client_secret".into(),
@@ -510,8 +658,11 @@ impl Accounts {
     }
 
     /// Writes the account's file: re-sealed tokens after a refresh, or the
-    /// error metadata after a failed one. A failure to write is logged; the
-    /// in-memory tokens keep serving logins.
+    /// error metadata after a failed one, as a compare-and-swap against the
+    /// file the cache came from. A file replaced or removed behind the
+    /// gateway is left alone and the cache is dropped; a failure to write is
+    /// logged, and the in-memory tokens keep serving logins (and are written
+    /// at the next one).
     fn persist(
         &self,
         user: &str,
@@ -522,13 +673,23 @@ impl Accounts {
         let (Some(key), Some(tokens)) = (st.key.as_ref(), st.tokens.as_ref()) else {
             return;
         };
-        let mut file = st
-            .file
-            .clone()
-            .unwrap_or_else(|| TokenFile::seal(user, &provider.name, &key.key, tokens));
+        let sealed = match &st.disk {
+            Some(disk) => {
+                let mut f = disk.clone();
+                f.reseal(&key.key, tokens).map(|()| f)
+            }
+            None => TokenFile::seal(user, &provider.name, &key.key, tokens),
+        };
+        let mut file = match sealed {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "cannot seal the tokens; they stay in memory");
+                st.unsaved = true;
+                return;
+            }
+        };
         match error {
             None => {
-                file.reseal(&key.key, tokens);
                 file.last_refresh = Some(now());
                 file.last_error = None;
                 file.needs_authorization = false;
@@ -538,10 +699,24 @@ impl Accounts {
                 file.needs_authorization |= dead;
             }
         }
-        if let Err(e) = self.store.save(&file) {
-            warn!(error = %e, "cannot write the token file; the tokens stay in memory");
+        let expect = match &st.disk {
+            Some(d) => Expect::Same(d),
+            None => Expect::Absent,
+        };
+        match self.store.save(&file, expect) {
+            Ok(written) => {
+                st.disk = Some(written);
+                st.unsaved = false;
+            }
+            Err(e @ StoreError::Changed { .. }) => {
+                warn!(error = %e, "not writing over a token file that changed behind the gateway");
+                *st = AccountState::default();
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot write the token file; the tokens stay in memory");
+                st.unsaved = true;
+            }
         }
-        st.file = Some(file);
     }
 }
 
@@ -549,18 +724,12 @@ fn needs_login_text(user: &str) -> String {
     format!("{user} must be authorised again; on the gateway run `mailgate login {user}`")
 }
 
-/// Checks a `password_hash` PHC string off the async threads.
-async fn verify_hash(hash: &str, password: &SecretString) -> bool {
+/// Checks a `password_hash` PHC string (blocking: Argon2).
+fn verify_hash(hash: &str, password: &SecretString) -> bool {
     use argon2::PasswordVerifier;
-    let hash = hash.to_owned();
-    let pw = password.clone();
-    tokio::task::spawn_blocking(move || {
-        argon2::PasswordHash::new(&hash).is_ok_and(|h| {
-            argon2::Argon2::default()
-                .verify_password(pw.expose_secret().as_bytes(), &h)
-                .is_ok()
-        })
+    argon2::PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.expose_secret().as_bytes(), &h)
+            .is_ok()
     })
-    .await
-    .unwrap_or(false)
 }

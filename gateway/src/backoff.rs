@@ -1,17 +1,27 @@
 //! Slowing down repeated wrong passwords, per user and per client address.
 //!
-//! The first failures are free (people mistype); from the third on, every
-//! attempt for that user or from that address waits `BASE * 2^(n-3)`, capped
-//! at `CAP`. A success clears both counters; counters are forgotten after
-//! `FORGET` without failures.
+//! The first failures are free (people mistype); from the third on, a user
+//! or an address is locked for `BASE * 2^(n-3)` after its last failure,
+//! capped at `CAP`. While locked, attempts are refused at once, without a
+//! key derivation (an attacker's parallel attempts are not queued behind a
+//! delay, and cost the gateway nothing); a correct password whose key is
+//! already cached is not affected at all (the owner keeps working during an
+//! attack). A success clears both counters; counters are forgotten after
+//! `FORGET` without failures. Attempts under way at once are capped per
+//! user and per address ([`Backoff::begin`]).
+//!
+//! Users are keyed by a hash of their name, so an attacker's long names
+//! cost a fixed size; only names of configured accounts are kept in clear,
+//! for `mailgate accounts`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 const FREE: u32 = 2;
 const BASE: Duration = Duration::from_millis(500);
@@ -19,26 +29,70 @@ const CAP: Duration = Duration::from_secs(16);
 const FORGET: Duration = Duration::from_secs(15 * 60);
 /// Bound on remembered keys; old entries are pruned past it.
 const MAX_ENTRIES: usize = 100_000;
+/// Attempts for one user that may be checked at once.
+pub const MAX_PENDING_PER_USER: u32 = 4;
+/// Attempts from one address that may be checked at once.
+pub const MAX_PENDING_PER_ADDRESS: u32 = 8;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
-    User(String),
+    User([u8; 32]),
     Addr(IpAddr),
 }
 
-#[derive(Debug, Clone, Copy)]
+fn user_key(user: &str) -> Key {
+    Key::User(Sha256::digest(user.as_bytes()).into())
+}
+
+#[derive(Debug, Clone)]
 struct Entry {
     failures: u32,
     last: Instant,
     /// Unix seconds of `last`, for the snapshot.
     last_unix: u64,
+    /// The name, for a configured account's entry only.
+    name: Option<String>,
+}
+
+impl Entry {
+    /// How long this key stays locked from `now`.
+    fn locked_for(&self, now: Instant) -> Duration {
+        let since = now.duration_since(self.last);
+        if since >= FORGET {
+            return Duration::ZERO;
+        }
+        delay_for(self.failures).saturating_sub(since)
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct Backoff {
     entries: Mutex<HashMap<Key, Entry>>,
+    /// Attempts being checked now, per key.
+    pending: Arc<Mutex<HashMap<Key, u32>>>,
     /// Changed since the last snapshot was taken.
     dirty: AtomicBool,
+}
+
+/// An attempt being checked; dropping it ends it.
+#[derive(Debug)]
+pub struct Pending {
+    map: Arc<Mutex<HashMap<Key, u32>>>,
+    keys: [Key; 2],
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for k in &self.keys {
+            if let Some(n) = map.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(k);
+                }
+            }
+        }
+    }
 }
 
 /// The snapshot's file name under `state_dir`.
@@ -57,7 +111,7 @@ pub struct Throttle {
     pub failures: u32,
     /// Unix seconds of the last failure.
     pub last_failure: u64,
-    /// How long the next attempt waits.
+    /// How long after the last failure attempts are refused.
     pub delay_ms: u64,
 }
 
@@ -66,6 +120,7 @@ pub struct Throttle {
 pub struct Snapshot {
     /// Unix seconds when it was written.
     pub written: u64,
+    /// Configured accounts only (other names are counted, not named).
     pub users: BTreeMap<String, Throttle>,
     pub addresses: BTreeMap<String, Throttle>,
 }
@@ -79,21 +134,43 @@ fn delay_for(failures: u32) -> Duration {
 }
 
 impl Backoff {
-    /// How long the next attempt for `user` from `addr` must wait.
-    pub fn delay(&self, user: &str, addr: IpAddr) -> Duration {
+    /// How much longer `user` or `addr` is locked; zero when an attempt may
+    /// be checked now.
+    pub fn locked(&self, user: &str, addr: IpAddr) -> Duration {
         let now = Instant::now();
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        [Key::User(user.to_owned()), Key::Addr(addr)]
+        [user_key(user), Key::Addr(addr)]
             .iter()
             .filter_map(|k| map.get(k))
-            .filter(|e| now.duration_since(e.last) < FORGET)
-            .map(|e| delay_for(e.failures))
+            .map(|e| e.locked_for(now))
             .max()
             .unwrap_or(Duration::ZERO)
     }
 
-    /// Records a wrong password.
-    pub fn failure(&self, user: &str, addr: IpAddr) {
+    /// Starts checking an attempt; `None` when too many attempts for this
+    /// user or from this address are being checked already.
+    pub fn begin(&self, user: &str, addr: IpAddr) -> Option<Pending> {
+        let keys = [user_key(user), Key::Addr(addr)];
+        let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (u, a) = (
+            map.get(&keys[0]).copied().unwrap_or(0),
+            map.get(&keys[1]).copied().unwrap_or(0),
+        );
+        if u >= MAX_PENDING_PER_USER || a >= MAX_PENDING_PER_ADDRESS {
+            return None;
+        }
+        for k in keys {
+            *map.entry(k).or_default() += 1;
+        }
+        Some(Pending {
+            map: self.pending.clone(),
+            keys,
+        })
+    }
+
+    /// Records a failed attempt. `known`: `user` is a configured account
+    /// (its name may then appear in the snapshot).
+    pub fn failure(&self, user: &str, addr: IpAddr, known: bool) {
         let now = Instant::now();
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_ENTRIES {
@@ -102,18 +179,21 @@ impl Backoff {
         if map.len() >= MAX_ENTRIES {
             // Still full of fresh entries (many names or addresses at once):
             // forget the least recent tenth, so memory stays bounded.
-            let mut by_age: Vec<(Instant, Key)> =
-                map.iter().map(|(k, e)| (e.last, k.clone())).collect();
+            let mut by_age: Vec<(Instant, Key)> = map.iter().map(|(k, e)| (e.last, *k)).collect();
             by_age.sort_by_key(|(t, _)| *t);
             for (_, k) in by_age.into_iter().take(MAX_ENTRIES / 10) {
                 map.remove(&k);
             }
         }
-        for k in [Key::User(user.to_owned()), Key::Addr(addr)] {
+        for (k, name) in [
+            (user_key(user), known.then(|| user.to_owned())),
+            (Key::Addr(addr), None),
+        ] {
             let e = map.entry(k).or_insert(Entry {
                 failures: 0,
                 last: now,
                 last_unix: 0,
+                name: None,
             });
             if now.duration_since(e.last) >= FORGET {
                 e.failures = 0;
@@ -121,6 +201,9 @@ impl Backoff {
             e.failures = e.failures.saturating_add(1);
             e.last = now;
             e.last_unix = crate::store::now();
+            if name.is_some() {
+                e.name = name;
+            }
         }
         self.dirty.store(true, Ordering::Relaxed);
     }
@@ -128,7 +211,7 @@ impl Backoff {
     /// Records a successful login.
     pub fn success(&self, user: &str, addr: IpAddr) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let a = map.remove(&Key::User(user.to_owned())).is_some();
+        let a = map.remove(&user_key(user)).is_some();
         let b = map.remove(&Key::Addr(addr)).is_some();
         if a || b {
             self.dirty.store(true, Ordering::Relaxed);
@@ -155,10 +238,15 @@ impl Backoff {
                 last_failure: e.last_unix,
                 delay_ms: delay_for(e.failures).as_millis() as u64,
             };
-            match k {
-                Key::User(u) => snap.users.insert(u.clone(), t),
-                Key::Addr(a) => snap.addresses.insert(a.to_string(), t),
-            };
+            match (k, &e.name) {
+                (Key::User(_), Some(name)) => {
+                    snap.users.insert(name.clone(), t);
+                }
+                (Key::User(_), None) => {}
+                (Key::Addr(a), _) => {
+                    snap.addresses.insert(a.to_string(), t);
+                }
+            }
         }
         Some(snap)
     }
@@ -167,9 +255,7 @@ impl Backoff {
     #[cfg(test)]
     pub fn failures(&self, user: &str) -> u32 {
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&Key::User(user.to_owned()))
-            .map(|e| e.failures)
-            .unwrap_or(0)
+        map.get(&user_key(user)).map(|e| e.failures).unwrap_or(0)
     }
 }
 
@@ -191,7 +277,7 @@ mod tests {
         let b = Backoff::default();
         let a: IpAddr = "127.0.0.1".parse().expect("ip");
         for i in 0..(MAX_ENTRIES + 1000) {
-            b.failure(&format!("user{i}"), a);
+            b.failure(&format!("user{i}"), a, false);
         }
         let n = b.entries.lock().expect("lock").len();
         assert!(n <= MAX_ENTRIES, "{n} entries");
@@ -207,7 +293,7 @@ mod tests {
         assert!(b.snapshot_if_changed().is_none());
         let a: IpAddr = "127.0.0.1".parse().expect("ip");
         for _ in 0..3 {
-            b.failure("u", a);
+            b.failure("u", a, true);
         }
         let s = b.snapshot_if_changed().expect("changed");
         assert_eq!(s.users["u"].failures, 3);
@@ -224,21 +310,43 @@ mod tests {
         let a1: IpAddr = "127.0.0.1".parse().expect("ip");
         let a2: IpAddr = "127.0.0.2".parse().expect("ip");
         for _ in 0..3 {
-            b.failure("u", a1);
+            b.failure("u", a1, true);
         }
-        assert_eq!(
-            b.delay("u", a2),
-            Duration::from_millis(500),
-            "same user elsewhere"
-        );
-        assert_eq!(
-            b.delay("v", a1),
-            Duration::from_millis(500),
-            "same address, other user"
-        );
-        assert_eq!(b.delay("v", a2), Duration::ZERO);
+        let locked = |d: Duration| d > Duration::from_millis(400) && d <= BASE;
+        assert!(locked(b.locked("u", a2)), "same user elsewhere");
+        assert!(locked(b.locked("v", a1)), "same address, other user");
+        assert_eq!(b.locked("v", a2), Duration::ZERO);
         assert_eq!(b.failures("u"), 3);
         b.success("u", a1);
-        assert_eq!(b.delay("u", a1), Duration::ZERO);
+        assert_eq!(b.locked("u", a1), Duration::ZERO);
+    }
+
+    #[test]
+    fn pending_attempts_are_capped_and_released() {
+        let b = Backoff::default();
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        let held: Vec<Pending> = (0..MAX_PENDING_PER_USER)
+            .map(|_| b.begin("u", a).expect("under the cap"))
+            .collect();
+        assert!(b.begin("u", "127.0.0.2".parse().expect("ip")).is_none(), "per user");
+        let other: Vec<Pending> = (MAX_PENDING_PER_USER..MAX_PENDING_PER_ADDRESS)
+            .map(|i| b.begin(&format!("v{i}"), a).expect("under the cap"))
+            .collect();
+        assert!(b.begin("w", a).is_none(), "per address");
+        drop(held);
+        drop(other);
+        assert!(b.begin("u", a).is_some(), "released on drop");
+        assert!(b.pending.lock().expect("lock").len() == 0);
+    }
+
+    #[test]
+    fn long_names_cost_a_hash_and_unknown_names_stay_out_of_the_snapshot() {
+        let b = Backoff::default();
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        b.failure(&"x".repeat(300), a, false);
+        b.failure("known@x.test", a, true);
+        let s = b.snapshot_if_changed().expect("changed");
+        assert_eq!(s.users.keys().collect::<Vec<_>>(), ["known@x.test"]);
+        assert_eq!(s.addresses["127.0.0.1"].failures, 2);
     }
 }

@@ -468,7 +468,14 @@ fn login(
     let password = read_password(&format!("Local password for {user}"), true)?;
     let oauth =
         OAuth::new(cfg.gateway.upstream_timeout).map_err(|e| CliError::Internal(e.to_string()))?;
-    let failed = |e: crate::flows::FlowError| CliError::User(format!("{e}; nothing was stored"));
+    let failed = |e: crate::flows::FlowError| {
+        let e = e.to_string();
+        if e.contains("nothing was stored") {
+            CliError::User(e)
+        } else {
+            CliError::User(format!("{e}; nothing was stored"))
+        }
+    };
     // The sign-in instructions must reach the user: a closed standard output
     // ends the login (nothing is stored) instead of panicking.
     let say = |text: String| {
@@ -478,28 +485,42 @@ fn login(
             )
         })
     };
-    let grant = runtime()?.block_on(async {
+    let rt = runtime()?;
+    let (grant, nonce) = rt.block_on(async {
         match flow {
             LoginFlow::Browser => {
                 let server = crate::redirect::RedirectServer::bind(&provider.redirect_uri, true).await?;
                 let sign_in = crate::flows::browser_request(&oauth, &provider, &server, &user)?;
                 let url = sign_in.request.url.clone();
+                let nonce = sign_in.request.nonce.clone();
                 say(format!("Open this URL in a browser and sign in as {user}:\n\n{url}\n"))?;
-                if !no_browser && webbrowser::open(url.as_str()).is_err() {
-                    eprintln!("(no browser could be opened; open the URL yourself)");
-                }
+                let _page = if no_browser {
+                    None
+                } else {
+                    let state_dir = std::path::absolute(&cfg.gateway.state_dir)
+                        .unwrap_or_else(|_| cfg.gateway.state_dir.clone());
+                    match crate::flows::open_browser(&url, &state_dir) {
+                        Ok(page) => Some(page),
+                        Err(_) => {
+                            eprintln!("(no browser could be opened; open the URL yourself)");
+                            None
+                        }
+                    }
+                };
                 eprintln!(
                     "Waiting for the sign-in at {} (up to {})...",
                     server.redirect_uri,
                     humantime::format_duration(timeout)
                 );
-                crate::flows::browser_finish(&oauth, &provider, &server, sign_in, timeout).await
+                let grant =
+                    crate::flows::browser_finish(&oauth, &provider, &server, sign_in, timeout).await?;
+                Ok((grant, Some(nonce)))
             }
             LoginFlow::Device => {
                 let d = oauth.start_device(&provider).await?;
                 say(crate::flows::device_instructions(&d))?;
                 eprintln!("Waiting for the sign-in...");
-                Ok(oauth.poll_device(&provider, &d).await?)
+                Ok((oauth.poll_device(&provider, &d).await?, None))
             }
             LoginFlow::Paste => {
                 let req = oauth.authorization_request(&provider, &provider.redirect_uri, &user)?;
@@ -514,20 +535,53 @@ fn login(
                 .await
                 .map_err(|e| crate::flows::FlowError::Input(e.to_string()))?
                 .map_err(|e| crate::flows::FlowError::Input(format!("cannot read the address: {e}")))?;
-                crate::flows::paste_finish(&oauth, &provider, &req, &line).await
+                let grant = crate::flows::paste_finish(&oauth, &provider, &req, &line).await?;
+                Ok((grant, Some(req.nonce.clone())))
             }
         }
     })
     .map_err(failed)?;
+    let upstream_user = upstream_user(cfg, &user);
+    let identity = rt
+        .block_on(crate::identity::confirm(
+            &provider,
+            &grant,
+            crate::identity::Expected {
+                user: &user,
+                upstream_user: &upstream_user,
+                nonce: nonce.as_ref(),
+            },
+            &prover(cfg),
+        ))
+        .map_err(|e| failed(e.into()))?;
     crate::flows::store_grant(
         &Store::new(&cfg.gateway.state_dir),
         &user,
         &provider.name,
         &grant,
         &password,
+        crate::store::Expect::Any,
     )
     .map_err(failed)?;
-    out!("stored the tokens of {user} (provider {})", provider.name)
+    out!(
+        "stored the tokens of {user} (provider {}, signed in as {identity})",
+        provider.name
+    )
+}
+
+/// The SASL identity upstream of a login name.
+fn upstream_user(cfg: &Config, user: &str) -> String {
+    cfg.find_account(user)
+        .and_then(|a| a.upstream_user.clone())
+        .unwrap_or_else(|| user.to_owned())
+}
+
+/// How the CLI proves a token upstream.
+fn prover(cfg: &Config) -> crate::identity::Prover {
+    crate::identity::Prover {
+        timeout: cfg.gateway.upstream_timeout,
+        hostname: cfg.gateway.hostname.clone(),
+    }
 }
 
 fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
@@ -552,11 +606,23 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
     if !no_verify {
         let oauth = OAuth::new(cfg.gateway.upstream_timeout)
             .map_err(|e| CliError::Internal(e.to_string()))?;
-        let grant = runtime()?
-            .block_on(oauth.refresh(&provider, &rt))
-            .map_err(|e| {
-                CliError::User(format!("the token does not work: {e}; nothing was stored"))
-            })?;
+        let runtime = runtime()?;
+        let grant = runtime.block_on(oauth.refresh(&provider, &rt)).map_err(|e| {
+            CliError::User(format!("the token does not work: {e}; nothing was stored"))
+        })?;
+        let upstream_user = upstream_user(cfg, &user);
+        runtime
+            .block_on(crate::identity::confirm(
+                &provider,
+                &grant,
+                crate::identity::Expected {
+                    user: &user,
+                    upstream_user: &upstream_user,
+                    nonce: None,
+                },
+                &prover(cfg),
+            ))
+            .map_err(|e| CliError::User(e.to_string()))?;
         if let Some(new_rt) = grant.refresh_token {
             tokens.refresh_token = Some(new_rt.expose_secret().to_owned());
         }
@@ -567,12 +633,13 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
     let password = read_password(&format!("Local password for {user}"), true)?;
     let key = SealingKey::derive(&password, &Kdf::generate())
         .map_err(|e| CliError::Internal(e.to_string()))?;
-    let mut file = TokenFile::seal(&user, &provider.name, &key, &tokens);
+    let mut file = TokenFile::seal(&user, &provider.name, &key, &tokens)
+        .map_err(|e| CliError::Internal(e.to_string()))?;
     if !no_verify {
         file.last_refresh = Some(now());
     }
     Store::new(&cfg.gateway.state_dir)
-        .save(&file)
+        .save(&file, crate::store::Expect::Any)
         .map_err(|e| CliError::User(e.to_string()))?;
     out!(
         "stored the tokens of {user} (provider {}){}",
@@ -580,7 +647,7 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
         if no_verify {
             ", not verified"
         } else {
-            ", verified with one refresh"
+            ", verified with one refresh and its identity checked"
         }
     )
 }

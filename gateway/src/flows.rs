@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use crate::oauth::{AuthorizationRequest, DeviceAuthorization, Grant, OAuth, OAuthError};
 use crate::redirect::{BindError, RedirectError, RedirectServer};
-use crate::store::{Kdf, SealingKey, Store, StoreError, TokenFile, Tokens, now};
+use crate::store::{Expect, Kdf, SealingKey, Store, StoreError, TokenFile, Tokens, now};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -31,15 +31,21 @@ pub enum FlowError {
     NoRefreshToken,
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
-/// Seals what a flow granted for `user` with `password` and stores it.
+/// Seals what a flow granted for `user` with `password` and stores it, if
+/// the store still holds what `expect` says (see [`Store::save`]). The
+/// grant's identity must have been confirmed first
+/// ([`crate::identity::confirm`]).
 pub fn store_grant(
     store: &Store,
     user: &str,
     provider: &str,
     grant: &Grant,
     password: &SecretString,
+    expect: Expect<'_>,
 ) -> Result<(), FlowError> {
     let rt = grant
         .refresh_token
@@ -51,9 +57,9 @@ pub fn store_grant(
     let life = grant.expires_in.map(|d| d.as_secs()).unwrap_or(3600);
     tokens.expires_at = Some(now().saturating_add(life));
     let key = SealingKey::derive(password, &Kdf::generate())?;
-    let mut file = TokenFile::seal(user, provider, &key, &tokens);
+    let mut file = TokenFile::seal(user, provider, &key, &tokens)?;
     file.last_refresh = Some(now());
-    store.save(&file)?;
+    store.save(&file, expect)?;
     Ok(())
 }
 
@@ -147,4 +153,55 @@ pub fn device_instructions(d: &DeviceAuthorization) -> String {
         s.push_str(&format!(" ({m})"));
     }
     s
+}
+
+/// A page under `state_dir` that sends the browser on to a sign-in URL;
+/// removed when dropped.
+#[derive(Debug)]
+pub struct SignInPage(std::path::PathBuf);
+
+impl Drop for SignInPage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Opens `url` in the user's browser without putting it on a command line
+/// (where `ps` shows it, `state` included, to every user of the machine):
+/// the browser is given the path of a private page (0600, in a 0700
+/// directory under `state_dir`) that redirects to it. Keep the returned
+/// page until the sign-in is over.
+pub fn open_browser(url: &url::Url, state_dir: &std::path::Path) -> std::io::Result<SignInPage> {
+    let dir = state_dir.join("sign-in");
+    let mut name = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut name);
+    let name: String = name.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{name}.html"));
+    let escaped = html_escape(url.as_str());
+    let body = format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\"><meta http-equiv=\"refresh\" content=\"0;url={escaped}\"><title>mailgate sign-in</title><p><a href=\"{escaped}\">Continue to the sign-in</a></p>\n"
+    );
+    crate::store::write_atomic(&dir, &path, body.as_bytes())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let page = SignInPage(path);
+    let file_url = url::Url::from_file_path(&page.0)
+        .map_err(|()| std::io::Error::other("the page's path is not absolute"))?;
+    webbrowser::open(file_url.as_str())?;
+    Ok(page)
+}
+
+/// Escapes text for an HTML attribute or element.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -1,35 +1,95 @@
 //! In-band authorisation (SPEC §4): a login for an account without a usable
 //! token starts the provider's flow in the background and fails with what
 //! the user must do (the URL to open, or the device URL and user code), in
-//! the client's own protocol. When the flow completes, the tokens are sealed
-//! with the password of the attempt that started it; the user logs in again.
+//! the client's own protocol. When the flow completes, and its identity is
+//! the account's ([`crate::identity`]), the tokens are sealed with the
+//! password of the attempt that started it; the user logs in again.
 //!
-//! One flow per account at a time: further attempts while it is pending get
-//! the same instructions, never a second flow. A flow that fails or expires
-//! is forgotten, so the next attempt starts afresh.
+//! A pending flow belongs to the password that started it: one flow per
+//! account at a time, and only an attempt with that same password (compared
+//! as a keyed hash, in constant time) is shown its URL or code again;
+//! another password is told that an authorisation is pending from another
+//! client, and nothing else. A password shorter than [`MIN_PASSWORD`] never
+//! starts a flow. Pending flows are capped per client address and overall.
+//! A flow that fails or expires is forgotten, so the next attempt starts
+//! afresh.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mailgate_config::{Flow, Provider};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 use tracing::{Instrument, info, warn};
 
 use crate::flows::{self, FlowError};
 use crate::oauth::OAuth;
 use crate::redirect::RedirectServer;
-use crate::store::Store;
+use crate::store::{Expect, Store, TokenFile};
 
 /// How long a browser sign-in started in band may take.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The shortest local password that may start a flow (it will seal the
+/// account's tokens).
+pub const MIN_PASSWORD: usize = 8;
+/// Flows pending at once that one client address may have started.
+pub const MAX_PER_ADDRESS: usize = 3;
+/// Flows pending at once in the whole gateway.
+pub const MAX_PENDING: usize = 100;
+
+#[derive(Debug)]
+struct Pending {
+    /// Keyed hash of the password that started it.
+    owner: [u8; 32],
+    peer: IpAddr,
+    /// Its instructions.
+    text: String,
+}
 
 #[derive(Debug, Default)]
 struct Registry {
-    /// user → the instructions of its pending flow
-    pending: HashMap<String, String>,
+    /// user → its pending flow
+    pending: HashMap<String, Pending>,
+    /// user → how its last flow failed, for the attempt that owned it
+    failed: HashMap<String, Pending>,
     /// redirect URI → the listener receiving it
     servers: HashMap<String, Arc<RedirectServer>>,
+}
+
+/// What an attempt got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A flow was started; its instructions.
+    Started(String),
+    /// The attempt's own flow is pending; its instructions again.
+    Shown(String),
+    /// A flow started with another password is pending.
+    OtherClient,
+    /// The attempt's own last flow failed (e.g. the sign-in was for another
+    /// identity); the text says how. The next attempt starts afresh.
+    Failed(String),
+    /// No flow can start; the text says why.
+    Refused(String),
+}
+
+/// One attempt that may start a flow.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The lower-cased account name.
+    pub user: &'a str,
+    /// The SASL identity upstream.
+    pub upstream_user: &'a str,
+    pub provider: Arc<Provider>,
+    pub password: &'a SecretString,
+    /// The keyed hash of `password`.
+    pub check: [u8; 32],
+    pub peer: IpAddr,
+    /// The file the new tokens replace (a dead refresh token); `None` when
+    /// the account has no file.
+    pub replaces: Option<TokenFile>,
+    pub prover: crate::identity::Prover,
 }
 
 /// The gateway's in-band flows.
@@ -49,22 +109,73 @@ impl InBand {
         }
     }
 
-    /// Starts (or finds) the flow for `user` and returns the instructions to
-    /// show in the mail client. `Err` when no flow can run; its text says why.
-    pub async fn authorize(
-        &self,
-        user: &str,
-        provider: Arc<Provider>,
-        password: &SecretString,
-    ) -> Result<String, String> {
+    /// Starts the flow of `req.user`, or tells where its pending flow
+    /// stands for this attempt.
+    pub async fn authorize(&self, req: Request<'_>) -> Outcome {
+        let user = req.user;
         let mut reg = self.registry.lock().await;
-        if let Some(text) = reg.pending.get(user) {
-            return Ok(text.clone());
+        if let Some(p) = reg.pending.get(user) {
+            return if bool::from(p.owner.ct_eq(&req.check)) {
+                Outcome::Shown(p.text.clone())
+            } else {
+                info!("in-band authorisation pending from another client; not shown");
+                Outcome::OtherClient
+            };
         }
-        let (text, flow): (
-            String,
-            std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
-        ) = match provider.flow {
+        if let Some(f) = reg.failed.remove(user) {
+            if bool::from(f.owner.ct_eq(&req.check)) {
+                return Outcome::Failed(f.text);
+            }
+        }
+        if req.password.expose_secret().chars().count() < MIN_PASSWORD {
+            info!("in-band authorisation not started: the password is too short");
+            return Outcome::Refused(format!(
+                "To authorise {user} from this mail client, log in with a local password of at least {MIN_PASSWORD} characters: it will protect the account's tokens"
+            ));
+        }
+        let from_peer = reg.pending.values().filter(|p| p.peer == req.peer).count();
+        if from_peer >= MAX_PER_ADDRESS || reg.pending.len() >= MAX_PENDING {
+            warn!(
+                pending = reg.pending.len(),
+                from_this_address = from_peer,
+                "in-band authorisation not started: too many are pending"
+            );
+            return Outcome::Refused(
+                "Too many authorisations are pending on the gateway; try again later".into(),
+            );
+        }
+        let provider = req.provider.clone();
+        match self.start(&mut reg, &req).await {
+            Ok((text, flow)) => {
+                reg.pending.insert(
+                    user.to_owned(),
+                    Pending {
+                        owner: req.check,
+                        peer: req.peer,
+                        text: text.clone(),
+                    },
+                );
+                info!("in-band authorisation started");
+                self.finish_in_background(&req, provider, flow);
+                Outcome::Started(text)
+            }
+            Err(e) => {
+                warn!(error = %e, "in-band authorisation could not start");
+                Outcome::Refused(e)
+            }
+        }
+    }
+
+    /// Starts the provider's flow: its instructions and what completes it
+    /// (the grant and, for a browser flow, the nonce its ID token must
+    /// carry).
+    async fn start(
+        &self,
+        reg: &mut Registry,
+        req: &Request<'_>,
+    ) -> Result<(String, FlowFuture), String> {
+        let (user, provider) = (req.user, &req.provider);
+        let started: (String, FlowFuture) = match provider.flow {
             Flow::AuthorizationCode => {
                 let server = match reg.servers.get(provider.redirect_uri.as_str()) {
                     Some(s) => s.clone(),
@@ -86,9 +197,12 @@ impl InBand {
                     sign_in.request.url
                 );
                 let (oauth, provider) = (self.oauth.clone(), provider.clone());
+                let nonce = sign_in.request.nonce.clone();
                 let fut = async move {
-                    flows::browser_finish(&oauth, &provider, &server, sign_in, BROWSER_TIMEOUT)
-                        .await
+                    let grant =
+                        flows::browser_finish(&oauth, &provider, &server, sign_in, BROWSER_TIMEOUT)
+                            .await?;
+                    Ok((grant, Some(nonce)))
                 };
                 (text, Box::pin(fut))
             }
@@ -104,45 +218,82 @@ impl InBand {
                     d.user_code().secret()
                 );
                 let (oauth, provider) = (self.oauth.clone(), provider.clone());
-                let fut =
-                    async move { Ok::<_, FlowError>(oauth.poll_device(&provider, &d).await?) };
+                let fut = async move { Ok((oauth.poll_device(&provider, &d).await?, None)) };
                 (text, Box::pin(fut))
             }
             Flow::ClientCredentials => {
                 return Err("client_credentials accounts need no authorisation".into());
             }
         };
-        reg.pending.insert(user.to_owned(), text.clone());
-        info!("in-band authorisation started");
-        let (store, registry, user, password, provider_name) = (
-            self.store.clone(),
-            self.registry.clone(),
-            user.to_owned(),
-            password.clone(),
-            provider.name.clone(),
-        );
+        Ok(started)
+    }
+
+    /// Waits for the flow, checks the identity it signed in as, seals the
+    /// tokens with the starting attempt's password, and forgets the flow.
+    fn finish_in_background(&self, req: &Request<'_>, provider: Arc<Provider>, flow: FlowFuture) {
+        let store = self.store.clone();
+        let registry = self.registry.clone();
+        let user = req.user.to_owned();
+        let upstream_user = req.upstream_user.to_owned();
+        let password = req.password.clone();
+        let (owner, peer) = (req.check, req.peer);
+        let replaces = req.replaces.clone();
+        let prover = req.prover.clone();
         let span = tracing::info_span!("in_band", user = %user);
         tokio::spawn(
             async move {
-                let result = match flow.await {
-                    Ok(grant) => {
-                        let u = user.clone();
-                        tokio::task::spawn_blocking(move || {
-                            flows::store_grant(&store, &u, &provider_name, &grant, &password)
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(FlowError::Input(e.to_string())))
-                    }
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(()) => info!("in-band authorisation complete; tokens stored"),
-                    Err(e) => warn!(error = %e, "in-band authorisation failed"),
+                let result = async {
+                    let (grant, nonce) = flow.await?;
+                    let identity = crate::identity::confirm(
+                        &provider,
+                        &grant,
+                        crate::identity::Expected {
+                            user: &user,
+                            upstream_user: &upstream_user,
+                            nonce: nonce.as_ref(),
+                        },
+                        &prover,
+                    )
+                    .await?;
+                    let (u, name) = (user.clone(), provider.name.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let expect = match &replaces {
+                            Some(f) => Expect::Same(f),
+                            None => Expect::Absent,
+                        };
+                        flows::store_grant(&store, &u, &name, &grant, &password, expect)
+                    })
+                    .await
+                    .map_err(|e| FlowError::Input(e.to_string()))??;
+                    Ok::<_, FlowError>(identity)
                 }
-                registry.lock().await.pending.remove(&user);
+                .await;
+                let mut reg = registry.lock().await;
+                reg.pending.remove(&user);
+                match result {
+                    Ok(identity) => {
+                        info!(%identity, "in-band authorisation complete; tokens stored")
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "in-band authorisation failed; nothing stored");
+                        if reg.failed.len() >= MAX_PENDING {
+                            reg.failed.clear();
+                        }
+                        let text = format!("The authorisation of {user} failed: {e}. Log in again to start a new one");
+                        reg.failed.insert(user, Pending { owner, peer, text });
+                    }
+                }
             }
             .instrument(span),
         );
-        Ok(text)
     }
 }
+
+/// What completes a started flow.
+type FlowFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<(crate::oauth::Grant, Option<SecretString>), FlowError>,
+            > + Send,
+    >,
+>;

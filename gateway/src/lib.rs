@@ -5,11 +5,13 @@
 //! with XOAUTH2 over verified TLS and then relays the session untouched.
 
 pub mod accounts;
+pub mod argon;
 pub mod backoff;
 pub mod cli;
 pub mod flows;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod identity;
 pub mod imap;
 pub mod inband;
 pub mod logging;

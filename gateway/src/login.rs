@@ -38,10 +38,14 @@ impl Failure {
         }
     }
 
-    /// Whether the failure counts towards the per-connection limit (only
-    /// wrong credentials do).
+    /// Whether the failure counts towards the per-connection limit: wrong
+    /// credentials, and logins that need an authorisation (in-band flows
+    /// count, SPEC §4), not a provider that is down.
     pub fn counts(&self) -> bool {
-        matches!(self, Failure::BadCredentials)
+        matches!(
+            self,
+            Failure::BadCredentials | Failure::NeedsAuthorization(_)
+        )
     }
 
     /// The message shown to the client.
@@ -56,8 +60,8 @@ impl Failure {
 impl From<LoginError> for Failure {
     fn from(e: LoginError) -> Failure {
         match e {
-            LoginError::BadCredentials => Failure::BadCredentials,
-            LoginError::NeedsAuthorization(t) => Failure::NeedsAuthorization(t),
+            LoginError::BadCredentials | LoginError::NoToken(_) => Failure::BadCredentials,
+            LoginError::NeedsAuthorization { text, .. } => Failure::NeedsAuthorization(text),
             LoginError::Unavailable(t) => Failure::Unavailable(format!("Cannot log in now: {t}")),
         }
     }
@@ -120,13 +124,27 @@ where
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
     let accounts = &ctx.accounts;
-    let auth = match accounts.login(user, password, client.peer.ip()).await {
-        Err(LoginError::NeedsAuthorization(text)) if client.in_band => {
-            return Err(Failure::NeedsAuthorization(
-                in_band(ctx, user, password).await.unwrap_or(text),
-            ));
+    let peer = client.peer.ip();
+    let auth = match accounts.login(user, password, peer).await {
+        Ok(auth) => auth,
+        Err(LoginError::NoToken(text)) => {
+            if client.in_band {
+                return Err(in_band(ctx, user, password, peer, None).await);
+            }
+            // Nothing can check this password: the client is told what a
+            // wrong password is told (the log says why).
+            info!(reason = %text, "login refused: the account has no token and in-band authorisation is off on this listener");
+            if let Some(name) = crate::accounts::account_name(user) {
+                accounts.failed(&name, peer);
+            }
+            return Err(Failure::BadCredentials);
         }
-        other => other?,
+        Err(LoginError::NeedsAuthorization {
+            file: Some(file), ..
+        }) if client.in_band => {
+            return Err(in_band(ctx, user, password, peer, Some(*file)).await);
+        }
+        Err(e) => return Err(e.into()),
     };
     let provider = auth.provider.clone();
     let Some(server) = provider.upstream(protocol).cloned() else {
@@ -177,18 +195,51 @@ where
     }
 }
 
-/// Starts or finds the in-band flow of `user`; `None` when none can run
-/// (the reason is logged and the plain instructions are shown instead).
-async fn in_band(ctx: &Context, user: &str, password: &SecretString) -> Option<String> {
-    let provider = ctx.accounts.provider_of(user)?;
-    let user = user.trim().to_lowercase();
-    match ctx.inband.authorize(&user, provider, password).await {
-        Ok(text) => Some(text),
-        Err(e) => {
-            warn!(error = %e, "in-band authorisation could not start");
-            None
-        }
+/// Starts or finds the in-band flow of `user` for this attempt; what to
+/// tell the client. Every outcome but seeing one's own pending flow again
+/// counts as a failed attempt (backoff).
+async fn in_band(
+    ctx: &Context,
+    user: &str,
+    password: &SecretString,
+    peer: std::net::IpAddr,
+    replaces: Option<crate::store::TokenFile>,
+) -> Failure {
+    let accounts = &ctx.accounts;
+    let (Some(name), Some(provider)) = (
+        crate::accounts::account_name(user),
+        accounts.provider_of(user),
+    ) else {
+        return Failure::BadCredentials;
+    };
+    let config = ctx.config();
+    let upstream_user = accounts.upstream_user_of(user);
+    let outcome = ctx
+        .inband
+        .authorize(crate::inband::Request {
+            user: &name,
+            upstream_user: &upstream_user,
+            provider,
+            password,
+            check: accounts.check_of(password),
+            peer,
+            replaces,
+            prover: crate::identity::Prover {
+                timeout: config.gateway.upstream_timeout,
+                hostname: config.gateway.hostname.clone(),
+            },
+        })
+        .await;
+    use crate::inband::Outcome;
+    if !matches!(outcome, Outcome::Shown(_)) {
+        accounts.failed(&name, peer);
     }
+    Failure::NeedsAuthorization(match outcome {
+        Outcome::Started(t) | Outcome::Shown(t) | Outcome::Failed(t) | Outcome::Refused(t) => t,
+        Outcome::OtherClient => format!(
+            "An authorisation of {name} is already pending from another client; finish it there, or wait until it expires (at most 15 minutes) and log in again"
+        ),
+    })
 }
 
 fn unavailable(e: UpstreamError) -> Failure {

@@ -8,12 +8,16 @@
 use std::time::Duration;
 
 use mailgate_config::{Preset, Provider};
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
+};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
     DeviceAuthorizationUrl, DeviceCodeErrorResponseType, EndpointNotSet, EndpointSet,
-    ExtraDeviceAuthorizationFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, StandardErrorResponse, TokenResponse, TokenUrl,
+    ExtraDeviceAuthorizationFields, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
+    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -25,7 +29,25 @@ pub struct Grant {
     /// A refresh token: new, or rotated (Microsoft rotates on every refresh).
     pub refresh_token: Option<SecretString>,
     pub expires_in: Option<Duration>,
+    /// The OpenID Connect ID token, when the provider sent one (it names
+    /// who signed in; see [`crate::identity`]).
+    pub id_token: Option<SecretString>,
 }
+
+/// The scopes that ask for an ID token naming the signed-in identity.
+pub const IDENTITY_SCOPES: [&str; 2] = ["openid", "email"];
+
+/// The token response's field beyond OAuth 2.0: OpenID Connect's
+/// `id_token`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IdTokenField {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+impl ExtraTokenFields for IdTokenField {}
+
+type TokenResponseWithId = StandardTokenResponse<IdTokenField, BasicTokenType>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OAuthError {
@@ -76,6 +98,8 @@ pub struct AuthorizationRequest {
     pub state: SecretString,
     /// The PKCE verifier for the code exchange.
     pub verifier: SecretString,
+    /// The OpenID Connect `nonce` it carries, which the ID token must echo.
+    pub nonce: SecretString,
     /// The redirect URI it names (the code exchange must repeat it).
     pub redirect_uri: url::Url,
 }
@@ -92,8 +116,27 @@ impl ExtraDeviceAuthorizationFields for DeviceExtra {}
 /// A started device authorization.
 pub type DeviceAuthorization = oauth2::DeviceAuthorizationResponse<DeviceExtra>;
 
-type TokenClient =
-    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+/// A client whose token responses may carry an `id_token`.
+type BareClient = oauth2::Client<
+    BasicErrorResponse,
+    TokenResponseWithId,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+>;
+
+type TokenClient = oauth2::Client<
+    BasicErrorResponse,
+    TokenResponseWithId,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
 
 /// The process's OAuth client.
 #[derive(Debug, Clone)]
@@ -114,7 +157,7 @@ impl OAuth {
 
     /// A client with the provider's ID, secret and token URL.
     fn client(provider: &Provider) -> TokenClient {
-        let mut client = BasicClient::new(ClientId::new(provider.client_id.clone()))
+        let mut client = BareClient::new(ClientId::new(provider.client_id.clone()))
             .set_token_uri(TokenUrl::from_url(provider.token_url.clone()))
             .set_auth_type(AuthType::RequestBody);
         if let Some(secret) = &provider.client_secret {
@@ -125,6 +168,16 @@ impl OAuth {
 
     fn scopes(provider: &Provider) -> impl Iterator<Item = Scope> + '_ {
         provider.scopes.iter().cloned().map(Scope::new)
+    }
+
+    /// The provider's scopes plus `openid email`, for a sign-in: the ID
+    /// token then names who signed in.
+    fn sign_in_scopes(provider: &Provider) -> impl Iterator<Item = Scope> + '_ {
+        let extra = IDENTITY_SCOPES
+            .into_iter()
+            .filter(|s| !provider.scopes.iter().any(|p| p == s))
+            .map(|s| Scope::new(s.to_owned()));
+        Self::scopes(provider).chain(extra)
     }
 
     /// The refresh-token grant (RFC 6749 §6).
@@ -143,8 +196,8 @@ impl OAuth {
         Ok(grant(&response))
     }
 
-    /// Builds an authorization code request with PKCE S256 and a random
-    /// `state` for `redirect_uri`. The presets add what their providers
+    /// Builds an authorization code request with PKCE S256, a random
+    /// `state` and a random OpenID Connect `nonce` for `redirect_uri`. The presets add what their providers
     /// need: `login_hint` everywhere, and for Google `access_type=offline`
     /// and `prompt=consent` (without them no refresh token comes back).
     pub fn authorization_request(
@@ -164,11 +217,13 @@ impl OAuth {
         let client = Self::client(provider)
             .set_auth_uri(AuthUrl::from_url(auth_url))
             .set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()));
+        let nonce = CsrfToken::new_random();
         let mut req = client
             .authorize_url(CsrfToken::new_random)
-            .add_scopes(Self::scopes(provider))
+            .add_scopes(Self::sign_in_scopes(provider))
             .set_pkce_challenge(challenge)
-            .add_extra_param("login_hint", login_hint);
+            .add_extra_param("login_hint", login_hint)
+            .add_extra_param("nonce", nonce.secret());
         if provider.preset == Preset::Gmail {
             req = req
                 .add_extra_param("access_type", "offline")
@@ -179,6 +234,7 @@ impl OAuth {
             url,
             state: SecretString::from(state.secret().clone()),
             verifier: SecretString::from(verifier.secret().clone()),
+            nonce: SecretString::from(nonce.secret().clone()),
             redirect_uri: redirect_uri.clone(),
         })
     }
@@ -217,7 +273,7 @@ impl OAuth {
         Self::client(provider)
             .set_device_authorization_url(DeviceAuthorizationUrl::from_url(url))
             .exchange_device_code()
-            .add_scopes(Self::scopes(provider))
+            .add_scopes(Self::sign_in_scopes(provider))
             .request_async(&self.http)
             .await
             .map_err(convert)
@@ -250,13 +306,18 @@ impl OAuth {
     }
 }
 
-fn grant(response: &oauth2::basic::BasicTokenResponse) -> Grant {
+fn grant(response: &TokenResponseWithId) -> Grant {
     Grant {
         access_token: SecretString::from(response.access_token().secret().to_owned()),
         refresh_token: response
             .refresh_token()
             .map(|r| SecretString::from(r.secret().to_owned())),
         expires_in: response.expires_in(),
+        id_token: response
+            .extra_fields()
+            .id_token
+            .clone()
+            .map(SecretString::from),
     }
 }
 

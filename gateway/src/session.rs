@@ -104,19 +104,40 @@ where
     Fut: Future<Output = Result<T, Failure>>,
 {
     let deadline = Instant::now() + limit;
-    client.write_all(&m.greeting()).await.ok()?;
+    // Writes run under the same deadline as reads: a client that sends
+    // commands and never reads its replies is closed when it runs out.
+    let write = async |client: &mut ClientStream, bytes: &[u8]| match tokio::time::timeout_at(
+        deadline,
+        client.write_all(bytes),
+    )
+    .await
+    {
+        Ok(Ok(())) => Some(()),
+        Ok(Err(e)) => {
+            debug!(error = %e, "client write failed");
+            None
+        }
+        Err(_) => {
+            info!("closing: the client does not read its replies within the pre-auth timeout");
+            None
+        }
+    };
+    write(&mut client, &m.greeting()).await?;
     let mut buf = vec![0u8; 4096];
     loop {
         while let Some(event) = m.next_event() {
             match event {
-                Event::Write(bytes) => client.write_all(&bytes).await.ok()?,
+                Event::Write(bytes) => write(&mut client, &bytes).await?,
                 Event::Close => {
                     let _ = client.shutdown().await;
                     return None;
                 }
                 Event::StartTls => {
                     let acceptor = starttls.as_ref()?;
-                    client.flush().await.ok()?;
+                    tokio::time::timeout_at(deadline, client.flush())
+                        .await
+                        .ok()?
+                        .ok()?;
                     match tokio::time::timeout_at(deadline, client.start_tls(acceptor)).await {
                         Ok(Ok(upgraded)) => client = upgraded,
                         Ok(Err(e)) => {
@@ -132,7 +153,11 @@ where
                     m.tls_started();
                 }
                 Event::Login { user, password } => {
-                    tracing::Span::current().record("user", user.as_str());
+                    // Only a name that can be an account reaches the log
+                    // (no control characters, bounded length).
+                    let shown = crate::accounts::account_name(&user);
+                    tracing::Span::current()
+                        .record("user", shown.as_deref().unwrap_or("(not a valid name)"));
                     let attempt = login(m, user, password);
                     match attempt.await {
                         Ok(t) => return Some((client, t)),
@@ -147,7 +172,13 @@ where
         match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
             Err(_) => {
                 info!("closing: no login within the pre-auth timeout");
-                let _ = client.write_all(&m.timeout_reply(limit)).await;
+                // A short grace for the farewell; a client that reads
+                // nothing does not hold the connection open.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    client.write_all(&m.timeout_reply(limit)),
+                )
+                .await;
                 return None;
             }
             Ok(Ok(0)) => {
@@ -311,6 +342,40 @@ pub async fn serve_lines<M, U, A, Fut>(
     relay_after_login(tally, client, success, residual, up.stream, &up.leftover).await;
 }
 
+/// Whether a line a client sent before logging in is HTTP: a request line
+/// (`GET /`, `POST / HTTP/1.1`, ...) or a header a browser always sends
+/// (`Host:`). A web page can make a browser send such bytes to any local
+/// port; the connection is closed without an answer (SPEC §6), so that no
+/// web page can speak IMAP, SMTP or POP3 to the gateway.
+pub fn looks_like_http(line: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET", b"POST", b"PUT", b"HEAD", b"OPTIONS", b"DELETE", b"PATCH", b"CONNECT", b"TRACE",
+    ];
+    const HEADERS: [&[u8]; 6] = [
+        b"host:",
+        b"user-agent:",
+        b"origin:",
+        b"content-type:",
+        b"content-length:",
+        b"referer:",
+    ];
+    let mut words = line.split(|b| *b == b' ');
+    let first = words.next().unwrap_or_default();
+    let target = words.next().unwrap_or_default();
+    let request = METHODS.iter().any(|m| first.eq_ignore_ascii_case(m))
+        && (target.starts_with(b"/")
+            || target.starts_with(b"*")
+            || target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://")
+            || target.len() >= 8 && target[..8].eq_ignore_ascii_case(b"https://")
+            || line
+                .windows(6)
+                .any(|w| w.eq_ignore_ascii_case(b" http/")));
+    let header = HEADERS
+        .iter()
+        .any(|h| line.len() >= h.len() && line[..h.len()].eq_ignore_ascii_case(h));
+    request || header
+}
+
 /// Keeps a reply text on one line.
 pub fn one_line(s: &str) -> String {
     s.chars()
@@ -343,11 +408,55 @@ pub(crate) mod testing {
         (String::from_utf8_lossy(&written).into_owned(), None)
     }
 
+    /// A browser's cross-protocol request (a web page POSTing to the
+    /// port) gets no answer and closes the connection; nothing is logged
+    /// in. `greeting`: what the machine sent on connect.
+    pub fn http_is_closed_silently<M: PreAuth>(mut m: M) {
+        let request = b"POST / HTTP/1.1\r\nHost: 127.0.0.1:1143\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\r\na LOGIN erin pw\r\n";
+        let (written, event) = run(&mut m, request);
+        assert_eq!(written, "", "no answer to an HTTP request");
+        assert!(matches!(event, Some(super::Event::Close)), "{event:?}");
+        assert!(m.next_event().is_none(), "nothing after the close");
+    }
+
     /// The credentials of a login event.
     pub fn creds(e: Option<Event>) -> (String, String) {
         match e {
             Some(Event::Login { user, password }) => (user, password.expose_secret().to_owned()),
             other => panic!("expected a login, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_http;
+
+    #[test]
+    fn http_lines() {
+        for l in [
+            &b"GET / HTTP/1.1"[..],
+            b"POST / HTTP/1.1",
+            b"post /x",
+            b"OPTIONS * HTTP/1.1",
+            b"GET http://127.0.0.1:1143/ HTTP/1.1",
+            b"Host: 127.0.0.1:1143",
+            b"HOST:x",
+            b"User-Agent: Mozilla/5.0",
+        ] {
+            assert!(looks_like_http(l), "{}", String::from_utf8_lossy(l));
+        }
+        for l in [
+            &b"a LOGIN erin pw"[..],
+            b"GET",
+            b"a1 CAPABILITY",
+            b"EHLO host",
+            b"USER alice",
+            b"HELP",
+            b"a GET x",
+            b"hostname: no",
+        ] {
+            assert!(!looks_like_http(l), "{}", String::from_utf8_lossy(l));
         }
     }
 }

@@ -46,6 +46,13 @@ pub enum StoreError {
     WrongPassword,
     #[error("key derivation failed: {0}")]
     Kdf(String),
+    /// A compare-and-swap write found another file (or none) where it
+    /// expected the one it read: someone else (`mailgate forget`, `login`,
+    /// `passwd`, another process) changed the account meanwhile.
+    #[error("the token file of {user} was changed or removed by someone else meanwhile; nothing was written")]
+    Changed { user: String },
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
 }
 
 /// Seconds since the Unix epoch.
@@ -160,6 +167,10 @@ pub struct TokenFile {
     pub sealed_at: u64,
     pub last_refresh: Option<u64>,
     pub last_error: Option<String>,
+    /// Bumped by every write; with the rest of the file it tells a cache
+    /// whether the file is still the one it read.
+    #[serde(default)]
+    pub generation: u64,
     /// Unix seconds when the sealed access token expires (a copy in clear,
     /// for `mailgate accounts`; not a secret).
     #[serde(default)]
@@ -181,7 +192,12 @@ fn aad(user: &str) -> Vec<u8> {
 
 impl TokenFile {
     /// Seals `tokens` for `user` under `key`.
-    pub fn seal(user: &str, provider: &str, key: &SealingKey, tokens: &Tokens) -> TokenFile {
+    pub fn seal(
+        user: &str,
+        provider: &str,
+        key: &SealingKey,
+        tokens: &Tokens,
+    ) -> Result<TokenFile, StoreError> {
         let mut file = TokenFile {
             version: VERSION,
             user: user.to_owned(),
@@ -189,24 +205,28 @@ impl TokenFile {
             sealed_at: now(),
             last_refresh: None,
             last_error: None,
+            generation: 0,
             expires_at: None,
             needs_authorization: false,
             kdf: key.kdf.clone(),
             nonce: String::new(),
             ciphertext: String::new(),
         };
-        file.reseal(key, tokens);
-        file
+        file.reseal(key, tokens)?;
+        Ok(file)
     }
 
-    /// Replaces the sealed tokens, keeping the metadata.
-    pub fn reseal(&mut self, key: &SealingKey, tokens: &Tokens) {
-        self.expires_at = tokens.access_token.as_ref().and(tokens.expires_at);
+    /// Replaces the sealed tokens, keeping the metadata. Nothing changes
+    /// when they cannot be sealed.
+    pub fn reseal(&mut self, key: &SealingKey, tokens: &Tokens) -> Result<(), StoreError> {
+        let encode = |reason: String| StoreError::Encode {
+            what: "the tokens",
+            reason,
+        };
+        let plain = Zeroizing::new(serde_json::to_vec(tokens).map_err(|e| encode(e.to_string()))?);
         let cipher = XChaCha20Poly1305::new((&key.key).into());
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let plain = Zeroizing::new(serde_json::to_vec(tokens).unwrap_or_default());
         let aad = aad(&self.user);
-        // Encryption of an in-memory buffer cannot fail for this AEAD.
         let ct = cipher
             .encrypt(
                 &nonce,
@@ -215,11 +235,13 @@ impl TokenFile {
                     aad: &aad,
                 },
             )
-            .unwrap_or_default();
+            .map_err(|_| encode("encryption failed".into()))?;
+        self.expires_at = tokens.access_token.as_ref().and(tokens.expires_at);
         self.kdf = key.kdf.clone();
         self.nonce = STANDARD.encode(nonce);
         self.ciphertext = STANDARD.encode(ct);
         self.sealed_at = now();
+        Ok(())
     }
 
     /// Opens the sealed tokens. A wrong key is [`StoreError::WrongPassword`].
@@ -323,14 +345,55 @@ impl Store {
         Ok(Some(file))
     }
 
-    /// Writes a file atomically with mode 0600.
-    pub fn save(&self, file: &TokenFile) -> Result<(), StoreError> {
-        let body = serde_json::to_vec_pretty(file).unwrap_or_default();
-        write_atomic(&self.dir, &self.path(&file.user), &body)
+    /// Writes `file` atomically with mode 0600 if the account's file is
+    /// still what `expected` says (compare and swap, under the store's
+    /// lock): a cache never writes over a file that was replaced or removed
+    /// behind it, and never brings a removed one back. The written file's
+    /// generation is one above the one it replaces; it is returned.
+    pub fn save(&self, file: &TokenFile, expected: Expect<'_>) -> Result<TokenFile, StoreError> {
+        let _lock = self.lock()?;
+        let current = self.load(&file.user)?;
+        let fits = match (&expected, &current) {
+            (Expect::Any, _) | (Expect::Absent, None) => true,
+            (Expect::Same(want), Some(cur)) => *want == cur,
+            _ => false,
+        };
+        if !fits {
+            return Err(StoreError::Changed {
+                user: file.user.clone(),
+            });
+        }
+        let mut file = file.clone();
+        file.generation = current.map_or(0, |c| c.generation).wrapping_add(1);
+        let body = serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Encode {
+            what: "the token file",
+            reason: e.to_string(),
+        })?;
+        write_atomic(&self.dir, &self.path(&file.user), &body)?;
+        Ok(file)
     }
 
-    /// Deletes a user's file. `Ok(false)` when there was none.
+    /// The store's lock, held while a compare-and-swap reads and writes.
+    fn lock(&self) -> Result<std::fs::File, StoreError> {
+        let path = self.dir.join(".lock");
+        let io = |action| {
+            let path = path.clone();
+            move |source| StoreError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        create_private_dir(&self.dir).map_err(io("create"))?;
+        let f = open_lock(&path).map_err(io("open"))?;
+        fs4::FileExt::lock(&f).map_err(io("lock"))?;
+        Ok(f)
+    }
+
+    /// Deletes a user's file (under the store's lock). `Ok(false)` when
+    /// there was none.
     pub fn remove(&self, user: &str) -> Result<bool, StoreError> {
+        let _lock = self.lock()?;
         let path = self.path(user);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
@@ -369,6 +432,30 @@ impl Store {
         files.sort_by(|a, b| a.user.cmp(&b.user));
         (files, errors)
     }
+}
+
+/// What a compare-and-swap write expects to replace.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    /// No file: the first tokens of an account.
+    Absent,
+    /// Exactly this file, as read or last written.
+    Same(&'a TokenFile),
+    /// Whatever is there: an explicit command (`mailgate login`, `token
+    /// import`) that replaces the account's tokens on purpose.
+    Any,
+}
+
+/// Opens (creating) the store's lock file, never through a symbolic link.
+fn open_lock(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    o.open(path)
 }
 
 /// Writes `path` (inside `dir`) atomically with mode 0600: a temporary file,
@@ -463,7 +550,7 @@ mod tests {
     fn seal_open_round_trip_and_wrong_password() {
         let kdf = cheap_kdf();
         let key = SealingKey::derive(&SecretString::from("pw"), &kdf).expect("derive");
-        let file = TokenFile::seal("a@x.test", "p", &key, &tokens());
+        let file = TokenFile::seal("a@x.test", "p", &key, &tokens()).expect("seal");
         let path = Path::new("a.json");
         let t = file.open(&key, path).expect("open");
         assert_eq!(t.refresh_token.as_deref(), Some("rt-1"));
@@ -489,8 +576,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::new(dir.path());
         let key = SealingKey::derive(&SecretString::from("pw"), &cheap_kdf()).expect("derive");
-        let file = TokenFile::seal("a@x.test", "p", &key, &tokens());
-        store.save(&file).expect("save");
+        let file = TokenFile::seal("a@x.test", "p", &key, &tokens()).expect("seal");
+        let file = store.save(&file, Expect::Absent).expect("save");
+        assert_eq!(file.generation, 1);
         let loaded = store.load("a@x.test").expect("load").expect("present");
         assert_eq!(loaded, file);
         #[cfg(unix)]
@@ -508,10 +596,40 @@ mod tests {
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(names.len(), 2, "the file and the lock: {names:?}");
         assert!(store.remove("a@x.test").expect("remove"));
         assert!(!store.remove("a@x.test").expect("remove again"));
         assert!(store.load("a@x.test").expect("load").is_none());
+    }
+
+    #[test]
+    fn writes_are_compare_and_swap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let key = SealingKey::derive(&SecretString::from("pw"), &cheap_kdf()).expect("derive");
+        let first = TokenFile::seal("a@x.test", "p", &key, &tokens()).expect("seal");
+        let v1 = store.save(&first, Expect::Absent).expect("first write");
+        assert!(matches!(
+            store.save(&first, Expect::Absent),
+            Err(StoreError::Changed { .. })
+        ));
+        let v2 = store.save(&v1, Expect::Same(&v1)).expect("same file");
+        assert_eq!(v2.generation, 2);
+        // A writer that still holds v1 cannot overwrite v2.
+        assert!(matches!(
+            store.save(&v1, Expect::Same(&v1)),
+            Err(StoreError::Changed { .. })
+        ));
+        // Nor bring a removed file back.
+        assert!(store.remove("a@x.test").expect("remove"));
+        assert!(matches!(
+            store.save(&v2, Expect::Same(&v2)),
+            Err(StoreError::Changed { .. })
+        ));
+        assert!(store.load("a@x.test").expect("load").is_none());
+        // An explicit replacement always writes.
+        let v = store.save(&first, Expect::Any).expect("any");
+        assert_eq!(v.generation, 1);
     }
 
     #[test]

@@ -135,9 +135,9 @@ provider = "test"
     pub fn seal(&self, user: &str, password: &str, tokens: Tokens) -> PathBuf {
         let key =
             SealingKey::derive(&SecretString::from(password.to_owned()), &Kdf::generate()).unwrap();
-        let file = TokenFile::seal(&user.to_lowercase(), "test", &key, &tokens);
+        let file = TokenFile::seal(&user.to_lowercase(), "test", &key, &tokens).unwrap();
         let store = Store::new(&self.state_dir());
-        store.save(&file).unwrap();
+        store.save(&file, mailgate::store::Expect::Any).unwrap();
         store.path(&user.to_lowercase())
     }
 

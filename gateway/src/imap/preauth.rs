@@ -149,6 +149,12 @@ impl PreAuth {
         };
         let message: Vec<u8> = self.buf.drain(..n).collect();
         self.framer.reset();
+        if crate::session::looks_like_http(&message) {
+            tracing::info!("closing without an answer: the client sent HTTP (a web page?)");
+            self.buf.clear();
+            self.phase = Phase::Closed;
+            return Some(Event::Close);
+        }
         match decode_command(&message) {
             Ok((_, cmd)) => self.command(cmd),
             Err(DecodeError::Failed { tag }) => {
@@ -361,6 +367,11 @@ mod tests {
             ),
             other => panic!("expected a login, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn http_requests_are_closed_without_an_answer() {
+        crate::session::testing::http_is_closed_silently(PreAuth::new(Options::default()));
     }
 
     #[test]

@@ -120,6 +120,13 @@ impl PreAuth {
             }
             return;
         }
+        if matches!(self.phase, Phase::Command) && crate::session::looks_like_http(&line) {
+            tracing::info!("closing without an answer: the client sent HTTP (a web page?)");
+            self.core.buf.clear();
+            self.core.out.push_back(Event::Close);
+            self.phase = Phase::Closed;
+            return;
+        }
         let cmd = match decode_command(&line) {
             Ok((_, c)) => c,
             Err(_) => {
@@ -271,6 +278,11 @@ impl Machine for PreAuth {
 mod tests {
     use super::*;
     use crate::session::testing::{b64, creds, run};
+    #[test]
+    fn http_requests_are_closed_without_an_answer() {
+        crate::session::testing::http_is_closed_silently(PreAuth::new(Options::default()));
+    }
+
     #[test]
     fn greeting_capa_and_refusals() {
         let mut m = PreAuth::new(Options::default());

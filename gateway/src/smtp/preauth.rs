@@ -153,6 +153,13 @@ impl PreAuth {
             }
             Some(Ok(line)) => line,
         };
+        if matches!(self.phase, Phase::Command) && crate::session::looks_like_http(&line) {
+            tracing::info!("closing without an answer: the client sent HTTP (a web page?)");
+            self.core.buf.clear();
+            self.core.out.push_back(Event::Close);
+            self.phase = Phase::Closed;
+            return;
+        }
         match self.phase.clone() {
             Phase::Command => self.command(&line),
             Phase::AuthPlain => {
@@ -373,6 +380,11 @@ impl Machine for PreAuth {
 mod tests {
     use super::*;
     use crate::session::testing::{b64, creds, run};
+    #[test]
+    fn http_requests_are_closed_without_an_answer() {
+        crate::session::testing::http_is_closed_silently(PreAuth::new(Options::default()));
+    }
+
     #[test]
     fn greeting_ehlo_and_local_commands() {
         let mut m = PreAuth::new(Options::default());

@@ -1,0 +1,429 @@
+//! Tokens belong to one identity (SPEC §4): before anything is sealed for
+//! an account, mailgate makes sure the grant is that account's.
+//!
+//! With an OpenID Connect ID token (mailgate asks for `openid email`), its
+//! claims are checked: the audience is our client ID, it has not expired,
+//! the issuer is the provider's, and for browser flows it echoes our
+//! `nonce`. Its signature is not checked: the ID token came straight from
+//! the token endpoint over verified TLS, which OpenID Connect Core §3.1.3.7
+//! allows in place of the signature. The identity it names (Microsoft
+//! `preferred_username` or `email`, Google `email` with `email_verified`)
+//! must be the account's user or its `upstream_user`.
+//!
+//! Without an ID token (or without an identity in it), one upstream XOAUTH2
+//! login as the account's upstream user proves that the token opens that
+//! mailbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mailgate_config::{Preset, Protocol, Provider};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use crate::oauth::Grant;
+use crate::upstream::UpstreamError;
+
+/// Seconds of clock difference tolerated on `exp`.
+const SKEW: u64 = 120;
+
+/// Why a grant could not be tied to the account.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Someone else signed in.
+    #[error(
+        "the sign-in was for {signed_in}, not for {expected}; nothing was stored. Sign in as {expected} (sign out of {signed_in} in the browser first, or use a private window) and try again"
+    )]
+    Mismatch { signed_in: String, expected: String },
+    /// The token does not open the account's mailbox upstream.
+    #[error(
+        "the token from this sign-in does not open the mailbox of {expected} at {server} ({detail}); nothing was stored. The browser was probably signed in to another account: sign in as {expected} and try again"
+    )]
+    NotThisMailbox {
+        expected: String,
+        server: String,
+        detail: String,
+    },
+    /// The ID token is not acceptable.
+    #[error("the provider's ID token is not acceptable ({0}); nothing was stored")]
+    BadIdToken(String),
+    /// No way to check the identity right now.
+    #[error(
+        "the identity of the sign-in cannot be checked now ({0}); nothing was stored; try again"
+    )]
+    Unverifiable(String),
+}
+
+/// The claims mailgate reads from an ID token.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    iss: String,
+    aud: Audience,
+    exp: u64,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    email_verified: Option<serde_json::Value>,
+    #[serde(default)]
+    preferred_username: Option<String>,
+    #[serde(default)]
+    tid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, id: &str) -> bool {
+        match self {
+            Audience::One(a) => a == id,
+            Audience::Many(v) => v.iter().any(|a| a == id),
+        }
+    }
+}
+
+fn decode_claims(id_token: &str) -> Result<Claims, IdentityError> {
+    let bad = |s: &str| IdentityError::BadIdToken(s.to_owned());
+    let mut parts = id_token.split('.');
+    let (Some(_header), Some(payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("not a compact JWT"));
+    };
+    let json = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| bad("its payload is not base64url"))?;
+    serde_json::from_slice(&json).map_err(|e| bad(&format!("its claims are not usable: {e}")))
+}
+
+/// Whether `iss` is the provider's issuer: Google's fixed one for the
+/// gmail preset; otherwise an issuer at the token endpoint's own origin
+/// (Microsoft: `https://login.microsoftonline.com/{tid}/v2.0`, whose
+/// tenant must be the configured one when that is a tenant ID).
+fn issuer_ok(provider: &Provider, claims: &Claims) -> bool {
+    let iss = claims.iss.as_str();
+    if provider.preset == Preset::Gmail {
+        return iss == "https://accounts.google.com" || iss == "accounts.google.com";
+    }
+    let Ok(url) = url::Url::parse(iss) else {
+        return false;
+    };
+    if url.origin() != provider.token_url.origin() {
+        return false;
+    }
+    if matches!(provider.preset, Preset::Office365 | Preset::Outlook) {
+        let Some(tid) = &claims.tid else {
+            return false;
+        };
+        if url.path().trim_end_matches('/') != format!("/{tid}/v2.0") {
+            return false;
+        }
+        if let Some(tenant) = &provider.tenant
+            && tenant.len() == 36
+            && tenant.chars().filter(|c| *c == '-').count() == 4
+            && !tenant.eq_ignore_ascii_case(tid)
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// The identities an ID token vouches for.
+fn identities(provider: &Provider, claims: &Claims) -> Vec<String> {
+    let verified = match &claims.email_verified {
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(serde_json::Value::String(s)) => Some(s == "true"),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let email_ok = match provider.preset {
+        // Google: only a verified address names the account.
+        Preset::Gmail => verified == Some(true),
+        _ => verified != Some(false),
+    };
+    if email_ok && let Some(e) = &claims.email {
+        out.push(e.clone());
+    }
+    if provider.preset != Preset::Gmail
+        && let Some(u) = &claims.preferred_username
+    {
+        out.push(u.clone());
+    }
+    out
+}
+
+/// What the sign-in must prove.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The account's (lower-cased) login name.
+    pub user: &'a str,
+    /// The SASL identity upstream (`upstream_user`, else the login name).
+    pub upstream_user: &'a str,
+    /// The nonce of a browser flow's authorization request.
+    pub nonce: Option<&'a SecretString>,
+}
+
+/// How to reach the provider's mail server for the upstream proof.
+#[derive(Debug, Clone)]
+pub struct Prover {
+    pub timeout: Duration,
+    /// The EHLO name when the proof is an SMTP login.
+    pub hostname: String,
+}
+
+/// Checks that `grant` belongs to the account `expected` names; returns the
+/// identity that signed in. Nothing is stored here.
+pub async fn confirm(
+    provider: &Arc<Provider>,
+    grant: &Grant,
+    expected: Expected<'_>,
+    prover: &Prover,
+) -> Result<String, IdentityError> {
+    if let Some(id_token) = &grant.id_token {
+        let claims = decode_claims(id_token.expose_secret())?;
+        if !claims.aud.contains(&provider.client_id) {
+            return Err(IdentityError::BadIdToken(
+                "it is not for this client ID".into(),
+            ));
+        }
+        if claims.exp.saturating_add(SKEW) < crate::store::now() {
+            return Err(IdentityError::BadIdToken("it has expired".into()));
+        }
+        if !issuer_ok(provider, &claims) {
+            return Err(IdentityError::BadIdToken(format!(
+                "its issuer {} is not the provider's",
+                crate::session::one_line(&claims.iss)
+            )));
+        }
+        if let Some(want) = expected.nonce {
+            let got = claims.nonce.as_deref().unwrap_or("");
+            if !bool::from(got.as_bytes().ct_eq(want.expose_secret().as_bytes())) {
+                return Err(IdentityError::BadIdToken(
+                    "its nonce is not this sign-in's".into(),
+                ));
+            }
+        }
+        let names = identities(provider, &claims);
+        if let Some(first) = names.first() {
+            let matches = |n: &String| {
+                n.eq_ignore_ascii_case(expected.user)
+                    || n.eq_ignore_ascii_case(expected.upstream_user)
+            };
+            if names.iter().any(matches) {
+                let who = names.iter().find(|n| matches(n)).unwrap_or(first).clone();
+                info!(identity = %who, "the sign-in's identity is the account's");
+                return Ok(who);
+            }
+            let signed_in = crate::session::one_line(first);
+            warn!(
+                signed_in = %signed_in,
+                expected = %expected.user,
+                "the sign-in was for another identity; nothing stored"
+            );
+            return Err(IdentityError::Mismatch {
+                signed_in,
+                expected: expected.user.to_owned(),
+            });
+        }
+        info!("the ID token names no identity; proving the token upstream instead");
+    } else {
+        info!("no ID token; proving the token with one upstream login");
+    }
+    prove_upstream(provider, &grant.access_token, expected, prover).await?;
+    Ok(expected.upstream_user.to_owned())
+}
+
+/// One upstream XOAUTH2 login as the account's upstream user (IMAP, else
+/// POP3, else SMTP), closed at once.
+async fn prove_upstream(
+    provider: &Arc<Provider>,
+    token: &SecretString,
+    expected: Expected<'_>,
+    prover: &Prover,
+) -> Result<(), IdentityError> {
+    let Some((protocol, server)) = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp]
+        .into_iter()
+        .find_map(|p| provider.upstream(p).map(|s| (p, s.clone())))
+    else {
+        return Err(IdentityError::Unverifiable(
+            "the provider sends no ID token and has no mail server to log in to".into(),
+        ));
+    };
+    let tls = mailgate_certs::upstream_client_config(provider.ca_file.as_deref())
+        .map_err(|e| IdentityError::Unverifiable(e.to_string()))?;
+    let attempt = crate::login::Attempt {
+        server: server.clone(),
+        tls,
+        user: expected.upstream_user.to_owned(),
+        token: token.clone(),
+        provider: provider.clone(),
+    };
+    let result = match protocol {
+        Protocol::Imap => crate::upstream::within(
+            prover.timeout,
+            &server,
+            crate::imap::upstream::login(&attempt.server, attempt.tls.clone(), &attempt.user, token),
+        )
+        .await
+        .map(drop),
+        Protocol::Pop3 => crate::upstream::within(
+            prover.timeout,
+            &server,
+            crate::pop3::upstream::login(&attempt),
+        )
+        .await
+        .map(drop),
+        Protocol::Smtp => crate::upstream::within(
+            prover.timeout,
+            &server,
+            crate::smtp::upstream::login(&attempt, &prover.hostname),
+        )
+        .await
+        .map(drop),
+    };
+    match result {
+        Ok(()) => {
+            info!(%server, "the token opens the account's mailbox");
+            Ok(())
+        }
+        Err(UpstreamError::Rejected { detail, .. }) => {
+            warn!(%server, expected = %expected.upstream_user, %detail, "the token does not open the account's mailbox; nothing stored");
+            Err(IdentityError::NotThisMailbox {
+                expected: expected.upstream_user.to_owned(),
+                server: server.to_string(),
+                detail: crate::session::one_line(&detail),
+            })
+        }
+        Err(e) => Err(IdentityError::Unverifiable(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let enc = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        format!(
+            "{}.{}.c2ln",
+            enc(&serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+            enc(&claims)
+        )
+    }
+
+    fn provider(preset: Preset, token_url: &str) -> Provider {
+        Provider {
+            name: "p".into(),
+            preset,
+            client_id: "cid".into(),
+            client_secret: None,
+            tenant: None,
+            flow: mailgate_config::Flow::AuthorizationCode,
+            redirect_uri: url::Url::parse("http://localhost:3017/").expect("url"),
+            authorize_url: None,
+            token_url: url::Url::parse(token_url).expect("url"),
+            device_code_url: None,
+            scopes: vec![],
+            imap: None,
+            pop3: None,
+            smtp: None,
+            ca_file: None,
+            min_token_life: Duration::from_secs(60),
+        }
+    }
+
+    fn grant(id_token: Option<String>) -> Grant {
+        Grant {
+            access_token: SecretString::from("at"),
+            refresh_token: None,
+            expires_in: None,
+            id_token: id_token.map(SecretString::from),
+        }
+    }
+
+    async fn check(p: Provider, claims: serde_json::Value, nonce: Option<&str>) -> Result<String, IdentityError> {
+        let nonce = nonce.map(SecretString::from);
+        confirm(
+            &Arc::new(p),
+            &grant(Some(jwt(claims))),
+            Expected {
+                user: "alice@x.test",
+                upstream_user: "alice@x.test",
+                nonce: nonce.as_ref(),
+            },
+            &Prover {
+                timeout: Duration::from_secs(1),
+                hostname: "localhost".into(),
+            },
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn microsoft_and_google_claims() {
+        let exp = crate::store::now() + 600;
+        let ms = provider(
+            Preset::Office365,
+            "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+        );
+        let tid = "9188040d-6c67-4c5b-b112-36a304b66dad";
+        let ok = serde_json::json!({
+            "iss": format!("https://login.microsoftonline.com/{tid}/v2.0"),
+            "aud": "cid", "exp": exp, "tid": tid, "nonce": "n1",
+            "preferred_username": "Alice@X.test",
+        });
+        assert_eq!(check(ms.clone(), ok.clone(), Some("n1")).await.expect("ok"), "Alice@X.test");
+        let mut other = ok.clone();
+        other["preferred_username"] = "mallory@evil.test".into();
+        match check(ms.clone(), other, Some("n1")).await {
+            Err(IdentityError::Mismatch { signed_in, expected }) => {
+                assert_eq!(signed_in, "mallory@evil.test");
+                assert_eq!(expected, "alice@x.test");
+            }
+            other => panic!("{other:?}"),
+        }
+        for (field, value) in [
+            ("aud", serde_json::json!("someone-else")),
+            ("exp", serde_json::json!(1000)),
+            ("iss", serde_json::json!("https://evil.test/x/v2.0")),
+            ("nonce", serde_json::json!("n2")),
+        ] {
+            let mut bad = ok.clone();
+            bad[field] = value;
+            assert!(
+                matches!(check(ms.clone(), bad, Some("n1")).await, Err(IdentityError::BadIdToken(_))),
+                "{field}"
+            );
+        }
+        let mut pinned = ms.clone();
+        pinned.tenant = Some("00000000-0000-0000-0000-000000000001".into());
+        assert!(matches!(check(pinned, ok, Some("n1")).await, Err(IdentityError::BadIdToken(_))));
+
+        let g = provider(Preset::Gmail, "https://oauth2.googleapis.com/token");
+        let gok = serde_json::json!({
+            "iss": "https://accounts.google.com", "aud": "cid", "exp": exp,
+            "email": "alice@x.test", "email_verified": true,
+        });
+        assert!(check(g.clone(), gok.clone(), None).await.is_ok());
+        let mut unverified = gok.clone();
+        unverified["email_verified"] = false.into();
+        // No usable identity: the upstream proof is tried, and this
+        // provider has no server, so nothing can vouch for it.
+        assert!(matches!(check(g, unverified, None).await, Err(IdentityError::Unverifiable(_))));
+        assert!(matches!(
+            decode_claims("a.b"),
+            Err(IdentityError::BadIdToken(_))
+        ));
+    }
+}
