@@ -38,6 +38,9 @@ pub struct Gateway {
     pub log_format: LogFormat,
     pub metrics: Option<SocketAddr>,
     pub max_connections: usize,
+    /// Connections at once from one client address; `None`: 50 for
+    /// addresses off loopback, no limit on loopback.
+    pub max_connections_per_ip: Option<usize>,
     pub preauth_timeout: Duration,
     pub shutdown_grace: Duration,
     /// Time allowed for one upstream exchange: connecting and logging in to a
@@ -270,6 +273,12 @@ impl Config {
         let _ = writeln!(s, "  max_connections  {}", g.max_connections);
         let _ = writeln!(
             s,
+            "  max_connections_per_ip {}",
+            g.max_connections_per_ip
+                .map_or_else(|| "50 (off loopback)".to_owned(), |n| n.to_string())
+        );
+        let _ = writeln!(
+            s,
             "  preauth_timeout  {}",
             humantime::format_duration(g.preauth_timeout)
         );
@@ -446,5 +455,16 @@ pub(crate) fn relative_to(file: &Path, p: &str) -> PathBuf {
         p
     } else {
         file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+impl Gateway {
+    /// Connections allowed at once from `ip`.
+    pub fn connections_per_ip(&self, ip: std::net::IpAddr) -> usize {
+        match self.max_connections_per_ip {
+            Some(n) => n,
+            None if ip.is_loopback() => usize::MAX,
+            None => 50,
+        }
     }
 }

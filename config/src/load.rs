@@ -65,6 +65,14 @@ pub fn load_with_env(
             "cannot read the configuration file: it does not exist or is not a file".into(),
         ));
     }
+    // The syntax is checked here first, so that an error names the line
+    // and the key but never echoes the file's text (an unquoted
+    // `client_secret` would otherwise be printed back).
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| file_err(format!("cannot read the configuration file: {e}")))?;
+    if let Err(e) = text.parse::<toml::Table>() {
+        return Err(file_err(syntax_error(&text, &e)));
+    }
     let overrides: config::Map<String, String> = env
         .into_iter()
         .filter(|(k, _)| {
@@ -112,13 +120,67 @@ fn split(err: config::ConfigError) -> (String, String) {
             ..
         } => (
             key.unwrap_or_default(),
-            format!("invalid type: {unexpected}, expected {expected}"),
+            // The kind of value, never the value (it may be a secret).
+            format!("invalid type: {}, expected {expected}", kind(&unexpected)),
         ),
-        config::ConfigError::FileParse { cause, .. } => (
-            String::new(),
-            format!("not valid TOML: {}", cause.to_string().trim()),
-        ),
+        config::ConfigError::FileParse { .. } => {
+            (String::new(), "not valid TOML".into())
+        }
         config::ConfigError::NotFound(k) => (k, "missing".into()),
-        other => (String::new(), other.to_string()),
+        other => (String::new(), redact_values(&other.to_string())),
+    }
+}
+
+/// Serde's messages quote the offending value (`invalid type: string
+/// "…"`); it may be a secret, so quoted text is left out.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…");
+            } else {
+                out.push('"');
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What kind of value a type error found ("string", "64-bit integer"),
+/// without the value that the `config` crate quotes after it.
+fn kind(u: &impl std::fmt::Display) -> String {
+    let s = u.to_string();
+    match s.find(['`', '"', '\'']) {
+        Some(i) => s[..i].trim_end().to_owned(),
+        None => s,
+    }
+}
+
+/// A TOML syntax error as "line L, column C (key K): what is wrong",
+/// without any of the file's text but the key's name.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'))
+        });
+    let what = e.message().lines().next().unwrap_or("syntax error");
+    match key {
+        Some(k) => format!("not valid TOML at line {line}, column {column} (key {k}): {what}"),
+        None => format!("not valid TOML at line {line}, column {column}: {what}"),
     }
 }

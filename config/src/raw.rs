@@ -28,6 +28,7 @@ pub(crate) struct RawGateway {
     pub log_format: Option<String>,
     pub metrics: Option<String>,
     pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u64>,
     pub preauth_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub upstream_timeout: Option<String>,

@@ -147,6 +147,16 @@ fn gateway(file: &Path, raw: RawGateway, errs: &mut Errors<'_>) -> Gateway {
         log_format: choice(errs, "gateway.log_format", raw.log_format).unwrap_or(LogFormat::Text),
         metrics,
         max_connections,
+        max_connections_per_ip: raw.max_connections_per_ip.map(|_| {
+            bounded(
+                errs,
+                "gateway.max_connections_per_ip",
+                raw.max_connections_per_ip,
+                50,
+                1,
+                1_000_000,
+            ) as usize
+        }),
         preauth_timeout: duration(
             errs,
             "gateway.preauth_timeout",

@@ -489,7 +489,7 @@ fn login(
     let (grant, nonce) = rt.block_on(async {
         match flow {
             LoginFlow::Browser => {
-                let server = crate::redirect::RedirectServer::bind(&provider.redirect_uri, true).await?;
+                let server = crate::redirect::RedirectServer::bind(&provider.redirect_uri).await?;
                 let sign_in = crate::flows::browser_request(&oauth, &provider, &server, &user)?;
                 let url = sign_in.request.url.clone();
                 let nonce = sign_in.request.nonce.clone();

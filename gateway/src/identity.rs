@@ -106,13 +106,16 @@ fn decode_claims(id_token: &str) -> Result<Claims, IdentityError> {
     serde_json::from_slice(&json).map_err(|e| bad(&format!("its claims are not usable: {e}")))
 }
 
+/// The host of Google's token endpoint.
+const GOOGLE_TOKEN_HOST: &str = "oauth2.googleapis.com";
+
 /// Whether `iss` is the provider's issuer: Google's fixed one for the
-/// gmail preset; otherwise an issuer at the token endpoint's own origin
+/// gmail preset with Google's token endpoint; otherwise an issuer at the token endpoint's own origin
 /// (Microsoft: `https://login.microsoftonline.com/{tid}/v2.0`, whose
 /// tenant must be the configured one when that is a tenant ID).
 fn issuer_ok(provider: &Provider, claims: &Claims) -> bool {
     let iss = claims.iss.as_str();
-    if provider.preset == Preset::Gmail {
+    if provider.preset == Preset::Gmail && provider.token_url.host_str() == Some(GOOGLE_TOKEN_HOST) {
         return iss == "https://accounts.google.com" || iss == "accounts.google.com";
     }
     let Ok(url) = url::Url::parse(iss) else {

@@ -181,7 +181,7 @@ impl InBand {
                     Some(s) => s.clone(),
                     None => {
                         let s = Arc::new(
-                            RedirectServer::bind(&provider.redirect_uri, false)
+                            RedirectServer::bind(&provider.redirect_uri)
                                 .await
                                 .map_err(|e| e.to_string())?,
                         );

@@ -5,9 +5,11 @@
 //! sign-in, and then delivers its `code` (or the provider's `error` and
 //! `error_description`) to that sign-in and shows a short page in the
 //! browser. With `http://127.0.0.1/` (no port) any free port is used and the
-//! redirect URI names it. In single mode (`mailgate login`) a request with
-//! an unknown `state` fails the one pending sign-in; otherwise (in-band,
-//! many users) it is refused with a page and ignored.
+//! redirect URI names it. A request with an unknown `state` (a stale tab, or
+//! a page forging redirects to abort sign-ins) is answered with a page and
+//! otherwise ignored: the sign-ins under way go on waiting. For `localhost`
+//! it listens on 127.0.0.1 and on [::1] (where the machine has IPv6), so no
+//! other program can take the redirect on either.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,7 +45,6 @@ type Waiter = oneshot::Sender<Result<SecretString, RedirectError>>;
 struct Shared {
     /// state → the sign-in waiting for it
     pending: Mutex<HashMap<String, Waiter>>,
-    single: bool,
 }
 
 /// A running redirect listener.
@@ -57,9 +58,7 @@ pub struct RedirectServer {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("single", &self.single)
-            .finish_non_exhaustive()
+        f.debug_struct("Shared").finish_non_exhaustive()
     }
 }
 
@@ -80,11 +79,10 @@ pub enum BindError {
 
 impl RedirectServer {
     /// Binds the listener for `configured` (the provider's redirect URI).
-    pub async fn bind(configured: &url::Url, single: bool) -> Result<RedirectServer, BindError> {
+    pub async fn bind(configured: &url::Url) -> Result<RedirectServer, BindError> {
+        let localhost = matches!(configured.host(), Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost"));
         let ip: std::net::IpAddr = match configured.host() {
-            Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
-                [127, 0, 0, 1].into()
-            }
+            Some(url::Host::Domain(_)) if localhost => [127, 0, 0, 1].into(),
             Some(url::Host::Ipv4(a)) if a.is_loopback() => a.into(),
             Some(url::Host::Ipv6(a)) if a.is_loopback() => a.into(),
             _ => return Err(BindError::NotLoopback(configured.clone())),
@@ -104,13 +102,25 @@ impl RedirectServer {
         let actual = listener
             .local_addr()
             .map_err(|source| BindError::Bind { addr, source })?;
+        // A browser may resolve `localhost` to ::1 as well: that port is
+        // ours too, or nobody else's could be taken for our redirect. Only a
+        // machine without IPv6 on loopback is excused.
+        let v6 = if localhost {
+            let addr6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), actual.port());
+            match tokio::net::TcpListener::bind(addr6).await {
+                Ok(l) => Some(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => None,
+                Err(source) => return Err(BindError::Bind { addr: addr6, source }),
+            }
+        } else {
+            None
+        };
         let mut redirect_uri = configured.clone();
         if configured.port().is_none() && actual.port() != 80 {
             let _ = redirect_uri.set_port(Some(actual.port()));
         }
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
-            single,
         });
         let path = match configured.path() {
             "" => "/".to_owned(),
@@ -121,11 +131,14 @@ impl RedirectServer {
             .with_state(shared.clone());
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await;
-        });
+        for l in std::iter::once(listener).chain(v6) {
+            let (app, stopped) = (app.clone(), stopped.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move { stopped.cancelled().await })
+                    .await;
+            });
+        }
         Ok(RedirectServer {
             shared,
             redirect_uri,
@@ -192,15 +205,13 @@ async fn redirected(
             .find(|k| bool::from(k.as_bytes().ct_eq(state.as_bytes())))
             .cloned();
         match key {
-            Some(k) => pending.remove(&k).map(|w| (w, true)),
-            None if shared.single && pending.len() == 1 => {
-                let k = pending.keys().next().cloned().unwrap_or_default();
-                pending.remove(&k).map(|w| (w, false))
-            }
+            // An unknown state (a stale tab, a forged request) changes
+            // nothing: the sign-ins under way go on waiting.
+            Some(k) => pending.remove(&k),
             None => None,
         }
     };
-    let Some((waiter, state_ok)) = waiter else {
+    let Some(waiter) = waiter else {
         tracing::info!("redirect with an unknown state ignored");
         return (
             StatusCode::BAD_REQUEST,
@@ -210,9 +221,7 @@ async fn redirected(
             ),
         );
     };
-    let result = if !state_ok {
-        Err(RedirectError::StateMismatch)
-    } else if let Some(error) = q.get("error") {
+    let result = if let Some(error) = q.get("error") {
         Err(RedirectError::Provider {
             error: error.clone(),
             description: q.get("error_description").cloned().unwrap_or_default(),

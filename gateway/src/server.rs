@@ -28,6 +28,38 @@ use crate::tls::{CertSource, ClientStream, ListenerTls};
 
 const BACKLOG: u32 = 4096;
 
+/// Open connections per client address (`max_connections_per_ip`).
+#[derive(Debug, Default)]
+struct PerIp(Mutex<HashMap<std::net::IpAddr, usize>>);
+
+/// One connection counted against its address; dropping it ends it.
+#[derive(Debug)]
+struct IpSlot(Arc<PerIp>, std::net::IpAddr);
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// What every session shares.
 pub struct Context {
     config: std::sync::RwLock<Arc<Config>>,
@@ -129,6 +161,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     let kill = CancellationToken::new();
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.gateway.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     let mut addresses = Vec::new();
     let mut all_tls = Vec::new();
     for l in &config.listeners {
@@ -177,7 +210,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
                 auth_before_tls: l.address.ip().is_loopback() || l.insecure_plaintext,
             },
             ctx.clone(),
-            permits.clone(),
+            (permits.clone(), per_ip.clone()),
             stop_accepting.clone(),
             kill.clone(),
             tracker.clone(),
@@ -334,7 +367,7 @@ async fn accept_loop(
     listener: TcpListener,
     listening: Listening,
     ctx: Arc<Context>,
-    permits: Arc<Semaphore>,
+    (permits, per_ip): (Arc<Semaphore>, Arc<PerIp>),
     stop: CancellationToken,
     kill: CancellationToken,
     tracker: TaskTracker,
@@ -358,7 +391,15 @@ async fn accept_loop(
         let protocol = listening.protocol;
         let span = info_span!("conn", id, proto = %protocol, %peer, user = tracing::field::Empty);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracker.spawn(too_busy(stream, protocol).instrument(span));
+            tracker.spawn(too_busy(stream, protocol, "connection limit reached").instrument(span));
+            continue;
+        };
+        let max_per_ip = ctx.config().gateway.connections_per_ip(peer.ip());
+        let Some(slot) = per_ip.take(peer.ip(), max_per_ip) else {
+            tracker.spawn(
+                too_busy(stream, protocol, "too many connections from this address")
+                    .instrument(span),
+            );
             continue;
         };
         let ctx = ctx.clone();
@@ -366,7 +407,7 @@ async fn accept_loop(
         let listening = listening.clone();
         tracker.spawn(
             async move {
-                let _permit = permit;
+                let _permit = (permit, slot);
                 tokio::select! {
                     _ = kill.cancelled() => info!("closed by shutdown"),
                     _ = session(stream, peer, listening, ctx) => {}
@@ -419,13 +460,17 @@ async fn session(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Con
     }
 }
 
-async fn too_busy(mut stream: TcpStream, protocol: Protocol) {
-    warn!("connection limit reached; refusing a client");
+async fn too_busy(mut stream: TcpStream, protocol: Protocol, why: &str) {
+    warn!("{why}; refusing a client");
     let reply: &[u8] = match protocol {
         Protocol::Imap => b"* BYE Too many connections; try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections; try again later\r\n",
         Protocol::Smtp => b"421 4.3.2 Too many connections; try again later\r\n",
     };
-    let _ = stream.write_all(reply).await;
-    let _ = stream.shutdown().await;
+    // A client that does not read does not hold the connection.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(reply).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

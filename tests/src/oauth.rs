@@ -63,6 +63,8 @@ struct Code {
     user: String,
     challenge: String,
     redirect_uri: String,
+    scope: String,
+    nonce: Option<String>,
 }
 
 #[derive(Debug)]
@@ -72,8 +74,13 @@ struct Inner {
     /// The user the device flow and the codes without login_hint approve.
     default_user: String,
     codes: HashMap<String, Code>,
-    /// device_code → polls so far
-    devices: HashMap<String, u32>,
+    /// device_code → (polls so far, requested scope)
+    devices: HashMap<String, (u32, String)>,
+    /// Who signs in at `/authorize` and the device page, whatever the
+    /// login_hint (a person signed in to another account in the browser).
+    sign_in_as: Option<String>,
+    /// ID tokens are issued when `openid` is asked for.
+    id_tokens: bool,
     last_authorize: HashMap<String, String>,
     /// refresh token → user
     refresh: HashMap<String, String>,
@@ -85,6 +92,7 @@ struct Inner {
     client_id: String,
     client_secret: Option<String>,
     last_access: Option<String>,
+    issuer: String,
 }
 
 #[derive(Debug)]
@@ -119,11 +127,14 @@ impl FakeOAuth {
                 client_id: CLIENT_ID.into(),
                 client_secret: None,
                 last_access: None,
+                issuer: String::new(),
                 authorize_mode: AuthorizeMode::Approve,
                 device_mode: DeviceMode::ApproveAfter(1),
                 default_user: "alice@example.test".into(),
                 codes: HashMap::new(),
                 devices: HashMap::new(),
+                sign_in_as: None,
+                id_tokens: true,
                 last_authorize: HashMap::new(),
             }),
             refreshes: AtomicUsize::new(0),
@@ -141,6 +152,7 @@ impl FakeOAuth {
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        shared.inner.lock().unwrap().issuer = format!("http://{addr}");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -165,6 +177,23 @@ impl FakeOAuth {
 
     pub fn set_device_mode(&self, m: DeviceMode) {
         self.inner().device_mode = m;
+    }
+
+    /// Every sign-in from now on is `user`'s (`None`: the login_hint's, or
+    /// the default user's).
+    pub fn set_sign_in_as(&self, user: Option<&str>) {
+        self.inner().sign_in_as = user.map(Into::into);
+    }
+
+    /// Whether ID tokens are issued for `openid` requests (a provider
+    /// without OpenID Connect issues none).
+    pub fn set_id_tokens(&self, on: bool) {
+        self.inner().id_tokens = on;
+    }
+
+    /// The issuer of its ID tokens.
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// The query parameters of the last `/authorize` request.
@@ -361,12 +390,13 @@ async fn token(
                     "AADSTS501481: The Code_Verifier does not match the code_challenge",
                 );
             }
-            return issue(&s, &mut inner, &code.user, true);
+            let id = id_token_for(&inner, &code.scope, &code.user, code.nonce.as_deref());
+            return issue(&s, &mut inner, &code.user, true, id);
         }
         "urn:ietf:params:oauth:grant-type:device_code" => {
             let device = form.get("device_code").cloned().unwrap_or_default();
             let mode = inner.device_mode.clone();
-            let Some(polls) = inner.devices.get_mut(&device) else {
+            let Some((polls, scope)) = inner.devices.get_mut(&device) else {
                 return oauth_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_grant",
@@ -374,7 +404,7 @@ async fn token(
                 );
             };
             *polls += 1;
-            let polls = *polls;
+            let (polls, scope) = (*polls, scope.clone());
             let pending = |code: &str| oauth_error(StatusCode::BAD_REQUEST, code, "");
             match mode {
                 DeviceMode::ApproveAfter(n) if polls <= n => {
@@ -386,8 +416,12 @@ async fn token(
                 _ => {}
             }
             inner.devices.remove(&device);
-            let user = inner.default_user.clone();
-            return issue(&s, &mut inner, &user, true);
+            let user = inner
+                .sign_in_as
+                .clone()
+                .unwrap_or_else(|| inner.default_user.clone());
+            let id = id_token_for(&inner, &scope, &user, None);
+            return issue(&s, &mut inner, &user, true, id);
         }
         "client_credentials" => {
             if inner.client_secret.is_none() {
@@ -397,7 +431,7 @@ async fn token(
                     "a confidential client is required",
                 );
             }
-            return issue(&s, &mut inner, "*", false);
+            return issue(&s, &mut inner, "*", false, None);
         }
         _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", ""),
     }
@@ -441,8 +475,48 @@ async fn token(
     (StatusCode::OK, Json(body)).into_response()
 }
 
-/// Issues an access token (and a refresh token) for `user`.
-fn issue(s: &Shared, inner: &mut Inner, user: &str, with_refresh: bool) -> Response {
+/// An ID token for `user` when `scope` asks for one (claims as Microsoft
+/// and Google send them; the signature is a placeholder: mailgate takes
+/// ID tokens only from the token endpoint, whose TLS vouches for them).
+fn id_token_for(inner: &Inner, scope: &str, user: &str, nonce: Option<&str>) -> Option<String> {
+    if !inner.id_tokens || !scope.split(' ').any(|s| s == "openid") {
+        return None;
+    }
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let mut claims = json!({
+        "iss": inner.issuer,
+        "aud": inner.client_id,
+        "exp": exp,
+        "iat": exp - 3600,
+        "sub": format!("sub-{}", user.replace('@', "_")),
+        "email": user,
+        "email_verified": true,
+        "preferred_username": user,
+    });
+    if let Some(n) = nonce {
+        claims["nonce"] = json!(n);
+    }
+    let enc = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    Some(format!(
+        "{}.{}.{}",
+        enc(json!({"alg": "RS256", "typ": "JWT", "kid": "test"})),
+        enc(claims),
+        URL_SAFE_NO_PAD.encode("not-a-signature")
+    ))
+}
+
+/// Issues an access token (and a refresh token, and an ID token) for `user`.
+fn issue(
+    s: &Shared,
+    inner: &mut Inner,
+    user: &str,
+    with_refresh: bool,
+    id_token: Option<String>,
+) -> Response {
     let n = s.counter.fetch_add(1, Ordering::SeqCst);
     let tag = user.replace('@', "_");
     let at = format!("at-{n}-{tag}");
@@ -453,6 +527,9 @@ fn issue(s: &Shared, inner: &mut Inner, user: &str, with_refresh: bool) -> Respo
     inner.last_access = Some(at.clone());
     let mut body =
         json!({"access_token": at, "token_type": "Bearer", "expires_in": lifetime.as_secs()});
+    if let Some(id) = id_token {
+        body["id_token"] = json!(id);
+    }
     if with_refresh {
         let rt = format!("rt-{n}-{tag}");
         s.issued.lock().unwrap().push(rt.clone());
@@ -490,10 +567,11 @@ async fn authorize(
         ref mode => {
             let n = s.counter.fetch_add(1, Ordering::SeqCst);
             let code = format!("code-{n}");
-            let user = q
-                .get("login_hint")
-                .cloned()
-                .unwrap_or_else(|| inner.default_user.clone());
+            let user = inner.sign_in_as.clone().unwrap_or_else(|| {
+                q.get("login_hint")
+                    .cloned()
+                    .unwrap_or_else(|| inner.default_user.clone())
+            });
             let challenge = q.get("code_challenge").cloned().unwrap_or_default();
             let state = if *mode == AuthorizeMode::WrongState {
                 format!("{state}x")
@@ -506,6 +584,8 @@ async fn authorize(
                     user,
                     challenge,
                     redirect_uri: redirect.to_string(),
+                    scope: q.get("scope").cloned().unwrap_or_default(),
+                    nonce: q.get("nonce").cloned(),
                 },
             );
             to.query_pairs_mut()
@@ -527,7 +607,8 @@ async fn devicecode(
     }
     let n = s.counter.fetch_add(1, Ordering::SeqCst);
     let device = format!("dev-{n}");
-    inner.devices.insert(device.clone(), 0);
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    inner.devices.insert(device.clone(), (0, scope));
     let user_code = format!("CODE-{n:04}");
     Json(json!({
         "device_code": device,
