@@ -123,9 +123,7 @@ fn split(err: config::ConfigError) -> (String, String) {
             // The kind of value, never the value (it may be a secret).
             format!("invalid type: {}, expected {expected}", kind(&unexpected)),
         ),
-        config::ConfigError::FileParse { .. } => {
-            (String::new(), "not valid TOML".into())
-        }
+        config::ConfigError::FileParse { .. } => (String::new(), "not valid TOML".into()),
         config::ConfigError::NotFound(k) => (k, "missing".into()),
         other => (String::new(), redact_values(&other.to_string())),
     }

@@ -328,7 +328,10 @@ mod tests {
         let held: Vec<Pending> = (0..MAX_PENDING_PER_USER)
             .map(|_| b.begin("u", a).expect("under the cap"))
             .collect();
-        assert!(b.begin("u", "127.0.0.2".parse().expect("ip")).is_none(), "per user");
+        assert!(
+            b.begin("u", "127.0.0.2".parse().expect("ip")).is_none(),
+            "per user"
+        );
         let other: Vec<Pending> = (MAX_PENDING_PER_USER..MAX_PENDING_PER_ADDRESS)
             .map(|i| b.begin(&format!("v{i}"), a).expect("under the cap"))
             .collect();

@@ -607,9 +607,11 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
         let oauth = OAuth::new(cfg.gateway.upstream_timeout)
             .map_err(|e| CliError::Internal(e.to_string()))?;
         let runtime = runtime()?;
-        let grant = runtime.block_on(oauth.refresh(&provider, &rt)).map_err(|e| {
-            CliError::User(format!("the token does not work: {e}; nothing was stored"))
-        })?;
+        let grant = runtime
+            .block_on(oauth.refresh(&provider, &rt))
+            .map_err(|e| {
+                CliError::User(format!("the token does not work: {e}; nothing was stored"))
+            })?;
         let upstream_user = upstream_user(cfg, &user);
         runtime
             .block_on(crate::identity::confirm(

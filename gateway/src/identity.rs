@@ -115,7 +115,8 @@ const GOOGLE_TOKEN_HOST: &str = "oauth2.googleapis.com";
 /// tenant must be the configured one when that is a tenant ID).
 fn issuer_ok(provider: &Provider, claims: &Claims) -> bool {
     let iss = claims.iss.as_str();
-    if provider.preset == Preset::Gmail && provider.token_url.host_str() == Some(GOOGLE_TOKEN_HOST) {
+    if provider.preset == Preset::Gmail && provider.token_url.host_str() == Some(GOOGLE_TOKEN_HOST)
+    {
         return iss == "https://accounts.google.com" || iss == "accounts.google.com";
     }
     let Ok(url) = url::Url::parse(iss) else {
@@ -276,7 +277,12 @@ async fn prove_upstream(
         Protocol::Imap => crate::upstream::within(
             prover.timeout,
             &server,
-            crate::imap::upstream::login(&attempt.server, attempt.tls.clone(), &attempt.user, token),
+            crate::imap::upstream::login(
+                &attempt.server,
+                attempt.tls.clone(),
+                &attempt.user,
+                token,
+            ),
         )
         .await
         .map(drop),
@@ -355,7 +361,11 @@ mod tests {
         }
     }
 
-    async fn check(p: Provider, claims: serde_json::Value, nonce: Option<&str>) -> Result<String, IdentityError> {
+    async fn check(
+        p: Provider,
+        claims: serde_json::Value,
+        nonce: Option<&str>,
+    ) -> Result<String, IdentityError> {
         let nonce = nonce.map(SecretString::from);
         confirm(
             &Arc::new(p),
@@ -386,11 +396,17 @@ mod tests {
             "aud": "cid", "exp": exp, "tid": tid, "nonce": "n1",
             "preferred_username": "Alice@X.test",
         });
-        assert_eq!(check(ms.clone(), ok.clone(), Some("n1")).await.expect("ok"), "Alice@X.test");
+        assert_eq!(
+            check(ms.clone(), ok.clone(), Some("n1")).await.expect("ok"),
+            "Alice@X.test"
+        );
         let mut other = ok.clone();
         other["preferred_username"] = "mallory@evil.test".into();
         match check(ms.clone(), other, Some("n1")).await {
-            Err(IdentityError::Mismatch { signed_in, expected }) => {
+            Err(IdentityError::Mismatch {
+                signed_in,
+                expected,
+            }) => {
                 assert_eq!(signed_in, "mallory@evil.test");
                 assert_eq!(expected, "alice@x.test");
             }
@@ -405,13 +421,19 @@ mod tests {
             let mut bad = ok.clone();
             bad[field] = value;
             assert!(
-                matches!(check(ms.clone(), bad, Some("n1")).await, Err(IdentityError::BadIdToken(_))),
+                matches!(
+                    check(ms.clone(), bad, Some("n1")).await,
+                    Err(IdentityError::BadIdToken(_))
+                ),
                 "{field}"
             );
         }
         let mut pinned = ms.clone();
         pinned.tenant = Some("00000000-0000-0000-0000-000000000001".into());
-        assert!(matches!(check(pinned, ok, Some("n1")).await, Err(IdentityError::BadIdToken(_))));
+        assert!(matches!(
+            check(pinned, ok, Some("n1")).await,
+            Err(IdentityError::BadIdToken(_))
+        ));
 
         let g = provider(Preset::Gmail, "https://oauth2.googleapis.com/token");
         let gok = serde_json::json!({
@@ -423,7 +445,10 @@ mod tests {
         unverified["email_verified"] = false.into();
         // No usable identity: the upstream proof is tried, and this
         // provider has no server, so nothing can vouch for it.
-        assert!(matches!(check(g, unverified, None).await, Err(IdentityError::Unverifiable(_))));
+        assert!(matches!(
+            check(g, unverified, None).await,
+            Err(IdentityError::Unverifiable(_))
+        ));
         assert!(matches!(
             decode_claims("a.b"),
             Err(IdentityError::BadIdToken(_))

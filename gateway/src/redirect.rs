@@ -110,7 +110,12 @@ impl RedirectServer {
             match tokio::net::TcpListener::bind(addr6).await {
                 Ok(l) => Some(l),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => None,
-                Err(source) => return Err(BindError::Bind { addr: addr6, source }),
+                Err(source) => {
+                    return Err(BindError::Bind {
+                        addr: addr6,
+                        source,
+                    });
+                }
             }
         } else {
             None

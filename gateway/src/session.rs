@@ -367,9 +367,7 @@ pub fn looks_like_http(line: &[u8]) -> bool {
             || target.starts_with(b"*")
             || target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://")
             || target.len() >= 8 && target[..8].eq_ignore_ascii_case(b"https://")
-            || line
-                .windows(6)
-                .any(|w| w.eq_ignore_ascii_case(b" http/")));
+            || line.windows(6).any(|w| w.eq_ignore_ascii_case(b" http/")));
     let header = HEADERS
         .iter()
         .any(|h| line.len() >= h.len() && line[..h.len()].eq_ignore_ascii_case(h));

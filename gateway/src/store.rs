@@ -49,7 +49,9 @@ pub enum StoreError {
     /// A compare-and-swap write found another file (or none) where it
     /// expected the one it read: someone else (`mailgate forget`, `login`,
     /// `passwd`, another process) changed the account meanwhile.
-    #[error("the token file of {user} was changed or removed by someone else meanwhile; nothing was written")]
+    #[error(
+        "the token file of {user} was changed or removed by someone else meanwhile; nothing was written"
+    )]
     Changed { user: String },
     #[error("cannot encode {what}: {reason}")]
     Encode { what: &'static str, reason: String },

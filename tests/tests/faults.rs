@@ -133,10 +133,12 @@ async fn unwritable_state_dir_keeps_logins_working() {
     assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
     let saved = std::fs::read(&path).unwrap();
 
-    let tokens = env.state_dir().join("tokens");
-    let aside = env.state_dir().join("tokens.aside");
-    std::fs::rename(&tokens, &aside).unwrap();
-    std::fs::write(&tokens, b"not a directory").unwrap();
+    // The store stays readable where the gateway reads it, but no write
+    // can happen: the store's lock cannot be opened (a directory stands
+    // where the lock file goes).
+    let lock = env.state_dir().join("tokens").join(".lock");
+    let _ = std::fs::remove_file(&lock);
+    std::fs::create_dir(&lock).unwrap();
 
     // Force refreshes (each rotates the refresh token) while nothing can be
     // written.
@@ -148,13 +150,12 @@ async fn unwritable_state_dir_keeps_logins_working() {
     }
     assert_eq!(env.oauth.refresh_count(), 4);
     assert_eq!(
-        std::fs::read(aside.join(format!("{USER}.json"))).unwrap(),
+        std::fs::read(&path).unwrap(),
         saved,
         "the file on disk is intact"
     );
     // Once writable again, the next refresh persists the newest token.
-    std::fs::remove_file(&tokens).unwrap();
-    std::fs::rename(&aside, &tokens).unwrap();
+    std::fs::remove_dir(&lock).unwrap();
     env.oauth.revoke_access_tokens();
     let mut c = LineClient::greeted(imap_addr(&g)).await;
     assert!(c.login("e", USER, PASSWORD).await.starts_with("e OK"));

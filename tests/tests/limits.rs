@@ -83,6 +83,19 @@ async fn configured_line_and_failure_limits() {
     assert_eq!(c.line().await, "* BYE Line too long (limit 600 bytes)\r\n");
     assert!(c.closed().await);
 
+    // The configured literal cap: 64 bytes are taken, 65 close.
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    c.send("b LOGIN {64}\r\n").await;
+    assert_eq!(c.line().await, "+ Ready for literal data\r\n");
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    c.send("b LOGIN {65}\r\n").await;
+    let r = c.line().await;
+    assert!(
+        r.starts_with("* BYE Command too large (limits: literal 64 bytes"),
+        "{r}"
+    );
+    assert!(c.closed().await);
+
     let mut c = LineClient::greeted(imap_addr(&g)).await;
     assert!(
         c.login("a", USER, "wrong")

@@ -1,0 +1,421 @@
+//! The attacks of the security review (issue 12), over real sockets and,
+//! where it matters, through the real binary: an account can be opened only
+//! by its owner.
+//!
+//! - in-band takeover: a flow belongs to the password that started it;
+//! - the empty (or short) password never starts a flow;
+//! - the wrong identity at the provider stores nothing, whether the
+//!   provider sends an ID token or not, for `mailgate login`, `token import`
+//!   and in-band;
+//! - `forget` and re-authorisation take effect for the next login of a
+//!   running gateway;
+//! - a web page's cross-protocol POST is closed without an answer;
+//! - a client that never reads cannot outstay the pre-auth deadline;
+//! - connections per address are capped.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mailgate_config::Protocol;
+use mailgate_tests::client::LineClient;
+use mailgate_tests::fake::FakeServer;
+use mailgate_tests::harness::{
+    Env, PASSWORD, USER, imap_addr, logs, mailgate_bin, pop3_addr, smtp_addr, start,
+    without_in_band,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ATTACKER_PW: &str = "attacker-password";
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn url_in(text: &str) -> String {
+    let start = text.find("http://").expect("a URL in the message");
+    text[start..].split_whitespace().next().unwrap().to_string()
+}
+
+/// Plays a browser on a sign-in URL (whoever the fake provider signs in).
+async fn sign_in(url: &str) {
+    let r = http().get(url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 302);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    let page = http().get(&to).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+}
+
+fn token_path(env: &Env) -> std::path::PathBuf {
+    env.state_dir().join("tokens").join(format!("{USER}.json"))
+}
+
+/// Logs in until the answer is no longer "pending" (the background flow
+/// has ended), at most 20 s; returns the last answer.
+async fn login_until_settled(g: &mailgate::Gateway, pw: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = LineClient::greeted(imap_addr(g)).await;
+        let r = c.login("a", USER, pw).await;
+        if !r.contains("open http://") || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_band_flow_belongs_to_the_password_that_started_it() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let g = env.gateway(&imap.url(false)).await;
+
+    // The attacker starts the flow for the victim's account.
+    let mut attacker = LineClient::greeted(imap_addr(&g)).await;
+    let first = attacker.login("a", USER, ATTACKER_PW).await;
+    assert!(first.contains("open http://"), "{first}");
+
+    // The victim's own client is not shown the attacker's URL.
+    let mut victim = LineClient::greeted(imap_addr(&g)).await;
+    let r = victim.login("v", USER, PASSWORD).await;
+    assert!(
+        r.starts_with("v NO [ALERT] An authorisation of alice@example.test is already pending from another client"),
+        "{r}"
+    );
+    assert!(!r.contains("http://") && !r.contains("CODE-"), "{r}");
+    // The attacker sees his own flow again.
+    let again = attacker.login("b", USER, ATTACKER_PW).await;
+    assert_eq!(url_in(&first), url_in(&again));
+
+    // Signing in himself (the victim never saw the URL) stores nothing:
+    // the identity is not the account's.
+    env.oauth.set_sign_in_as(Some("mallory@evil.test"));
+    sign_in(&url_in(&first)).await;
+    let r = login_until_settled(&g, ATTACKER_PW).await;
+    assert!(
+        r.contains("mallory@evil.test") && r.contains("alice@example.test"),
+        "the message names both identities: {r}"
+    );
+    assert!(!token_path(&env).exists(), "nothing was stored");
+    assert_eq!(env.oauth.grants("authorization_code"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_short_passwords_never_start_a_flow() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let g = env.gateway(&imap.url(false)).await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    for (tag, pw) in [("a", ""), ("b", "short")] {
+        let r = c.login(tag, USER, pw).await;
+        assert!(r.starts_with(&format!("{tag} NO")), "{r}");
+        assert!(!r.contains("http://"), "{r}");
+    }
+    assert!(
+        env.oauth.last_authorize().is_empty(),
+        "no sign-in was prepared"
+    );
+    // A long enough password then does start one.
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("c", USER, PASSWORD).await;
+    assert!(r.contains("open http://"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_band_counts_towards_max_failures() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let g = env.gateway(&imap.url(false)).await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    for tag in ["a", "b", "c"] {
+        let r = c.login(tag, USER, PASSWORD).await;
+        assert!(r.starts_with(&format!("{tag} NO")), "{r}");
+    }
+    assert_eq!(c.line().await, "* BYE Too many failed login attempts\r\n");
+    assert!(c.closed().await);
+}
+
+/// Runs `mailgate ARGS` with `password` and `stdin`; (success, output).
+fn mailgate(
+    env: &Env,
+    cfg: &std::path::Path,
+    args: &[&str],
+    password: &str,
+    stdin: &str,
+) -> (bool, String) {
+    let mut child = Command::new(mailgate_bin())
+        .arg("-c")
+        .arg(cfg)
+        .args(args)
+        .env("MAILGATE_PASSWORD", password)
+        .current_dir(env.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `mailgate login` in the browser flow, with the provider signing in
+/// whoever `env.oauth` says; (success, output).
+async fn cli_browser_login(env: &Env, cfg: &std::path::Path) -> (bool, String) {
+    let mut child = tokio::process::Command::new(mailgate_bin())
+        .arg("-c")
+        .arg(cfg)
+        .args(["login", USER, "--no-browser", "--timeout", "20s"])
+        .env("MAILGATE_PASSWORD", PASSWORD)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.lines().any(|l| l.starts_with("http")) {
+        let n = tokio::time::timeout(Duration::from_secs(20), stdout.read(&mut buf))
+            .await
+            .expect("mailgate login printed no URL")
+            .unwrap();
+        assert!(n > 0, "mailgate login ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let url = seen
+        .lines()
+        .find(|l| l.starts_with("http"))
+        .unwrap()
+        .to_string();
+    sign_in(&url).await;
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).await.unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        format!("{seen}{rest}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_the_wrong_identity_stores_nothing() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let cfg = env.write_config(&env.config_text(&imap.url(false), "", "", ""));
+
+    // With an ID token: its identity is compared.
+    env.oauth.set_sign_in_as(Some("mallory@evil.test"));
+    let (ok, out) = cli_browser_login(&env, &cfg).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("mallory@evil.test")
+            && out.contains("alice@example.test")
+            && out.contains("nothing was stored"),
+        "{out}"
+    );
+    assert!(!token_path(&env).exists());
+    assert!(
+        env.oauth
+            .last_authorize()
+            .get("scope")
+            .is_some_and(
+                |s| s.split(' ').any(|x| x == "openid") && s.split(' ').any(|x| x == "email")
+            ),
+        "openid email are asked for"
+    );
+    assert!(env.oauth.last_authorize().contains_key("nonce"));
+
+    // Without an ID token: one upstream login as the account proves it,
+    // and the fake upstream refuses a token of another user.
+    env.oauth.set_id_tokens(false);
+    let (ok, out) = cli_browser_login(&env, &cfg).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("does not open the mailbox of alice@example.test"),
+        "{out}"
+    );
+    assert!(!token_path(&env).exists());
+
+    // The right identity, without an ID token: proven upstream, stored.
+    env.oauth.set_sign_in_as(None);
+    let logins = imap.successful_logins();
+    let (ok, out) = cli_browser_login(&env, &cfg).await;
+    assert!(ok, "{out}");
+    assert!(token_path(&env).exists());
+    assert_eq!(imap.successful_logins(), logins + 1, "one upstream proof");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_import_of_another_users_token_stores_nothing() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let cfg = env.write_config(&env.config_text(&imap.url(false), "", "", ""));
+    let other = env.oauth.issue_refresh_token("mallory@evil.test");
+    let (ok, out) = mailgate(&env, &cfg, &["token", "import", USER], PASSWORD, &other);
+    assert!(!ok, "{out}");
+    assert!(out.contains("does not open the mailbox"), "{out}");
+    assert!(!token_path(&env).exists());
+    let own = env.oauth.issue_refresh_token(USER);
+    let (ok, out) = mailgate(&env, &cfg, &["token", "import", USER], PASSWORD, &own);
+    assert!(ok, "{out}");
+    assert!(token_path(&env).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_and_new_password_take_effect_in_a_running_gateway() {
+    logs();
+    let env = Env::new().await;
+    env.oauth.set_rotate(true);
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = without_in_band(&env.config_text(&imap.url(false), "", "", ""));
+    let cfg = env.write_config(&text);
+    let g = start(env.load(&text)).await;
+    env.seal_new_user_token();
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
+
+    let (ok, out) = mailgate(&env, &cfg, &["forget", USER], "", "");
+    assert!(ok, "{out}");
+    // The old password no longer opens anything, even when the gateway
+    // would refresh (its cached tokens are dropped, not written back).
+    env.oauth.revoke_access_tokens();
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("b", USER, PASSWORD).await;
+    assert!(r.starts_with("b NO [AUTHENTICATIONFAILED]"), "{r}");
+    assert!(!token_path(&env).exists(), "the file does not come back");
+
+    // Authorised again with a new password: the old one does not win.
+    let rt = env.oauth.issue_refresh_token(USER);
+    let (ok, out) = mailgate(
+        &env,
+        &cfg,
+        &["token", "import", USER],
+        "a-new-password",
+        &rt,
+    );
+    assert!(ok, "{out}");
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("c", USER, PASSWORD).await;
+    assert!(r.starts_with("c NO [AUTHENTICATIONFAILED]"), "{r}");
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("d", USER, "a-new-password").await;
+    assert!(r.starts_with("d OK"), "{r}");
+    // And a refresh by the gateway keeps the new password's file.
+    env.oauth.revoke_access_tokens();
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(
+        c.login("e", USER, "a-new-password")
+            .await
+            .starts_with("e OK")
+    );
+    let stored = env.open(USER, "a-new-password");
+    assert!(
+        env.oauth
+            .refresh_token_valid(stored.refresh_token.as_deref().unwrap())
+    );
+}
+
+/// What a web page can make a browser send to a local port.
+const BROWSER_POST: &str = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.test\r\nContent-Type: text/plain\r\nContent-Length: 34\r\n\r\na LOGIN erin@example.test pw12345678\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_protocol_requests_from_web_pages_get_no_answer() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let smtp = FakeServer::smtp(&env.ca, env.oauth.clone(), Default::default()).await;
+    let pop3 = FakeServer::pop3(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = env.config_for(
+        &[
+            (Protocol::Imap, &imap.url(false)),
+            (Protocol::Smtp, &smtp.url(false)),
+            (Protocol::Pop3, &pop3.url(false)),
+        ],
+        "",
+        "",
+        "[[account]]\nuser = \"*@example.test\"\nprovider = \"test\"\n",
+    );
+    let g = start(env.load(&text)).await;
+    for (addr, greeting) in [
+        (imap_addr(&g), "* OK"),
+        (smtp_addr(&g), "220"),
+        (pop3_addr(&g), "+OK"),
+    ] {
+        let mut c = LineClient::greeted_with(addr, greeting).await;
+        c.send(BROWSER_POST).await;
+        assert!(c.closed().await, "closed without an answer");
+    }
+    assert!(
+        env.oauth.last_authorize().is_empty(),
+        "no in-band flow was started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_at_the_preauth_deadline() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = env.config_text(&imap.url(false), "preauth_timeout = \"2s\"", "", "");
+    let g = start(env.load(&text)).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(imap_addr(&g)).await.unwrap();
+    // Commands whose replies are never read: the gateway's writes block.
+    let chunk = "a NOOP\r\n".repeat(1024);
+    let started = Instant::now();
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), s.write_all(chunk.as_bytes())).await {
+            Ok(Err(_)) => break true,
+            _ => {
+                // Blocked or written: see whether the server is gone.
+                let mut probe = [0u8; 1];
+                if let Ok(Ok(0)) | Ok(Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(1), s.peek(&mut probe)).await
+                {
+                    break true;
+                }
+            }
+        }
+    };
+    assert!(closed, "the connection outlived its pre-auth deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = env.config_text(&imap.url(false), "max_connections_per_ip = 2", "", "");
+    let g = start(env.load(&text)).await;
+    let _a = LineClient::greeted(imap_addr(&g)).await;
+    let _b = LineClient::greeted(imap_addr(&g)).await;
+    let mut c = LineClient::connect(imap_addr(&g)).await;
+    assert_eq!(
+        c.line().await,
+        "* BYE Too many connections; try again later\r\n"
+    );
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _d = LineClient::greeted(imap_addr(&g)).await;
+}
