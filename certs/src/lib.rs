@@ -167,7 +167,7 @@ pub fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf, bool
         let path = path.to_path_buf();
         move |source| CertError::Read { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    private_dir(dir).map_err(io(dir))?;
     let mut names = vec![hostname.to_owned()];
     for n in ["localhost", "127.0.0.1", "::1"] {
         if !names.iter().any(|x| x == n) {
@@ -190,15 +190,39 @@ pub fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf, bool
     Ok((cert, key, true))
 }
 
+/// Creates `dir` (and its parents) with mode 0700, and makes an existing
+/// one 0700: the generated key lives there.
+#[cfg(unix)]
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(not(unix))]
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Writes a new private file (0600): a stale file (or a link planted in
+/// its place) is removed first, and the new one is created exclusively and
+/// never through a symbolic link.
 #[cfg(unix)]
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     f.write_all(data)?;
     f.sync_all()
@@ -258,6 +282,11 @@ mod identity_tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
+            let dir_mode = std::fs::metadata(key.parent().expect("dir"))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(dir_mode & 0o777, 0o700, "the key's directory is private");
             let mode = std::fs::metadata(&key).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
@@ -271,5 +300,24 @@ mod identity_tests {
         let (_, key, _) = self_signed(b.path(), "b").expect("b");
         let err = load_identity(&cert, &key).expect_err("mismatch");
         assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+}
+
+#[cfg(all(test, unix))]
+mod link_tests {
+    use super::*;
+
+    #[test]
+    fn a_planted_link_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = dir.path().join("tls");
+        std::fs::create_dir(&tls).expect("mkdir");
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"precious").expect("write");
+        std::os::unix::fs::symlink(&target, tls.join("gateway.key")).expect("link");
+        let (_, key, fresh) = self_signed(&tls, "gw.example").expect("generate");
+        assert!(fresh);
+        assert_eq!(std::fs::read(&target).expect("read"), b"precious");
+        assert!(!std::fs::symlink_metadata(&key).expect("meta").is_symlink());
     }
 }

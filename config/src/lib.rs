@@ -28,6 +28,10 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub accounts: Vec<Account>,
+    /// Files that hold secrets, with the key that names them: the file
+    /// itself when it holds a `client_secret`, every `client_secret_file`
+    /// and every listener's TLS `key` (for permission warnings).
+    pub secret_files: Vec<(String, PathBuf)>,
 }
 
 /// `[gateway]`
@@ -242,6 +246,26 @@ pub struct Account {
 }
 
 impl Config {
+    /// The secret files that every user of the machine may read (mode
+    /// `o+r`), with the key that names each and its mode.
+    pub fn readable_secret_files(&self) -> Vec<(String, PathBuf, u32)> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            self.secret_files
+                .iter()
+                .filter_map(|(k, p)| {
+                    let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o7777;
+                    (mode & 0o004 != 0).then(|| (k.clone(), p.clone(), mode))
+                })
+                .collect()
+        }
+        #[cfg(not(unix))]
+        {
+            Vec::new()
+        }
+    }
+
     /// The account entry a login name belongs to: an exact entry first, then
     /// a domain entry.
     pub fn find_account(&self, user: &str) -> Option<&Account> {

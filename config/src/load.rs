@@ -70,9 +70,10 @@ pub fn load_with_env(
     // `client_secret` would otherwise be printed back).
     let text = std::fs::read_to_string(path)
         .map_err(|e| file_err(format!("cannot read the configuration file: {e}")))?;
-    if let Err(e) = text.parse::<toml::Table>() {
-        return Err(file_err(syntax_error(&text, &e)));
-    }
+    let table = match text.parse::<toml::Table>() {
+        Ok(t) => t,
+        Err(e) => return Err(file_err(syntax_error(&text, &e))),
+    };
     let overrides: config::Map<String, String> = env
         .into_iter()
         .filter(|(k, _)| {
@@ -94,7 +95,26 @@ pub fn load_with_env(
     let raw: RawConfig = built
         .try_deserialize()
         .map_err(|e| ConfigErrors(vec![convert(path, e)]))?;
-    crate::resolve::resolve(path, raw)
+    let mut config = crate::resolve::resolve(path, raw)?;
+    config.secret_files.extend(secret_files(path, &table));
+    Ok(config)
+}
+
+/// The configuration file itself when it holds a `client_secret`, and
+/// every `client_secret_file`.
+fn secret_files(path: &Path, table: &toml::Table) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let providers = table.get("provider").and_then(toml::Value::as_table);
+    for (name, p) in providers.into_iter().flatten() {
+        if p.get("client_secret").is_some() {
+            out.push((format!("provider.{name}.client_secret"), path.to_path_buf()));
+        }
+        if let Some(f) = p.get("client_secret_file").and_then(toml::Value::as_str) {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            out.push((format!("provider.{name}.client_secret_file"), dir.join(f)));
+        }
+    }
+    out
 }
 
 /// Turns the `config` crate's error into `file:key: message`.

@@ -41,9 +41,14 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
     let providers = providers(file, raw.provider, &mut errs);
     let accounts = accounts(raw.account, &providers, &mut errs);
     if errs.list.is_empty() {
+        let keys = listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.key.clone().map(|k| (format!("listener[{i}].key"), k)));
         Ok(Config {
             file: file.to_path_buf(),
             gateway,
+            secret_files: keys.collect(),
             listeners,
             providers,
             accounts,

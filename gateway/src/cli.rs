@@ -228,6 +228,9 @@ fn run(cli: Cli) -> CliResult {
             match mailgate_config::load(&path) {
                 Ok(cfg) => {
                     emit(cfg.describe().as_bytes())?;
+                    for w in permission_warnings(&cfg) {
+                        eprintln!("warning: {w}");
+                    }
                     certificates(&cfg)?;
                     out!("configuration is valid")
                 }
@@ -303,6 +306,20 @@ fn run(cli: Cli) -> CliResult {
 
 /// Prints each TLS listener's certificate and SHA-256 fingerprint
 /// (generating the self-signed one on first use).
+/// Secret files that every user of the machine can read.
+pub fn permission_warnings(cfg: &Config) -> Vec<String> {
+    cfg.readable_secret_files()
+        .into_iter()
+        .map(|(key, path, mode)| {
+            format!(
+                "{} ({key}) is readable by every user of this machine (mode {mode:04o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )
+        })
+        .collect()
+}
+
 fn certificates(cfg: &Config) -> CliResult {
     for l in cfg
         .listeners
@@ -359,6 +376,9 @@ fn raise_fd_limit(max_connections: usize) {
 async fn serve(cfg: Config) -> CliResult {
     use tokio::signal::unix::{SignalKind, signal};
     raise_fd_limit(cfg.gateway.max_connections);
+    for w in permission_warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
     let gateway = crate::server::start(Arc::new(cfg))
         .await
         .map_err(|e| CliError::User(format!("{e:#}")))?;

@@ -176,7 +176,7 @@ fn mailgate(
 
 /// `mailgate login` in the browser flow, with the provider signing in
 /// whoever `env.oauth` says; (success, output).
-async fn cli_browser_login(env: &Env, cfg: &std::path::Path) -> (bool, String) {
+async fn cli_browser_login(cfg: &std::path::Path) -> (bool, String) {
     let mut child = tokio::process::Command::new(mailgate_bin())
         .arg("-c")
         .arg(cfg)
@@ -221,7 +221,7 @@ async fn login_with_the_wrong_identity_stores_nothing() {
 
     // With an ID token: its identity is compared.
     env.oauth.set_sign_in_as(Some("mallory@evil.test"));
-    let (ok, out) = cli_browser_login(&env, &cfg).await;
+    let (ok, out) = cli_browser_login(&cfg).await;
     assert!(!ok, "{out}");
     assert!(
         out.contains("mallory@evil.test")
@@ -244,7 +244,7 @@ async fn login_with_the_wrong_identity_stores_nothing() {
     // Without an ID token: one upstream login as the account proves it,
     // and the fake upstream refuses a token of another user.
     env.oauth.set_id_tokens(false);
-    let (ok, out) = cli_browser_login(&env, &cfg).await;
+    let (ok, out) = cli_browser_login(&cfg).await;
     assert!(!ok, "{out}");
     assert!(
         out.contains("does not open the mailbox of alice@example.test"),
@@ -255,7 +255,7 @@ async fn login_with_the_wrong_identity_stores_nothing() {
     // The right identity, without an ID token: proven upstream, stored.
     env.oauth.set_sign_in_as(None);
     let logins = imap.successful_logins();
-    let (ok, out) = cli_browser_login(&env, &cfg).await;
+    let (ok, out) = cli_browser_login(&cfg).await;
     assert!(ok, "{out}");
     assert!(token_path(&env).exists());
     assert_eq!(imap.successful_logins(), logins + 1, "one upstream proof");
@@ -418,4 +418,66 @@ async fn connections_per_address_are_capped() {
     drop(_a);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _d = LineClient::greeted(imap_addr(&g)).await;
+}
+
+#[test]
+fn check_never_echoes_a_value_and_warns_about_readable_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mailgate.toml");
+    let run = |args: &[&str]| {
+        let out = Command::new(mailgate_bin())
+            .arg("-c")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // An unquoted secret is a syntax error: the line and the key are named,
+    // the value never.
+    std::fs::write(
+        &cfg,
+        "[provider.o]\npreset = \"office365\"\nclient_id = \"x\"\nclient_secret = s3cr3t-value\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("line 4") && out.contains("client_secret"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cr3t"), "{out}");
+    // A value of the wrong type: its kind is named, not the value.
+    std::fs::write(&cfg, "[gateway]\nmax_connections = \"s3cr3t-value\"\n").unwrap();
+    let (_, out) = run(&["check"]);
+    assert!(
+        out.contains("max_connections") && !out.contains("s3cr3t"),
+        "{out}"
+    );
+
+    // A valid file with a client_secret, readable by everyone: a warning.
+    std::fs::write(
+        &cfg,
+        "[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n\n[provider.o]\npreset = \"office365\"\nclient_id = \"x\"\nclient_secret = \"s3cr3t-value\"\n\n[[account]]\nuser = \"a@example.test\"\nprovider = \"o\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out) = run(&["check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("readable by every user") && out.contains("provider.o.client_secret"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cr3t"), "{out}");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (_, out) = run(&["check"]);
+    assert!(!out.contains("readable by every user"), "{out}");
 }
