@@ -339,7 +339,7 @@ mod tests {
         drop(held);
         drop(other);
         assert!(b.begin("u", a).is_some(), "released on drop");
-        assert!(b.pending.lock().expect("lock").len() == 0);
+        assert!(b.pending.lock().expect("lock").is_empty());
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl InBand {
                         s
                     }
                 };
-                let sign_in = flows::browser_request(&self.oauth, &provider, &server, user)
+                let sign_in = flows::browser_request(&self.oauth, provider, &server, user)
                     .map_err(|e| e.to_string())?;
                 let text = format!(
                     "To authorise {user}, open {} in a browser and sign in, then log in again",
@@ -209,7 +209,7 @@ impl InBand {
             Flow::DeviceCode => {
                 let d = self
                     .oauth
-                    .start_device(&provider)
+                    .start_device(provider)
                     .await
                     .map_err(|e| e.to_string())?;
                 let text = format!(
