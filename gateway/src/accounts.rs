@@ -733,3 +733,26 @@ fn verify_hash(hash: &str, password: &SecretString) -> bool {
             .is_ok()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::account_name;
+
+    #[test]
+    fn names_that_cannot_be_accounts() {
+        assert_eq!(
+            account_name(" Alice@X.test ").as_deref(),
+            Some("alice@x.test")
+        );
+        assert_eq!(account_name(""), None);
+        assert_eq!(account_name("   "), None);
+        assert_eq!(
+            account_name("al\u{1}ice@x.test"),
+            None,
+            "the XOAUTH2 separator"
+        );
+        assert_eq!(account_name("al\nice@x.test"), None);
+        assert_eq!(account_name(&"a".repeat(321)), None);
+        assert!(account_name(&"a".repeat(320)).is_some());
+    }
+}

@@ -252,3 +252,28 @@ async fn redirected(
     let _ = waiter.send(result);
     reply
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `localhost` holds the port on 127.0.0.1 and on [::1], so no other
+    /// program can receive the redirect on either.
+    #[tokio::test]
+    async fn localhost_holds_both_loopback_addresses() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let uri = url::Url::parse(&format!("http://localhost:{free}/")).expect("url");
+        let server = RedirectServer::bind(&uri).await.expect("bind");
+        assert!(std::net::TcpListener::bind(("127.0.0.1", free)).is_err());
+        // In use (ours), or no IPv6 on this machine: either way nobody
+        // else can take it.
+        assert!(
+            std::net::TcpListener::bind(("::1", free)).is_err(),
+            "[::1]:{free} was left to anyone"
+        );
+        drop(server);
+    }
+}

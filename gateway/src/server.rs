@@ -348,7 +348,9 @@ async fn publish_backoff(ctx: Arc<Context>, stop: CancellationToken) {
         };
         if let Some(snap) = ctx.accounts.backoff().snapshot_if_changed() {
             let dir = ctx.config().gateway.state_dir.clone();
-            let body = serde_json::to_vec_pretty(&snap).unwrap_or_default();
+            let Ok(body) = serde_json::to_vec(&snap) else {
+                continue;
+            };
             let written = tokio::task::spawn_blocking(move || {
                 crate::store::write_atomic(&dir, &dir.join(crate::backoff::SNAPSHOT_FILE), &body)
             })
