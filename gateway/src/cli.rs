@@ -561,18 +561,7 @@ fn login(
         }
     })
     .map_err(failed)?;
-    let upstream_user = upstream_user(cfg, &user);
-    let identity = rt
-        .block_on(crate::identity::confirm(
-            &provider,
-            &grant,
-            crate::identity::Expected {
-                user: &user,
-                upstream_user: &upstream_user,
-                nonce: nonce.as_ref(),
-            },
-            &prover(cfg),
-        ))
+    let identity = confirm_identity(&rt, cfg, &provider, &user, &grant, nonce.as_ref())
         .map_err(|e| failed(e.into()))?;
     crate::flows::store_grant(
         &Store::new(&cfg.gateway.state_dir),
@@ -589,19 +578,33 @@ fn login(
     )
 }
 
-/// The SASL identity upstream of a login name.
-fn upstream_user(cfg: &Config, user: &str) -> String {
-    cfg.find_account(user)
+/// Checks that `grant` is `user`'s account (its ID token, else one
+/// upstream login as its upstream user); the identity that signed in.
+fn confirm_identity(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Config,
+    provider: &Arc<mailgate_config::Provider>,
+    user: &str,
+    grant: &crate::oauth::Grant,
+    nonce: Option<&SecretString>,
+) -> Result<String, crate::identity::IdentityError> {
+    let upstream_user = cfg
+        .find_account(user)
         .and_then(|a| a.upstream_user.clone())
-        .unwrap_or_else(|| user.to_owned())
-}
-
-/// How the CLI proves a token upstream.
-fn prover(cfg: &Config) -> crate::identity::Prover {
-    crate::identity::Prover {
-        timeout: cfg.gateway.upstream_timeout,
-        hostname: cfg.gateway.hostname.clone(),
-    }
+        .unwrap_or_else(|| user.to_owned());
+    rt.block_on(crate::identity::confirm(
+        provider,
+        grant,
+        crate::identity::Expected {
+            user,
+            upstream_user: &upstream_user,
+            nonce,
+        },
+        &crate::identity::Prover {
+            timeout: cfg.gateway.upstream_timeout,
+            hostname: cfg.gateway.hostname.clone(),
+        },
+    ))
 }
 
 fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
@@ -632,18 +635,7 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
             .map_err(|e| {
                 CliError::User(format!("the token does not work: {e}; nothing was stored"))
             })?;
-        let upstream_user = upstream_user(cfg, &user);
-        runtime
-            .block_on(crate::identity::confirm(
-                &provider,
-                &grant,
-                crate::identity::Expected {
-                    user: &user,
-                    upstream_user: &upstream_user,
-                    nonce: None,
-                },
-                &prover(cfg),
-            ))
+        confirm_identity(&runtime, cfg, &provider, &user, &grant, None)
             .map_err(|e| CliError::User(e.to_string()))?;
         if let Some(new_rt) = grant.refresh_token {
             tokens.refresh_token = Some(new_rt.expose_secret().to_owned());

@@ -8,10 +8,12 @@
 //!   that records the exact bytes it receives;
 //! - [`client::LineClient`]: a line-oriented client for driving the gateway;
 //! - [`harness`]: configuration files, sealed tokens and an in-process gateway;
-//! - [`dovecot`]: a real Dovecot started with its own configuration.
+//! - [`dovecot`]: a real Dovecot started with its own configuration;
+//! - [`browser`]: playing the browser on a sign-in URL.
 
 #![allow(clippy::unwrap_used, missing_debug_implementations)]
 
+pub mod browser;
 pub mod ca;
 pub mod client;
 pub mod dovecot;

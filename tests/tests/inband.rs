@@ -10,33 +10,11 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mailgate_config::Protocol;
+use mailgate_tests::browser::{sign_in, url_in};
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, pop3_addr, smtp_addr, start};
 use mailgate_tests::oauth::DeviceMode;
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// The URL in an in-band message.
-fn url_in(text: &str) -> String {
-    let start = text.find("http://").expect("a URL in the message");
-    text[start..].split_whitespace().next().unwrap().to_string()
-}
-
-/// Plays the browser on the URL the mail client showed.
-async fn sign_in(url: &str) {
-    let r = http().get(url).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 302);
-    let to = r.headers()["location"].to_str().unwrap().to_string();
-    let page = http().get(&to).send().await.unwrap();
-    assert_eq!(page.status().as_u16(), 200);
-    assert!(page.text().await.unwrap().contains("Signed in"));
-}
 
 /// Waits for the background flow to seal the tokens.
 async fn wait_for_tokens(env: &Env) {

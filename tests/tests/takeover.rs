@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailgate_config::Protocol;
+use mailgate_tests::browser::{sign_in, url_in};
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{
@@ -29,27 +30,6 @@ use mailgate_tests::harness::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ATTACKER_PW: &str = "attacker-password";
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn url_in(text: &str) -> String {
-    let start = text.find("http://").expect("a URL in the message");
-    text[start..].split_whitespace().next().unwrap().to_string()
-}
-
-/// Plays a browser on a sign-in URL (whoever the fake provider signs in).
-async fn sign_in(url: &str) {
-    let r = http().get(url).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 302);
-    let to = r.headers()["location"].to_str().unwrap().to_string();
-    let page = http().get(&to).send().await.unwrap();
-    assert_eq!(page.status().as_u16(), 200);
-}
 
 fn token_path(env: &Env) -> std::path::PathBuf {
     env.state_dir().join("tokens").join(format!("{USER}.json"))
