@@ -231,13 +231,22 @@ impl Accounts {
     /// answered: refused at once while either is in backoff (no work done,
     /// nothing recorded), or when too many attempts of either are being
     /// checked, or when the gateway's limiter is full.
-    async fn gated<T, F>(&self, user: &str, peer: IpAddr, f: F) -> Result<T, LoginError>
+    /// `kind` names the work in `mailgate_password_checks_total`
+    /// (`checked` or `dummy`).
+    async fn gated<T, F>(
+        &self,
+        user: &str,
+        peer: IpAddr,
+        kind: &'static str,
+        f: F,
+    ) -> Result<T, LoginError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let locked = self.backoff.locked(user, peer);
         if !locked.is_zero() {
+            self.metrics.password_check("refused_backoff");
             info!(
                 locked_ms = locked.as_millis() as u64,
                 "refused without a check: this user or address is in backoff after failed logins"
@@ -245,15 +254,19 @@ impl Accounts {
             return Err(LoginError::BadCredentials);
         }
         let Some(_pending) = self.backoff.begin(user, peer) else {
+            self.metrics.password_check("refused_busy");
             warn!("refused: too many logins for this user or from this address are being checked");
             return Err(LoginError::Unavailable(
                 "too many login attempts at once for this account or from this address; try again shortly".into(),
             ));
         };
-        self.argon.run(f).await.map_err(|_| {
+        let done = self.argon.run(f).await.map_err(|_| {
+            self.metrics.password_check("refused_busy");
             warn!("refused: the gateway's password checks are all busy");
             LoginError::Unavailable("the gateway is busy; try again shortly".into())
-        })
+        })?;
+        self.metrics.password_check(kind);
+        Ok(done)
     }
 
     /// A wrong-password answer for a name that has nothing to check the
@@ -267,7 +280,9 @@ impl Accounts {
     ) -> LoginError {
         let (pw, kdf) = (password.clone(), self.argon.dummy_kdf().clone());
         let dummy = self
-            .gated(user, peer, move || drop(SealingKey::derive(&pw, &kdf)))
+            .gated(user, peer, "dummy", move || {
+                drop(SealingKey::derive(&pw, &kdf))
+            })
             .await;
         match dummy {
             Ok(_) => {
@@ -387,7 +402,9 @@ impl Accounts {
             return Ok(true);
         }
         let (h, pw) = (hash.to_owned(), password.clone());
-        let ok = self.gated(user, peer, move || verify_hash(&h, &pw)).await?;
+        let ok = self
+            .gated(user, peer, "checked", move || verify_hash(&h, &pw))
+            .await?;
         if ok {
             let mut map = self.hash_checks.lock().unwrap_or_else(|e| e.into_inner());
             map.insert(slot, check);
@@ -518,7 +535,7 @@ impl Accounts {
         let sealed = file.clone();
         let path = self.store.path(user);
         let opened = self
-            .gated(user, peer, move || {
+            .gated(user, peer, "checked", move || {
                 let key = SealingKey::derive(&pw, &sealed.kdf)?;
                 let tokens = sealed.open(&key, &path)?;
                 Ok::<_, StoreError>((key, tokens))

@@ -9,9 +9,15 @@
 //! | `mailgate_token_refreshes_total` | counter | `result` (`ok`, `invalid_grant`, `invalid_client`, `error`) |
 //! | `mailgate_relayed_bytes_total` | counter | `protocol`, `direction` (`to_upstream`, `to_client`) |
 //! | `mailgate_upstream_login_seconds` | histogram | `protocol` |
+//! | `mailgate_password_checks_total` | counter | `result` (`checked`, `dummy`, `refused_backoff`, `refused_busy`) |
 //!
 //! `result` of a login is `ok`, `bad_credentials`, `needs_authorization`,
 //! `refused` (the upstream refused a fresh token) or `unavailable`.
+//! A password check is an Argon2 computation (a login whose key is cached
+//! costs none): `checked` against a token file or `password_hash`, `dummy`
+//! for a name without a file (so it costs what a wrong password costs), or
+//! refused without one: `refused_backoff` (the user or address is locked),
+//! `refused_busy` (too many checks under way).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +70,7 @@ pub struct Metrics {
     connections: Family<ByState, Gauge>,
     logins: Family<ByResult, Counter>,
     refreshes: Family<RefreshResult, Counter>,
+    password_checks: Family<RefreshResult, Counter>,
     bytes: Family<ByDirection, Counter>,
     upstream_login: LatencyFamily,
 }
@@ -128,6 +135,12 @@ impl Metrics {
             "OAuth refresh and client-credentials token requests by result",
             refreshes.clone(),
         );
+        let password_checks = Family::<RefreshResult, Counter>::default();
+        registry.register(
+            "password_checks",
+            "Argon2 password checks by result, and attempts refused without one",
+            password_checks.clone(),
+        );
         let bytes = Family::<ByDirection, Counter>::default();
         registry.register("relayed_bytes", "Bytes relayed after login", bytes.clone());
         let upstream_login: LatencyFamily = Family::new_with_constructor(latency_histogram);
@@ -142,6 +155,7 @@ impl Metrics {
             connections,
             logins,
             refreshes,
+            password_checks,
             bytes,
             upstream_login,
         }
@@ -183,6 +197,19 @@ impl Metrics {
         self.refreshes
             .get_or_create(&RefreshResult { result })
             .inc();
+    }
+
+    pub fn password_check(&self, result: &'static str) {
+        self.password_checks
+            .get_or_create(&RefreshResult { result })
+            .inc();
+    }
+
+    /// How many password checks ended with `result` (for tests).
+    pub fn password_checks(&self, result: &'static str) -> u64 {
+        self.password_checks
+            .get_or_create(&RefreshResult { result })
+            .get()
     }
 
     pub fn upstream_login(&self, protocol: Protocol, took: Duration) {

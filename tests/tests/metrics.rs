@@ -146,3 +146,57 @@ async fn metrics_move_during_a_session() {
     );
     g.shutdown().await;
 }
+
+/// Password checks are bounded work: a name without a token file costs a
+/// (dummy) check like a wrong password; a user in backoff is refused
+/// without any; a cached key costs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_checks_are_counted_and_refused_during_backoff() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    env.seal_new_user_token();
+    let text =
+        without_in_band(&env.config_text(&imap.url(false), "metrics = \"127.0.0.1:0\"", "", ""));
+    let g = start(env.load(&text)).await;
+    let url = format!("http://{}/metrics", g.metrics_address().unwrap());
+    let checks = |text: &str, result: &str| {
+        value(
+            text,
+            &format!("mailgate_password_checks_total{{result=\"{result}\"}}"),
+        )
+    };
+
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("b", USER, PASSWORD).await.starts_with("b OK"));
+    let (_, _, m) = scrape(&url).await;
+    assert_eq!(checks(&m, "checked"), 1.0, "the cached key costs nothing");
+
+    for tag in ["d", "e", "f"] {
+        let mut c = LineClient::greeted(imap_addr(&g)).await;
+        assert!(
+            c.login(tag, USER, "wrong")
+                .await
+                .starts_with(&format!("{tag} NO"))
+        );
+    }
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("g", USER, "wrong-again").await.starts_with("g NO"));
+    let (_, _, m) = scrape(&url).await;
+    assert_eq!(checks(&m, "checked"), 4.0, "three wrong passwords checked");
+    assert_eq!(
+        checks(&m, "refused_backoff"),
+        1.0,
+        "the fourth refused without a check"
+    );
+
+    // Once the lock is over, a name without a file costs a check too.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("c", "nobody@example.test", "whatever").await;
+    assert!(r.starts_with("c NO [AUTHENTICATIONFAILED]"), "{r}");
+    let (_, _, m) = scrape(&url).await;
+    assert_eq!(checks(&m, "dummy"), 1.0, "an unknown name costs a check");
+}
