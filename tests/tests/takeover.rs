@@ -461,3 +461,74 @@ fn check_never_echoes_a_value_and_warns_about_readable_secrets() {
     let (_, out) = run(&["check"]);
     assert!(!out.contains("readable by every user"), "{out}");
 }
+
+/// `mailgate login` opens the browser without the sign-in URL (and its
+/// `state`) on a command line, where `ps` would show it to every user: the
+/// browser gets the path of a private page that leads on to the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_command_line_carries_no_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let cfg = env.write_config(&env.config_text(&imap.url(false), "", "", ""));
+    let seen = env.path().join("browser-args");
+    let page = env.path().join("browser-page");
+    let script = env.path().join("browser.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nf=\"${{1#file://}}\"\nstat -c %a \"$f\" > {page}.mode\ncat \"$f\" > {page}\necho \"$@\" > {seen}.tmp\nmv {seen}.tmp {seen}\n",
+            page = page.display(),
+            seen = seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = tokio::process::Command::new(mailgate_bin())
+        .arg("-c")
+        .arg(&cfg)
+        .args(["login", USER, "--timeout", "20s"])
+        .env("MAILGATE_PASSWORD", PASSWORD)
+        .env("BROWSER", format!("{} %s", script.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.exists() {
+        assert!(Instant::now() < deadline, "no browser was started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let args = std::fs::read_to_string(&seen).unwrap();
+    assert!(args.starts_with("file://"), "{args}");
+    assert!(!args.contains("state=") && !args.contains("http"), "{args}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.mode", page.display()))
+            .unwrap()
+            .trim(),
+        "600"
+    );
+    let start = html.find("url=").expect("a redirect in the page") + 4;
+    let url = html[start..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(url.contains("state="), "{url}");
+    sign_in(&url).await;
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.success());
+    assert!(token_path(&env).exists());
+    assert!(
+        !std::fs::read_dir(env.state_dir().join("sign-in"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "html")),
+        "the page is removed after the sign-in"
+    );
+}
