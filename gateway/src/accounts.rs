@@ -753,7 +753,53 @@ fn verify_hash(hash: &str, password: &SecretString) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::account_name;
+    use super::*;
+
+    fn hash_of(pw: &str) -> String {
+        use argon2::PasswordHasher;
+        let salt = argon2::password_hash::SaltString::generate(&mut OsRng);
+        argon2::Argon2::default()
+            .hash_password(pw.as_bytes(), &salt)
+            .expect("hash")
+            .to_string()
+    }
+
+    /// A match remembered for one `password_hash` says nothing about
+    /// another (a reload that changed the hash while a check was under way
+    /// cannot let the old password in).
+    #[tokio::test]
+    async fn password_hash_matches_are_remembered_per_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n[provider.p]\npreset = \"office365\"\nclient_id = \"x\"\n[[account]]\nuser = \"a@x.test\"\nprovider = \"p\"\n",
+        )
+        .expect("write");
+        let config = mailgate_config::load_with_env(&file, Vec::new()).expect("config");
+        let oauth = OAuth::new(Duration::from_secs(1)).expect("oauth");
+        let accounts = Accounts::new(
+            Arc::new(config),
+            oauth,
+            Arc::new(crate::metrics::Metrics::new()),
+        );
+        let (old, new) = (hash_of("old-password"), hash_of("new-password"));
+        let pw = SecretString::from("old-password");
+        let peer: IpAddr = "127.0.0.1".parse().expect("ip");
+        assert!(
+            accounts
+                .check_hash("a@x.test", &old, &pw, peer)
+                .await
+                .expect("check")
+        );
+        assert!(
+            !accounts
+                .check_hash("a@x.test", &new, &pw, peer)
+                .await
+                .expect("check"),
+            "the old password's match is not taken for the new hash"
+        );
+    }
 
     #[test]
     fn names_that_cannot_be_accounts() {
