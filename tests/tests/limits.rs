@@ -131,7 +131,10 @@ async fn backoff_is_visible_in_accounts() {
     }
     let snapshot = env.state_dir().join("backoff.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains("\"failures\": 3")) {
+    let failures = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s).ok()?["users"][USER]["failures"].as_u64()
+    };
+    while !std::fs::read_to_string(&snapshot).is_ok_and(|s| failures(&s) == Some(3)) {
         assert!(std::time::Instant::now() < deadline, "no backoff snapshot");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
