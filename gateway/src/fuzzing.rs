@@ -22,6 +22,9 @@ pub const TARGETS: &[&str] = &[
     "pop3_reply",
     "pop3_multiline",
     "preauth",
+    "imap_login",
+    "smtp_login",
+    "pop3_login",
 ];
 
 /// Runs target `name` on `data`. Unknown names panic (a test mistake).
@@ -61,6 +64,7 @@ pub fn run(name: &str, data: &[u8]) {
         "pop3_reply" => consumed(data, pop3::decode_reply(data).map(|(r, _)| r.len())),
         "pop3_multiline" => consumed(data, pop3::decode_multiline(data).map(|(r, _)| r.len())),
         "preauth" => preauth(data),
+        "imap_login" | "smtp_login" | "pop3_login" => upstream_login(name, data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -169,4 +173,71 @@ fn drive<M: PreAuth>(mut m: M, data: &[u8]) {
         assert!(settled, "the machine kept producing events");
     }
     let _ = m.into_residual();
+}
+
+/// An upstream login machine fed what a broken or hostile server might
+/// send (the first byte picks implicit TLS or STARTTLS, and for SMTP the
+/// inline form): it never panics, settles after every chunk, ends for good
+/// once it has ended, and never sends the token before TLS.
+fn upstream_login(name: &str, data: &[u8]) {
+    use mailgate_proto::upstream::{Machine, Step, imap, pop3, smtp};
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
+    let tls = mode & 1 == 1;
+    let token = secrecy::SecretString::from("fuzz-token");
+    let secret_line = {
+        use secrecy::ExposeSecret;
+        sasl::encode_xoauth2("u@x.test", &token)
+            .expose_secret()
+            .to_owned()
+    };
+    let mut m: Box<dyn Machine> = match name {
+        "imap_login" => Box::new(imap::Login::new("u@x.test", &token, tls)),
+        "smtp_login" => Box::new(smtp::Login::new(
+            "u@x.test",
+            &token,
+            "c",
+            mode & 2 == 2,
+            tls,
+        )),
+        _ => Box::new(pop3::Login::new("u@x.test", &token, tls)),
+    };
+    let mut secure = tls;
+    let mut ended = false;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = (rest[0] as usize % 41 + 1).min(rest.len());
+        m.feed(&rest[..n]);
+        rest = &rest[n..];
+        let mut settled = false;
+        for _ in 0..10_000 {
+            let Some(step) = m.next() else {
+                settled = true;
+                break;
+            };
+            assert!(!ended, "a step after the end: {step:?}");
+            match step {
+                Step::Send(bytes) => {
+                    assert!(bytes.ends_with(b"\r\n"), "a command without CRLF");
+                    if !secure {
+                        let text = String::from_utf8_lossy(&bytes);
+                        assert!(!text.contains(&secret_line), "the token before TLS");
+                    }
+                }
+                Step::StartTls => {
+                    assert!(!secure, "TLS asked for twice");
+                    secure = true;
+                    m.tls_started();
+                }
+                Step::Done(_) => {
+                    assert!(secure, "logged in without TLS");
+                    ended = true;
+                }
+                Step::Failed(_) => ended = true,
+                Step::Note(_) => {}
+            }
+        }
+        assert!(settled, "the machine kept producing steps");
+    }
 }

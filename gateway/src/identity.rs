@@ -273,34 +273,16 @@ async fn prove_upstream(
         token: token.clone(),
         provider: provider.clone(),
     };
-    let result = match protocol {
-        Protocol::Imap => crate::upstream::within(
-            prover.timeout,
-            &server,
-            crate::imap::upstream::login(
-                &attempt.server,
-                attempt.tls.clone(),
-                &attempt.user,
-                token,
-            ),
-        )
-        .await
-        .map(drop),
-        Protocol::Pop3 => crate::upstream::within(
-            prover.timeout,
-            &server,
-            crate::pop3::upstream::login(&attempt),
-        )
-        .await
-        .map(drop),
-        Protocol::Smtp => crate::upstream::within(
-            prover.timeout,
-            &server,
-            crate::smtp::upstream::login(&attempt, &prover.hostname),
-        )
-        .await
-        .map(drop),
+    let login = async {
+        match protocol {
+            Protocol::Imap => crate::imap::upstream::login(&attempt).await,
+            Protocol::Pop3 => crate::pop3::upstream::login(&attempt).await,
+            Protocol::Smtp => crate::smtp::upstream::login(&attempt, &prover.hostname).await,
+        }
     };
+    let result = crate::upstream::within(prover.timeout, &server, login)
+        .await
+        .map(drop);
     match result {
         Ok(()) => {
             info!(%server, "the token opens the account's mailbox");

@@ -1,16 +1,18 @@
-//! Connecting to upstream mail servers: TCP with TCP_NODELAY, TLS with full
-//! verification, and a bounded line reader for the login dialogue. Shared by
-//! every protocol.
+//! Connecting to upstream mail servers and logging in: TCP with
+//! TCP_NODELAY, TLS with full verification, and the one driver of every
+//! protocol's login machine ([`log_in`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailgate_config::Upstream;
+use mailgate_config::{Upstream, UpstreamSecurity};
+use mailgate_proto::upstream::{Failure, Machine, Note, Step, Success};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tracing::{debug, info, warn};
 
 /// The upstream connection after TLS is up.
 pub type UpstreamStream = TlsStream<TcpStream>;
@@ -19,12 +21,12 @@ pub type UpstreamStream = TlsStream<TcpStream>;
 #[derive(Debug)]
 pub struct LoggedIn {
     pub stream: UpstreamStream,
+    /// IMAP: the post-login capabilities the client is shown; `None` for
+    /// SMTP and POP3.
+    pub capabilities: Option<Vec<String>>,
     /// Bytes the server sent after its success reply.
     pub leftover: Vec<u8>,
 }
-
-/// Longest reply line accepted from an upstream before login.
-pub const MAX_REPLY_LINE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -91,98 +93,108 @@ pub async fn handshake(
         })
 }
 
-/// Reads reply lines, keeping whatever follows them.
-#[derive(Debug, Default)]
-pub struct LineReader {
-    buf: Vec<u8>,
+/// The connection during a login: in clear until TLS starts.
+enum Link {
+    Plain(TcpStream),
+    Tls(Box<UpstreamStream>),
 }
 
-impl LineReader {
-    /// Reads one line (with its CRLF) of at most [`MAX_REPLY_LINE`] bytes.
-    pub async fn read_line<S: AsyncRead + Unpin>(
-        &mut self,
-        stream: &mut S,
-        server: &Upstream,
-    ) -> Result<Vec<u8>, UpstreamError> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let rest = self.buf.split_off(i + 1);
-                return Ok(std::mem::replace(&mut self.buf, rest));
-            }
-            if self.buf.len() > MAX_REPLY_LINE {
-                return Err(UpstreamError::Protocol {
-                    server: server.to_string(),
-                    reason: "reply line too long".into(),
-                });
-            }
-            self.fill(stream, server).await?;
+impl Link {
+    async fn read(&mut self, buf: &mut [u8], server: &Upstream) -> Result<usize, UpstreamError> {
+        let n = match self {
+            Link::Plain(s) => s.read(buf).await,
+            Link::Tls(s) => s.read(buf).await,
         }
-    }
-
-    /// Reads until `decode` finds a whole message at the start of the
-    /// buffer (e.g. a multi-line SMTP reply), and consumes it.
-    pub async fn read_message<S, T>(
-        &mut self,
-        stream: &mut S,
-        server: &Upstream,
-        decode: impl Fn(&[u8]) -> Result<(&[u8], T), mailgate_proto::DecodeError>,
-    ) -> Result<T, UpstreamError>
-    where
-        S: AsyncRead + Unpin,
-    {
-        loop {
-            match decode(&self.buf) {
-                Ok((rest, t)) => {
-                    let used = self.buf.len() - rest.len();
-                    self.buf.drain(..used);
-                    return Ok(t);
-                }
-                Err(mailgate_proto::DecodeError::Incomplete) => {}
-                Err(mailgate_proto::DecodeError::Failed { .. }) => {
-                    let shown =
-                        String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)]).into_owned();
-                    return Err(UpstreamError::Protocol {
-                        server: server.to_string(),
-                        reason: format!("unexpected reply: {}", shown.trim_end()),
-                    });
-                }
-            }
-            if self.buf.len() > MAX_REPLY_LINE {
-                return Err(UpstreamError::Protocol {
-                    server: server.to_string(),
-                    reason: "reply too long".into(),
-                });
-            }
-            self.fill(stream, server).await?;
-        }
-    }
-
-    async fn fill<S: AsyncRead + Unpin>(
-        &mut self,
-        stream: &mut S,
-        server: &Upstream,
-    ) -> Result<(), UpstreamError> {
-        let mut chunk = [0u8; 4096];
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| io_error(server, e))?;
+        .map_err(|e| io_error(server, e))?;
         if n == 0 {
             return Err(UpstreamError::Closed {
                 server: server.to_string(),
             });
         }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
+        Ok(n)
     }
 
-    /// Bytes received beyond the last line read.
-    pub fn buffered(&self) -> &[u8] {
-        &self.buf
+    async fn send(&mut self, data: &[u8], server: &Upstream) -> Result<(), UpstreamError> {
+        match self {
+            Link::Plain(s) => send(s, data, server).await,
+            Link::Tls(s) => send(s, data, server).await,
+        }
     }
+}
 
-    pub fn into_buffered(self) -> Vec<u8> {
-        self.buf
+/// Drives a protocol's login machine ([`mailgate_proto::upstream`]) on a
+/// new connection to `server`: connects, runs the TLS handshake first
+/// (implicit TLS) or when the machine asks (STARTTLS, after checking that
+/// the server sent nothing beyond its go-ahead: that would be an injection),
+/// sends what the machine says, feeds it what the server sends, logs what
+/// it notes. The caller bounds the time ([`within`]).
+pub async fn log_in<M: Machine>(
+    mut m: M,
+    server: &Upstream,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<LoggedIn, UpstreamError> {
+    let tcp = connect_tcp(server).await?;
+    let mut link = match server.security {
+        UpstreamSecurity::ImplicitTls => {
+            Link::Tls(Box::new(handshake(tcp, server, tls.clone()).await?))
+        }
+        UpstreamSecurity::StartTls => Link::Plain(tcp),
+    };
+    let protocol = |reason: &str| UpstreamError::Protocol {
+        server: server.to_string(),
+        reason: reason.to_owned(),
+    };
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        while let Some(step) = m.next() {
+            match step {
+                Step::Send(bytes) => link.send(&bytes, server).await?,
+                Step::Note(Note::Challenge(json)) => {
+                    info!(%server, challenge = %json, "upstream XOAUTH2 error challenge");
+                }
+                Step::Note(Note::NoXoauth2) => {
+                    warn!(%server, "the server does not announce XOAUTH2; trying it anyway");
+                }
+                Step::StartTls => {
+                    if !m.buffered().is_empty() {
+                        return Err(protocol(
+                            "the server sent data after its STARTTLS reply (possible injection); giving up",
+                        ));
+                    }
+                    let Link::Plain(tcp) = link else {
+                        return Err(protocol("the server asked for TLS twice"));
+                    };
+                    link = Link::Tls(Box::new(handshake(tcp, server, tls.clone()).await?));
+                    debug!("upstream STARTTLS done");
+                    m.tls_started();
+                }
+                Step::Done(Success {
+                    capabilities,
+                    leftover,
+                }) => {
+                    let Link::Tls(stream) = link else {
+                        return Err(protocol("the login ended before TLS"));
+                    };
+                    return Ok(LoggedIn {
+                        stream: *stream,
+                        capabilities,
+                        leftover,
+                    });
+                }
+                Step::Failed(f) => {
+                    let server = server.to_string();
+                    return Err(match f {
+                        Failure::Rejected(detail) => UpstreamError::Rejected { server, detail },
+                        Failure::Unavailable(detail) => {
+                            UpstreamError::Unavailable { server, detail }
+                        }
+                        Failure::Protocol(reason) => UpstreamError::Protocol { server, reason },
+                    });
+                }
+            }
+        }
+        let n = link.read(&mut chunk, server).await?;
+        m.feed(&chunk[..n]);
     }
 }
 

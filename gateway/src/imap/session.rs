@@ -32,23 +32,27 @@ pub async fn serve(client: ClientStream, setup: Setup, ctx: Arc<Context>) {
     let who = setup.client;
     let tally = setup.tally;
     let ctx2 = ctx.clone();
-    let logged_in =
-        drive(
-            client,
-            &mut m,
-            gw.preauth_timeout,
-            setup.starttls,
-            |_, user, password| {
-                let ctx = ctx2.clone();
-                async move {
-                    login::login(&ctx, Protocol::Imap, &user, &password, who, |a| async move {
-                upstream::login(&a.server, a.tls, &a.user, &a.token).await
-            })
-            .await
-                }
-            },
-        )
-        .await;
+    let logged_in = drive(
+        client,
+        &mut m,
+        gw.preauth_timeout,
+        setup.starttls,
+        |_, user, password| {
+            let ctx = ctx2.clone();
+            async move {
+                login::login(
+                    &ctx,
+                    Protocol::Imap,
+                    &user,
+                    &password,
+                    who,
+                    |a| async move { upstream::login(&a).await },
+                )
+                .await
+            }
+        },
+    )
+    .await;
     let Some((client, up)) = logged_in else {
         return;
     };
