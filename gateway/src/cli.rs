@@ -11,7 +11,7 @@ use mailgate_config::{Config, LogFormat, UserPattern};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::oauth::OAuth;
-use crate::store::{Kdf, SealingKey, Store, TokenFile, Tokens, now};
+use crate::store::{Store, TokenFile, now};
 
 /// An OAuth 2.0 gateway for IMAP, POP3 and SMTP.
 #[derive(Debug, Parser)]
@@ -624,9 +624,9 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
         ));
     }
     let rt = SecretString::from(rt.to_owned());
-    let mut tokens = Tokens::default();
-    tokens.refresh_token = Some(rt.expose_secret().to_owned());
-    if !no_verify {
+    let grant = if no_verify {
+        None
+    } else {
         let oauth = OAuth::new(cfg.gateway.upstream_timeout)
             .map_err(|e| CliError::Internal(e.to_string()))?;
         let runtime = runtime()?;
@@ -637,24 +637,24 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
             })?;
         confirm_identity(&runtime, cfg, &provider, &user, &grant, None)
             .map_err(|e| CliError::User(e.to_string()))?;
-        if let Some(new_rt) = grant.refresh_token {
-            tokens.refresh_token = Some(new_rt.expose_secret().to_owned());
-        }
-        tokens.access_token = Some(grant.access_token.expose_secret().to_owned());
-        let life = grant.expires_in.map(|d| d.as_secs()).unwrap_or(3600);
-        tokens.expires_at = Some(now().saturating_add(life));
-    }
+        Some(grant)
+    };
+    // A provider that rotated the token on the refresh gave a new one.
+    let newest = grant
+        .as_ref()
+        .and_then(|g| g.refresh_token.clone())
+        .unwrap_or(rt);
     let password = read_password(&format!("Local password for {user}"), true)?;
-    let key = SealingKey::derive(&password, &Kdf::generate())
-        .map_err(|e| CliError::Internal(e.to_string()))?;
-    let mut file = TokenFile::seal(&user, &provider.name, &key, &tokens)
-        .map_err(|e| CliError::Internal(e.to_string()))?;
-    if !no_verify {
-        file.last_refresh = Some(now());
-    }
-    Store::new(&cfg.gateway.state_dir)
-        .save(&file, crate::store::Expect::Any)
-        .map_err(|e| CliError::User(e.to_string()))?;
+    crate::flows::store_tokens(
+        &Store::new(&cfg.gateway.state_dir),
+        &user,
+        &provider.name,
+        &newest,
+        grant.as_ref(),
+        &password,
+        crate::store::Expect::Any,
+    )
+    .map_err(|e| CliError::User(e.to_string()))?;
     out!(
         "stored the tokens of {user} (provider {}){}",
         provider.name,

@@ -51,14 +51,33 @@ pub fn store_grant(
         .refresh_token
         .as_ref()
         .ok_or(FlowError::NoRefreshToken)?;
+    store_tokens(store, user, provider, rt, Some(grant), password, expect)
+}
+
+/// Seals a refresh token, and the access token of `grant` when there is
+/// one (a verified import; none for `token import --no-verify`), and
+/// stores them as [`store_grant`] does.
+pub fn store_tokens(
+    store: &Store,
+    user: &str,
+    provider: &str,
+    refresh_token: &SecretString,
+    grant: Option<&Grant>,
+    password: &SecretString,
+    expect: Expect<'_>,
+) -> Result<(), FlowError> {
     let mut tokens = Tokens::default();
-    tokens.refresh_token = Some(rt.expose_secret().to_owned());
-    tokens.access_token = Some(grant.access_token.expose_secret().to_owned());
-    let life = grant.expires_in.map(|d| d.as_secs()).unwrap_or(3600);
-    tokens.expires_at = Some(now().saturating_add(life));
+    tokens.refresh_token = Some(refresh_token.expose_secret().to_owned());
+    if let Some(g) = grant {
+        tokens.access_token = Some(g.access_token.expose_secret().to_owned());
+        let life = g.expires_in.map(|d| d.as_secs()).unwrap_or(3600);
+        tokens.expires_at = Some(now().saturating_add(life));
+    }
     let key = SealingKey::derive(password, &Kdf::generate())?;
     let mut file = TokenFile::seal(user, provider, &key, &tokens)?;
-    file.last_refresh = Some(now());
+    if grant.is_some() {
+        file.last_refresh = Some(now());
+    }
     store.save(&file, expect)?;
     Ok(())
 }

@@ -273,13 +273,7 @@ async fn prove_upstream(
         token: token.clone(),
         provider: provider.clone(),
     };
-    let login = async {
-        match protocol {
-            Protocol::Imap => crate::imap::upstream::login(&attempt).await,
-            Protocol::Pop3 => crate::pop3::upstream::login(&attempt).await,
-            Protocol::Smtp => crate::smtp::upstream::login(&attempt, &prover.hostname).await,
-        }
-    };
+    let login = crate::server::log_in_over(protocol, &attempt, &prover.hostname);
     let result = crate::upstream::within(prover.timeout, &server, login)
         .await
         .map(drop);

@@ -23,7 +23,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::accounts::Accounts;
+use crate::imap::Imap;
 use crate::oauth::OAuth;
+use crate::pop3::Pop3;
+use crate::session::Dialect;
+use crate::smtp::Smtp;
 use crate::tls::{CertSource, ClientStream, ListenerTls};
 
 const BACKLOG: u32 = 4096;
@@ -200,21 +204,27 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
         let local = listener.local_addr()?;
         info!(protocol = %l.protocol, address = %local, "listening");
         addresses.push((l.protocol, local));
-        tokio::spawn(accept_loop(
-            listener,
-            Listening {
-                protocol: l.protocol,
-                in_band: l.in_band_authorization,
-                mode: l.tls,
-                tls,
-                auth_before_tls: l.address.ip().is_loopback() || l.insecure_plaintext,
-            },
-            ctx.clone(),
-            (permits.clone(), per_ip.clone()),
-            stop_accepting.clone(),
-            kill.clone(),
-            tracker.clone(),
-        ));
+        let listening = Listening {
+            protocol: l.protocol,
+            in_band: l.in_band_authorization,
+            mode: l.tls,
+            tls,
+            auth_before_tls: l.address.ip().is_loopback() || l.insecure_plaintext,
+        };
+        let shared = (ctx.clone(), (permits.clone(), per_ip.clone()));
+        let (stop, kill, tracker) = (stop_accepting.clone(), kill.clone(), tracker.clone());
+        // The one place that turns a protocol into its dialect.
+        match l.protocol {
+            Protocol::Imap => tokio::spawn(accept_loop::<Imap>(
+                listener, listening, shared, stop, kill, tracker,
+            )),
+            Protocol::Smtp => tokio::spawn(accept_loop::<Smtp>(
+                listener, listening, shared, stop, kill, tracker,
+            )),
+            Protocol::Pop3 => tokio::spawn(accept_loop::<Pop3>(
+                listener, listening, shared, stop, kill, tracker,
+            )),
+        };
     }
     tokio::spawn(publish_backoff(ctx.clone(), stop_accepting.clone()));
     let metrics = match config.gateway.metrics {
@@ -365,11 +375,13 @@ async fn publish_backoff(ctx: Arc<Context>, stop: CancellationToken) {
     }
 }
 
-async fn accept_loop(
+/// The listener's shared state: the context and the connection limits.
+type Shared = (Arc<Context>, (Arc<Semaphore>, Arc<PerIp>));
+
+async fn accept_loop<D: Dialect>(
     listener: TcpListener,
     listening: Listening,
-    ctx: Arc<Context>,
-    (permits, per_ip): (Arc<Semaphore>, Arc<PerIp>),
+    (ctx, (permits, per_ip)): Shared,
     stop: CancellationToken,
     kill: CancellationToken,
     tracker: TaskTracker,
@@ -393,14 +405,13 @@ async fn accept_loop(
         let protocol = listening.protocol;
         let span = info_span!("conn", id, proto = %protocol, %peer, user = tracing::field::Empty);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracker.spawn(too_busy(stream, protocol, "connection limit reached").instrument(span));
+            tracker.spawn(too_busy::<D>(stream, "connection limit reached").instrument(span));
             continue;
         };
         let max_per_ip = ctx.config().gateway.connections_per_ip(peer.ip());
         let Some(slot) = per_ip.take(peer.ip(), max_per_ip) else {
             tracker.spawn(
-                too_busy(stream, protocol, "too many connections from this address")
-                    .instrument(span),
+                too_busy::<D>(stream, "too many connections from this address").instrument(span),
             );
             continue;
         };
@@ -412,7 +423,7 @@ async fn accept_loop(
                 let _permit = (permit, slot);
                 tokio::select! {
                     _ = kill.cancelled() => info!("closed by shutdown"),
-                    _ = session(stream, peer, listening, ctx) => {}
+                    _ = session::<D>(stream, peer, listening, ctx) => {}
                 }
             }
             .instrument(span),
@@ -420,7 +431,7 @@ async fn accept_loop(
     }
 }
 
-async fn session(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Context>) {
+async fn session<D: Dialect>(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Context>) {
     tracing::debug!("connected");
     let plain = ClientStream::plain(stream);
     let (client, starttls, tls) = match (l.mode, &l.tls) {
@@ -455,24 +466,32 @@ async fn session(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Con
             state: ctx.metrics.connected(l.protocol),
         },
     };
-    match l.protocol {
-        Protocol::Imap => crate::imap::session::serve(client, setup, ctx).await,
-        Protocol::Smtp => crate::smtp::session::serve(client, setup, ctx).await,
-        Protocol::Pop3 => crate::pop3::session::serve(client, setup, ctx).await,
-    }
+    crate::session::serve::<D>(client, setup, ctx).await;
 }
 
-async fn too_busy(mut stream: TcpStream, protocol: Protocol, why: &str) {
+async fn too_busy<D: Dialect>(mut stream: TcpStream, why: &str) {
     warn!("{why}; refusing a client");
-    let reply: &[u8] = match protocol {
-        Protocol::Imap => b"* BYE Too many connections; try again later\r\n",
-        Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections; try again later\r\n",
-        Protocol::Smtp => b"421 4.3.2 Too many connections; try again later\r\n",
-    };
+    let reply = D::TOO_BUSY;
     // A client that does not read does not hold the connection.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(reply).await;
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+/// One upstream login over `protocol`, as a client of that protocol would
+/// make it (greeting with `hostname` where a name is said): the proof that
+/// a token opens the account's mailbox ([`crate::identity`]).
+pub async fn log_in_over(
+    protocol: Protocol,
+    a: &crate::login::Attempt,
+    hostname: &str,
+) -> Result<crate::upstream::LoggedIn, crate::upstream::UpstreamError> {
+    use crate::session::log_in;
+    match protocol {
+        Protocol::Imap => log_in::<Imap>(&(), a).await,
+        Protocol::Smtp => log_in::<Smtp>(&hostname.to_owned(), a).await,
+        Protocol::Pop3 => log_in::<Pop3>(&(), a).await,
+    }
 }

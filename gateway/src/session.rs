@@ -156,6 +156,13 @@ where
                     // Only a name that can be an account reaches the log
                     // (no control characters, bounded length).
                     let shown = crate::accounts::account_name(&user);
+                    if user.trim().is_empty() {
+                        // The same rule for every protocol: no account has
+                        // an empty name.
+                        info!("login with an empty user name");
+                        m.login_failed(&Failure::BadCredentials);
+                        continue;
+                    }
                     tracing::Span::current()
                         .record("user", shown.as_deref().unwrap_or("(not a valid name)"));
                     let attempt = login(m, user, password);
@@ -304,42 +311,71 @@ pub async fn relay_after_login<U>(
     .await;
 }
 
-/// The session of a line-based protocol (POP3, SMTP) once its machine `m`
-/// is built: the pre-auth dialogue, the login (`upstream` gives, from what
-/// the client said before it, the upstream login to try, e.g. with its EHLO
-/// name), `success` to the client, then the relay.
-pub async fn serve_lines<M, U, A, Fut>(
+/// A protocol the gateway serves: its client machine, its upstream login
+/// machine and its replies. [`serve`] is the one session of them all.
+pub trait Dialect: Send + Sync + 'static {
+    const PROTOCOL: mailgate_config::Protocol;
+    /// Sent to a client refused for lack of room, before closing.
+    const TOO_BUSY: &'static [u8];
+    /// The pre-auth machine facing the client.
+    type Client: PreAuth + Send;
+    /// What the upstream login takes from the client's dialogue (SMTP: the
+    /// client's EHLO name).
+    type Hint: Clone + Send + Sync + 'static;
+    /// The login machine facing the upstream server.
+    type Upstream: mailgate_proto::upstream::Machine + Send;
+
+    fn client(gateway: &mailgate_config::Gateway, setup: &Setup) -> Self::Client;
+    fn hint(client: &Self::Client) -> Self::Hint;
+    fn upstream(hint: &Self::Hint, attempt: &crate::login::Attempt) -> Self::Upstream;
+    /// The client's success reply, from its state (IMAP: the tag) and the
+    /// upstream's result (IMAP: the capabilities).
+    fn success(client: &Self::Client, up: &crate::upstream::LoggedIn) -> Vec<u8>;
+}
+
+/// One upstream login of dialect `D`.
+pub async fn log_in<D: Dialect>(
+    hint: &D::Hint,
+    a: &crate::login::Attempt,
+) -> Result<crate::upstream::LoggedIn, crate::upstream::UpstreamError> {
+    crate::upstream::log_in(D::upstream(hint, a), &a.server, a.tls.clone()).await
+}
+
+/// One client connection of dialect `D`: the pre-auth dialogue, the login
+/// (local password, token, upstream login with a retry after a rejected
+/// token), the success reply, then the relay.
+pub async fn serve<D: Dialect>(
     client: ClientStream,
     setup: Setup,
     ctx: std::sync::Arc<crate::server::Context>,
-    mut m: M,
-    success: &[u8],
-    upstream: U,
-) where
-    M: PreAuth,
-    U: Fn(&M) -> A,
-    A: Fn(crate::login::Attempt) -> Fut,
-    Fut: Future<Output = Result<crate::upstream::LoggedIn, crate::upstream::UpstreamError>>,
-{
+) {
+    let config = ctx.config();
+    let mut m = D::client(&config.gateway, &setup);
     let Setup {
         client: who,
         starttls,
         tally,
         ..
     } = setup;
-    let protocol = tally.protocol;
-    let limit = ctx.config().gateway.preauth_timeout;
+    let limit = config.gateway.preauth_timeout;
     let logged_in = drive(client, &mut m, limit, starttls, |m, user, password| {
         let ctx = ctx.clone();
-        let attempt = upstream(m);
-        async move { crate::login::login(&ctx, protocol, &user, &password, who, attempt).await }
+        let hint = D::hint(m);
+        async move {
+            let attempt = move |a: crate::login::Attempt| {
+                let hint = hint.clone();
+                async move { log_in::<D>(&hint, &a).await }
+            };
+            crate::login::login(&ctx, D::PROTOCOL, &user, &password, who, attempt).await
+        }
     })
     .await;
     let Some((client, up)) = logged_in else {
         return;
     };
+    let reply = D::success(&m, &up);
     let residual = m.into_residual();
-    relay_after_login(tally, client, success, residual, up.stream, &up.leftover).await;
+    relay_after_login(tally, client, &reply, residual, up.stream, &up.leftover).await;
 }
 
 /// Whether a line a client sent before logging in is HTTP: a request line

@@ -286,12 +286,6 @@ impl PreAuth {
     }
 
     fn login(&mut self, tag: String, user: String, password: SecretString) {
-        if user.trim().is_empty() {
-            self.write(format!(
-                "{tag} NO [AUTHENTICATIONFAILED] Invalid credentials\r\n"
-            ));
-            return;
-        }
         self.phase = Phase::AwaitLogin { tag };
         self.out.push_back(Event::Login { user, password });
     }

@@ -84,11 +84,6 @@ impl PreAuth {
         }
     }
 
-    /// The reply to a successful login.
-    pub fn success_reply() -> &'static [u8] {
-        b"+OK Logged in\r\n"
-    }
-
     fn write(&mut self, s: impl Into<String>) {
         self.core.write(s);
     }

@@ -100,11 +100,6 @@ impl PreAuth {
         self.ehlo.as_deref()
     }
 
-    /// The reply to a successful authentication.
-    pub fn success_reply() -> &'static [u8] {
-        b"235 2.7.0 Authentication successful\r\n"
-    }
-
     fn write(&mut self, s: impl Into<String>) {
         self.core.write(s);
     }
@@ -231,10 +226,6 @@ impl PreAuth {
     }
 
     fn login(&mut self, user: String, password: SecretString) {
-        if user.trim().is_empty() {
-            self.write("535 5.7.8 Authentication credentials invalid\r\n");
-            return;
-        }
         self.phase = Phase::AwaitLogin;
         self.core.out.push_back(Event::Login { user, password });
     }
