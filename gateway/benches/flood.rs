@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mailgate::store::Tokens;
+use mailgate::accounts::store::Tokens;
 use mailgate_tests::client::{LineClient, quote};
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, start};

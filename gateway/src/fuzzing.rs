@@ -5,7 +5,7 @@
 
 use mailgate_proto::{imap, pop3, sasl, smtp};
 
-use crate::login::Failure;
+use crate::session::login::Failure;
 use crate::session::{Event, PreAuth};
 
 /// The targets, by name (the names of `fuzz/fuzz_targets/*.rs`).
@@ -108,34 +108,40 @@ fn preauth(data: &[u8]) {
     let auth_before_tls = which & 0x20 != 0;
     match which % 3 {
         0 => drive(
-            crate::imap::preauth::PreAuth::new(crate::imap::preauth::Options {
-                starttls,
-                auth_before_tls,
-                limits: imap::Limits {
-                    max_line: 256,
-                    max_literal: 64,
-                    max_message: 1024,
+            crate::protocols::imap::preauth::PreAuth::new(
+                crate::protocols::imap::preauth::Options {
+                    starttls,
+                    auth_before_tls,
+                    limits: imap::Limits {
+                        max_line: 256,
+                        max_literal: 64,
+                        max_message: 1024,
+                    },
+                    ..Default::default()
                 },
-                ..Default::default()
-            }),
+            ),
             data,
         ),
         1 => drive(
-            crate::smtp::preauth::PreAuth::new(crate::smtp::preauth::Options {
-                starttls,
-                auth_before_tls,
-                max_line: 256,
-                ..Default::default()
-            }),
+            crate::protocols::smtp::preauth::PreAuth::new(
+                crate::protocols::smtp::preauth::Options {
+                    starttls,
+                    auth_before_tls,
+                    max_line: 256,
+                    ..Default::default()
+                },
+            ),
             data,
         ),
         _ => drive(
-            crate::pop3::preauth::PreAuth::new(crate::pop3::preauth::Options {
-                stls: starttls,
-                auth_before_tls,
-                max_line: 256,
-                ..Default::default()
-            }),
+            crate::protocols::pop3::preauth::PreAuth::new(
+                crate::protocols::pop3::preauth::Options {
+                    stls: starttls,
+                    auth_before_tls,
+                    max_line: 256,
+                    ..Default::default()
+                },
+            ),
             data,
         ),
     }

@@ -3,29 +3,30 @@
 //! Mail clients log in locally with a plain password; mailgate maps the user
 //! to an account, keeps its OAuth tokens sealed and fresh, logs in upstream
 //! with XOAUTH2 over verified TLS and then relays the session untouched.
+//!
+//! The modules by concern, each using only those listed after it:
+//!
+//! - [`cli`]: the commands (`run`, `login`, `token import`, ...);
+//! - [`server`]: the listeners; the one place that turns a protocol into
+//!   its [`session::Dialect`], and the upstream proof login of the identity
+//!   check;
+//! - [`protocols`]: IMAP, SMTP and POP3, each a dialect: its client-side
+//!   pre-auth machine and its upstream login machine (from `mailgate-proto`);
+//! - [`session`]: the one session of every dialect (pre-auth driver, login
+//!   policy, relay), client TLS, the upstream connection and login driver,
+//!   and the context every session shares;
+//! - [`accounts`]: accounts, the sealed store, backoff, bounded password
+//!   checks, OAuth, sign-in flows, in-band authorisation, the identity
+//!   check (which is handed its upstream proof login, never a protocol);
+//! - [`observe`]: metrics and logs.
 
 pub mod accounts;
-pub mod argon;
-pub mod backoff;
 pub mod cli;
-pub mod flows;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod identity;
-pub mod imap;
-pub mod inband;
-pub mod logging;
-pub mod login;
-pub mod metrics;
-pub mod oauth;
-pub mod pop3;
-pub mod redirect;
-pub mod relay;
+pub mod observe;
+pub mod protocols;
 pub mod server;
 pub mod session;
-pub mod smtp;
-pub mod store;
-pub mod tls;
-pub mod upstream;
 
 pub use server::{Gateway, start};

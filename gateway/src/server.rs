@@ -22,13 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::accounts::Accounts;
-use crate::imap::Imap;
-use crate::oauth::OAuth;
-use crate::pop3::Pop3;
+use crate::protocols::imap::Imap;
+use crate::protocols::pop3::Pop3;
+use crate::protocols::smtp::Smtp;
 use crate::session::Dialect;
-use crate::smtp::Smtp;
-use crate::tls::{CertSource, ClientStream, ListenerTls};
+use crate::session::context::Context;
+use crate::session::tls::{CertSource, ClientStream, ListenerTls};
 
 const BACKLOG: u32 = 4096;
 
@@ -64,72 +63,6 @@ impl Drop for IpSlot {
     }
 }
 
-/// What every session shares.
-pub struct Context {
-    config: std::sync::RwLock<Arc<Config>>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub accounts: Accounts,
-    pub inband: crate::inband::InBand,
-    tls: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").finish_non_exhaustive()
-    }
-}
-
-impl Context {
-    pub fn new(config: Arc<Config>) -> anyhow::Result<Context> {
-        let oauth =
-            OAuth::new(config.gateway.upstream_timeout).context("building the HTTP client")?;
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        Ok(Context {
-            config: std::sync::RwLock::new(config.clone()),
-            metrics: metrics.clone(),
-            inband: crate::inband::InBand::new(
-                oauth.clone(),
-                crate::store::Store::new(&config.gateway.state_dir),
-            ),
-            accounts: Accounts::new(config, oauth, metrics),
-            tls: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// The configuration in force (a session keeps the one it started with).
-    pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Switches to a reloaded configuration for new sessions and logins.
-    pub fn set_config(&self, config: Arc<Config>) {
-        self.accounts.set_config(config.clone());
-        self.tls.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
-    }
-
-    /// The upstream TLS client configuration of a provider (built once).
-    pub fn upstream_tls(
-        &self,
-        provider: &str,
-    ) -> Result<Arc<rustls::ClientConfig>, mailgate_certs::CertError> {
-        let mut map = self.tls.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get(provider) {
-            return Ok(c.clone());
-        }
-        let ca = self
-            .config()
-            .provider(provider)
-            .and_then(|p| p.ca_file.clone());
-        let c = mailgate_certs::upstream_client_config(ca.as_deref())?;
-        map.insert(provider.to_owned(), c.clone());
-        Ok(c)
-    }
-}
-
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -160,7 +93,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Binds every listener and starts serving.
 pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
-    let ctx = Arc::new(Context::new(config.clone())?);
+    let ctx = Arc::new(Context::new(config.clone(), prove)?);
     let stop_accepting = CancellationToken::new();
     let kill = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -234,7 +167,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
             })?;
             let local = listener.local_addr()?;
             info!(address = %local, "metrics on /metrics and /healthz");
-            tokio::spawn(crate::metrics::serve(
+            tokio::spawn(crate::observe::metrics::serve(
                 listener,
                 ctx.metrics.clone(),
                 kill.clone(),
@@ -362,7 +295,11 @@ async fn publish_backoff(ctx: Arc<Context>, stop: CancellationToken) {
                 continue;
             };
             let written = tokio::task::spawn_blocking(move || {
-                crate::store::write_atomic(&dir, &dir.join(crate::backoff::SNAPSHOT_FILE), &body)
+                crate::accounts::store::write_atomic(
+                    &dir,
+                    &dir.join(crate::accounts::backoff::SNAPSHOT_FILE),
+                    &body,
+                )
             })
             .await;
             if let Ok(Err(e)) = written {
@@ -400,7 +337,7 @@ async fn accept_loop<D: Dialect>(
                 continue;
             }
         };
-        crate::upstream::tune(&stream);
+        crate::session::upstream::tune(&stream);
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
         let protocol = listening.protocol;
         let span = info_span!("conn", id, proto = %protocol, %peer, user = tracing::field::Empty);
@@ -453,7 +390,7 @@ async fn session<D: Dialect>(stream: TcpStream, peer: SocketAddr, l: Listening, 
         _ => (plain, None, false),
     };
     let setup = crate::session::Setup {
-        client: crate::login::Client {
+        client: crate::session::login::Client {
             peer,
             in_band: l.in_band,
         },
@@ -482,16 +419,59 @@ async fn too_busy<D: Dialect>(mut stream: TcpStream, why: &str) {
 
 /// One upstream login over `protocol`, as a client of that protocol would
 /// make it (greeting with `hostname` where a name is said): the proof that
-/// a token opens the account's mailbox ([`crate::identity`]).
+/// a token opens the account's mailbox ([`crate::accounts::identity`]).
 pub async fn log_in_over(
     protocol: Protocol,
-    a: &crate::login::Attempt,
+    a: &crate::session::login::Attempt,
     hostname: &str,
-) -> Result<crate::upstream::LoggedIn, crate::upstream::UpstreamError> {
+) -> Result<crate::session::upstream::LoggedIn, crate::session::upstream::UpstreamError> {
     use crate::session::log_in;
     match protocol {
         Protocol::Imap => log_in::<Imap>(&(), a).await,
         Protocol::Smtp => log_in::<Smtp>(&hostname.to_owned(), a).await,
         Protocol::Pop3 => log_in::<Pop3>(&(), a).await,
     }
+}
+
+/// The upstream proof login of [`crate::accounts::identity`]: IMAP, else
+/// POP3, else SMTP, whichever the provider has, under the timeout; the
+/// connection is closed at once.
+pub fn prove(
+    req: crate::accounts::identity::ProofRequest,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::accounts::identity::Proof> + Send>> {
+    use crate::accounts::identity::Proof;
+    Box::pin(async move {
+        let Some((protocol, server)) = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp]
+            .into_iter()
+            .find_map(|p| req.provider.upstream(p).map(|s| (p, s.clone())))
+        else {
+            return Proof::Failed(
+                "the provider sends no ID token and has no mail server to log in to".into(),
+            );
+        };
+        let tls = match mailgate_certs::upstream_client_config(req.provider.ca_file.as_deref()) {
+            Ok(t) => t,
+            Err(e) => return Proof::Failed(e.to_string()),
+        };
+        let attempt = crate::session::login::Attempt {
+            server: server.clone(),
+            tls,
+            user: req.user.clone(),
+            token: req.token.clone(),
+            provider: req.provider.clone(),
+        };
+        let login = log_in_over(protocol, &attempt, &req.hostname);
+        match crate::session::upstream::within(req.timeout, &server, login).await {
+            Ok(_) => Proof::Opened {
+                server: server.to_string(),
+            },
+            Err(crate::session::upstream::UpstreamError::Rejected { detail, .. }) => {
+                Proof::Refused {
+                    server: server.to_string(),
+                    detail,
+                }
+            }
+            Err(e) => Proof::Failed(e.to_string()),
+        }
+    })
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mailgate::store::{Kdf, SealingKey, Store, TokenFile, Tokens};
+use mailgate::accounts::store::{Kdf, SealingKey, Store, TokenFile, Tokens};
 use mailgate_config::{Config, Protocol};
 use secrecy::SecretString;
 
@@ -137,7 +137,9 @@ provider = "test"
             SealingKey::derive(&SecretString::from(password.to_owned()), &Kdf::generate()).unwrap();
         let file = TokenFile::seal(&user.to_lowercase(), "test", &key, &tokens).unwrap();
         let store = Store::new(&self.state_dir());
-        store.save(&file, mailgate::store::Expect::Any).unwrap();
+        store
+            .save(&file, mailgate::accounts::store::Expect::Any)
+            .unwrap();
         store.path(&user.to_lowercase())
     }
 
@@ -212,5 +214,5 @@ pub fn mailgate_bin() -> PathBuf {
 
 /// Installs a test log subscriber once (RUST_LOG controls it).
 pub fn logs() {
-    mailgate::logging::init_for_tests();
+    mailgate::observe::logging::init_for_tests();
 }

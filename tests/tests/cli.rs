@@ -270,7 +270,7 @@ async fn hash_password_as_password_hash() {
     let hash = text(&out.stdout).trim().to_string();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
 
-    let mut t = mailgate::store::Tokens::default();
+    let mut t = mailgate::accounts::store::Tokens::default();
     t.refresh_token = Some(env.oauth.issue_refresh_token(USER));
     env.seal(USER, "hashed pw", t);
     let g = start(env.load(&env.config_text(

@@ -72,7 +72,7 @@ async fn corrupted_or_truncated_token_file() {
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Options::default()).await;
     let (_, path) = env.seal_new_user_token();
     let other = "bob@example.test";
-    let mut t = mailgate::store::Tokens::default();
+    let mut t = mailgate::accounts::store::Tokens::default();
     t.refresh_token = Some(env.oauth.issue_refresh_token(other));
     env.seal(other, "bob pw", t);
     let text = env.config_text(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use mailgate::store::Tokens;
+use mailgate::accounts::store::Tokens;
 use mailgate_tests::client::{LineClient, quote};
 use mailgate_tests::harness::{
     Env, PASSWORD, USER, imap_addr, logs, start, unused_port, without_in_band,
@@ -416,7 +416,7 @@ async fn expired_access_token_is_refreshed_and_min_token_life_honoured() {
     let mut t = Tokens::default();
     t.refresh_token = Some(rt);
     t.access_token = Some(at.clone());
-    t.expires_at = Some(mailgate::store::now() + 10);
+    t.expires_at = Some(mailgate::accounts::store::now() + 10);
     env.seal(USER, PASSWORD, t);
     let g = env.gateway(&imap.url(false)).await;
     let login = |tag: &'static str| {

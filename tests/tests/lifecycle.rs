@@ -127,7 +127,7 @@ async fn reload_applies_to_new_sessions_only() {
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
     env.seal_new_user_token();
     let bob = "bob@example.test";
-    let mut t = mailgate::store::Tokens::default();
+    let mut t = mailgate::accounts::store::Tokens::default();
     t.refresh_token = Some(env.oauth.issue_refresh_token(bob));
     env.seal(bob, "bob pw", t);
     let before = env.config_text(&imap.url(false), "", "", "");

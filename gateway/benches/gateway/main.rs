@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use client::{Conn, Target};
-use mailgate::store::Tokens;
+use mailgate::accounts::store::Tokens;
 use mailgate_tests::harness::{Env, PASSWORD, USER, unused_port};
 use mailgate_tests::oauth::CLIENT_ID;
 

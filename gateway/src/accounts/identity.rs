@@ -14,19 +14,20 @@
 //! login as the account's upstream user proves that the token opens that
 //! mailbox.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mailgate_config::{Preset, Protocol, Provider};
+use mailgate_config::{Preset, Provider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use crate::oauth::Grant;
-use crate::upstream::UpstreamError;
+use crate::accounts::oauth::Grant;
 
 /// Seconds of clock difference tolerated on `exp`.
 const SKEW: u64 = 120;
@@ -178,12 +179,41 @@ pub struct Expected<'a> {
     pub nonce: Option<&'a SecretString>,
 }
 
+/// One upstream XOAUTH2 login to be made as proof that a token opens a
+/// mailbox.
+#[derive(Debug, Clone)]
+pub struct ProofRequest {
+    pub provider: Arc<Provider>,
+    /// The SASL identity upstream.
+    pub user: String,
+    pub token: SecretString,
+    pub timeout: Duration,
+    /// The EHLO name when the proof is an SMTP login.
+    pub hostname: String,
+}
+
+/// How an upstream proof login ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// The server took the token for that user.
+    Opened { server: String },
+    /// The server refused the token; its reply.
+    Refused { server: String, detail: String },
+    /// The login could not be made (no server, unreachable, broken).
+    Failed(String),
+}
+
+/// Makes one upstream proof login; the session layer provides it (the
+/// accounts do not speak mail protocols themselves).
+pub type Prove = fn(ProofRequest) -> Pin<Box<dyn Future<Output = Proof> + Send>>;
+
 /// How to reach the provider's mail server for the upstream proof.
 #[derive(Debug, Clone)]
 pub struct Prover {
     pub timeout: Duration,
     /// The EHLO name when the proof is an SMTP login.
     pub hostname: String,
+    pub prove: Prove,
 }
 
 /// Checks that `grant` belongs to the account `expected` names; returns the
@@ -201,13 +231,13 @@ pub async fn confirm(
                 "it is not for this client ID".into(),
             ));
         }
-        if claims.exp.saturating_add(SKEW) < crate::store::now() {
+        if claims.exp.saturating_add(SKEW) < crate::accounts::store::now() {
             return Err(IdentityError::BadIdToken("it has expired".into()));
         }
         if !issuer_ok(provider, &claims) {
             return Err(IdentityError::BadIdToken(format!(
                 "its issuer {} is not the provider's",
-                crate::session::one_line(&claims.iss)
+                one_line(&claims.iss)
             )));
         }
         if let Some(want) = expected.nonce {
@@ -229,7 +259,7 @@ pub async fn confirm(
                 info!(identity = %who, "the sign-in's identity is the account's");
                 return Ok(who);
             }
-            let signed_in = crate::session::one_line(first);
+            let signed_in = one_line(first);
             warn!(
                 signed_in = %signed_in,
                 expected = %expected.user,
@@ -248,50 +278,43 @@ pub async fn confirm(
     Ok(expected.upstream_user.to_owned())
 }
 
-/// One upstream XOAUTH2 login as the account's upstream user (IMAP, else
-/// POP3, else SMTP), closed at once.
+/// One upstream XOAUTH2 login as the account's upstream user.
 async fn prove_upstream(
     provider: &Arc<Provider>,
     token: &SecretString,
     expected: Expected<'_>,
     prover: &Prover,
 ) -> Result<(), IdentityError> {
-    let Some((protocol, server)) = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp]
-        .into_iter()
-        .find_map(|p| provider.upstream(p).map(|s| (p, s.clone())))
-    else {
-        return Err(IdentityError::Unverifiable(
-            "the provider sends no ID token and has no mail server to log in to".into(),
-        ));
-    };
-    let tls = mailgate_certs::upstream_client_config(provider.ca_file.as_deref())
-        .map_err(|e| IdentityError::Unverifiable(e.to_string()))?;
-    let attempt = crate::login::Attempt {
-        server: server.clone(),
-        tls,
+    let proof = (prover.prove)(ProofRequest {
+        provider: provider.clone(),
         user: expected.upstream_user.to_owned(),
         token: token.clone(),
-        provider: provider.clone(),
-    };
-    let login = crate::server::log_in_over(protocol, &attempt, &prover.hostname);
-    let result = crate::upstream::within(prover.timeout, &server, login)
-        .await
-        .map(drop);
-    match result {
-        Ok(()) => {
+        timeout: prover.timeout,
+        hostname: prover.hostname.clone(),
+    })
+    .await;
+    match proof {
+        Proof::Opened { server } => {
             info!(%server, "the token opens the account's mailbox");
             Ok(())
         }
-        Err(UpstreamError::Rejected { detail, .. }) => {
+        Proof::Refused { server, detail } => {
             warn!(%server, expected = %expected.upstream_user, %detail, "the token does not open the account's mailbox; nothing stored");
             Err(IdentityError::NotThisMailbox {
                 expected: expected.upstream_user.to_owned(),
-                server: server.to_string(),
-                detail: crate::session::one_line(&detail),
+                server,
+                detail: one_line(&detail),
             })
         }
-        Err(e) => Err(IdentityError::Unverifiable(e.to_string())),
+        Proof::Failed(e) => Err(IdentityError::Unverifiable(e)),
     }
+}
+
+/// Text from a provider or a server, on one line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -354,6 +377,7 @@ mod tests {
             &Prover {
                 timeout: Duration::from_secs(1),
                 hostname: "localhost".into(),
+                prove: |_| Box::pin(async { Proof::Failed("no mail server in this test".into()) }),
             },
         )
         .await
@@ -361,7 +385,7 @@ mod tests {
 
     #[tokio::test]
     async fn microsoft_and_google_claims() {
-        let exp = crate::store::now() + 600;
+        let exp = crate::accounts::store::now() + 600;
         let ms = provider(
             Preset::Office365,
             "https://login.microsoftonline.com/common/oauth2/v2.0/token",

@@ -200,7 +200,7 @@ impl Backoff {
             }
             e.failures = e.failures.saturating_add(1);
             e.last = now;
-            e.last_unix = crate::store::now();
+            e.last_unix = crate::accounts::store::now();
             if name.is_some() {
                 e.name = name;
             }
@@ -226,7 +226,7 @@ impl Backoff {
         let now = Instant::now();
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut snap = Snapshot {
-            written: crate::store::now(),
+            written: crate::accounts::store::now(),
             ..Snapshot::default()
         };
         for (k, e) in map

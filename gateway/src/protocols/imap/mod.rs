@@ -7,9 +7,9 @@ pub mod preauth;
 use mailgate_config::UpstreamSecurity;
 use mailgate_proto::upstream::imap::Login;
 
-use crate::login::Attempt;
+use crate::session::login::Attempt;
+use crate::session::upstream::LoggedIn;
 use crate::session::{Dialect, Setup};
-use crate::upstream::LoggedIn;
 
 /// IMAP (RFC 9051/3501).
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::relay::OnDemand;
+use crate::session::relay::OnDemand;
 
 /// A client connection, in clear or over TLS. As an [`AsyncBufRead`] it
 /// lends rustls's plaintext buffer, or for a plain socket a buffer that

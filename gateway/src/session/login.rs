@@ -11,8 +11,8 @@ use secrecy::SecretString;
 use tracing::{info, warn};
 
 use crate::accounts::LoginError;
-use crate::server::Context;
-use crate::upstream::{UpstreamError, within};
+use crate::session::context::Context;
+use crate::session::upstream::{UpstreamError, within};
 
 /// Why a login failed, as each protocol reports it to its client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +203,7 @@ async fn in_band(
     user: &str,
     password: &SecretString,
     peer: std::net::IpAddr,
-    replaces: Option<crate::store::TokenFile>,
+    replaces: Option<crate::accounts::store::TokenFile>,
 ) -> Failure {
     let accounts = &ctx.accounts;
     let (Some(name), Some(provider)) = (
@@ -216,7 +216,7 @@ async fn in_band(
     let upstream_user = accounts.upstream_user_of(user);
     let outcome = ctx
         .inband
-        .authorize(crate::inband::Request {
+        .authorize(crate::accounts::inband::Request {
             user: &name,
             upstream_user: &upstream_user,
             provider,
@@ -224,13 +224,14 @@ async fn in_band(
             check: accounts.check_of(password),
             peer,
             replaces,
-            prover: crate::identity::Prover {
+            prover: crate::accounts::identity::Prover {
                 timeout: config.gateway.upstream_timeout,
                 hostname: config.gateway.hostname.clone(),
+                prove: ctx.prove,
             },
         })
         .await;
-    use crate::inband::Outcome;
+    use crate::accounts::inband::Outcome;
     if !matches!(outcome, Outcome::Shown(_)) {
         accounts.failed(&name, peer);
     }

@@ -2,7 +2,7 @@
 //! token starts the provider's flow in the background and fails with what
 //! the user must do (the URL to open, or the device URL and user code), in
 //! the client's own protocol. When the flow completes, and its identity is
-//! the account's ([`crate::identity`]), the tokens are sealed with the
+//! the account's ([`crate::accounts::identity`]), the tokens are sealed with the
 //! password of the attempt that started it; the user logs in again.
 //!
 //! A pending flow belongs to the password that started it: one flow per
@@ -24,10 +24,10 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tracing::{Instrument, info, warn};
 
-use crate::flows::{self, FlowError};
-use crate::oauth::OAuth;
-use crate::redirect::RedirectServer;
-use crate::store::{Expect, Store, TokenFile};
+use crate::accounts::flows::{self, FlowError};
+use crate::accounts::oauth::OAuth;
+use crate::accounts::redirect::RedirectServer;
+use crate::accounts::store::{Expect, Store, TokenFile};
 
 /// How long a browser sign-in started in band may take.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -89,7 +89,7 @@ pub struct Request<'a> {
     /// The file the new tokens replace (a dead refresh token); `None` when
     /// the account has no file.
     pub replaces: Option<TokenFile>,
-    pub prover: crate::identity::Prover,
+    pub prover: crate::accounts::identity::Prover,
 }
 
 /// The gateway's in-band flows.
@@ -244,10 +244,10 @@ impl InBand {
             async move {
                 let result = async {
                     let (grant, nonce) = flow.await?;
-                    let identity = crate::identity::confirm(
+                    let identity = crate::accounts::identity::confirm(
                         &provider,
                         &grant,
-                        crate::identity::Expected {
+                        crate::accounts::identity::Expected {
                             user: &user,
                             upstream_user: &upstream_user,
                             nonce: nonce.as_ref(),
@@ -293,7 +293,7 @@ impl InBand {
 type FlowFuture = std::pin::Pin<
     Box<
         dyn std::future::Future<
-                Output = Result<(crate::oauth::Grant, Option<SecretString>), FlowError>,
+                Output = Result<(crate::accounts::oauth::Grant, Option<SecretString>), FlowError>,
             > + Send,
     >,
 >;

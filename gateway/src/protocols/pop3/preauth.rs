@@ -9,7 +9,7 @@ use mailgate_proto::line::{Line, frame_line};
 use mailgate_proto::pop3::{Command, decode_command, encode_multiline};
 use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
 
-use crate::login::Failure;
+use crate::session::login::Failure;
 use crate::session::{
     Event, LineCore, PlainError, PreAuth as Machine, one_line, plain_credentials,
 };

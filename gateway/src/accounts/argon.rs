@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Semaphore;
 
-use crate::store::Kdf;
+use crate::accounts::store::Kdf;
 
 /// The limiter was full.
 #[derive(Debug, Clone, Copy, thiserror::Error)]

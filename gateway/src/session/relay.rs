@@ -21,8 +21,8 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::metrics::Meters;
-use crate::tls::ClientStream;
+use crate::observe::metrics::Meters;
+use crate::session::tls::ClientStream;
 use prometheus_client::metrics::counter::Counter;
 
 /// How long the upstream may keep talking after the client closed.

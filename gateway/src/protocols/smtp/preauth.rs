@@ -11,7 +11,7 @@ use mailgate_proto::sasl::{SaslLine, decode_base64, decode_sasl_line};
 use mailgate_proto::smtp::{Command, decode_command};
 use mailgate_proto::{ExposeSecret, SecretString};
 
-use crate::login::Failure;
+use crate::session::login::Failure;
 use crate::session::{
     Event, LineCore, PlainError, PreAuth as Machine, one_line, plain_credentials,
 };

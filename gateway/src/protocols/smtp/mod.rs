@@ -7,9 +7,9 @@ pub mod preauth;
 use mailgate_config::{Preset, UpstreamSecurity};
 use mailgate_proto::upstream::smtp::Login;
 
-use crate::login::Attempt;
+use crate::session::login::Attempt;
+use crate::session::upstream::LoggedIn;
 use crate::session::{Dialect, Setup};
-use crate::upstream::LoggedIn;
 
 /// SMTP submission (RFC 5321/4954).
 #[derive(Debug)]

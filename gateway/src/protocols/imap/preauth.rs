@@ -14,8 +14,8 @@ use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
 use mailgate_proto::{DecodeError, SecretString};
 
 use super::capabilities;
-use crate::login::Failure;
 pub use crate::session::Event;
+use crate::session::login::Failure;
 use crate::session::{PlainError, PreAuth as Machine, one_line, plain_credentials};
 
 #[derive(Debug, Clone)]

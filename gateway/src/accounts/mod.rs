@@ -14,10 +14,19 @@
 //! that file, so `mailgate forget`, `login` and `passwd` take effect for the
 //! next login and are never undone by a running gateway.
 //!
-//! Password checks that need Argon2 are bounded (see [`crate::argon`] and
-//! [`crate::backoff`]): refused at once while the user or the address is in
+//! Password checks that need Argon2 are bounded (see [`crate::accounts::argon`] and
+//! [`crate::accounts::backoff`]): refused at once while the user or the address is in
 //! backoff, capped per user and per address, and names without a file cost
 //! a derivation too, so that they answer like a wrong password.
+
+pub mod argon;
+pub mod backoff;
+pub mod flows;
+pub mod identity;
+pub mod inband;
+pub mod oauth;
+pub mod redirect;
+pub mod store;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,9 +40,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
-use crate::oauth::{OAuth, OAuthError};
-use crate::store::{Expect, SealingKey, Store, StoreError, TokenFile, Tokens, now};
+use crate::accounts::backoff::Backoff;
+use crate::accounts::oauth::{OAuth, OAuthError};
+use crate::accounts::store::{Expect, SealingKey, Store, StoreError, TokenFile, Tokens, now};
 
 /// Why a login could not be completed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -115,12 +124,12 @@ pub struct Accounts {
     backoff: Backoff,
     states: Mutex<HashMap<String, Arc<tokio::sync::Mutex<AccountState>>>>,
     /// Per provider: the app-only token and its expiry (client credentials).
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::observe::metrics::Metrics>,
     app_tokens: Mutex<HashMap<String, AppTokenSlot>>,
     /// Per (user, password_hash): the check of a password that matched it.
     hash_checks: Mutex<HashMap<(String, String), [u8; 32]>>,
     salt: [u8; 32],
-    argon: crate::argon::Limiter,
+    argon: crate::accounts::argon::Limiter,
 }
 
 type AppTokenSlot = Arc<tokio::sync::Mutex<Option<(SecretString, u64)>>>;
@@ -137,7 +146,7 @@ impl Accounts {
     pub fn new(
         config: Arc<Config>,
         oauth: OAuth,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::observe::metrics::Metrics>,
     ) -> Accounts {
         let mut salt = [0u8; 32];
         OsRng.fill_bytes(&mut salt);
@@ -151,7 +160,7 @@ impl Accounts {
             hash_checks: Mutex::new(HashMap::new()),
             salt,
             metrics,
-            argon: crate::argon::Limiter::default(),
+            argon: crate::accounts::argon::Limiter::default(),
         }
     }
 
@@ -781,7 +790,7 @@ mod tests {
         let accounts = Accounts::new(
             Arc::new(config),
             oauth,
-            Arc::new(crate::metrics::Metrics::new()),
+            Arc::new(crate::observe::metrics::Metrics::new()),
         );
         let (old, new) = (hash_of("old-password"), hash_of("new-password"));
         let pw = SecretString::from("old-password");

@@ -9,9 +9,9 @@ use mailgate_config::Provider;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
-use crate::oauth::{AuthorizationRequest, DeviceAuthorization, Grant, OAuth, OAuthError};
-use crate::redirect::{BindError, RedirectError, RedirectServer};
-use crate::store::{Expect, Kdf, SealingKey, Store, StoreError, TokenFile, Tokens, now};
+use crate::accounts::oauth::{AuthorizationRequest, DeviceAuthorization, Grant, OAuth, OAuthError};
+use crate::accounts::redirect::{BindError, RedirectError, RedirectServer};
+use crate::accounts::store::{Expect, Kdf, SealingKey, Store, StoreError, TokenFile, Tokens, now};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -32,13 +32,13 @@ pub enum FlowError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
-    Identity(#[from] crate::identity::IdentityError),
+    Identity(#[from] crate::accounts::identity::IdentityError),
 }
 
 /// Seals what a flow granted for `user` with `password` and stores it, if
 /// the store still holds what `expect` says (see [`Store::save`]). The
 /// grant's identity must have been confirmed first
-/// ([`crate::identity::confirm`]).
+/// ([`crate::accounts::identity::confirm`]).
 pub fn store_grant(
     store: &Store,
     user: &str,
@@ -200,7 +200,7 @@ pub fn open_browser(url: &url::Url, state_dir: &std::path::Path) -> std::io::Res
     let body = format!(
         "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\"><meta http-equiv=\"refresh\" content=\"0;url={escaped}\"><title>mailgate sign-in</title><p><a href=\"{escaped}\">Continue to the sign-in</a></p>\n"
     );
-    crate::store::write_atomic(&dir, &path, body.as_bytes())
+    crate::accounts::store::write_atomic(&dir, &path, body.as_bytes())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let page = SignInPage(path);
     let file_url = url::Url::from_file_path(&page.0)

@@ -3,6 +3,12 @@
 //! what it says, and hand its login requests to the caller until one
 //! succeeds. The protocol logic itself lives in each `preauth` module.
 
+pub mod context;
+pub mod login;
+pub mod relay;
+pub mod tls;
+pub mod upstream;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -12,21 +18,21 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
-use crate::login::Failure;
-use crate::tls::ClientStream;
+use crate::session::login::Failure;
+use crate::session::tls::ClientStream;
 
 /// A connection's place in the metrics.
 #[derive(Debug)]
 pub struct Tally {
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub metrics: std::sync::Arc<crate::observe::metrics::Metrics>,
     pub protocol: mailgate_config::Protocol,
     /// In the `preauth` state until the relay starts.
-    pub state: crate::metrics::InState,
+    pub state: crate::observe::metrics::InState,
 }
 
 /// A connection's setting, from its listener.
 pub struct Setup {
-    pub client: crate::login::Client,
+    pub client: crate::session::login::Client,
     /// The acceptor for STARTTLS, when the listener offers it.
     pub starttls: Option<TlsAcceptor>,
     /// Logins are accepted before TLS on a STARTTLS listener (loopback, or
@@ -301,7 +307,7 @@ pub async fn relay_after_login<U>(
     } = tally;
     drop(state);
     let _relaying = metrics.enter(protocol, "relaying");
-    crate::relay::run(
+    crate::session::relay::run(
         client,
         upstream,
         &residual,
@@ -327,18 +333,18 @@ pub trait Dialect: Send + Sync + 'static {
 
     fn client(gateway: &mailgate_config::Gateway, setup: &Setup) -> Self::Client;
     fn hint(client: &Self::Client) -> Self::Hint;
-    fn upstream(hint: &Self::Hint, attempt: &crate::login::Attempt) -> Self::Upstream;
+    fn upstream(hint: &Self::Hint, attempt: &crate::session::login::Attempt) -> Self::Upstream;
     /// The client's success reply, from its state (IMAP: the tag) and the
     /// upstream's result (IMAP: the capabilities).
-    fn success(client: &Self::Client, up: &crate::upstream::LoggedIn) -> Vec<u8>;
+    fn success(client: &Self::Client, up: &crate::session::upstream::LoggedIn) -> Vec<u8>;
 }
 
 /// One upstream login of dialect `D`.
 pub async fn log_in<D: Dialect>(
     hint: &D::Hint,
-    a: &crate::login::Attempt,
-) -> Result<crate::upstream::LoggedIn, crate::upstream::UpstreamError> {
-    crate::upstream::log_in(D::upstream(hint, a), &a.server, a.tls.clone()).await
+    a: &crate::session::login::Attempt,
+) -> Result<crate::session::upstream::LoggedIn, crate::session::upstream::UpstreamError> {
+    crate::session::upstream::log_in(D::upstream(hint, a), &a.server, a.tls.clone()).await
 }
 
 /// One client connection of dialect `D`: the pre-auth dialogue, the login
@@ -347,7 +353,7 @@ pub async fn log_in<D: Dialect>(
 pub async fn serve<D: Dialect>(
     client: ClientStream,
     setup: Setup,
-    ctx: std::sync::Arc<crate::server::Context>,
+    ctx: std::sync::Arc<crate::session::context::Context>,
 ) {
     let config = ctx.config();
     let mut m = D::client(&config.gateway, &setup);
@@ -362,11 +368,11 @@ pub async fn serve<D: Dialect>(
         let ctx = ctx.clone();
         let hint = D::hint(m);
         async move {
-            let attempt = move |a: crate::login::Attempt| {
+            let attempt = move |a: crate::session::login::Attempt| {
                 let hint = hint.clone();
                 async move { log_in::<D>(&hint, &a).await }
             };
-            crate::login::login(&ctx, D::PROTOCOL, &user, &password, who, attempt).await
+            crate::session::login::login(&ctx, D::PROTOCOL, &user, &password, who, attempt).await
         }
     })
     .await;

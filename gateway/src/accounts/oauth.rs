@@ -30,7 +30,7 @@ pub struct Grant {
     pub refresh_token: Option<SecretString>,
     pub expires_in: Option<Duration>,
     /// The OpenID Connect ID token, when the provider sent one (it names
-    /// who signed in; see [`crate::identity`]).
+    /// who signed in; see [`crate::accounts::identity`]).
     pub id_token: Option<SecretString>,
 }
 

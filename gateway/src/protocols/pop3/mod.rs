@@ -6,9 +6,9 @@ pub mod preauth;
 use mailgate_config::UpstreamSecurity;
 use mailgate_proto::upstream::pop3::Login;
 
-use crate::login::Attempt;
+use crate::session::login::Attempt;
+use crate::session::upstream::LoggedIn;
 use crate::session::{Dialect, Setup};
-use crate::upstream::LoggedIn;
 
 /// POP3 (RFC 1939/2449/5034).
 #[derive(Debug)]

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use mailgate_config::{Config, LogFormat, UserPattern};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::oauth::OAuth;
-use crate::store::{Store, TokenFile, now};
+use crate::accounts::oauth::OAuth;
+use crate::accounts::store::{Store, TokenFile, now};
 
 /// An OAuth 2.0 gateway for IMAP, POP3 and SMTP.
 #[derive(Debug, Parser)]
@@ -219,9 +219,10 @@ fn run(cli: Cli) -> CliResult {
     let path = cli.config.as_deref();
     let level = cli.log_level.clone();
     // A bad --log-level is reported before anything else is read.
-    crate::logging::filter(level.as_deref(), "info").map_err(CliError::User)?;
-    let log_filter =
-        |default: &str| crate::logging::filter(level.as_deref(), default).map_err(CliError::User);
+    crate::observe::logging::filter(level.as_deref(), "info").map_err(CliError::User)?;
+    let log_filter = |default: &str| {
+        crate::observe::logging::filter(level.as_deref(), default).map_err(CliError::User)
+    };
     match cli.command {
         Command::Check => {
             let path = mailgate_config::locate(path).map_err(CliError::User)?;
@@ -247,7 +248,7 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Run => {
             let cfg = load(path)?;
-            crate::logging::init(cfg.gateway.log_format, log_filter("info")?);
+            crate::observe::logging::init(cfg.gateway.log_format, log_filter("info")?);
             runtime()?.block_on(serve(cfg))
         }
         Command::Login {
@@ -257,12 +258,12 @@ fn run(cli: Cli) -> CliResult {
             timeout,
         } => {
             let cfg = load(path)?;
-            crate::logging::init(LogFormat::Text, log_filter("warn")?);
+            crate::observe::logging::init(LogFormat::Text, log_filter("warn")?);
             login(&cfg, &user, flow, no_browser, timeout)
         }
         Command::Token(TokenCommand::Import { user, no_verify }) => {
             let cfg = load(path)?;
-            crate::logging::init(LogFormat::Text, log_filter("warn")?);
+            crate::observe::logging::init(LogFormat::Text, log_filter("warn")?);
             token_import(&cfg, &user, no_verify)
         }
         Command::Accounts { json } => accounts(&load(path)?, json),
@@ -327,9 +328,9 @@ fn certificates(cfg: &Config) -> CliResult {
         .filter(|l| l.tls != mailgate_config::TlsMode::None)
     {
         let what = format!("{} {}", l.protocol, l.address);
-        let source = crate::tls::CertSource::for_listener(l, &cfg.gateway)
+        let source = crate::session::tls::CertSource::for_listener(l, &cfg.gateway)
             .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
-        let tls = crate::tls::ListenerTls::load(source)
+        let tls = crate::session::tls::ListenerTls::load(source)
             .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
         out!(
             "tls {what}: {}{} sha256 {}",
@@ -488,7 +489,7 @@ fn login(
     let password = read_password(&format!("Local password for {user}"), true)?;
     let oauth =
         OAuth::new(cfg.gateway.upstream_timeout).map_err(|e| CliError::Internal(e.to_string()))?;
-    let failed = |e: crate::flows::FlowError| {
+    let failed = |e: crate::accounts::flows::FlowError| {
         let e = e.to_string();
         if e.contains("nothing was stored") {
             CliError::User(e)
@@ -500,7 +501,7 @@ fn login(
     // ends the login (nothing is stored) instead of panicking.
     let say = |text: String| {
         out!("{text}").map_err(|_| {
-            crate::flows::FlowError::Input(
+            crate::accounts::flows::FlowError::Input(
                 "cannot write the sign-in instructions to standard output".into(),
             )
         })
@@ -509,8 +510,8 @@ fn login(
     let (grant, nonce) = rt.block_on(async {
         match flow {
             LoginFlow::Browser => {
-                let server = crate::redirect::RedirectServer::bind(&provider.redirect_uri).await?;
-                let sign_in = crate::flows::browser_request(&oauth, &provider, &server, &user)?;
+                let server = crate::accounts::redirect::RedirectServer::bind(&provider.redirect_uri).await?;
+                let sign_in = crate::accounts::flows::browser_request(&oauth, &provider, &server, &user)?;
                 let url = sign_in.request.url.clone();
                 let nonce = sign_in.request.nonce.clone();
                 say(format!("Open this URL in a browser and sign in as {user}:\n\n{url}\n"))?;
@@ -519,7 +520,7 @@ fn login(
                 } else {
                     let state_dir = std::path::absolute(&cfg.gateway.state_dir)
                         .unwrap_or_else(|_| cfg.gateway.state_dir.clone());
-                    match crate::flows::open_browser(&url, &state_dir) {
+                    match crate::accounts::flows::open_browser(&url, &state_dir) {
                         Ok(page) => Some(page),
                         Err(_) => {
                             eprintln!("(no browser could be opened; open the URL yourself)");
@@ -533,12 +534,12 @@ fn login(
                     humantime::format_duration(timeout)
                 );
                 let grant =
-                    crate::flows::browser_finish(&oauth, &provider, &server, sign_in, timeout).await?;
+                    crate::accounts::flows::browser_finish(&oauth, &provider, &server, sign_in, timeout).await?;
                 Ok((grant, Some(nonce)))
             }
             LoginFlow::Device => {
                 let d = oauth.start_device(&provider).await?;
-                say(crate::flows::device_instructions(&d))?;
+                say(crate::accounts::flows::device_instructions(&d))?;
                 eprintln!("Waiting for the sign-in...");
                 Ok((oauth.poll_device(&provider, &d).await?, None))
             }
@@ -553,9 +554,9 @@ fn login(
                     std::io::stdin().read_line(&mut l).map(|_| l)
                 })
                 .await
-                .map_err(|e| crate::flows::FlowError::Input(e.to_string()))?
-                .map_err(|e| crate::flows::FlowError::Input(format!("cannot read the address: {e}")))?;
-                let grant = crate::flows::paste_finish(&oauth, &provider, &req, &line).await?;
+                .map_err(|e| crate::accounts::flows::FlowError::Input(e.to_string()))?
+                .map_err(|e| crate::accounts::flows::FlowError::Input(format!("cannot read the address: {e}")))?;
+                let grant = crate::accounts::flows::paste_finish(&oauth, &provider, &req, &line).await?;
                 Ok((grant, Some(req.nonce.clone())))
             }
         }
@@ -563,13 +564,13 @@ fn login(
     .map_err(failed)?;
     let identity = confirm_identity(&rt, cfg, &provider, &user, &grant, nonce.as_ref())
         .map_err(|e| failed(e.into()))?;
-    crate::flows::store_grant(
+    crate::accounts::flows::store_grant(
         &Store::new(&cfg.gateway.state_dir),
         &user,
         &provider.name,
         &grant,
         &password,
-        crate::store::Expect::Any,
+        crate::accounts::store::Expect::Any,
     )
     .map_err(failed)?;
     out!(
@@ -585,24 +586,25 @@ fn confirm_identity(
     cfg: &Config,
     provider: &Arc<mailgate_config::Provider>,
     user: &str,
-    grant: &crate::oauth::Grant,
+    grant: &crate::accounts::oauth::Grant,
     nonce: Option<&SecretString>,
-) -> Result<String, crate::identity::IdentityError> {
+) -> Result<String, crate::accounts::identity::IdentityError> {
     let upstream_user = cfg
         .find_account(user)
         .and_then(|a| a.upstream_user.clone())
         .unwrap_or_else(|| user.to_owned());
-    rt.block_on(crate::identity::confirm(
+    rt.block_on(crate::accounts::identity::confirm(
         provider,
         grant,
-        crate::identity::Expected {
+        crate::accounts::identity::Expected {
             user,
             upstream_user: &upstream_user,
             nonce,
         },
-        &crate::identity::Prover {
+        &crate::accounts::identity::Prover {
             timeout: cfg.gateway.upstream_timeout,
             hostname: cfg.gateway.hostname.clone(),
+            prove: crate::server::prove,
         },
     ))
 }
@@ -645,14 +647,14 @@ fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
         .and_then(|g| g.refresh_token.clone())
         .unwrap_or(rt);
     let password = read_password(&format!("Local password for {user}"), true)?;
-    crate::flows::store_tokens(
+    crate::accounts::flows::store_tokens(
         &Store::new(&cfg.gateway.state_dir),
         &user,
         &provider.name,
         &newest,
         grant.as_ref(),
         &password,
-        crate::store::Expect::Any,
+        crate::accounts::store::Expect::Any,
     )
     .map_err(|e| CliError::User(e.to_string()))?;
     out!(
@@ -678,7 +680,7 @@ fn time(t: Option<u64>) -> String {
 
 /// "3 (next +0.5s)" for a throttled name, "-" otherwise. Entries older than
 /// the backoff's memory (15 min) are over.
-fn throttle(t: Option<&crate::backoff::Throttle>) -> String {
+fn throttle(t: Option<&crate::accounts::backoff::Throttle>) -> String {
     match t {
         Some(t) if now().saturating_sub(t.last_failure) < 15 * 60 => {
             if t.delay_ms > 0 {
@@ -708,7 +710,7 @@ struct AccountRow {
     last_error: Option<String>,
     /// Failed logins of this name in the last 15 minutes, and the delay the
     /// next attempt waits (from the running gateway's `backoff.json`).
-    backoff: Option<crate::backoff::Throttle>,
+    backoff: Option<crate::accounts::backoff::Throttle>,
     in_configuration: bool,
 }
 
@@ -718,7 +720,7 @@ impl AccountRow {
         user: String,
         provider: &str,
         f: Option<&TokenFile>,
-        backoff: &crate::backoff::Snapshot,
+        backoff: &crate::accounts::backoff::Snapshot,
     ) -> AccountRow {
         let throttle = backoff
             .users
@@ -768,7 +770,8 @@ impl AccountRow {
 fn accounts(cfg: &Config, json: bool) -> CliResult {
     let store = Store::new(&cfg.gateway.state_dir);
     let (files, errors) = store.list();
-    let backoff = crate::backoff::read_snapshot(&cfg.gateway.state_dir).unwrap_or_default();
+    let backoff =
+        crate::accounts::backoff::read_snapshot(&cfg.gateway.state_dir).unwrap_or_default();
     let mut rows = Vec::new();
     for a in &cfg.accounts {
         match &a.user {
@@ -808,7 +811,7 @@ fn accounts(cfg: &Config, json: bool) -> CliResult {
             &backoff,
         ));
     }
-    let slowed: Vec<(&String, &crate::backoff::Throttle)> = backoff
+    let slowed: Vec<(&String, &crate::accounts::backoff::Throttle)> = backoff
         .addresses
         .iter()
         .filter(|(_, t)| throttle(Some(t)) != "-")

@@ -89,7 +89,7 @@ pub async fn handshake(
         .await
         .map_err(|e| UpstreamError::Tls {
             server: up.to_string(),
-            reason: crate::oauth::chain(&e),
+            reason: crate::accounts::oauth::chain(&e),
         })
 }
 

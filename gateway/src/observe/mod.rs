@@ -1,0 +1,4 @@
+//! What the gateway tells its operator: Prometheus metrics and logs.
+
+pub mod logging;
+pub mod metrics;
