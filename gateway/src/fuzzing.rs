@@ -108,40 +108,31 @@ fn preauth(data: &[u8]) {
     let auth_before_tls = which & 0x20 != 0;
     match which % 3 {
         0 => drive(
-            crate::protocols::imap::preauth::PreAuth::new(
-                crate::protocols::imap::preauth::Options {
-                    starttls,
-                    auth_before_tls,
-                    limits: imap::Limits {
-                        max_line: 256,
-                        max_literal: 64,
-                        max_message: 1024,
-                    },
-                    ..Default::default()
-                },
-            ),
+            crate::protocols::imap::preauth::ImapPreAuth::new(crate::session::Options {
+                starttls,
+                auth_before_tls,
+                max_line: 256,
+                max_literal: 64,
+                ..Default::default()
+            }),
             data,
         ),
         1 => drive(
-            crate::protocols::smtp::preauth::PreAuth::new(
-                crate::protocols::smtp::preauth::Options {
-                    starttls,
-                    auth_before_tls,
-                    max_line: 256,
-                    ..Default::default()
-                },
-            ),
+            crate::protocols::smtp::preauth::SmtpPreAuth::new(crate::session::Options {
+                starttls,
+                auth_before_tls,
+                max_line: 256,
+                ..Default::default()
+            }),
             data,
         ),
         _ => drive(
-            crate::protocols::pop3::preauth::PreAuth::new(
-                crate::protocols::pop3::preauth::Options {
-                    stls: starttls,
-                    auth_before_tls,
-                    max_line: 256,
-                    ..Default::default()
-                },
-            ),
+            crate::protocols::pop3::preauth::Pop3PreAuth::new(crate::session::Options {
+                starttls,
+                auth_before_tls,
+                max_line: 256,
+                ..Default::default()
+            }),
             data,
         ),
     }

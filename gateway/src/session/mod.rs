@@ -54,6 +54,59 @@ impl std::fmt::Debug for Setup {
     }
 }
 
+/// The settings of every protocol's pre-auth machine, from the gateway's
+/// limits and the connection's listener.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Name used in greetings.
+    pub hostname: String,
+    /// Longest client line, CRLF included.
+    pub max_line: usize,
+    /// Largest IMAP literal (a LOGIN argument).
+    pub max_literal: usize,
+    /// Longest IMAP tag.
+    pub max_tag: usize,
+    /// Failed logins before the connection is closed.
+    pub max_failures: u32,
+    /// STARTTLS (STLS) is offered: a `starttls` listener before the upgrade.
+    pub starttls: bool,
+    /// Logins are accepted before TLS (false on a non-loopback `starttls`
+    /// listener until the upgrade).
+    pub auth_before_tls: bool,
+    /// TLS is already active (implicit TLS).
+    pub tls: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hostname: "localhost".into(),
+            max_line: 8 * 1024,
+            max_literal: 8 * 1024,
+            max_tag: 64,
+            max_failures: 3,
+            starttls: false,
+            auth_before_tls: true,
+            tls: false,
+        }
+    }
+}
+
+impl Options {
+    pub fn new(gw: &mailgate_config::Gateway, setup: &Setup) -> Options {
+        Options {
+            hostname: gw.hostname.clone(),
+            max_line: gw.max_line,
+            max_literal: gw.max_literal,
+            max_tag: gw.max_tag,
+            max_failures: gw.max_failures,
+            starttls: setup.starttls.is_some(),
+            auth_before_tls: setup.auth_before_tls,
+            tls: setup.tls,
+        }
+    }
+}
+
 /// What a pre-auth state machine asks of its session.
 #[derive(Debug)]
 pub enum Event {
@@ -331,7 +384,7 @@ pub trait Dialect: Send + Sync + 'static {
     /// The login machine facing the upstream server.
     type Upstream: mailgate_proto::upstream::Machine + Send;
 
-    fn client(gateway: &mailgate_config::Gateway, setup: &Setup) -> Self::Client;
+    fn client(opts: Options) -> Self::Client;
     fn hint(client: &Self::Client) -> Self::Hint;
     fn upstream(hint: &Self::Hint, attempt: &crate::session::login::Attempt) -> Self::Upstream;
     /// The client's success reply, from its state (IMAP: the tag) and the
@@ -356,7 +409,7 @@ pub async fn serve<D: Dialect>(
     ctx: std::sync::Arc<crate::session::context::Context>,
 ) {
     let config = ctx.config();
-    let mut m = D::client(&config.gateway, &setup);
+    let mut m = D::client(Options::new(&config.gateway, &setup));
     let Setup {
         client: who,
         starttls,

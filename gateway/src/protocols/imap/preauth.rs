@@ -1,11 +1,11 @@
 //! The IMAP pre-authentication state machine (SPEC §6), sans I/O.
 //!
-//! Feed it the client's bytes with [`PreAuth::feed`] and drain [`Event`]s
-//! with [`PreAuth::next_event`] until it returns `None` (it needs more input). It
+//! Feed it the client's bytes with [`ImapPreAuth::feed`] and drain [`Event`]s
+//! with [`ImapPreAuth::next_event`] until it returns `None` (it needs more input). It
 //! answers `CAPABILITY`, `NOOP`, `ID`, `LOGOUT` and `STARTTLS` itself, turns
 //! `LOGIN` and `AUTHENTICATE PLAIN` into [`Event::Login`], and after that
 //! parses nothing more: whatever the client pipelined behind its login stays
-//! in the buffer, for [`PreAuth::into_residual`] to hand to the relay.
+//! in the buffer, for [`ImapPreAuth::into_residual`] to hand to the relay.
 
 use std::collections::VecDeque;
 
@@ -16,7 +16,7 @@ use mailgate_proto::{DecodeError, SecretString};
 use super::capabilities;
 pub use crate::session::Event;
 use crate::session::login::Failure;
-use crate::session::{PlainError, PreAuth as Machine, one_line, plain_credentials};
+use crate::session::{Options, PlainError, PreAuth, one_line, plain_credentials};
 
 #[derive(Debug, Clone)]
 enum Phase {
@@ -34,41 +34,8 @@ enum Phase {
     Closed,
 }
 
-/// Settings of one listener.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub limits: Limits,
-    /// Failed logins before the connection is closed.
-    pub max_failures: u32,
-    /// Longest tag accepted.
-    pub max_tag: usize,
-    /// STARTTLS is offered (a `starttls` listener before the upgrade).
-    pub starttls: bool,
-    /// Logins are accepted before TLS (false on a non-loopback `starttls`
-    /// listener until the upgrade).
-    pub auth_before_tls: bool,
-    /// TLS is already active (implicit TLS).
-    pub tls: bool,
-    /// Name used in the greeting.
-    pub hostname: String,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            limits: Limits::default(),
-            max_failures: 3,
-            max_tag: 64,
-            starttls: false,
-            auth_before_tls: true,
-            tls: false,
-            hostname: "localhost".into(),
-        }
-    }
-}
-
 #[derive(Debug)]
-pub struct PreAuth {
+pub struct ImapPreAuth {
     opts: Options,
     buf: Vec<u8>,
     framer: Framer,
@@ -77,10 +44,10 @@ pub struct PreAuth {
     out: VecDeque<Event>,
 }
 
-impl PreAuth {
-    pub fn new(opts: Options) -> PreAuth {
-        PreAuth {
-            framer: Framer::new(opts.limits),
+impl ImapPreAuth {
+    pub fn new(opts: Options) -> ImapPreAuth {
+        ImapPreAuth {
+            framer: Framer::new(limits(&opts)),
             opts,
             buf: Vec::new(),
             phase: Phase::Command,
@@ -125,7 +92,7 @@ impl PreAuth {
     }
 
     fn overflow(&mut self, frame: Frame) -> Option<Event> {
-        let limits = self.opts.limits;
+        let limits = limits(&self.opts);
         let text = match frame {
             Frame::LineTooLong => format!("Line too long (limit {} bytes)", limits.max_line),
             _ => format!(
@@ -291,7 +258,7 @@ impl PreAuth {
     }
 }
 
-impl Machine for PreAuth {
+impl PreAuth for ImapPreAuth {
     fn greeting(&self) -> Vec<u8> {
         format!(
             "* OK [CAPABILITY {}] {} mailgate ready\r\n",
@@ -346,13 +313,22 @@ impl Machine for PreAuth {
     }
 }
 
+/// The framer's caps: a line, a LOGIN literal, and a whole command of both.
+fn limits(o: &Options) -> Limits {
+    Limits {
+        max_line: o.max_line,
+        max_literal: u32::try_from(o.max_literal).unwrap_or(u32::MAX),
+        max_message: 2 * (o.max_line + o.max_literal),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::session::testing::run;
     use secrecy::ExposeSecret;
 
-    fn login_of(m: &PreAuth, e: Option<Event>) -> (String, String, String) {
+    fn login_of(m: &ImapPreAuth, e: Option<Event>) -> (String, String, String) {
         match e {
             Some(Event::Login { user, password }) => (
                 m.pending_tag().unwrap_or_default().to_owned(),
@@ -365,12 +341,12 @@ mod tests {
 
     #[test]
     fn http_requests_are_closed_without_an_answer() {
-        crate::session::testing::http_is_closed_silently(PreAuth::new(Options::default()));
+        crate::session::testing::http_is_closed_silently(ImapPreAuth::new(Options::default()));
     }
 
     #[test]
     fn greeting_and_local_commands() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = ImapPreAuth::new(Options::default());
         assert_eq!(
             String::from_utf8_lossy(&m.greeting()).replace("localhost", "gw"),
             "* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN] gw mailgate ready\r\n"
@@ -398,7 +374,7 @@ mod tests {
 
     #[test]
     fn starttls_discards_pipelined_input_and_is_not_offered_twice() {
-        let mut m = PreAuth::new(Options {
+        let mut m = ImapPreAuth::new(Options {
             starttls: true,
             auth_before_tls: false,
             ..Options::default()
@@ -427,7 +403,7 @@ mod tests {
 
     #[test]
     fn tag_cap() {
-        let mut m = PreAuth::new(Options {
+        let mut m = ImapPreAuth::new(Options {
             max_tag: 4,
             ..Options::default()
         });
@@ -464,7 +440,7 @@ mod tests {
             ),
         ];
         for (input, user, pw) in cases {
-            let mut m = PreAuth::new(Options::default());
+            let mut m = ImapPreAuth::new(Options::default());
             let (w, e) = run(&mut m, input);
             assert_eq!(w, "");
             let (tag, u, p) = login_of(&m, e);
@@ -474,7 +450,7 @@ mod tests {
 
     #[test]
     fn synchronising_literals_get_continuations() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = ImapPreAuth::new(Options::default());
         let (w, e) = run(&mut m, b"a LOGIN {5}\r\n");
         assert_eq!(w, "+ Ready for literal data\r\n");
         assert!(e.is_none());
@@ -488,7 +464,7 @@ mod tests {
 
     #[test]
     fn authenticate_plain_continuation_and_cancel() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = ImapPreAuth::new(Options::default());
         let (w, e) = run(&mut m, b"a AUTHENTICATE PLAIN\r\n");
         assert_eq!(w, "+ \r\n");
         assert!(e.is_none());
@@ -523,7 +499,7 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            let mut m = PreAuth::new(Options::default());
+            let mut m = ImapPreAuth::new(Options::default());
             let (w, e) = run(&mut m, input);
             assert!(e.is_none());
             assert!(w.starts_with(want), "{w}");
@@ -532,7 +508,7 @@ mod tests {
 
     #[test]
     fn residual_keeps_pipelined_commands() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = ImapPreAuth::new(Options::default());
         let (_, e) = run(
             &mut m,
             b"a LOGIN u p\r\nb SELECT INBOX\r\nc FETCH 1 BODY[]\r\n",
@@ -548,7 +524,7 @@ mod tests {
 
     #[test]
     fn three_failures_close() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = ImapPreAuth::new(Options::default());
         for i in 0..3 {
             let (_, e) = run(&mut m, b"a LOGIN u p\r\n");
             login_of(&m, e);
@@ -569,7 +545,7 @@ mod tests {
 
     #[test]
     fn failures_that_do_not_count() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = ImapPreAuth::new(Options::default());
         for _ in 0..5 {
             let (_, e) = run(&mut m, b"a LOGIN u p\r\n");
             login_of(&m, e);
@@ -583,20 +559,17 @@ mod tests {
     #[test]
     fn overflow_closes() {
         let opts = Options {
-            limits: Limits {
-                max_line: 32,
-                max_literal: 16,
-                max_message: 64,
-            },
+            max_line: 32,
+            max_literal: 16,
             ..Options::default()
         };
-        let mut m = PreAuth::new(opts.clone());
+        let mut m = ImapPreAuth::new(opts.clone());
         let (w, e) = run(&mut m, &[b'x'; 40]);
         assert_eq!(w, "* BYE Line too long (limit 32 bytes)\r\n");
         assert!(matches!(e, Some(Event::Close)));
         assert!(m.next_event().is_none());
 
-        let mut m = PreAuth::new(opts);
+        let mut m = ImapPreAuth::new(opts);
         let (w, e) = run(&mut m, b"a LOGIN {17}\r\n");
         assert!(w.starts_with("* BYE Command too large"), "{w}");
         assert!(matches!(e, Some(Event::Close)));
@@ -606,7 +579,7 @@ mod tests {
     #[test]
     fn split_points() {
         let input = b"a NOOP\r\nb LOGIN {5+}\r\nalice \"pw\"\r\nc NOOP\r\n";
-        let mut m = PreAuth::new(Options::default());
+        let mut m = ImapPreAuth::new(Options::default());
         let mut written = Vec::new();
         let mut login = None;
         for b in input {

@@ -10,9 +10,7 @@ use mailgate_proto::pop3::{Command, decode_command, encode_multiline};
 use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
 
 use crate::session::login::Failure;
-use crate::session::{
-    Event, LineCore, PlainError, PreAuth as Machine, one_line, plain_credentials,
-};
+use crate::session::{Event, LineCore, Options, PlainError, PreAuth, one_line, plain_credentials};
 
 /// The one place where the gateway's CAPA list is written: `USER` and
 /// `SASL` only while logins are accepted, `STLS` while offered.
@@ -28,32 +26,6 @@ pub fn capabilities(stls: bool, login_allowed: bool) -> Vec<&'static str> {
     c
 }
 
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub hostname: String,
-    pub max_line: usize,
-    pub max_failures: u32,
-    /// STLS is offered (a `starttls` listener before the upgrade).
-    pub stls: bool,
-    /// Logins are accepted before TLS.
-    pub auth_before_tls: bool,
-    /// TLS is already active.
-    pub tls: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            hostname: "localhost".into(),
-            max_line: 8 * 1024,
-            max_failures: 3,
-            stls: false,
-            auth_before_tls: true,
-            tls: false,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Command,
@@ -66,7 +38,7 @@ enum Phase {
 }
 
 #[derive(Debug)]
-pub struct PreAuth {
+pub struct Pop3PreAuth {
     opts: Options,
     core: LineCore,
     phase: Phase,
@@ -74,9 +46,9 @@ pub struct PreAuth {
     user: Option<String>,
 }
 
-impl PreAuth {
-    pub fn new(opts: Options) -> PreAuth {
-        PreAuth {
+impl Pop3PreAuth {
+    pub fn new(opts: Options) -> Pop3PreAuth {
+        Pop3PreAuth {
             opts,
             core: LineCore::default(),
             phase: Phase::Command,
@@ -143,7 +115,7 @@ impl PreAuth {
             Command::Capa => {
                 let mut r = b"+OK Capability list follows\r\n".to_vec();
                 r.extend(encode_multiline(&capabilities(
-                    self.opts.stls,
+                    self.opts.starttls,
                     self.opts.tls || self.opts.auth_before_tls,
                 )));
                 self.core.out.push_back(Event::Write(r));
@@ -176,7 +148,7 @@ impl PreAuth {
             Command::Auth { .. } => {
                 self.write("-ERR Unsupported mechanism; use AUTH PLAIN or USER and PASS\r\n")
             }
-            Command::Stls if self.opts.stls => {
+            Command::Stls if self.opts.starttls => {
                 self.write("+OK Begin TLS negotiation\r\n");
                 // Whatever was pipelined in clear is dropped.
                 self.core.buf.clear();
@@ -213,7 +185,7 @@ impl PreAuth {
     }
 }
 
-impl Machine for PreAuth {
+impl PreAuth for Pop3PreAuth {
     fn greeting(&self) -> Vec<u8> {
         format!("+OK {} mailgate ready\r\n", self.opts.hostname).into_bytes()
     }
@@ -261,7 +233,7 @@ impl Machine for PreAuth {
     }
 
     fn tls_started(&mut self) {
-        self.opts.stls = false;
+        self.opts.starttls = false;
         self.opts.tls = true;
         self.user = None;
         self.core.buf.clear();
@@ -275,12 +247,12 @@ mod tests {
     use crate::session::testing::{b64, creds, run};
     #[test]
     fn http_requests_are_closed_without_an_answer() {
-        crate::session::testing::http_is_closed_silently(PreAuth::new(Options::default()));
+        crate::session::testing::http_is_closed_silently(Pop3PreAuth::new(Options::default()));
     }
 
     #[test]
     fn greeting_capa_and_refusals() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = Pop3PreAuth::new(Options::default());
         assert_eq!(m.greeting(), b"+OK localhost mailgate ready\r\n");
         let (w, _) = run(
             &mut m,
@@ -303,8 +275,8 @@ mod tests {
 
     #[test]
     fn stls_resets_and_drops_injected_commands() {
-        let mut m = PreAuth::new(Options {
-            stls: true,
+        let mut m = Pop3PreAuth::new(Options {
+            starttls: true,
             auth_before_tls: false,
             ..Options::default()
         });
@@ -343,31 +315,31 @@ mod tests {
             format!("AUTH PLAIN {}\r\n", b64("\0alice\0se cret")),
         ];
         for input in cases {
-            let mut m = PreAuth::new(Options::default());
+            let mut m = Pop3PreAuth::new(Options::default());
             let (_, e) = run(&mut m, input.as_bytes());
             assert_eq!(creds(e), ("alice".into(), "se cret".into()));
         }
-        let mut m = PreAuth::new(Options::default());
+        let mut m = Pop3PreAuth::new(Options::default());
         let (w, e) = run(&mut m, b"AUTH PLAIN\r\n");
         assert_eq!(w, "+ \r\n");
         assert!(e.is_none());
         let (_, e) = run(&mut m, format!("{}\r\n", b64("\0alice\0pw")).as_bytes());
         assert_eq!(creds(e).1, "pw");
-        let mut m = PreAuth::new(Options::default());
+        let mut m = Pop3PreAuth::new(Options::default());
         let (w, _) = run(&mut m, b"AUTH PLAIN\r\n*\r\n");
         assert_eq!(w, "+ \r\n-ERR Authentication cancelled\r\n");
     }
 
     #[test]
     fn residual_and_failures() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = Pop3PreAuth::new(Options::default());
         let (_, e) = run(&mut m, b"USER a\r\nPASS p\r\nSTAT\r\nLIST\r\n");
         creds(e);
         assert!(m.next_event().is_none());
         m.login_failed(&Failure::Unavailable("down".into()));
         let (w, _) = run(&mut m, b"");
         assert!(w.starts_with("-ERR [SYS/TEMP] down\r\n"), "{w}");
-        let mut m = PreAuth::new(Options::default());
+        let mut m = Pop3PreAuth::new(Options::default());
         for i in 0..3 {
             let (_, e) = run(&mut m, b"USER a\r\nPASS p\r\n");
             creds(e);
@@ -376,7 +348,7 @@ mod tests {
             assert_eq!(w, "-ERR [AUTH] Invalid credentials\r\n");
             assert_eq!(matches!(e, Some(Event::Close)), i == 2);
         }
-        let mut m = PreAuth::new(Options::default());
+        let mut m = Pop3PreAuth::new(Options::default());
         let (_, e) = run(&mut m, b"USER a\r\nPASS p\r\nSTAT\r\nRETR 1\r\n");
         creds(e);
         assert_eq!(m.into_residual(), b"STAT\r\nRETR 1\r\n");
@@ -384,7 +356,7 @@ mod tests {
 
     #[test]
     fn overlong_line_closes() {
-        let mut m = PreAuth::new(Options {
+        let mut m = Pop3PreAuth::new(Options {
             max_line: 10,
             ..Options::default()
         });

@@ -9,7 +9,7 @@ use mailgate_proto::upstream::smtp::Login;
 
 use crate::session::login::Attempt;
 use crate::session::upstream::LoggedIn;
-use crate::session::{Dialect, Setup};
+use crate::session::{Dialect, Options};
 
 /// SMTP submission (RFC 5321/4954).
 #[derive(Debug)]
@@ -18,23 +18,16 @@ pub struct Smtp;
 impl Dialect for Smtp {
     const PROTOCOL: mailgate_config::Protocol = mailgate_config::Protocol::Smtp;
     const TOO_BUSY: &'static [u8] = b"421 4.3.2 Too many connections; try again later\r\n";
-    type Client = preauth::PreAuth;
+    type Client = preauth::SmtpPreAuth;
     /// The client's EHLO name.
     type Hint = String;
     type Upstream = Login;
 
-    fn client(gw: &mailgate_config::Gateway, setup: &Setup) -> preauth::PreAuth {
-        preauth::PreAuth::new(preauth::Options {
-            hostname: gw.hostname.clone(),
-            max_line: gw.max_line,
-            max_failures: gw.max_failures,
-            starttls: setup.starttls.is_some(),
-            auth_before_tls: setup.auth_before_tls,
-            tls: setup.tls,
-        })
+    fn client(opts: Options) -> preauth::SmtpPreAuth {
+        preauth::SmtpPreAuth::new(opts)
     }
 
-    fn hint(m: &preauth::PreAuth) -> String {
+    fn hint(m: &preauth::SmtpPreAuth) -> String {
         m.ehlo_name().unwrap_or("localhost").to_owned()
     }
 
@@ -44,7 +37,7 @@ impl Dialect for Smtp {
         Login::new(&a.user, &a.token, ehlo, inline, tls)
     }
 
-    fn success(_: &preauth::PreAuth, _: &LoggedIn) -> Vec<u8> {
+    fn success(_: &preauth::SmtpPreAuth, _: &LoggedIn) -> Vec<u8> {
         b"235 2.7.0 Authentication successful\r\n".to_vec()
     }
 }

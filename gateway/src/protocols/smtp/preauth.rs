@@ -12,9 +12,7 @@ use mailgate_proto::smtp::{Command, decode_command};
 use mailgate_proto::{ExposeSecret, SecretString};
 
 use crate::session::login::Failure;
-use crate::session::{
-    Event, LineCore, PlainError, PreAuth as Machine, one_line, plain_credentials,
-};
+use crate::session::{Event, LineCore, Options, PlainError, PreAuth, one_line, plain_credentials};
 
 /// The one place where the gateway's EHLO keywords are written: `AUTH`
 /// only while logins are accepted, `STARTTLS` while offered.
@@ -28,32 +26,6 @@ pub fn ehlo_keywords(starttls: bool, login_allowed: bool) -> Vec<&'static str> {
         k.push("STARTTLS");
     }
     k
-}
-
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub hostname: String,
-    pub max_line: usize,
-    pub max_failures: u32,
-    /// STARTTLS is offered (a `starttls` listener before the upgrade).
-    pub starttls: bool,
-    /// AUTH is accepted before TLS.
-    pub auth_before_tls: bool,
-    /// TLS is already active.
-    pub tls: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            hostname: "localhost".into(),
-            max_line: 8 * 1024,
-            max_failures: 3,
-            starttls: false,
-            auth_before_tls: true,
-            tls: false,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +46,7 @@ enum Phase {
 }
 
 #[derive(Debug)]
-pub struct PreAuth {
+pub struct SmtpPreAuth {
     opts: Options,
     core: LineCore,
     phase: Phase,
@@ -85,9 +57,9 @@ pub struct PreAuth {
 const USERNAME_PROMPT: &str = "334 VXNlcm5hbWU6\r\n"; // "Username:"
 const PASSWORD_PROMPT: &str = "334 UGFzc3dvcmQ6\r\n"; // "Password:"
 
-impl PreAuth {
-    pub fn new(opts: Options) -> PreAuth {
-        PreAuth {
+impl SmtpPreAuth {
+    pub fn new(opts: Options) -> SmtpPreAuth {
+        SmtpPreAuth {
             opts,
             core: LineCore::default(),
             phase: Phase::Command,
@@ -310,7 +282,7 @@ impl PreAuth {
     }
 }
 
-impl Machine for PreAuth {
+impl PreAuth for SmtpPreAuth {
     fn greeting(&self) -> Vec<u8> {
         format!("220 {} ESMTP mailgate ready\r\n", self.opts.hostname).into_bytes()
     }
@@ -373,12 +345,12 @@ mod tests {
     use crate::session::testing::{b64, creds, run};
     #[test]
     fn http_requests_are_closed_without_an_answer() {
-        crate::session::testing::http_is_closed_silently(PreAuth::new(Options::default()));
+        crate::session::testing::http_is_closed_silently(SmtpPreAuth::new(Options::default()));
     }
 
     #[test]
     fn greeting_ehlo_and_local_commands() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = SmtpPreAuth::new(Options::default());
         assert_eq!(m.greeting(), b"220 localhost ESMTP mailgate ready\r\n");
         let (w, e) = run(&mut m, b"EHLO client.example\r\nNOOP\r\nRSET\r\n");
         assert!(e.is_none());
@@ -405,7 +377,7 @@ mod tests {
 
     #[test]
     fn starttls_resets_and_drops_injected_commands() {
-        let mut m = PreAuth::new(Options {
+        let mut m = SmtpPreAuth::new(Options {
             starttls: true,
             auth_before_tls: false,
             ..Options::default()
@@ -439,7 +411,7 @@ mod tests {
 
     #[test]
     fn auth_needs_ehlo_first() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = SmtpPreAuth::new(Options::default());
         let (w, e) = run(
             &mut m,
             format!("AUTH PLAIN {}\r\n", b64("\0u\0p")).as_bytes(),
@@ -474,7 +446,7 @@ mod tests {
             ),
         ];
         for (parts, prompts) in cases {
-            let mut m = PreAuth::new(Options::default());
+            let mut m = SmtpPreAuth::new(Options::default());
             let mut last = None;
             let mut seen = Vec::new();
             for p in parts {
@@ -495,7 +467,7 @@ mod tests {
 
     #[test]
     fn cancel_and_bad_base64() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = SmtpPreAuth::new(Options::default());
         run(&mut m, b"EHLO c\r\n");
         let (w, _) = run(&mut m, b"AUTH PLAIN\r\n*\r\n");
         assert_eq!(w, "334 \r\n501 5.0.0 Authentication cancelled\r\n");
@@ -515,7 +487,7 @@ mod tests {
 
     #[test]
     fn pipelined_mail_after_auth_is_residual() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = SmtpPreAuth::new(Options::default());
         let input = format!(
             "EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n",
             b64("\0alice\0secret")
@@ -531,7 +503,7 @@ mod tests {
 
     #[test]
     fn failures_and_limits() {
-        let mut m = PreAuth::new(Options::default());
+        let mut m = SmtpPreAuth::new(Options::default());
         run(&mut m, b"EHLO c\r\n");
         let login = format!("AUTH PLAIN {}\r\n", b64("\0u\0p"));
         run(&mut m, login.as_bytes());
@@ -553,7 +525,7 @@ mod tests {
                 assert!(matches!(e, Some(Event::Close)));
             }
         }
-        let mut m = PreAuth::new(Options {
+        let mut m = SmtpPreAuth::new(Options {
             max_line: 16,
             ..Options::default()
         });
@@ -568,7 +540,7 @@ mod tests {
             "EHLO c\r\nNOOP\r\nAUTH PLAIN {}\r\nQUIT\r\n",
             b64("\0alice\0secret")
         );
-        let mut m = PreAuth::new(Options::default());
+        let mut m = SmtpPreAuth::new(Options::default());
         let mut login = None;
         for b in input.as_bytes() {
             m.feed(std::slice::from_ref(b));
