@@ -9,7 +9,7 @@
 
 use secrecy::SecretString;
 
-use super::{Core, Failure, Machine, Note, Step, with_challenge, xoauth2_line};
+use super::{Core, Failure, Note, Step, with_challenge};
 use crate::DecodeError;
 use crate::imap::{Code, Response, Status, decode_response};
 
@@ -39,10 +39,6 @@ enum Phase {
 pub struct Login {
     core: Core,
     phase: Phase,
-    user: String,
-    token: SecretString,
-    /// TLS is up (implicit TLS from the start, or after STARTTLS).
-    tls: bool,
 }
 
 impl Login {
@@ -50,11 +46,8 @@ impl Login {
     /// required before the token is sent.
     pub fn new(user: &str, token: &SecretString, tls: bool) -> Login {
         Login {
-            core: Core::default(),
+            core: Core::new(user, token, tls),
             phase: Phase::Greeting,
-            user: user.to_owned(),
-            token: token.clone(),
-            tls,
         }
     }
 
@@ -64,7 +57,7 @@ impl Login {
 
     /// The capabilities are known: STARTTLS first, or authenticate.
     fn with_capabilities(&mut self, caps: Vec<String>) {
-        if !self.tls {
+        if !self.core.tls {
             if !has(&caps, "STARTTLS") {
                 return self.protocol(
                     "the server does not offer STARTTLS; mailgate never sends a token in clear (use imaps:// if the server has implicit TLS)".into(),
@@ -78,8 +71,7 @@ impl Login {
             self.core.out.push_back(Step::Note(Note::NoXoauth2));
         }
         if has(&caps, "SASL-IR") {
-            let line = xoauth2_line("mg3 AUTHENTICATE XOAUTH2 ", &self.user, &self.token);
-            self.core.send(line);
+            self.core.send_xoauth2("mg3 AUTHENTICATE XOAUTH2 ");
             self.phase = Phase::Auth {
                 challenge: None,
                 caps: None,
@@ -96,6 +88,12 @@ impl Login {
     }
 
     /// One reply; false when none is complete.
+    /// TLS is up after STARTTLS: what comes next.
+    fn resume(&mut self) {
+        // No greeting after STARTTLS: ask for the capabilities again.
+        self.capability("mg2");
+    }
+
     fn step(&mut self) -> bool {
         let Some(r) = self.core.take(line_response) else {
             return false;
@@ -110,7 +108,7 @@ impl Login {
                 },
             ) => match code {
                 Some(Code::Capability(c)) => self.with_capabilities(c),
-                _ => self.capability(if self.tls { "mg2" } else { "mg0" }),
+                _ => self.capability(if self.core.tls { "mg2" } else { "mg0" }),
             },
             (
                 Phase::Greeting,
@@ -164,8 +162,7 @@ impl Login {
                 }
             }
             (Phase::Continuation, Response::Continuation(_)) => {
-                let line = xoauth2_line("", &self.user, &self.token);
-                self.core.send(line);
+                self.core.send_xoauth2("");
                 self.phase = Phase::Auth {
                     challenge: None,
                     caps: None,
@@ -246,29 +243,7 @@ impl Login {
     }
 }
 
-impl Machine for Login {
-    fn feed(&mut self, data: &[u8]) {
-        self.core.buf.extend_from_slice(data);
-    }
-
-    fn next(&mut self) -> Option<Step> {
-        if self.phase == Phase::Tls && self.core.out.is_empty() {
-            return None;
-        }
-        Core::next(self, |m| &mut m.core, Login::step)
-    }
-
-    fn tls_started(&mut self) {
-        self.core.buf.clear();
-        self.tls = true;
-        // No greeting after STARTTLS: ask for the capabilities again.
-        self.capability("mg2");
-    }
-
-    fn buffered(&self) -> &[u8] {
-        &self.core.buf
-    }
-}
+super::steps!(Login);
 
 fn has(caps: &[String], cap: &str) -> bool {
     caps.iter().any(|c| c.eq_ignore_ascii_case(cap))
@@ -288,17 +263,12 @@ fn line_response(buf: &[u8]) -> Result<(&[u8], Response), DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{last, play, run, sent, split_everywhere};
+    use super::super::Machine as _;
+    use super::super::testing::{ir, last, play, run, sent, split_everywhere};
     use super::*;
-    use base64::Engine as _;
 
     fn login(tls: bool) -> Login {
         Login::new("alice@example.test", &SecretString::from("tok"), tls)
-    }
-
-    fn ir() -> String {
-        base64::engine::general_purpose::STANDARD
-            .encode("user=alice@example.test\x01auth=Bearer tok\x01\x01")
     }
 
     /// Gmail: SASL-IR, success with untagged capabilities before the OK.

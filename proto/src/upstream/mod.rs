@@ -90,9 +90,73 @@ pub trait Machine {
     fn buffered(&self) -> &[u8];
 }
 
-/// What every machine shares: the unparsed input and the queued steps.
-#[derive(Debug, Default)]
+/// What each machine gives for the shared [`Machine`] implementation.
+trait Steps {
+    fn core(&mut self) -> &mut Core;
+    fn buffer(&self) -> &[u8];
+    /// STARTTLS was accepted: nothing is parsed until the handshake.
+    fn awaiting_tls(&self) -> bool;
+    /// Handles one reply; false when none is complete.
+    fn step(&mut self) -> bool;
+    /// TLS is up (the clear-text input is gone): what comes next.
+    fn resume(&mut self);
+}
+
+impl<T: Steps> Machine for T {
+    fn feed(&mut self, data: &[u8]) {
+        self.core().buf.extend_from_slice(data);
+    }
+
+    fn next(&mut self) -> Option<Step> {
+        if self.awaiting_tls() && self.core().out.is_empty() {
+            return None;
+        }
+        Core::next(self, T::core, T::step)
+    }
+
+    fn tls_started(&mut self) {
+        self.core().tls_up();
+        self.resume();
+    }
+
+    fn buffered(&self) -> &[u8] {
+        self.buffer()
+    }
+}
+
+/// The [`Steps`] of a machine with a `core` field, an `awaiting_tls`
+/// method and its own `step` and `resume`.
+macro_rules! steps {
+    ($t:ty) => {
+        impl super::Steps for $t {
+            fn core(&mut self) -> &mut super::Core {
+                &mut self.core
+            }
+            fn buffer(&self) -> &[u8] {
+                &self.core.buf
+            }
+            fn awaiting_tls(&self) -> bool {
+                self.phase == Phase::Tls
+            }
+            fn step(&mut self) -> bool {
+                <$t>::step(self)
+            }
+            fn resume(&mut self) {
+                <$t>::resume(self)
+            }
+        }
+    };
+}
+use steps;
+
+/// What every machine shares: who logs in, whether TLS is up, the
+/// unparsed input and the queued steps.
+#[derive(Debug)]
 struct Core {
+    user: String,
+    token: crate::SecretString,
+    /// TLS is up (implicit TLS from the start, or after STARTTLS).
+    tls: bool,
     buf: Vec<u8>,
     out: VecDeque<Step>,
     /// A final step was queued; nothing more is parsed.
@@ -100,6 +164,31 @@ struct Core {
 }
 
 impl Core {
+    fn new(user: &str, token: &crate::SecretString, tls: bool) -> Core {
+        Core {
+            user: user.to_owned(),
+            token: token.clone(),
+            tls,
+            buf: Vec::new(),
+            out: VecDeque::new(),
+            finished: false,
+        }
+    }
+
+    /// Sends the XOAUTH2 initial response after `prefix` (a command, or
+    /// nothing after a continuation).
+    fn send_xoauth2(&mut self, prefix: &str) {
+        use secrecy::ExposeSecret;
+        let ir = crate::sasl::encode_xoauth2(&self.user, &self.token);
+        self.send(format!("{prefix}{}\r\n", ir.expose_secret()).into_bytes());
+    }
+
+    /// TLS is up: the clear-text input is gone.
+    fn tls_up(&mut self) {
+        self.buf.clear();
+        self.tls = true;
+    }
+
     fn send(&mut self, bytes: impl Into<Vec<u8>>) {
         self.out.push_back(Step::Send(Zeroizing::new(bytes.into())));
     }
@@ -183,13 +272,6 @@ fn with_challenge(mut detail: String, challenge: Option<String>) -> String {
     detail
 }
 
-/// The XOAUTH2 initial response line (base64, CRLF), wiped on drop.
-fn xoauth2_line(prefix: &str, user: &str, token: &crate::SecretString) -> Vec<u8> {
-    use secrecy::ExposeSecret;
-    let ir = crate::sasl::encode_xoauth2(user, token);
-    format!("{prefix}{}\r\n", ir.expose_secret()).into_bytes()
-}
-
 /// Helpers for the machines' unit tests.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -227,6 +309,13 @@ pub(crate) mod testing {
         for chunk in [1, 2, 3, 7] {
             assert_eq!(play(make(), script, chunk), whole, "chunks of {chunk}");
         }
+    }
+
+    /// The XOAUTH2 response of the tests' user and token.
+    pub fn ir() -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode("user=alice@example.test\x01auth=Bearer tok\x01\x01")
     }
 
     /// Plays server turns: each turn is fed (in chunks of `chunk` bytes),

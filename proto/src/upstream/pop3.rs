@@ -8,7 +8,7 @@
 
 use secrecy::SecretString;
 
-use super::{Core, Failure, Machine, Step, with_challenge, xoauth2_line};
+use super::{Core, Failure, Step, with_challenge};
 use crate::pop3::{Reply, decode_multiline, decode_reply};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,9 +31,6 @@ enum Phase {
 pub struct Login {
     core: Core,
     phase: Phase,
-    user: String,
-    token: SecretString,
-    tls: bool,
 }
 
 impl Login {
@@ -41,11 +38,8 @@ impl Login {
     /// required before the token is sent.
     pub fn new(user: &str, token: &SecretString, tls: bool) -> Login {
         Login {
-            core: Core::default(),
+            core: Core::new(user, token, tls),
             phase: Phase::Greeting,
-            user: user.to_owned(),
-            token: token.clone(),
-            tls,
         }
     }
 
@@ -88,6 +82,12 @@ impl Login {
         }
     }
 
+    /// TLS is up after STARTTLS: what comes next.
+    fn resume(&mut self) {
+        // No greeting after STLS.
+        self.auth();
+    }
+
     fn step(&mut self) -> bool {
         if self.phase == Phase::CapaList {
             let Some(caps) = self.core.take(decode_multiline) else {
@@ -102,7 +102,7 @@ impl Login {
         match self.phase.clone() {
             Phase::Greeting => {
                 if self.expect_ok("greeting", r) {
-                    if self.tls {
+                    if self.core.tls {
                         self.auth();
                     } else {
                         self.core.send(b"CAPA\r\n".to_vec());
@@ -123,8 +123,7 @@ impl Login {
             }
             Phase::Ready => match r {
                 Reply::Continuation(_) => {
-                    let line = xoauth2_line("", &self.user, &self.token);
-                    self.core.send(line);
+                    self.core.send_xoauth2("");
                     self.phase = Phase::Auth { challenge: None };
                 }
                 Reply::Err { text, .. } => self
@@ -162,43 +161,15 @@ impl Login {
     }
 }
 
-impl Machine for Login {
-    fn feed(&mut self, data: &[u8]) {
-        self.core.buf.extend_from_slice(data);
-    }
-
-    fn next(&mut self) -> Option<Step> {
-        if self.phase == Phase::Tls && self.core.out.is_empty() {
-            return None;
-        }
-        Core::next(self, |m| &mut m.core, Login::step)
-    }
-
-    fn tls_started(&mut self) {
-        self.core.buf.clear();
-        self.tls = true;
-        // No greeting after STLS.
-        self.auth();
-    }
-
-    fn buffered(&self) -> &[u8] {
-        &self.core.buf
-    }
-}
+super::steps!(Login);
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{last, play, sent, split_everywhere};
+    use super::super::testing::{ir, last, play, sent, split_everywhere};
     use super::*;
-    use base64::Engine as _;
 
     fn login(tls: bool) -> Login {
         Login::new("alice@example.test", &SecretString::from("tok"), tls)
-    }
-
-    fn ir() -> String {
-        base64::engine::general_purpose::STANDARD
-            .encode("user=alice@example.test\x01auth=Bearer tok\x01\x01")
     }
 
     const DOVECOT_STLS: [&[u8]; 5] = [

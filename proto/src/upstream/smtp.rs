@@ -10,7 +10,7 @@
 
 use secrecy::SecretString;
 
-use super::{Core, Failure, Machine, Step, with_challenge, xoauth2_line};
+use super::{Core, Failure, Step, with_challenge};
 use crate::smtp::{Reply, decode_reply};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +32,8 @@ enum Phase {
 pub struct Login {
     core: Core,
     phase: Phase,
-    user: String,
-    token: SecretString,
     ehlo: String,
     inline: bool,
-    tls: bool,
 }
 
 impl Login {
@@ -44,13 +41,10 @@ impl Login {
     /// line; `tls`: the connection is already TLS (`smtps://`).
     pub fn new(user: &str, token: &SecretString, ehlo: &str, inline: bool, tls: bool) -> Login {
         Login {
-            core: Core::default(),
+            core: Core::new(user, token, tls),
             phase: Phase::Greeting,
-            user: user.to_owned(),
-            token: token.clone(),
             ehlo: ehlo.to_owned(),
             inline,
-            tls,
         }
     }
 
@@ -79,6 +73,12 @@ impl Login {
         });
     }
 
+    /// TLS is up after STARTTLS: what comes next.
+    fn resume(&mut self) {
+        // No greeting after STARTTLS: EHLO again.
+        self.ehlo();
+    }
+
     fn step(&mut self) -> bool {
         let Some(r) = self.core.take(decode_reply) else {
             return false;
@@ -87,7 +87,7 @@ impl Login {
             Phase::Greeting if r.code == 220 => self.ehlo(),
             Phase::Greeting => self.unexpected("greeting", &r),
             Phase::Ehlo if r.code != 250 => self.unexpected("EHLO", &r),
-            Phase::Ehlo if !self.tls => {
+            Phase::Ehlo if !self.core.tls => {
                 if !r.ehlo_keywords().iter().any(|(k, _)| k == "STARTTLS") {
                     self.core.fail(Failure::Protocol(
                         "the server does not offer STARTTLS; mailgate never sends a token in clear (use smtps:// if the server has implicit TLS)".into(),
@@ -98,8 +98,7 @@ impl Login {
                 }
             }
             Phase::Ehlo if self.inline => {
-                let line = xoauth2_line("AUTH XOAUTH2 ", &self.user, &self.token);
-                self.core.send(line);
+                self.core.send_xoauth2("AUTH XOAUTH2 ");
                 self.phase = Phase::Auth { challenge: None };
             }
             Phase::Ehlo => {
@@ -113,8 +112,7 @@ impl Login {
             Phase::StartTls => self.unexpected("STARTTLS", &r),
             Phase::Tls => {}
             Phase::Ready if r.code == 334 => {
-                let line = xoauth2_line("", &self.user, &self.token);
-                self.core.send(line);
+                self.core.send_xoauth2("");
                 self.phase = Phase::Auth { challenge: None };
             }
             Phase::Ready => self.rejection(&r, None),
@@ -132,36 +130,13 @@ impl Login {
     }
 }
 
-impl Machine for Login {
-    fn feed(&mut self, data: &[u8]) {
-        self.core.buf.extend_from_slice(data);
-    }
-
-    fn next(&mut self) -> Option<Step> {
-        if self.phase == Phase::Tls && self.core.out.is_empty() {
-            return None;
-        }
-        Core::next(self, |m| &mut m.core, Login::step)
-    }
-
-    fn tls_started(&mut self) {
-        self.core.buf.clear();
-        self.tls = true;
-        // No greeting after STARTTLS: EHLO again.
-        self.ehlo();
-    }
-
-    fn buffered(&self) -> &[u8] {
-        &self.core.buf
-    }
-}
+super::steps!(Login);
 
 #[cfg(test)]
 mod tests {
     use super::super::Note;
-    use super::super::testing::{last, play, run, sent, split_everywhere};
+    use super::super::testing::{ir, last, play, run, sent, split_everywhere};
     use super::*;
-    use base64::Engine as _;
 
     fn login(inline: bool, tls: bool) -> Login {
         Login::new(
@@ -171,11 +146,6 @@ mod tests {
             inline,
             tls,
         )
-    }
-
-    fn ir() -> String {
-        base64::engine::general_purpose::STANDARD
-            .encode("user=alice@example.test\x01auth=Bearer tok\x01\x01")
     }
 
     const OFFICE365: [&[u8]; 6] = [
