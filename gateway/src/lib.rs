@@ -22,8 +22,6 @@
 
 pub mod accounts;
 pub mod cli;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod observe;
 pub mod protocols;
 pub mod server;

@@ -5,8 +5,8 @@
 
 use mailgate_proto::{imap, pop3, sasl, smtp};
 
-use crate::session::login::Failure;
-use crate::session::{Event, PreAuth};
+use mailgate::session::login::Failure;
+use mailgate::session::{Event, PreAuth};
 
 /// The targets, by name (the names of `fuzz/fuzz_targets/*.rs`).
 pub const TARGETS: &[&str] = &[
@@ -108,7 +108,7 @@ fn preauth(data: &[u8]) {
     let auth_before_tls = which & 0x20 != 0;
     match which % 3 {
         0 => drive(
-            crate::protocols::imap::preauth::ImapPreAuth::new(crate::session::Options {
+            mailgate::protocols::imap::preauth::ImapPreAuth::new(mailgate::session::Options {
                 starttls,
                 auth_before_tls,
                 max_line: 256,
@@ -118,7 +118,7 @@ fn preauth(data: &[u8]) {
             data,
         ),
         1 => drive(
-            crate::protocols::smtp::preauth::SmtpPreAuth::new(crate::session::Options {
+            mailgate::protocols::smtp::preauth::SmtpPreAuth::new(mailgate::session::Options {
                 starttls,
                 auth_before_tls,
                 max_line: 256,
@@ -127,7 +127,7 @@ fn preauth(data: &[u8]) {
             data,
         ),
         _ => drive(
-            crate::protocols::pop3::preauth::Pop3PreAuth::new(crate::session::Options {
+            mailgate::protocols::pop3::preauth::Pop3PreAuth::new(mailgate::session::Options {
                 starttls,
                 auth_before_tls,
                 max_line: 256,
