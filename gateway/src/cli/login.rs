@@ -1,0 +1,264 @@
+//! `mailgate login` and `mailgate token import`: the local password, the
+//! sign-in flows, the identity check and the sealing.
+
+use super::*;
+
+/// The local password: `$MAILGATE_PASSWORD`, or a prompt (twice when
+/// `confirm`).
+pub(super) fn read_password(prompt: &str, confirm: bool) -> Result<SecretString, CliError> {
+    if let Ok(p) = std::env::var("MAILGATE_PASSWORD") {
+        if p.is_empty() {
+            return Err(CliError::User(
+                "MAILGATE_PASSWORD is empty; set a non-empty password".into(),
+            ));
+        }
+        return Ok(SecretString::from(p));
+    }
+    if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
+        return Err(CliError::User(
+            "no terminal to ask for the local password; set MAILGATE_PASSWORD".into(),
+        ));
+    }
+    let ask = |p: &str| {
+        rpassword::prompt_password(format!("{p}: "))
+            .map(SecretString::from)
+            .map_err(|e| {
+                CliError::User(format!(
+                    "cannot read the password ({e}); set MAILGATE_PASSWORD instead"
+                ))
+            })
+    };
+    let first = ask(prompt)?;
+    if first.expose_secret().is_empty() {
+        return Err(CliError::User("the password must not be empty".into()));
+    }
+    if confirm {
+        let second = ask("Repeat it")?;
+        if first.expose_secret() != second.expose_secret() {
+            return Err(CliError::User("the two passwords differ; try again".into()));
+        }
+    }
+    Ok(first)
+}
+
+/// The account and provider of `user`, or a user error.
+fn account_provider(cfg: &Config, user: &str) -> Result<Arc<mailgate_config::Provider>, CliError> {
+    let account = cfg.find_account(user).ok_or_else(|| {
+        CliError::User(format!(
+            "{user} matches no [[account]] in {}; add it first",
+            cfg.file.display()
+        ))
+    })?;
+    cfg.provider(&account.provider)
+        .cloned()
+        .ok_or_else(|| CliError::Internal("account without provider".into()))
+}
+
+pub(super) fn login(
+    cfg: &Config,
+    user: &str,
+    flow: Option<LoginFlow>,
+    no_browser: bool,
+    timeout: std::time::Duration,
+) -> CliResult {
+    use mailgate_config::Flow;
+    let user = user.trim().to_lowercase();
+    let provider = account_provider(cfg, &user)?;
+    let flow = match (flow, provider.flow) {
+        (_, Flow::ClientCredentials) => {
+            return Err(CliError::User(format!(
+                "provider {} uses client_credentials: its accounts need no login; their local password is the account's password_hash",
+                provider.name
+            )));
+        }
+        (Some(f), _) => f,
+        (None, Flow::DeviceCode) => LoginFlow::Device,
+        (None, Flow::AuthorizationCode) => LoginFlow::Browser,
+    };
+    if flow == LoginFlow::Device && provider.device_code_url.is_none() {
+        return Err(CliError::User(format!(
+            "provider {} has no device_code_url (Google does not allow the device flow for mail); use --flow browser or --flow paste",
+            provider.name
+        )));
+    }
+    let password = read_password(&format!("Local password for {user}"), true)?;
+    let oauth =
+        OAuth::new(cfg.gateway.upstream_timeout).map_err(|e| CliError::Internal(e.to_string()))?;
+    let failed = |e: crate::accounts::flows::FlowError| {
+        let e = e.to_string();
+        if e.contains("nothing was stored") {
+            CliError::User(e)
+        } else {
+            CliError::User(format!("{e}; nothing was stored"))
+        }
+    };
+    // The sign-in instructions must reach the user: a closed standard output
+    // ends the login (nothing is stored) instead of panicking.
+    let say = |text: String| {
+        out!("{text}").map_err(|_| {
+            crate::accounts::flows::FlowError::Input(
+                "cannot write the sign-in instructions to standard output".into(),
+            )
+        })
+    };
+    let rt = super::serve::runtime()?;
+    let (grant, nonce) = rt.block_on(async {
+        match flow {
+            LoginFlow::Browser => {
+                let server = crate::accounts::redirect::RedirectServer::bind(&provider.redirect_uri).await?;
+                let sign_in = crate::accounts::flows::browser_request(&oauth, &provider, &server, &user)?;
+                let url = sign_in.request.url.clone();
+                let nonce = sign_in.request.nonce.clone();
+                say(format!("Open this URL in a browser and sign in as {user}:\n\n{url}\n"))?;
+                let _page = if no_browser {
+                    None
+                } else {
+                    let state_dir = std::path::absolute(&cfg.gateway.state_dir)
+                        .unwrap_or_else(|_| cfg.gateway.state_dir.clone());
+                    match crate::accounts::flows::open_browser(&url, &state_dir) {
+                        Ok(page) => Some(page),
+                        Err(_) => {
+                            eprintln!("(no browser could be opened; open the URL yourself)");
+                            None
+                        }
+                    }
+                };
+                eprintln!(
+                    "Waiting for the sign-in at {} (up to {})...",
+                    server.redirect_uri,
+                    humantime::format_duration(timeout)
+                );
+                let grant =
+                    crate::accounts::flows::browser_finish(&oauth, &provider, &server, sign_in, timeout).await?;
+                Ok((grant, Some(nonce)))
+            }
+            LoginFlow::Device => {
+                let d = oauth.start_device(&provider).await?;
+                say(crate::accounts::flows::device_instructions(&d))?;
+                eprintln!("Waiting for the sign-in...");
+                Ok((oauth.poll_device(&provider, &d).await?, None))
+            }
+            LoginFlow::Paste => {
+                let req = oauth.authorization_request(&provider, &provider.redirect_uri, &user)?;
+                say(format!(
+                    "Open this URL in a browser and sign in as {user}:\n\n{}\n\nThe browser then ends on an address starting with {} (the page may not load).\nCopy that whole address from the address bar and paste it here:",
+                    req.url, provider.redirect_uri
+                ))?;
+                let line = tokio::task::spawn_blocking(|| {
+                    let mut l = String::new();
+                    std::io::stdin().read_line(&mut l).map(|_| l)
+                })
+                .await
+                .map_err(|e| crate::accounts::flows::FlowError::Input(e.to_string()))?
+                .map_err(|e| crate::accounts::flows::FlowError::Input(format!("cannot read the address: {e}")))?;
+                let grant = crate::accounts::flows::paste_finish(&oauth, &provider, &req, &line).await?;
+                Ok((grant, Some(req.nonce.clone())))
+            }
+        }
+    })
+    .map_err(failed)?;
+    let identity = confirm_identity(&rt, cfg, &provider, &user, &grant, nonce.as_ref())
+        .map_err(|e| failed(e.into()))?;
+    crate::accounts::flows::store_grant(
+        &Store::new(&cfg.gateway.state_dir),
+        &user,
+        &provider.name,
+        &grant,
+        &password,
+        crate::accounts::store::Expect::Any,
+    )
+    .map_err(failed)?;
+    out!(
+        "stored the tokens of {user} (provider {}, signed in as {identity})",
+        provider.name
+    )
+}
+
+/// Checks that `grant` is `user`'s account (its ID token, else one
+/// upstream login as its upstream user); the identity that signed in.
+fn confirm_identity(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Config,
+    provider: &Arc<mailgate_config::Provider>,
+    user: &str,
+    grant: &crate::accounts::oauth::Grant,
+    nonce: Option<&SecretString>,
+) -> Result<String, crate::accounts::identity::IdentityError> {
+    let upstream_user = cfg
+        .find_account(user)
+        .and_then(|a| a.upstream_user.clone())
+        .unwrap_or_else(|| user.to_owned());
+    rt.block_on(crate::accounts::identity::confirm(
+        provider,
+        grant,
+        crate::accounts::identity::Expected {
+            user,
+            upstream_user: &upstream_user,
+            nonce,
+        },
+        &crate::accounts::identity::Prover {
+            timeout: cfg.gateway.upstream_timeout,
+            hostname: cfg.gateway.hostname.clone(),
+            prove: crate::server::prove,
+        },
+    ))
+}
+
+pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResult {
+    let user = user.trim().to_lowercase();
+    let provider = account_provider(cfg, &user)?;
+    if std::io::stdin().is_terminal() {
+        eprintln!("Paste the refresh token and press Enter:");
+    }
+    let mut input = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| CliError::User(format!("cannot read the refresh token from stdin: {e}")))?;
+    let rt = input.trim();
+    if rt.is_empty() || rt.contains(char::is_whitespace) {
+        return Err(CliError::User(
+            "stdin must hold exactly one refresh token (no spaces); e.g. `mailgate token import USER < token.txt`".into(),
+        ));
+    }
+    let rt = SecretString::from(rt.to_owned());
+    let grant = if no_verify {
+        None
+    } else {
+        let oauth = OAuth::new(cfg.gateway.upstream_timeout)
+            .map_err(|e| CliError::Internal(e.to_string()))?;
+        let runtime = super::serve::runtime()?;
+        let grant = runtime
+            .block_on(oauth.refresh(&provider, &rt))
+            .map_err(|e| {
+                CliError::User(format!("the token does not work: {e}; nothing was stored"))
+            })?;
+        confirm_identity(&runtime, cfg, &provider, &user, &grant, None)
+            .map_err(|e| CliError::User(e.to_string()))?;
+        Some(grant)
+    };
+    // A provider that rotated the token on the refresh gave a new one.
+    let newest = grant
+        .as_ref()
+        .and_then(|g| g.refresh_token.clone())
+        .unwrap_or(rt);
+    let password = read_password(&format!("Local password for {user}"), true)?;
+    crate::accounts::flows::store_tokens(
+        &Store::new(&cfg.gateway.state_dir),
+        &user,
+        &provider.name,
+        &newest,
+        grant.as_ref(),
+        &password,
+        crate::accounts::store::Expect::Any,
+    )
+    .map_err(|e| CliError::User(e.to_string()))?;
+    out!(
+        "stored the tokens of {user} (provider {}){}",
+        provider.name,
+        if no_verify {
+            ", not verified"
+        } else {
+            ", verified with one refresh and its identity checked"
+        }
+    )
+}
