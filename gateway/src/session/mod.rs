@@ -261,12 +261,26 @@ where
 }
 
 /// The plumbing shared by the line-based machines (SMTP, POP3): the
-/// client's unparsed bytes, the queued events and the failed-login count.
+/// client's unparsed bytes, the queued events, the failed-login count, and
+/// what the machine waits for (a login, a TLS handshake, or nothing more).
 #[derive(Debug, Default)]
 pub struct LineCore {
     pub buf: Vec<u8>,
     pub out: std::collections::VecDeque<Event>,
     failures: u32,
+    wait: Wait,
+}
+
+/// What a line machine waits for; it parses nothing meanwhile.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// It reads commands.
+    #[default]
+    Nothing,
+    Login,
+    Tls,
+    /// The connection is closing.
+    Closed,
 }
 
 impl LineCore {
@@ -275,29 +289,99 @@ impl LineCore {
         self.out.push_back(Event::Write(s.into().into_bytes()));
     }
 
-    /// Counts a failed login (when it counts); true once `max` is reached.
-    pub fn failed(&mut self, counts: bool, max: u32) -> bool {
-        if counts {
-            self.failures += 1;
+    /// Writes `reply` and closes.
+    pub fn close(&mut self, reply: &str) {
+        if !reply.is_empty() {
+            self.write(reply);
         }
-        counts && self.failures >= max
+        self.out.push_back(Event::Close);
+        self.wait = Wait::Closed;
+    }
+
+    /// Asks the session to log in; nothing is parsed until it answers.
+    pub fn log_in(&mut self, user: String, password: SecretString) {
+        self.out.push_back(Event::Login { user, password });
+        self.wait = Wait::Login;
+    }
+
+    /// Asks for the TLS handshake (after STARTTLS/STLS was accepted):
+    /// whatever the client pipelined in clear is dropped, never executed
+    /// after the upgrade (CVE-2011-0411, RFC 3207 §4.2).
+    pub fn start_tls(&mut self) {
+        self.buf.clear();
+        self.out.push_back(Event::StartTls);
+        self.wait = Wait::Tls;
+    }
+
+    /// TLS is up: commands are read again.
+    pub fn tls_started(&mut self) {
+        self.buf.clear();
+        self.wait = Wait::Nothing;
+    }
+
+    /// The pending login failed: `reply` to the client, and a close (with
+    /// `too_many`, if not empty) once the failures that count reach `max`.
+    /// Nothing when no login was pending.
+    pub fn login_failed(&mut self, failure: &Failure, max: u32, reply: &str, too_many: &str) {
+        if self.wait != Wait::Login {
+            return;
+        }
+        self.wait = Wait::Nothing;
+        self.write(format!("{reply} {}\r\n", one_line(failure.text())));
+        if failure.counts() {
+            self.failures += 1;
+            if self.failures >= max {
+                info!("closing: too many failed logins");
+                self.close(too_many);
+            }
+        }
+    }
+
+    /// The next whole line, or `None` (more input is needed, or the line was
+    /// too long: then `too_long` is written and the connection closes).
+    pub fn take_line(
+        &mut self,
+        max_line: usize,
+        too_long: impl FnOnce(usize) -> String,
+    ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        use mailgate_proto::line::{Line, frame_line};
+        match frame_line(&self.buf, max_line) {
+            Line::Incomplete => None,
+            Line::TooLong => {
+                info!("closing: client line over the limit");
+                self.close(&too_long(max_line));
+                None
+            }
+            Line::Complete(n) => Some(zeroize::Zeroizing::new(self.buf.drain(..n).collect())),
+        }
+    }
+
+    /// Closes without an answer when a command line is HTTP (SPEC §6);
+    /// true when it was.
+    pub fn refuse_http(&mut self, line: &[u8]) -> bool {
+        if !looks_like_http(line) {
+            return false;
+        }
+        info!("closing without an answer: the client sent HTTP (a web page?)");
+        self.buf.clear();
+        self.close("");
+        true
     }
 
     /// The event loop of a line-based machine: queued events first, then
     /// one line at a time through `step` until it queues an event or no
-    /// whole line is left; nothing while `blocked` (a login or a TLS
-    /// handshake is pending, or the connection is closing).
+    /// whole line is left; nothing while a login or a TLS handshake is
+    /// pending, or the connection is closing.
     pub fn next_event<M>(
         m: &mut M,
         core: fn(&mut M) -> &mut LineCore,
-        blocked: fn(&M) -> bool,
         step: fn(&mut M),
     ) -> Option<Event> {
         loop {
             if let Some(e) = core(m).out.pop_front() {
                 return Some(e);
             }
-            if blocked(m) {
+            if core(m).wait != Wait::Nothing {
                 return None;
             }
             let before = core(m).buf.len();

@@ -5,12 +5,11 @@
 //! transaction commands before login. Nothing after the login is parsed.
 
 use mailgate_proto::SecretString;
-use mailgate_proto::line::{Line, frame_line};
 use mailgate_proto::pop3::{Command, decode_command, encode_multiline};
 use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
 
 use crate::session::login::Failure;
-use crate::session::{Event, LineCore, Options, PlainError, PreAuth, one_line, plain_credentials};
+use crate::session::{Event, LineCore, Options, PlainError, PreAuth, plain_credentials};
 
 /// The one place where the gateway's CAPA list is written: `USER` and
 /// `SASL` only while logins are accepted, `STLS` while offered.
@@ -31,10 +30,6 @@ enum Phase {
     Command,
     /// `AUTH PLAIN` sent `+`; the response line is next.
     AuthPlain,
-    AwaitLogin,
-    /// STLS was accepted; the handshake comes next.
-    AwaitTls,
-    Closed,
 }
 
 #[derive(Debug)]
@@ -60,24 +55,12 @@ impl Pop3PreAuth {
         self.core.write(s);
     }
 
-    fn close(&mut self, s: &str) {
-        self.write(s);
-        self.core.out.push_back(Event::Close);
-        self.phase = Phase::Closed;
-    }
-
     fn step(&mut self) {
-        let n = match frame_line(&self.core.buf, self.opts.max_line) {
-            Line::Incomplete => return,
-            Line::TooLong => {
-                tracing::info!("closing: client line over the limit");
-                let limit = self.opts.max_line;
-                self.close(&format!("-ERR Line too long (limit {limit} bytes)\r\n"));
-                return;
-            }
-            Line::Complete(n) => n,
+        let Some(line) = self.core.take_line(self.opts.max_line, |limit| {
+            format!("-ERR Line too long (limit {limit} bytes)\r\n")
+        }) else {
+            return;
         };
-        let line = zeroize::Zeroizing::new(self.core.buf.drain(..n).collect::<Vec<u8>>());
         if self.phase == Phase::AuthPlain {
             self.phase = Phase::Command;
             match decode_sasl_line(&line) {
@@ -87,11 +70,7 @@ impl Pop3PreAuth {
             }
             return;
         }
-        if matches!(self.phase, Phase::Command) && crate::session::looks_like_http(&line) {
-            tracing::info!("closing without an answer: the client sent HTTP (a web page?)");
-            self.core.buf.clear();
-            self.core.out.push_back(Event::Close);
-            self.phase = Phase::Closed;
+        if self.core.refuse_http(&line) {
             return;
         }
         let cmd = match decode_command(&line) {
@@ -150,14 +129,13 @@ impl Pop3PreAuth {
             }
             Command::Stls if self.opts.starttls => {
                 self.write("+OK Begin TLS negotiation\r\n");
-                // Whatever was pipelined in clear is dropped.
-                self.core.buf.clear();
-                self.core.out.push_back(Event::StartTls);
-                self.phase = Phase::AwaitTls;
+                self.core.start_tls();
             }
             Command::Stls if self.opts.tls => self.write("-ERR TLS is already active\r\n"),
             Command::Stls => self.write("-ERR STLS is not offered on this listener\r\n"),
-            Command::Quit => self.close(&format!("+OK {} signing off\r\n", self.opts.hostname)),
+            Command::Quit => self
+                .core
+                .close(&format!("+OK {} signing off\r\n", self.opts.hostname)),
             Command::Apop => {
                 self.write("-ERR APOP is not supported; use USER and PASS or AUTH PLAIN\r\n")
             }
@@ -180,8 +158,7 @@ impl Pop3PreAuth {
     }
 
     fn login(&mut self, user: String, password: SecretString) {
-        self.phase = Phase::AwaitLogin;
-        self.core.out.push_back(Event::Login { user, password });
+        self.core.log_in(user, password);
     }
 }
 
@@ -195,29 +172,16 @@ impl PreAuth for Pop3PreAuth {
     }
 
     fn next_event(&mut self) -> Option<Event> {
-        LineCore::next_event(
-            self,
-            |m| &mut m.core,
-            |m| matches!(m.phase, Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed),
-            Self::step,
-        )
+        LineCore::next_event(self, |m| &mut m.core, Self::step)
     }
 
     fn login_failed(&mut self, failure: &Failure) {
-        if self.phase != Phase::AwaitLogin {
-            return;
-        }
-        self.phase = Phase::Command;
-        let text = one_line(failure.text());
-        match failure {
-            Failure::Unavailable(_) => self.write(format!("-ERR [SYS/TEMP] {text}\r\n")),
-            _ => self.write(format!("-ERR [AUTH] {text}\r\n")),
-        }
-        if self.core.failed(failure.counts(), self.opts.max_failures) {
-            tracing::info!("closing: too many failed logins");
-            self.core.out.push_back(Event::Close);
-            self.phase = Phase::Closed;
-        }
+        let reply = match failure {
+            Failure::Unavailable(_) => "-ERR [SYS/TEMP]",
+            _ => "-ERR [AUTH]",
+        };
+        self.core
+            .login_failed(failure, self.opts.max_failures, reply, "");
     }
 
     fn timeout_reply(&self, limit: std::time::Duration) -> Vec<u8> {
@@ -236,7 +200,7 @@ impl PreAuth for Pop3PreAuth {
         self.opts.starttls = false;
         self.opts.tls = true;
         self.user = None;
-        self.core.buf.clear();
+        self.core.tls_started();
         self.phase = Phase::Command;
     }
 }

@@ -6,13 +6,12 @@
 //! client's EHLO name for the upstream. Nothing after the `AUTH` exchange is
 //! parsed: pipelined `MAIL`/`RCPT`/`DATA` stay in the buffer for the relay.
 
-use mailgate_proto::line::{Line, frame_line};
 use mailgate_proto::sasl::{SaslLine, decode_base64, decode_sasl_line};
 use mailgate_proto::smtp::{Command, decode_command};
 use mailgate_proto::{ExposeSecret, SecretString};
 
 use crate::session::login::Failure;
-use crate::session::{Event, LineCore, Options, PlainError, PreAuth, one_line, plain_credentials};
+use crate::session::{Event, LineCore, Options, PlainError, PreAuth, plain_credentials};
 
 /// The one place where the gateway's EHLO keywords are written: `AUTH`
 /// only while logins are accepted, `STARTTLS` while offered.
@@ -39,10 +38,6 @@ enum Phase {
     AuthLoginPassword {
         user: String,
     },
-    AwaitLogin,
-    /// STARTTLS was accepted; the handshake comes next.
-    AwaitTls,
-    Closed,
 }
 
 #[derive(Debug)]
@@ -76,12 +71,6 @@ impl SmtpPreAuth {
         self.core.write(s);
     }
 
-    fn close(&mut self, s: &str) {
-        self.write(s);
-        self.core.out.push_back(Event::Close);
-        self.phase = Phase::Closed;
-    }
-
     fn login_allowed(&self) -> bool {
         self.opts.tls || self.opts.auth_before_tls
     }
@@ -97,34 +86,13 @@ impl SmtpPreAuth {
         String::from_utf8_lossy(&reply.encode()).into_owned()
     }
 
-    fn take_line(&mut self) -> Option<Result<zeroize::Zeroizing<Vec<u8>>, ()>> {
-        match frame_line(&self.core.buf, self.opts.max_line) {
-            Line::Incomplete => None,
-            Line::TooLong => Some(Err(())),
-            Line::Complete(n) => Some(Ok(zeroize::Zeroizing::new(
-                self.core.buf.drain(..n).collect(),
-            ))),
-        }
-    }
-
     fn step(&mut self) {
-        let line = match self.take_line() {
-            None => return,
-            Some(Err(())) => {
-                tracing::info!("closing: client line over the limit");
-                let limit = self.opts.max_line;
-                self.close(&format!(
-                    "500 5.5.6 Line too long (limit {limit} bytes)\r\n"
-                ));
-                return;
-            }
-            Some(Ok(line)) => line,
+        let Some(line) = self.core.take_line(self.opts.max_line, |limit| {
+            format!("500 5.5.6 Line too long (limit {limit} bytes)\r\n")
+        }) else {
+            return;
         };
-        if matches!(self.phase, Phase::Command) && crate::session::looks_like_http(&line) {
-            tracing::info!("closing without an answer: the client sent HTTP (a web page?)");
-            self.core.buf.clear();
-            self.core.out.push_back(Event::Close);
-            self.phase = Phase::Closed;
+        if matches!(self.phase, Phase::Command) && self.core.refuse_http(&line) {
             return;
         }
         match self.phase.clone() {
@@ -150,7 +118,6 @@ impl SmtpPreAuth {
                     self.login(user, pw);
                 }
             }
-            Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed => {}
         }
     }
 
@@ -198,8 +165,7 @@ impl SmtpPreAuth {
     }
 
     fn login(&mut self, user: String, password: SecretString) {
-        self.phase = Phase::AwaitLogin;
-        self.core.out.push_back(Event::Login { user, password });
+        self.core.log_in(user, password);
     }
 
     fn command(&mut self, line: &[u8]) {
@@ -255,10 +221,7 @@ impl SmtpPreAuth {
             },
             Command::StartTls if self.opts.starttls => {
                 self.write("220 2.0.0 Ready to start TLS\r\n");
-                // Whatever was pipelined in clear is dropped (RFC 3207 §4.2).
-                self.core.buf.clear();
-                self.core.out.push_back(Event::StartTls);
-                self.phase = Phase::AwaitTls;
+                self.core.start_tls();
             }
             Command::StartTls if self.opts.tls => self.write("503 5.5.1 TLS already active\r\n"),
             Command::StartTls => self.write("454 4.7.0 TLS not available on this listener\r\n"),
@@ -268,7 +231,7 @@ impl SmtpPreAuth {
             Command::Help => {
                 self.write("214 2.0.0 Log in with AUTH PLAIN or AUTH LOGIN, then send mail\r\n")
             }
-            Command::Quit => self.close(&format!(
+            Command::Quit => self.core.close(&format!(
                 "221 2.0.0 {} closing connection\r\n",
                 self.opts.hostname
             )),
@@ -292,27 +255,20 @@ impl PreAuth for SmtpPreAuth {
     }
 
     fn next_event(&mut self) -> Option<Event> {
-        LineCore::next_event(
-            self,
-            |m| &mut m.core,
-            |m| matches!(m.phase, Phase::AwaitLogin | Phase::AwaitTls | Phase::Closed),
-            Self::step,
-        )
+        LineCore::next_event(self, |m| &mut m.core, Self::step)
     }
 
     fn login_failed(&mut self, failure: &Failure) {
-        if !matches!(self.phase, Phase::AwaitLogin) {
-            return;
-        }
-        self.phase = Phase::Command;
-        let text = one_line(failure.text());
-        match failure {
-            Failure::Unavailable(_) => self.write(format!("454 4.7.0 {text}\r\n")),
-            _ => self.write(format!("535 5.7.8 {text}\r\n")),
-        }
-        if self.core.failed(failure.counts(), self.opts.max_failures) {
-            self.close("421 4.7.0 Too many failed authentication attempts\r\n");
-        }
+        let reply = match failure {
+            Failure::Unavailable(_) => "454 4.7.0",
+            _ => "535 5.7.8",
+        };
+        self.core.login_failed(
+            failure,
+            self.opts.max_failures,
+            reply,
+            "421 4.7.0 Too many failed authentication attempts\r\n",
+        );
     }
 
     fn timeout_reply(&self, limit: std::time::Duration) -> Vec<u8> {
@@ -334,7 +290,7 @@ impl PreAuth for SmtpPreAuth {
         self.opts.starttls = false;
         self.opts.tls = true;
         self.ehlo = None;
-        self.core.buf.clear();
+        self.core.tls_started();
         self.phase = Phase::Command;
     }
 }
