@@ -117,10 +117,11 @@ async fn corrupted_or_truncated_token_file() {
     }
 }
 
-/// The token store cannot be written (here: `tokens` is no longer a
-/// directory — permissions would not stop root): logins go on with the
-/// in-memory tokens, a rotated refresh token is kept in memory, and the
-/// file on disk is not corrupted.
+/// The token store cannot be written (here: a directory stands where its
+/// lock file goes — permissions would not stop root) but stays readable
+/// where the gateway reads it: logins go on with the in-memory tokens, a
+/// rotated refresh token is kept in memory, and the file on disk is not
+/// corrupted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_state_dir_keeps_logins_working() {
     logs();

@@ -44,7 +44,9 @@ use crate::accounts::backoff::Backoff;
 use crate::accounts::oauth::{OAuth, OAuthError};
 use crate::accounts::store::{Expect, SealingKey, Store, StoreError, TokenFile, Tokens, now};
 
-/// Why a login could not be completed.
+/// Why a login could not be completed: what failed. What the user is told
+/// to do about it is written where the failure reaches them (the session's
+/// login policy, for a mail client).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoginError {
     /// Unknown user or wrong local password: the protocol's plain
@@ -53,22 +55,56 @@ pub enum LoginError {
     BadCredentials,
     /// The account has no token file at all: nothing can check the
     /// password. In-band authorisation may start a flow; otherwise the
-    /// client is told what a wrong password is told. The text is for the
-    /// log and for in-band.
-    #[error("{0}")]
-    NoToken(String),
-    /// The account has no usable token; the text says what to do. `file`
-    /// is the file that the password opened (a dead refresh token), which
-    /// an in-band flow may replace.
-    #[error("{text}")]
+    /// client is told what a wrong password is told.
+    #[error("no token is stored for the account")]
+    NoToken,
+    /// The account has no usable token. `file` is the file that the
+    /// password opened (a dead refresh token), which an in-band flow may
+    /// replace.
+    #[error("{why}")]
     NeedsAuthorization {
-        text: String,
+        why: Unusable,
         file: Option<Box<TokenFile>>,
     },
-    /// The provider, its token endpoint or the store cannot serve the login
-    /// now; the text says why.
+    /// The provider, its token endpoint or the gateway cannot serve the
+    /// login now.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(Unavailable),
+}
+
+/// Why an account's stored token cannot serve a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("the stored token is damaged")]
+    Damaged,
+    #[error("the stored token cannot be opened")]
+    Unopenable,
+    /// The provider answered `invalid_grant` just now.
+    #[error("the authorisation has expired or was revoked")]
+    Expired,
+    /// The account is marked as needing a new sign-in, or holds no refresh
+    /// token.
+    #[error("the account must be authorised again")]
+    Marked,
+}
+
+/// What cannot serve a login now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("provider {0} is not configured")]
+    NoProvider(String),
+    #[error("the gateway cannot read its token store")]
+    Store,
+    #[error("too many login attempts at once for this account or from this address")]
+    TooManyAtOnce,
+    #[error("the gateway's password checks are all busy")]
+    Busy,
+    #[error("the token endpoint of {0} cannot be used now")]
+    TokenEndpoint(String),
+    #[error("the provider rejected the gateway's client credentials")]
+    ClientRejected,
+    #[error("the token endpoint of {0} refused or failed the app-only token request")]
+    AppToken(String),
 }
 
 /// A successful local authentication with a fresh access token.
@@ -265,14 +301,12 @@ impl Accounts {
         let Some(_pending) = self.backoff.begin(user, peer) else {
             self.metrics.password_check("refused_busy");
             warn!("refused: too many logins for this user or from this address are being checked");
-            return Err(LoginError::Unavailable(
-                "too many login attempts at once for this account or from this address; try again shortly".into(),
-            ));
+            return Err(LoginError::Unavailable(Unavailable::TooManyAtOnce));
         };
         let done = self.argon.run(f).await.map_err(|_| {
             self.metrics.password_check("refused_busy");
             warn!("refused: the gateway's password checks are all busy");
-            LoginError::Unavailable("the gateway is busy; try again shortly".into())
+            LoginError::Unavailable(Unavailable::Busy)
         })?;
         self.metrics.password_check(kind);
         Ok(done)
@@ -322,9 +356,8 @@ impl Accounts {
             return Err(self.refuse_after_dummy(&user, password, peer, false).await);
         };
         let Some(provider) = config.provider(&account.provider).cloned() else {
-            return Err(LoginError::Unavailable(format!(
-                "provider {} is not configured",
-                account.provider
+            return Err(LoginError::Unavailable(Unavailable::NoProvider(
+                account.provider.clone(),
             )));
         };
         if let Some(hash) = &account.password_hash
@@ -465,9 +498,8 @@ impl Accounts {
                     OAuthError::InvalidClient(_) => "invalid_client",
                     _ => "error",
                 });
-                Err(LoginError::Unavailable(format!(
-                    "the token endpoint of {} refused or failed the app-only token request; see the gateway's log",
-                    provider.name
+                Err(LoginError::Unavailable(Unavailable::AppToken(
+                    provider.name.clone(),
                 )))
             }
         }
@@ -511,33 +543,27 @@ impl Accounts {
             if st.unsaved {
                 self.persist(user, provider, st, None);
             }
-            return self.check_usable(user, st);
+            return self.check_usable(st);
         }
         let file = match loaded {
             Ok(Some(f)) => f,
             Ok(None) => {
                 info!("no token stored for this account");
                 return match self.refuse_after_dummy(user, password, peer, true).await {
-                    LoginError::BadCredentials => Err(LoginError::NoToken(format!(
-                        "No OAuth token is stored for {user}; on the gateway run `mailgate login {user}` (or `mailgate token import {user}`), then log in again"
-                    ))),
+                    LoginError::BadCredentials => Err(LoginError::NoToken),
                     other => Err(other),
                 };
             }
             Err(e @ StoreError::Corrupt { .. }) => {
                 warn!(error = %e, "token file is damaged");
                 return Err(LoginError::NeedsAuthorization {
-                    text: format!(
-                        "The stored token of {user} is damaged; on the gateway run `mailgate login {user}`"
-                    ),
+                    why: Unusable::Damaged,
                     file: None,
                 });
             }
             Err(e) => {
                 warn!(error = %e, "cannot read the token store");
-                return Err(LoginError::Unavailable(
-                    "the gateway cannot read its token store; see its log".into(),
-                ));
+                return Err(LoginError::Unavailable(Unavailable::Store));
             }
         };
         let pw = password.clone();
@@ -557,7 +583,7 @@ impl Accounts {
                 st.tokens = Some(tokens);
                 st.disk = Some(file);
                 st.unsaved = false;
-                self.check_usable(user, st)
+                self.check_usable(st)
             }
             Err(StoreError::WrongPassword) => {
                 info!("wrong local password");
@@ -567,19 +593,17 @@ impl Accounts {
             Err(e) => {
                 warn!(error = %e, "cannot open the token file");
                 Err(LoginError::NeedsAuthorization {
-                    text: format!(
-                        "The stored token of {user} cannot be used; on the gateway run `mailgate login {user}`"
-                    ),
+                    why: Unusable::Unopenable,
                     file: None,
                 })
             }
         }
     }
 
-    fn check_usable(&self, user: &str, st: &AccountState) -> Result<(), LoginError> {
+    fn check_usable(&self, st: &AccountState) -> Result<(), LoginError> {
         match &st.disk {
             Some(f) if f.needs_authorization => Err(LoginError::NeedsAuthorization {
-                text: needs_login_text(user),
+                why: Unusable::Marked,
                 file: Some(Box::new(f.clone())),
             }),
             _ => Ok(()),
@@ -598,7 +622,7 @@ impl Accounts {
     ) -> Result<SecretString, LoginError> {
         let Some(tokens) = st.tokens.as_mut() else {
             return Err(LoginError::NeedsAuthorization {
-                text: needs_login_text(user),
+                why: Unusable::Marked,
                 file: st.disk.clone().map(Box::new),
             });
         };
@@ -617,7 +641,7 @@ impl Accounts {
         }
         let Some(rt) = tokens.refresh_token.clone() else {
             return Err(LoginError::NeedsAuthorization {
-                text: needs_login_text(user),
+                why: Unusable::Marked,
                 file: st.disk.clone().map(Box::new),
             });
         };
@@ -664,19 +688,14 @@ impl Accounts {
                 self.persist(user, provider, st, Some((e.to_string(), mark_dead)));
                 if mark_dead {
                     Err(LoginError::NeedsAuthorization {
-                        text: format!(
-                            "The authorisation of {user} has expired or was revoked; on the gateway run `mailgate login {user}`"
-                        ),
+                        why: Unusable::Expired,
                         file: st.disk.clone().map(Box::new),
                     })
                 } else if matches!(e, OAuthError::InvalidClient(_)) {
-                    Err(LoginError::Unavailable(
-                        "the provider rejected the gateway's client credentials; the administrator must check the provider's client_id and client_secret".into(),
-                    ))
+                    Err(LoginError::Unavailable(Unavailable::ClientRejected))
                 } else {
-                    Err(LoginError::Unavailable(format!(
-                        "the token endpoint of {} cannot be used now; try again later",
-                        provider.name
+                    Err(LoginError::Unavailable(Unavailable::TokenEndpoint(
+                        provider.name.clone(),
                     )))
                 }
             }
@@ -744,10 +763,6 @@ impl Accounts {
             }
         }
     }
-}
-
-fn needs_login_text(user: &str) -> String {
-    format!("{user} must be authorised again; on the gateway run `mailgate login {user}`")
 }
 
 /// Checks a `password_hash` PHC string (blocking: Argon2).

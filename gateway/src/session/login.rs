@@ -57,12 +57,38 @@ impl Failure {
     }
 }
 
-impl From<LoginError> for Failure {
-    fn from(e: LoginError) -> Failure {
+impl Failure {
+    /// What a mail client is told of an account's failure, with what to do
+    /// about it: the one place where the account layer's errors get their
+    /// advice.
+    pub fn of(e: LoginError, user: &str) -> Failure {
+        use crate::accounts::{Unavailable as U, Unusable};
+        let user = crate::accounts::account_name(user).unwrap_or_default();
+        let run_login = format!("on the gateway run `mailgate login {user}`");
         match e {
-            LoginError::BadCredentials | LoginError::NoToken(_) => Failure::BadCredentials,
-            LoginError::NeedsAuthorization { text, .. } => Failure::NeedsAuthorization(text),
-            LoginError::Unavailable(t) => Failure::Unavailable(format!("Cannot log in now: {t}")),
+            LoginError::BadCredentials | LoginError::NoToken => Failure::BadCredentials,
+            LoginError::NeedsAuthorization { why, .. } => Failure::NeedsAuthorization(match why {
+                Unusable::Damaged => format!("The stored token of {user} is damaged; {run_login}"),
+                Unusable::Unopenable => {
+                    format!("The stored token of {user} cannot be used; {run_login}")
+                }
+                Unusable::Expired => {
+                    format!("The authorisation of {user} has expired or was revoked; {run_login}")
+                }
+                Unusable::Marked => format!("{user} must be authorised again; {run_login}"),
+            }),
+            LoginError::Unavailable(u) => {
+                let advice = match &u {
+                    U::NoProvider(_) => "",
+                    U::Store | U::AppToken(_) => "; see the gateway's log",
+                    U::TooManyAtOnce | U::Busy => "; try again shortly",
+                    U::TokenEndpoint(_) => "; try again later",
+                    U::ClientRejected => {
+                        "; the administrator must check the provider's client_id and client_secret"
+                    }
+                };
+                Failure::Unavailable(format!("Cannot log in now: {u}{advice}"))
+            }
         }
     }
 }
@@ -127,13 +153,15 @@ where
     let peer = client.peer.ip();
     let auth = match accounts.login(user, password, peer).await {
         Ok(auth) => auth,
-        Err(LoginError::NoToken(text)) => {
+        Err(LoginError::NoToken) => {
             if client.in_band {
                 return Err(in_band(ctx, user, password, peer, None).await);
             }
             // Nothing can check this password: the client is told what a
             // wrong password is told (the log says why).
-            info!(reason = %text, "login refused: the account has no token and in-band authorisation is off on this listener");
+            info!(
+                "login refused: the account has no token and in-band authorisation is off on this listener; run `mailgate login USER` on the gateway"
+            );
             if let Some(name) = crate::accounts::account_name(user) {
                 accounts.failed(&name, peer);
             }
@@ -144,7 +172,7 @@ where
         }) if client.in_band => {
             return Err(in_band(ctx, user, password, peer, Some(*file)).await);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Failure::of(e, user)),
     };
     let provider = auth.provider.clone();
     let Some(server) = provider.upstream(protocol).cloned() else {
@@ -181,7 +209,10 @@ where
         Err(e) => return Err(unavailable(e)),
     };
     info!(detail = %rejection, "upstream rejected the token; refreshing and retrying once");
-    let token = accounts.token_rejected(&auth).await?;
+    let token = accounts
+        .token_rejected(&auth)
+        .await
+        .map_err(|e| Failure::of(e, user))?;
     match timed(attempt(make(token))).await {
         Ok(t) => Ok(t),
         Err(UpstreamError::Rejected { detail, .. }) => {
