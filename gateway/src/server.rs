@@ -420,16 +420,16 @@ async fn too_busy<D: Dialect>(mut stream: TcpStream, why: &str) {
 /// One upstream login over `protocol`, as a client of that protocol would
 /// make it (greeting with `hostname` where a name is said): the proof that
 /// a token opens the account's mailbox ([`crate::accounts::identity`]).
-pub async fn log_in_over(
+pub async fn upstream_login_over(
     protocol: Protocol,
     a: &crate::session::login::Attempt,
     hostname: &str,
 ) -> Result<crate::session::upstream::LoggedIn, crate::session::upstream::UpstreamError> {
-    use crate::session::log_in;
+    use crate::session::upstream_login;
     match protocol {
-        Protocol::Imap => log_in::<Imap>(&(), a).await,
-        Protocol::Smtp => log_in::<Smtp>(&hostname.to_owned(), a).await,
-        Protocol::Pop3 => log_in::<Pop3>(&(), a).await,
+        Protocol::Imap => upstream_login::<Imap>(&(), a).await,
+        Protocol::Smtp => upstream_login::<Smtp>(&hostname.to_owned(), a).await,
+        Protocol::Pop3 => upstream_login::<Pop3>(&(), a).await,
     }
 }
 
@@ -460,7 +460,7 @@ pub fn prove(
             token: req.token.clone(),
             provider: req.provider.clone(),
         };
-        let login = log_in_over(protocol, &attempt, &req.hostname);
+        let login = upstream_login_over(protocol, &attempt, &req.hostname);
         match crate::session::upstream::within(req.timeout, &server, login).await {
             Ok(_) => Proof::Opened {
                 server: server.to_string(),

@@ -266,7 +266,7 @@ impl Accounts {
         map.entry(user.to_owned()).or_default().clone()
     }
 
-    /// Records a failed attempt that [`Accounts::login`] did not record
+    /// Records a failed attempt that [`Accounts::authenticate`] did not record
     /// itself (an in-band flow started or refused).
     pub fn failed(&self, user: &str, peer: IpAddr) {
         self.backoff.failure(user, peer, true);
@@ -340,7 +340,7 @@ impl Accounts {
 
     /// Checks the local password of `login` and returns an access token that
     /// lives at least the provider's `min_token_life`.
-    pub async fn login(
+    pub async fn authenticate(
         &self,
         login: &str,
         password: &SecretString,

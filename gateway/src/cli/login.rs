@@ -54,7 +54,7 @@ fn account_provider(cfg: &Config, user: &str) -> Result<Arc<mailgate_config::Pro
         .ok_or_else(|| CliError::Internal("account without provider".into()))
 }
 
-pub(super) fn login(
+pub(super) fn sign_in(
     cfg: &Config,
     user: &str,
     flow: Option<LoginFlow>,

@@ -209,7 +209,7 @@ fn run(cli: Cli) -> CliResult {
         } => {
             let cfg = load(path)?;
             crate::observe::logging::init(LogFormat::Text, log_filter("warn")?);
-            login::login(&cfg, &user, flow, no_browser, timeout)
+            login::sign_in(&cfg, &user, flow, no_browser, timeout)
         }
         Command::Token(TokenCommand::Import { user, no_verify }) => {
             let cfg = load(path)?;

@@ -184,7 +184,7 @@ impl Metrics {
         InState { gauge }
     }
 
-    pub fn login(&self, protocol: Protocol, result: &'static str) {
+    pub fn login_result(&self, protocol: Protocol, result: &'static str) {
         self.logins
             .get_or_create(&ByResult {
                 protocol: protocol.to_string(),
@@ -289,7 +289,7 @@ mod tests {
         let m = Metrics::new();
         let s = m.connected(Protocol::Imap);
         let r = m.enter(Protocol::Imap, "relaying");
-        m.login(Protocol::Imap, "ok");
+        m.login_result(Protocol::Imap, "ok");
         m.refresh("ok");
         m.upstream_login(Protocol::Smtp, Duration::from_millis(30));
         m.meters(Protocol::Pop3).to_client.inc_by(42);

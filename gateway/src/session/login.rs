@@ -114,7 +114,7 @@ pub struct Attempt {
 
 /// Authenticates `user` locally and logs in to the provider's server for
 /// `protocol` with `attempt`.
-pub async fn login<T, F, Fut>(
+pub async fn run<T, F, Fut>(
     ctx: &Context,
     protocol: Protocol,
     user: &str,
@@ -126,8 +126,8 @@ where
     F: Fn(Attempt) -> Fut,
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
-    let result = login_once(ctx, protocol, user, password, client, attempt).await;
-    ctx.metrics.login(
+    let result = run_once(ctx, protocol, user, password, client, attempt).await;
+    ctx.metrics.login_result(
         protocol,
         match &result {
             Ok(_) => "ok",
@@ -137,7 +137,7 @@ where
     result
 }
 
-async fn login_once<T, F, Fut>(
+async fn run_once<T, F, Fut>(
     ctx: &Context,
     protocol: Protocol,
     user: &str,
@@ -151,7 +151,7 @@ where
 {
     let accounts = &ctx.accounts;
     let peer = client.peer.ip();
-    let auth = match accounts.login(user, password, peer).await {
+    let auth = match accounts.authenticate(user, password, peer).await {
         Ok(auth) => auth,
         Err(LoginError::NoToken) => {
             if client.in_band {

@@ -299,7 +299,7 @@ impl LineCore {
     }
 
     /// Asks the session to log in; nothing is parsed until it answers.
-    pub fn log_in(&mut self, user: String, password: SecretString) {
+    pub fn ask_login(&mut self, user: String, password: SecretString) {
         self.out.push_back(Event::Login { user, password });
         self.wait = Wait::Login;
     }
@@ -477,7 +477,7 @@ pub trait Dialect: Send + Sync + 'static {
 }
 
 /// One upstream login of dialect `D`.
-pub async fn log_in<D: Dialect>(
+pub async fn upstream_login<D: Dialect>(
     hint: &D::Hint,
     a: &crate::session::login::Attempt,
 ) -> Result<crate::session::upstream::LoggedIn, crate::session::upstream::UpstreamError> {
@@ -507,9 +507,9 @@ pub async fn serve<D: Dialect>(
         async move {
             let attempt = move |a: crate::session::login::Attempt| {
                 let hint = hint.clone();
-                async move { log_in::<D>(&hint, &a).await }
+                async move { upstream_login::<D>(&hint, &a).await }
             };
-            crate::session::login::login(&ctx, D::PROTOCOL, &user, &password, who, attempt).await
+            crate::session::login::run(&ctx, D::PROTOCOL, &user, &password, who, attempt).await
         }
     })
     .await;

@@ -267,7 +267,7 @@ mod tests {
     use super::super::testing::{ir, last, play, run, sent, split_everywhere};
     use super::*;
 
-    fn login(tls: bool) -> Login {
+    fn machine(tls: bool) -> Login {
         Login::new("alice@example.test", &SecretString::from("tok"), tls)
     }
 
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn gmail_success_and_error_challenge() {
-        let mut m = login(true);
+        let mut m = machine(true);
         let steps = run(&mut m, GMAIL_OK[0]);
         assert_eq!(sent(&steps), "mg2 CAPABILITY\r\n");
         let steps = run(
@@ -304,7 +304,7 @@ mod tests {
         }
 
         // A bad token: the challenge, answered with an empty line.
-        let mut m = login(true);
+        let mut m = machine(true);
         run(
             &mut m,
             b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2] Gimap ready\r\n",
@@ -336,9 +336,9 @@ mod tests {
 
     #[test]
     fn office365_without_sasl_ir_and_plain_no() {
-        let mut m = login(true);
+        let mut m = machine(true);
         let steps = play(
-            login(true),
+            machine(true),
             &[
                 b"* OK The Microsoft Exchange IMAP4 service is ready. [TQBOADIAUABSADAA]\r\n",
                 b"* CAPABILITY IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+\r\nmg2 OK CAPABILITY completed.\r\n",
@@ -356,7 +356,7 @@ mod tests {
         );
         let steps = m.next();
         assert!(steps.is_none());
-        let mut m = login(true);
+        let mut m = machine(true);
         let steps = run(
             &mut m,
             b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n",
@@ -382,7 +382,7 @@ mod tests {
 
     #[test]
     fn dovecot_starttls_and_unavailable() {
-        let mut m = login(false);
+        let mut m = machine(false);
         let steps = run(
             &mut m,
             b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS LOGINDISABLED] Dovecot (Debian) ready.\r\n",
@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn starttls_missing_or_refused_and_garbage() {
-        let mut m = login(false);
+        let mut m = machine(false);
         let steps = run(
             &mut m,
             b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n",
@@ -420,7 +420,7 @@ mod tests {
         assert_eq!(sent(&steps), "", "no token in clear");
 
         let steps = play(
-            login(false),
+            machine(false),
             &[
                 b"* OK [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n",
                 b"mg1 BAD no\r\n",
@@ -431,16 +431,20 @@ mod tests {
             matches!(last(&steps), Some(Step::Failed(Failure::Protocol(r))) if r.contains("STARTTLS refused"))
         );
 
-        let steps = play(login(true), &[b"HTTP/1.1 400 Bad Request\r\n"], usize::MAX);
+        let steps = play(
+            machine(true),
+            &[b"HTTP/1.1 400 Bad Request\r\n"],
+            usize::MAX,
+        );
         assert!(
             matches!(last(&steps), Some(Step::Failed(Failure::Protocol(r))) if r.contains("unexpected"))
         );
-        let steps = play(login(true), &[b"* BYE go away\r\n"], usize::MAX);
+        let steps = play(machine(true), &[b"* BYE go away\r\n"], usize::MAX);
         assert!(matches!(
             last(&steps),
             Some(Step::Failed(Failure::Unavailable(_)))
         ));
-        let steps = play(login(true), &[&[b'x'; 70_000][..]], usize::MAX);
+        let steps = play(machine(true), &[&[b'x'; 70_000][..]], usize::MAX);
         assert!(
             matches!(last(&steps), Some(Step::Failed(Failure::Protocol(r))) if r.contains("too long"))
         );
@@ -448,9 +452,9 @@ mod tests {
 
     #[test]
     fn split_at_every_byte() {
-        split_everywhere(|| login(true), &GMAIL_OK);
+        split_everywhere(|| machine(true), &GMAIL_OK);
         split_everywhere(
-            || login(false),
+            || machine(false),
             &[
                 b"* OK [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n",
                 b"mg1 OK go\r\n",

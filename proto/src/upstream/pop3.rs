@@ -168,7 +168,7 @@ mod tests {
     use super::super::testing::{ir, last, play, sent, split_everywhere};
     use super::*;
 
-    fn login(tls: bool) -> Login {
+    fn machine(tls: bool) -> Login {
         Login::new("alice@example.test", &SecretString::from("tok"), tls)
     }
 
@@ -182,20 +182,20 @@ mod tests {
 
     #[test]
     fn dovecot_stls_and_success() {
-        let steps = play(login(false), &DOVECOT_STLS, usize::MAX);
+        let steps = play(machine(false), &DOVECOT_STLS, usize::MAX);
         assert_eq!(
             sent(&steps),
             format!("CAPA\r\nSTLS\r\nAUTH XOAUTH2\r\n{}\r\n", ir())
         );
         assert!(steps.contains(&Step::StartTls));
         assert!(matches!(last(&steps), Some(Step::Done(_))));
-        split_everywhere(|| login(false), &DOVECOT_STLS);
+        split_everywhere(|| machine(false), &DOVECOT_STLS);
     }
 
     #[test]
     fn office365_challenge_and_failures() {
         let steps = play(
-            login(true),
+            machine(true),
             &[
                 b"+OK The Microsoft Exchange POP3 service is ready.\r\n",
                 b"+ \r\n",
@@ -209,7 +209,7 @@ mod tests {
             matches!(last(&steps), Some(Step::Failed(Failure::Rejected(d))) if d.contains("challenge"))
         );
         let steps = play(
-            login(true),
+            machine(true),
             &[
                 b"+OK ready\r\n",
                 b"+ \r\n",
@@ -221,13 +221,13 @@ mod tests {
             last(&steps),
             Some(Step::Failed(Failure::Unavailable(_)))
         ));
-        let steps = play(login(true), &[b"-ERR [IN-USE] locked\r\n"], usize::MAX);
+        let steps = play(machine(true), &[b"-ERR [IN-USE] locked\r\n"], usize::MAX);
         assert!(matches!(
             last(&steps),
             Some(Step::Failed(Failure::Unavailable(_)))
         ));
         let steps = play(
-            login(true),
+            machine(true),
             &[b"+OK ready\r\n", b"-ERR no XOAUTH2\r\n"],
             usize::MAX,
         );
@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn no_stls_and_garbage() {
         let steps = play(
-            login(false),
+            machine(false),
             &[b"+OK ready\r\n", b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n"],
             usize::MAX,
         );
@@ -248,7 +248,7 @@ mod tests {
         );
         assert!(!sent(&steps).contains("AUTH"), "no token in clear");
         let steps = play(
-            login(false),
+            machine(false),
             &[b"+OK ready\r\n", b"-ERR no CAPA\r\n"],
             usize::MAX,
         );
@@ -256,7 +256,7 @@ mod tests {
             last(&steps),
             Some(Step::Failed(Failure::Protocol(_)))
         ));
-        let steps = play(login(true), &[b"220 smtp here\r\n"], usize::MAX);
+        let steps = play(machine(true), &[b"220 smtp here\r\n"], usize::MAX);
         assert!(
             matches!(last(&steps), Some(Step::Failed(Failure::Protocol(_)))),
             "{steps:?}"

@@ -138,7 +138,7 @@ mod tests {
     use super::super::testing::{ir, last, play, run, sent, split_everywhere};
     use super::*;
 
-    fn login(inline: bool, tls: bool) -> Login {
+    fn machine(inline: bool, tls: bool) -> Login {
         Login::new(
             "alice@example.test",
             &SecretString::from("tok"),
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn office365_starttls_and_success() {
-        let steps = play(login(false, false), &OFFICE365, usize::MAX);
+        let steps = play(machine(false, false), &OFFICE365, usize::MAX);
         assert_eq!(
             sent(&steps),
             format!(
@@ -169,7 +169,7 @@ mod tests {
         );
         assert!(steps.contains(&Step::StartTls));
         assert!(matches!(last(&steps), Some(Step::Done(s)) if s.capabilities.is_none()));
-        split_everywhere(|| login(false, false), &OFFICE365);
+        split_everywhere(|| machine(false, false), &OFFICE365);
     }
 
     #[test]
@@ -180,7 +180,7 @@ mod tests {
             (b"454 4.7.0 Temporary authentication failure\r\n", true),
         ] {
             let steps = play(
-                login(false, true),
+                machine(false, true),
                 &[b"220 ready\r\n", b"250-x\r\n250 AUTH XOAUTH2\r\n", b"334 \r\n", reply],
                 usize::MAX,
             );
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn gmail_inline_and_error_challenge() {
-        let mut m = login(true, true);
+        let mut m = machine(true, true);
         run(&mut m, b"220 smtp.gmail.com ESMTP x1sm ready\r\n");
         let steps = run(
             &mut m,
@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn postfix_without_starttls_and_garbage() {
         let steps = play(
-            login(false, false),
+            machine(false, false),
             &[
                 b"220 mx.example ESMTP Postfix (Debian/GNU)\r\n",
                 b"250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
@@ -233,18 +233,18 @@ mod tests {
             matches!(last(&steps), Some(Step::Failed(Failure::Protocol(r))) if r.contains("STARTTLS"))
         );
         assert!(!sent(&steps).contains("AUTH"), "no token in clear");
-        let steps = play(login(false, true), &[b"421 4.3.2 busy\r\n"], usize::MAX);
+        let steps = play(machine(false, true), &[b"421 4.3.2 busy\r\n"], usize::MAX);
         assert!(matches!(
             last(&steps),
             Some(Step::Failed(Failure::Unavailable(_)))
         ));
-        let steps = play(login(false, true), &[b"* OK IMAP here\r\n"], usize::MAX);
+        let steps = play(machine(false, true), &[b"* OK IMAP here\r\n"], usize::MAX);
         assert!(matches!(
             last(&steps),
             Some(Step::Failed(Failure::Protocol(_)))
         ));
         let steps = play(
-            login(false, false),
+            machine(false, false),
             &[
                 b"220 x\r\n",
                 b"250-x\r\n250 STARTTLS\r\n",

@@ -196,7 +196,7 @@ impl ImapPreAuth {
                 "* ID (\"name\" \"mailgate\" \"version\" \"{}\")\r\n{tag} OK ID completed\r\n",
                 env!("CARGO_PKG_VERSION")
             )),
-            CommandBody::Login { username, password } => self.login(tag, username, password),
+            CommandBody::Login { username, password } => self.ask_login(tag, username, password),
             CommandBody::Authenticate {
                 mechanism,
                 initial_response,
@@ -242,7 +242,7 @@ impl ImapPreAuth {
 
     fn plain_response(&mut self, tag: String, b64: &SecretString) {
         match plain_credentials(b64) {
-            Ok((user, password)) => self.login(tag, user, password),
+            Ok((user, password)) => self.ask_login(tag, user, password),
             Err(PlainError::Malformed(e)) => {
                 self.write(format!("{tag} BAD Invalid SASL PLAIN response: {e}\r\n"))
             }
@@ -252,7 +252,7 @@ impl ImapPreAuth {
         }
     }
 
-    fn login(&mut self, tag: String, user: String, password: SecretString) {
+    fn ask_login(&mut self, tag: String, user: String, password: SecretString) {
         self.phase = Phase::AwaitLogin { tag };
         self.out.push_back(Event::Login { user, password });
     }

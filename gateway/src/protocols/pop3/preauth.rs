@@ -104,7 +104,7 @@ impl Pop3PreAuth {
                 self.write("+OK Send PASS\r\n");
             }
             Command::Pass(pw) => match self.user.take() {
-                Some(user) => self.login(user, pw),
+                Some(user) => self.ask_login(user, pw),
                 None => self.write("-ERR No user name given; send USER first\r\n"),
             },
             Command::Auth {
@@ -147,7 +147,7 @@ impl Pop3PreAuth {
 
     fn plain(&mut self, b64: &SecretString) {
         match plain_credentials(b64) {
-            Ok((user, password)) => self.login(user, password),
+            Ok((user, password)) => self.ask_login(user, password),
             Err(PlainError::Malformed(e)) => {
                 self.write(format!("-ERR Invalid AUTH PLAIN response: {e}\r\n"))
             }
@@ -157,8 +157,8 @@ impl Pop3PreAuth {
         }
     }
 
-    fn login(&mut self, user: String, password: SecretString) {
-        self.core.log_in(user, password);
+    fn ask_login(&mut self, user: String, password: SecretString) {
+        self.core.ask_login(user, password);
     }
 }
 

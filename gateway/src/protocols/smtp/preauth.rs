@@ -115,7 +115,7 @@ impl SmtpPreAuth {
             Phase::AuthLoginPassword { user } => {
                 self.phase = Phase::Command;
                 if let Some(pw) = self.sasl_text(&line) {
-                    self.login(user, pw);
+                    self.ask_login(user, pw);
                 }
             }
         }
@@ -154,7 +154,7 @@ impl SmtpPreAuth {
 
     fn plain(&mut self, b64: &SecretString) {
         match plain_credentials(b64) {
-            Ok((user, password)) => self.login(user, password),
+            Ok((user, password)) => self.ask_login(user, password),
             Err(PlainError::Malformed(e)) => {
                 self.write(format!("501 5.5.2 Invalid AUTH PLAIN response: {e}\r\n"))
             }
@@ -164,8 +164,8 @@ impl SmtpPreAuth {
         }
     }
 
-    fn login(&mut self, user: String, password: SecretString) {
-        self.core.log_in(user, password);
+    fn ask_login(&mut self, user: String, password: SecretString) {
+        self.core.ask_login(user, password);
     }
 
     fn command(&mut self, line: &[u8]) {
