@@ -212,6 +212,39 @@ pub fn mailgate_bin() -> PathBuf {
     bin
 }
 
+/// Runs the `mailgate` binary on `config` with `args`, `stdin` as its
+/// input, `$MAILGATE_PASSWORD` when given, and `env` added (no inherited
+/// MAILGATE_ variables that would change the outcome).
+pub fn run_mailgate(
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+    password: Option<&str>,
+    env: &[(&str, &Path)],
+) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(mailgate_bin());
+    cmd.arg("-c").arg(config).args(args);
+    cmd.env_remove("MAILGATE_PASSWORD")
+        .env_remove("MAILGATE_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(p) = password {
+        cmd.env("MAILGATE_PASSWORD", p);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The command may exit (a user error) before reading its input.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
 /// Installs a test log subscriber once (RUST_LOG controls it).
 pub fn logs() {
     mailgate::observe::logging::init_for_tests();

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -25,25 +25,7 @@ fn mailgate_env(
     password: Option<&str>,
     env: &[(&str, &Path)],
 ) -> Output {
-    let mut cmd = Command::new(mailgate_bin());
-    cmd.arg("-c").arg(config).args(args);
-    cmd.env_remove("MAILGATE_PASSWORD")
-        .env_remove("MAILGATE_CONFIG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if let Some(p) = password {
-        cmd.env("MAILGATE_PASSWORD", p);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The command may exit (a user error) before reading its input.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    mailgate_tests::harness::run_mailgate(config, args, stdin, password, env)
 }
 
 fn text(b: &[u8]) -> String {

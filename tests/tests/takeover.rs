@@ -15,7 +15,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use mailgate_tests::browser::{sign_in, url_in};
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{
-    Env, PASSWORD, USER, imap_addr, logs, mailgate_bin, pop3_addr, smtp_addr, start,
+    Env, PASSWORD, USER, imap_addr, logs, mailgate_bin, pop3_addr, run_mailgate, smtp_addr, start,
     without_in_band,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,26 +120,8 @@ async fn in_band_counts_towards_max_failures() {
 }
 
 /// Runs `mailgate ARGS` with `password` and `stdin`; (success, output).
-fn mailgate(
-    env: &Env,
-    cfg: &std::path::Path,
-    args: &[&str],
-    password: &str,
-    stdin: &str,
-) -> (bool, String) {
-    let mut child = Command::new(mailgate_bin())
-        .arg("-c")
-        .arg(cfg)
-        .args(args)
-        .env("MAILGATE_PASSWORD", password)
-        .current_dir(env.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let out = child.wait_with_output().unwrap();
+fn mailgate(cfg: &std::path::Path, args: &[&str], password: &str, stdin: &str) -> (bool, String) {
+    let out = run_mailgate(cfg, args, stdin, Some(password), &[]);
     (
         out.status.success(),
         format!(
@@ -245,12 +226,12 @@ async fn token_import_of_another_users_token_stores_nothing() {
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
     let cfg = env.write_config(&env.config_text(&imap.url(false), "", "", ""));
     let other = env.oauth.issue_refresh_token("mallory@evil.test");
-    let (ok, out) = mailgate(&env, &cfg, &["token", "import", USER], PASSWORD, &other);
+    let (ok, out) = mailgate(&cfg, &["token", "import", USER], PASSWORD, &other);
     assert!(!ok, "{out}");
     assert!(out.contains("does not open the mailbox"), "{out}");
     assert!(!token_path(&env).exists());
     let own = env.oauth.issue_refresh_token(USER);
-    let (ok, out) = mailgate(&env, &cfg, &["token", "import", USER], PASSWORD, &own);
+    let (ok, out) = mailgate(&cfg, &["token", "import", USER], PASSWORD, &own);
     assert!(ok, "{out}");
     assert!(token_path(&env).exists());
 }
@@ -268,7 +249,7 @@ async fn forget_and_new_password_take_effect_in_a_running_gateway() {
     let mut c = LineClient::greeted(imap_addr(&g)).await;
     assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
 
-    let (ok, out) = mailgate(&env, &cfg, &["forget", USER], "", "");
+    let (ok, out) = mailgate(&cfg, &["forget", USER], "", "");
     assert!(ok, "{out}");
     // The old password no longer opens anything, even when the gateway
     // would refresh (its cached tokens are dropped, not written back).
@@ -280,13 +261,7 @@ async fn forget_and_new_password_take_effect_in_a_running_gateway() {
 
     // Authorised again with a new password: the old one does not win.
     let rt = env.oauth.issue_refresh_token(USER);
-    let (ok, out) = mailgate(
-        &env,
-        &cfg,
-        &["token", "import", USER],
-        "a-new-password",
-        &rt,
-    );
+    let (ok, out) = mailgate(&cfg, &["token", "import", USER], "a-new-password", &rt);
     assert!(ok, "{out}");
     let mut c = LineClient::greeted(imap_addr(&g)).await;
     let r = c.login("c", USER, PASSWORD).await;
