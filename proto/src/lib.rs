@@ -12,6 +12,8 @@ pub mod line;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;
+#[cfg(test)]
+mod testing;
 pub mod upstream;
 
 pub use secrecy::{ExposeSecret, SecretString};

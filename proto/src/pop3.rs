@@ -3,12 +3,12 @@
 //! while logging in upstream.
 
 use nom::Parser;
-use nom::bytes::streaming::{tag, tag_no_case, take_while, take_while1};
+use nom::bytes::streaming::{tag, tag_no_case};
 use nom::combinator::opt;
 use nom::sequence::{delimited, preceded};
 use secrecy::SecretString;
 
-use crate::lex::{base64_or_eq, crlf, fail};
+use crate::lex::{base64_or_eq, crlf, fail, keyword, mechanism, to_line_end};
 use crate::{DecodeError, NomResult, finish};
 
 /// A client command in the AUTHORIZATION state.
@@ -39,16 +39,6 @@ pub fn decode_command(input: &[u8]) -> Result<(&[u8], Command), DecodeError> {
     finish(command(input), || None)
 }
 
-fn keyword(i: &[u8]) -> NomResult<'_, String> {
-    let (i, k) = take_while1(|b: u8| b.is_ascii_alphabetic()).parse(i)?;
-    Ok((i, String::from_utf8_lossy(k).to_ascii_uppercase()))
-}
-
-/// Everything up to the line end (may be empty).
-fn rest(i: &[u8]) -> NomResult<'_, &[u8]> {
-    take_while(|b| b != b'\r' && b != b'\n').parse(i)
-}
-
 /// `command = keyword *(SP argument) CRLF`
 fn command(i: &[u8]) -> NomResult<'_, Command> {
     let (i, k) = keyword(i)?;
@@ -66,7 +56,7 @@ fn command(i: &[u8]) -> NomResult<'_, Command> {
             ))
         }
         "USER" => {
-            let (i, name) = delimited(tag(" "), rest, crlf).parse(i)?;
+            let (i, name) = delimited(tag(" "), to_line_end, crlf).parse(i)?;
             let name = std::str::from_utf8(name).map_err(|_| fail(i))?.trim();
             if name.is_empty() {
                 return Err(fail(i));
@@ -74,17 +64,13 @@ fn command(i: &[u8]) -> NomResult<'_, Command> {
             Ok((i, Command::User(name.to_owned())))
         }
         "PASS" => {
-            let (i, pw) = delimited(tag(" "), rest, crlf).parse(i)?;
+            let (i, pw) = delimited(tag(" "), to_line_end, crlf).parse(i)?;
             let pw = std::str::from_utf8(pw).map_err(|_| fail(i))?;
             Ok((i, Command::Pass(SecretString::from(pw.to_owned()))))
         }
         "AUTH" => {
-            let (i, mech) = opt(preceded(
-                tag(" "),
-                take_while1(|b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
-            ))
-            .parse(i)?;
-            let (i, ir) = match mech {
+            let (i, mechanism) = opt(preceded(tag(" "), mechanism)).parse(i)?;
+            let (i, ir) = match mechanism {
                 Some(_) => opt(preceded(tag(" "), base64_or_eq)).parse(i)?,
                 None => (i, None),
             };
@@ -92,13 +78,13 @@ fn command(i: &[u8]) -> NomResult<'_, Command> {
             Ok((
                 i,
                 Command::Auth {
-                    mechanism: mech.map(|m| String::from_utf8_lossy(m).to_ascii_uppercase()),
+                    mechanism,
                     initial_response: ir.map(SecretString::from),
                 },
             ))
         }
         _ => {
-            let (i, _) = (rest, crlf).parse(i)?;
+            let (i, _) = (to_line_end, crlf).parse(i)?;
             Ok((
                 i,
                 if k == "APOP" {
@@ -130,7 +116,7 @@ pub fn decode_reply(input: &[u8]) -> Result<(&[u8], Reply), DecodeError> {
 fn reply(i: &[u8]) -> NomResult<'_, Reply> {
     let (i, first) =
         nom::branch::alt((tag_no_case("+OK"), tag_no_case("-ERR"), tag("+"))).parse(i)?;
-    let (i, text) = opt(preceded(tag(" "), rest)).parse(i)?;
+    let (i, text) = opt(preceded(tag(" "), to_line_end)).parse(i)?;
     let (i, _) = crlf(i)?;
     let text = String::from_utf8_lossy(text.unwrap_or_default()).into_owned();
     let r = match first {
@@ -172,7 +158,7 @@ pub fn decode_multiline(input: &[u8]) -> Result<(&[u8], Vec<String>), DecodeErro
 fn multiline(mut i: &[u8]) -> NomResult<'_, Vec<String>> {
     let mut lines = Vec::new();
     loop {
-        let (r, line) = rest(i)?;
+        let (r, line) = to_line_end(i)?;
         let (r, _) = crlf(r)?;
         if line == b"." {
             return Ok((r, lines));
@@ -233,20 +219,18 @@ mod tests {
 
     #[test]
     fn malformed_commands() {
-        for input in [
-            &b"USER\r\n"[..],
-            b"USER \r\n",
-            b"PASS\r\n",
-            b"CAPA x\r\n",
-            b"\r\n",
-            b"AUTH PLAIN !\r\n",
-            b"PASS \xff\r\n",
-        ] {
-            assert!(
-                matches!(decode_command(input), Err(DecodeError::Failed { .. })),
-                "{input:?}"
-            );
-        }
+        crate::testing::all_malformed(
+            decode_command,
+            &[
+                b"USER\r\n",
+                b"USER \r\n",
+                b"PASS\r\n",
+                b"CAPA x\r\n",
+                b"\r\n",
+                b"AUTH PLAIN !\r\n",
+                b"PASS \xff\r\n",
+            ],
+        );
     }
 
     #[test]
@@ -323,24 +307,9 @@ mod tests {
             b"CAPA\r\n",
             b"AUTH\r\n",
         ];
-        for msg in commands {
-            for end in 0..msg.len() {
-                assert!(
-                    matches!(decode_command(&msg[..end]), Err(DecodeError::Incomplete)),
-                    "prefix {end} of {msg:?}"
-                );
-            }
-        }
+        crate::testing::prefixes_are_incomplete(decode_command, commands);
         let replies: &[&[u8]] = &[b"+OK ready\r\n", b"-ERR [AUTH] no\r\n", b"+ \r\n"];
-        for msg in replies {
-            for end in 0..msg.len() {
-                assert_eq!(
-                    decode_reply(&msg[..end]).err(),
-                    Some(DecodeError::Incomplete),
-                    "prefix {end} of {msg:?}"
-                );
-            }
-        }
+        crate::testing::prefixes_are_incomplete(decode_reply, replies);
         let body = b"A\r\nB\r\n.\r\n";
         for end in 0..body.len() {
             assert_eq!(

@@ -8,7 +8,7 @@ use nom::combinator::opt;
 use nom::sequence::preceded;
 use secrecy::SecretString;
 
-use crate::lex::{base64_or_eq, crlf, fail};
+use crate::lex::{base64_or_eq, crlf, fail, keyword, mechanism, to_line_end};
 use crate::{DecodeError, NomResult, finish};
 
 /// A client command before authentication.
@@ -44,8 +44,7 @@ pub fn decode_command(input: &[u8]) -> Result<(&[u8], Command), DecodeError> {
 
 /// `command = verb [SP arguments] CRLF`
 fn command(i: &[u8]) -> NomResult<'_, Command> {
-    let (i, verb) = take_while1(|b: u8| b.is_ascii_alphabetic()).parse(i)?;
-    let verb = String::from_utf8_lossy(verb).to_ascii_uppercase();
+    let (i, verb) = keyword(i)?;
     match verb.as_str() {
         "EHLO" | "HELO" => {
             let (i, name) = preceded(tag(" "), domain).parse(i)?;
@@ -60,17 +59,13 @@ fn command(i: &[u8]) -> NomResult<'_, Command> {
             ))
         }
         "AUTH" => {
-            let (i, mech) = preceded(
-                tag(" "),
-                take_while1(|b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
-            )
-            .parse(i)?;
+            let (i, mechanism) = preceded(tag(" "), mechanism).parse(i)?;
             let (i, ir) = opt(preceded(tag(" "), base64_or_eq)).parse(i)?;
             let (i, _) = crlf(i)?;
             Ok((
                 i,
                 Command::Auth {
-                    mechanism: String::from_utf8_lossy(mech).to_ascii_uppercase(),
+                    mechanism,
                     initial_response: ir.map(SecretString::from),
                 },
             ))
@@ -114,7 +109,7 @@ fn domain(i: &[u8]) -> NomResult<'_, String> {
 
 /// The rest of the line after the verb (without the leading space), then CRLF.
 fn rest_of_line(i: &[u8]) -> NomResult<'_, &[u8]> {
-    let (i, rest) = take_while(|b| b != b'\r' && b != b'\n').parse(i)?;
+    let (i, rest) = to_line_end(i)?;
     let (i, _) = crlf(i)?;
     Ok((i, rest.strip_prefix(b" ").unwrap_or(rest)))
 }
@@ -254,20 +249,18 @@ mod tests {
 
     #[test]
     fn malformed_commands() {
-        for input in [
-            &b"EHLO\r\n"[..],
-            b"EHLO \r\n",
-            b"AUTH\r\n",
-            b"AUTH PLAIN !!!\r\n",
-            b"QUIT now\r\n",
-            b"\r\n",
-            b"123\r\n",
-        ] {
-            assert!(
-                matches!(decode_command(input), Err(DecodeError::Failed { .. })),
-                "{input:?}"
-            );
-        }
+        crate::testing::all_malformed(
+            decode_command,
+            &[
+                b"EHLO\r\n",
+                b"EHLO \r\n",
+                b"AUTH\r\n",
+                b"AUTH PLAIN !!!\r\n",
+                b"QUIT now\r\n",
+                b"\r\n",
+                b"123\r\n",
+            ],
+        );
     }
 
     #[test]
@@ -341,17 +334,15 @@ mod tests {
 
     #[test]
     fn malformed_replies() {
-        for input in [
-            &b"2x0 hi\r\n"[..],
-            b"250-a\r\n251 b\r\n",
-            b"999 x\r\n",
-            b"hello\r\n",
-        ] {
-            assert!(
-                matches!(decode_reply(input), Err(DecodeError::Failed { .. })),
-                "{input:?}"
-            );
-        }
+        crate::testing::all_malformed(
+            decode_reply,
+            &[
+                b"2x0 hi\r\n",
+                b"250-a\r\n251 b\r\n",
+                b"999 x\r\n",
+                b"hello\r\n",
+            ],
+        );
     }
 
     #[test]
@@ -363,27 +354,12 @@ mod tests {
             b"MAIL FROM:<a@b.c>\r\n",
             b"QUIT\r\n",
         ];
-        for msg in commands {
-            for end in 0..msg.len() {
-                assert!(
-                    matches!(decode_command(&msg[..end]), Err(DecodeError::Incomplete)),
-                    "prefix {end} of {msg:?}"
-                );
-            }
-        }
+        crate::testing::prefixes_are_incomplete(decode_command, commands);
         let replies: &[&[u8]] = &[
             b"250-a\r\n250-b\r\n250 c\r\n",
             b"334 \r\n",
             b"535 5.7.8 no\r\n",
         ];
-        for msg in replies {
-            for end in 0..msg.len() {
-                assert_eq!(
-                    decode_reply(&msg[..end]).err(),
-                    Some(DecodeError::Incomplete),
-                    "prefix {end} of {msg:?}"
-                );
-            }
-        }
+        crate::testing::prefixes_are_incomplete(decode_reply, replies);
     }
 }

@@ -107,6 +107,20 @@ impl Options {
     }
 }
 
+impl Options {
+    /// Logins are accepted now: under TLS, or before it where the listener
+    /// allows.
+    pub fn login_allowed(&self) -> bool {
+        self.tls || self.auth_before_tls
+    }
+
+    /// TLS is up after STARTTLS/STLS: it is not offered again.
+    pub fn tls_started(&mut self) {
+        self.starttls = false;
+        self.tls = true;
+    }
+}
+
 /// What a pre-auth state machine asks of its session.
 #[derive(Debug)]
 pub enum Event {

@@ -422,16 +422,7 @@ mod tests {
             b"a6 ID NIL\r\n",
             b"a7 SELECT {5+}\r\nINBOX\r\n",
         ];
-        for msg in valid {
-            for end in 0..msg.len() {
-                match decode_command(&msg[..end]) {
-                    Err(DecodeError::Incomplete) => {}
-                    other => panic!("prefix {end} of {msg:?}: {other:?}"),
-                }
-            }
-            let (rest, _) = decode_command(msg).expect("whole");
-            assert!(rest.is_empty());
-        }
+        crate::testing::prefixes_are_incomplete(decode_command, valid);
     }
 
     #[test]

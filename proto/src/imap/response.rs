@@ -337,12 +337,10 @@ mod tests {
 
     #[test]
     fn malformed() {
-        for input in [&b"a FOO bar\r\n"[..], b"\r\n", b"a\r\n", b" OK\r\n"] {
-            assert!(
-                matches!(decode_response(input), Err(DecodeError::Failed { .. })),
-                "{input:?}"
-            );
-        }
+        crate::testing::all_malformed(
+            decode_response,
+            &[b"a FOO bar\r\n", b"\r\n", b"a\r\n", b" OK\r\n"],
+        );
     }
 
     #[test]
@@ -354,15 +352,6 @@ mod tests {
             b"mg1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
             b"mg1 OK\r\n",
         ];
-        for msg in valid {
-            for end in 0..msg.len() {
-                assert_eq!(
-                    decode_response(&msg[..end]).err(),
-                    Some(DecodeError::Incomplete),
-                    "prefix {end} of {}",
-                    String::from_utf8_lossy(msg)
-                );
-            }
-        }
+        crate::testing::prefixes_are_incomplete(decode_response, valid);
     }
 }

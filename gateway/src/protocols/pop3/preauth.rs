@@ -80,7 +80,7 @@ impl Pop3PreAuth {
                 return;
             }
         };
-        let login_allowed = self.opts.tls || self.opts.auth_before_tls;
+        let login_allowed = self.opts.login_allowed();
         if !login_allowed
             && matches!(
                 cmd,
@@ -95,7 +95,7 @@ impl Pop3PreAuth {
                 let mut r = b"+OK Capability list follows\r\n".to_vec();
                 r.extend(encode_multiline(&capabilities(
                     self.opts.starttls,
-                    self.opts.tls || self.opts.auth_before_tls,
+                    self.opts.login_allowed(),
                 )));
                 self.core.out.push_back(Event::Write(r));
             }
@@ -197,8 +197,7 @@ impl PreAuth for Pop3PreAuth {
     }
 
     fn tls_started(&mut self) {
-        self.opts.starttls = false;
-        self.opts.tls = true;
+        self.opts.tls_started();
         self.user = None;
         self.core.tls_started();
         self.phase = Phase::Command;
@@ -209,11 +208,6 @@ impl PreAuth for Pop3PreAuth {
 mod tests {
     use super::*;
     use crate::session::testing::{b64, creds, run};
-    #[test]
-    fn http_requests_are_closed_without_an_answer() {
-        crate::session::testing::http_is_closed_silently(Pop3PreAuth::new(Options::default()));
-    }
-
     #[test]
     fn greeting_capa_and_refusals() {
         let mut m = Pop3PreAuth::new(Options::default());

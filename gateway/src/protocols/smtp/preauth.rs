@@ -71,14 +71,10 @@ impl SmtpPreAuth {
         self.core.write(s);
     }
 
-    fn login_allowed(&self) -> bool {
-        self.opts.tls || self.opts.auth_before_tls
-    }
-
     fn ehlo_reply(&self, name: &str) -> String {
         let mut lines = vec![format!("{} Hello {name}", self.opts.hostname)];
         lines.extend(
-            ehlo_keywords(self.opts.starttls, self.login_allowed())
+            ehlo_keywords(self.opts.starttls, self.opts.login_allowed())
                 .iter()
                 .map(|k| k.to_string()),
         );
@@ -186,7 +182,7 @@ impl SmtpPreAuth {
                 self.write(format!("250 {}\r\n", self.opts.hostname));
                 self.ehlo = Some(name);
             }
-            Command::Auth { .. } if !self.login_allowed() => {
+            Command::Auth { .. } if !self.opts.login_allowed() => {
                 self.write("530 5.7.0 Must issue a STARTTLS command first\r\n");
             }
             Command::Auth { .. } if self.ehlo.is_none() => {
@@ -287,8 +283,7 @@ impl PreAuth for SmtpPreAuth {
     fn tls_started(&mut self) {
         // RFC 3207 §4.2: forget what the client said in clear; it must EHLO
         // again.
-        self.opts.starttls = false;
-        self.opts.tls = true;
+        self.opts.tls_started();
         self.ehlo = None;
         self.core.tls_started();
         self.phase = Phase::Command;
@@ -299,11 +294,6 @@ impl PreAuth for SmtpPreAuth {
 mod tests {
     use super::*;
     use crate::session::testing::{b64, creds, run};
-    #[test]
-    fn http_requests_are_closed_without_an_answer() {
-        crate::session::testing::http_is_closed_silently(SmtpPreAuth::new(Options::default()));
-    }
-
     #[test]
     fn greeting_ehlo_and_local_commands() {
         let mut m = SmtpPreAuth::new(Options::default());
