@@ -18,6 +18,18 @@ pub(crate) struct RawConfig {
     pub provider: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub account: Vec<RawAccount>,
+    pub portal: Option<RawPortal>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPortal {
+    pub address: Option<String>,
+    pub tls: Option<String>,
+    pub certificate: Option<String>,
+    pub key: Option<String>,
+    pub insecure_plaintext: Option<bool>,
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

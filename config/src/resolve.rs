@@ -10,10 +10,10 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::presets;
-use crate::raw::{RawAccount, RawConfig, RawGateway, RawListener, RawProvider};
+use crate::raw::{RawAccount, RawConfig, RawGateway, RawListener, RawPortal, RawProvider};
 use crate::{
-    Account, Choice, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener, LogFormat, Preset,
-    Protocol, Provider, TlsMode, Upstream, UpstreamSecurity, UserPattern, relative_to,
+    Account, Choice, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener, LogFormat, Portal,
+    Preset, Protocol, Provider, TlsMode, Upstream, UpstreamSecurity, UserPattern, relative_to,
 };
 
 struct Errors<'a> {
@@ -40,14 +40,22 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
     let listeners = listeners(file, raw.listener, &mut errs);
     let providers = providers(file, raw.provider, &mut errs);
     let accounts = accounts(raw.account, &providers, &mut errs);
+    let portal = raw.portal.map(|p| portal(file, p, &mut errs));
     if errs.list.is_empty() {
         let keys = listeners
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| l.key.clone().map(|k| (format!("listener[{i}].key"), k)));
+            .filter_map(|(i, l)| l.key.clone().map(|k| (format!("listener[{i}].key"), k)))
+            .chain(
+                portal
+                    .as_ref()
+                    .and_then(|p| p.key.clone())
+                    .map(|k| ("portal.key".to_owned(), k)),
+            );
         Ok(Config {
             file: file.to_path_buf(),
             gateway,
+            portal,
             secret_files: keys.collect(),
             listeners,
             providers,
@@ -285,6 +293,85 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
         });
     }
     out
+}
+
+fn portal(file: &Path, p: RawPortal, errs: &mut Errors<'_>) -> Portal {
+    let default: SocketAddr = ([127, 0, 0, 1], 3017).into();
+    let address = match p.address.as_deref().map(str::parse::<SocketAddr>) {
+        None => default,
+        Some(Ok(a)) => a,
+        Some(Err(_)) => {
+            errs.push(
+                "portal.address",
+                format!(
+                    "`{}` is not an address; write IP:PORT, e.g. \"127.0.0.1:3017\"",
+                    p.address.unwrap_or_default()
+                ),
+            );
+            default
+        }
+    };
+    let tls = match p.tls.as_deref().map(str::trim) {
+        None => false,
+        Some(t) if t.eq_ignore_ascii_case("none") => false,
+        Some(t) if t.eq_ignore_ascii_case("implicit") => true,
+        Some(t) => {
+            errs.push("portal.tls", format!("`{t}` is not one of: none, implicit"));
+            false
+        }
+    };
+    let insecure_plaintext = p.insecure_plaintext.unwrap_or(false);
+    if !tls && !address.ip().is_loopback() && !insecure_plaintext {
+        errs.push(
+            "portal.address",
+            format!(
+                "{address} is not a loopback address and tls = \"none\": passwords and sign-ins would cross the network in clear; set tls = \"implicit\", use a loopback address behind a TLS proxy, or set insecure_plaintext = true if you accept that"
+            ),
+        );
+    }
+    if p.certificate.is_some() != p.key.is_some() {
+        errs.push(
+            "portal.certificate",
+            "certificate and key must be set together",
+        );
+    }
+    if !tls && p.certificate.is_some() {
+        errs.push(
+            "portal.certificate",
+            "a certificate is set but tls = \"none\"; set tls = \"implicit\"",
+        );
+    }
+    for (k, v) in [("certificate", &p.certificate), ("key", &p.key)] {
+        if let Some(f) = v
+            && !relative_to(file, f).is_file()
+        {
+            errs.push(
+                format!("portal.{k}"),
+                format!(
+                    "{} does not exist or is not a file",
+                    relative_to(file, f).display()
+                ),
+            );
+        }
+    }
+    let public_url = p.public_url.and_then(|u| match url::Url::parse(&u) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+        _ => {
+            errs.push(
+                "portal.public_url",
+                format!("`{u}` is not an http(s) URL, e.g. \"https://mail-gw.example.com/\""),
+            );
+            None
+        }
+    });
+    Portal {
+        address,
+        tls,
+        certificate: p.certificate.map(|c| relative_to(file, &c)),
+        key: p.key.map(|k| relative_to(file, &k)),
+        insecure_plaintext,
+        public_url,
+    }
 }
 
 fn providers(

@@ -23,6 +23,7 @@
 pub mod accounts;
 pub mod cli;
 pub mod observe;
+pub mod portal;
 pub mod protocols;
 pub mod server;
 pub mod session;

@@ -69,6 +69,8 @@ pub struct Gateway {
     addresses: Vec<(Protocol, SocketAddr)>,
     /// Where `/metrics` and `/healthz` are served, when configured.
     metrics: Option<SocketAddr>,
+    /// The web portal, when configured.
+    portal: Option<crate::portal::Portal>,
     /// TLS state of the listeners that have TLS.
     tls: Vec<Arc<ListenerTls>>,
     ctx: Arc<Context>,
@@ -101,6 +103,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     let per_ip = Arc::new(PerIp::default());
     let mut addresses = Vec::new();
     let mut all_tls = Vec::new();
+    let mut described = Vec::new();
     for l in &config.listeners {
         let tls = match l.tls {
             TlsMode::None => None,
@@ -137,6 +140,15 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
         let local = listener.local_addr()?;
         info!(protocol = %l.protocol, address = %local, "listening");
         addresses.push((l.protocol, local));
+        described.push(crate::portal::ListenerInfo {
+            protocol: l.protocol,
+            bound: local,
+            mode: l.tls,
+            self_signed: tls
+                .as_ref()
+                .filter(|t| t.source.generated)
+                .map(|t| t.fingerprint()),
+        });
         let listening = Listening {
             protocol: l.protocol,
             in_band: l.in_band_authorization,
@@ -176,8 +188,40 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
         }
         None => None,
     };
+    let portal = match &config.portal {
+        Some(p) => {
+            let tls = if p.tls {
+                let source =
+                    CertSource::new(p.certificate.as_ref(), p.key.as_ref(), &config.gateway)
+                        .context("TLS certificate for the portal")?;
+                let t =
+                    Arc::new(ListenerTls::load(source).context("TLS certificate for the portal")?);
+                info!(
+                    certificate = %t.source.cert.display(),
+                    sha256 = %t.fingerprint(),
+                    "portal TLS certificate"
+                );
+                all_tls.push(t.clone());
+                Some(t)
+            } else {
+                None
+            };
+            Some(
+                crate::portal::start(
+                    ctx.clone(),
+                    p.clone(),
+                    described,
+                    tls,
+                    stop_accepting.clone(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     Ok(Gateway {
         addresses,
+        portal,
         metrics,
         tls: all_tls,
         ctx,
@@ -189,6 +233,11 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
 }
 
 impl Gateway {
+    /// The bound address of the web portal.
+    pub fn portal_address(&self) -> Option<SocketAddr> {
+        self.portal.as_ref().map(|p| p.address)
+    }
+
     /// The bound address of the metrics endpoint.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics

@@ -82,6 +82,58 @@ pub fn store_tokens(
     Ok(())
 }
 
+/// Why a local password was not changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("no tokens are stored for {0}; authorise the account first")]
+    NoTokens(String),
+    #[error("the old password is wrong")]
+    WrongPassword,
+    #[error("the new password must have at least {MIN_PASSWORD} characters")]
+    TooShort,
+    #[error("{0}")]
+    Store(StoreError),
+    /// Refused without a check (backoff, or too many checks at once).
+    #[error("{0}")]
+    Refused(crate::accounts::LoginError),
+}
+
+/// The shortest local password that may seal an account's tokens.
+pub const MIN_PASSWORD: usize = 8;
+
+/// Re-seals `user`'s tokens under `new` after opening them with `old`
+/// (two Argon2 derivations: blocking). The write is a compare-and-swap on
+/// the file that was opened, so a running gateway takes the new password
+/// from its next login on and nothing written meanwhile is lost.
+pub fn change_password(
+    store: &Store,
+    user: &str,
+    old: &SecretString,
+    new: &SecretString,
+) -> Result<(), PasswordError> {
+    if new.expose_secret().chars().count() < MIN_PASSWORD {
+        return Err(PasswordError::TooShort);
+    }
+    let file = store
+        .load(user)
+        .map_err(PasswordError::Store)?
+        .ok_or_else(|| PasswordError::NoTokens(user.to_owned()))?;
+    let key = SealingKey::derive(old, &file.kdf).map_err(PasswordError::Store)?;
+    let tokens = match file.open(&key, &store.path(user)) {
+        Ok(t) => t,
+        Err(StoreError::WrongPassword) => return Err(PasswordError::WrongPassword),
+        Err(e) => return Err(PasswordError::Store(e)),
+    };
+    let new_key = SealingKey::derive(new, &Kdf::generate()).map_err(PasswordError::Store)?;
+    let mut next = file.clone();
+    next.reseal(&new_key, &tokens)
+        .map_err(PasswordError::Store)?;
+    store
+        .save(&next, Expect::Same(&file))
+        .map_err(PasswordError::Store)?;
+    Ok(())
+}
+
 /// A browser sign-in whose redirect `server` already expects.
 #[derive(Debug)]
 pub struct BrowserSignIn {

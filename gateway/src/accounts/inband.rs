@@ -31,9 +31,7 @@ use crate::accounts::store::{Expect, Store, TokenFile};
 
 /// How long a browser sign-in started in band may take.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// The shortest local password that may start a flow (it will seal the
-/// account's tokens).
-pub const MIN_PASSWORD: usize = 8;
+pub use crate::accounts::flows::MIN_PASSWORD;
 /// Flows pending at once that one client address may have started.
 pub const MAX_PER_ADDRESS: usize = 3;
 /// Flows pending at once in the whole gateway.
@@ -107,6 +105,14 @@ impl InBand {
             store,
             registry: Arc::new(tokio::sync::Mutex::new(Registry::default())),
         }
+    }
+
+    /// Receives the redirects of `configured` (a provider's `redirect_uri`)
+    /// through `server` (mounted in the web portal, which holds that
+    /// address) instead of binding a listener of its own.
+    pub async fn adopt(&self, configured: &url::Url, server: Arc<RedirectServer>) {
+        let mut reg = self.registry.lock().await;
+        reg.servers.insert(configured.to_string(), server);
     }
 
     /// Starts the flow of `req.user`, or tells where its pending flow

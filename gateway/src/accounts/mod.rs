@@ -243,6 +243,82 @@ impl Accounts {
         &self.backoff
     }
 
+    /// The OAuth client.
+    pub fn oauth(&self) -> &OAuth {
+        &self.oauth
+    }
+
+    /// The token store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Changes `user`'s local password (the portal's form): refused without
+    /// a check while the user or `peer` is in backoff, run within the
+    /// gateway's bound on Argon2 work, and a wrong old password counts as a
+    /// failed login.
+    pub async fn change_password(
+        &self,
+        user: &str,
+        old: &SecretString,
+        new: &SecretString,
+        peer: IpAddr,
+    ) -> Result<(), crate::accounts::flows::PasswordError> {
+        use crate::accounts::flows::{PasswordError, change_password};
+        let (store, u, o, n) = (
+            self.store.clone(),
+            user.to_owned(),
+            old.clone(),
+            new.clone(),
+        );
+        let done = self
+            .gated(user, peer, "checked", move || {
+                change_password(&store, &u, &o, &n)
+            })
+            .await
+            .map_err(PasswordError::Refused)?;
+        match &done {
+            Ok(()) => self.backoff.success(user, peer),
+            Err(PasswordError::WrongPassword) => self.backoff.failure(user, peer, true),
+            Err(_) => {}
+        }
+        done
+    }
+
+    /// Seals what a sign-in granted with `password` (the portal's form),
+    /// within the gateway's bound on Argon2 work; see
+    /// [`crate::accounts::flows::store_grant`].
+    pub async fn seal_grant(
+        &self,
+        user: &str,
+        provider: &str,
+        grant: crate::accounts::oauth::Grant,
+        password: &SecretString,
+        replaces: Option<TokenFile>,
+    ) -> Result<(), crate::accounts::flows::FlowError> {
+        let (store, u, p, pw) = (
+            self.store.clone(),
+            user.to_owned(),
+            provider.to_owned(),
+            password.clone(),
+        );
+        self.argon
+            .run(move || {
+                let expect = match &replaces {
+                    Some(f) => crate::accounts::store::Expect::Same(f),
+                    None => crate::accounts::store::Expect::Absent,
+                };
+                crate::accounts::flows::store_grant(&store, &u, &p, &grant, &pw, expect)
+            })
+            .await
+            .map_err(|_| {
+                self.metrics.password_check("refused_busy");
+                crate::accounts::flows::FlowError::Input(
+                    "the gateway is busy; try again in a moment".into(),
+                )
+            })?
+    }
+
     /// A keyed hash of a password (memory only), to compare passwords in
     /// constant time without keeping them.
     pub fn check_of(&self, password: &SecretString) -> [u8; 32] {

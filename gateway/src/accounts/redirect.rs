@@ -151,6 +151,35 @@ impl RedirectServer {
         })
     }
 
+    /// A receiver without a listener of its own, for `redirect_uri`: the
+    /// web portal serves that path and hands the redirects that are not its
+    /// own sign-ins to [`RedirectServer::deliver`].
+    pub fn mounted(redirect_uri: url::Url) -> RedirectServer {
+        RedirectServer {
+            shared: Arc::new(Shared::default()),
+            redirect_uri,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Delivers a redirect that arrived elsewhere (see
+    /// [`RedirectServer::mounted`]); the page to show.
+    pub fn deliver(&self, query: &HashMap<String, String>) -> (StatusCode, Html<String>) {
+        deliver(&self.shared, query)
+    }
+
+    /// Whether a sign-in with this `state` is waiting here.
+    pub fn expects(&self, state: &str) -> bool {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending
+            .keys()
+            .any(|k| bool::from(k.as_bytes().ct_eq(state.as_bytes())))
+    }
+
     /// Registers a sign-in by its `state`; the receiver gets its code.
     pub fn expect(
         &self,
@@ -202,6 +231,10 @@ async fn redirected(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> (StatusCode, Html<String>) {
+    deliver(&shared, &q)
+}
+
+fn deliver(shared: &Shared, q: &HashMap<String, String>) -> (StatusCode, Html<String>) {
     let state = q.get("state").cloned().unwrap_or_default();
     let waiter = {
         let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());

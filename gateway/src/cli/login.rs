@@ -14,6 +14,11 @@ pub(super) fn read_password(prompt: &str, confirm: bool) -> Result<SecretString,
         }
         return Ok(SecretString::from(p));
     }
+    prompt_password(prompt, confirm)
+}
+
+/// Asks for a password on the terminal (twice when `confirm`).
+fn prompt_password(prompt: &str, confirm: bool) -> Result<SecretString, CliError> {
     if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
         return Err(CliError::User(
             "no terminal to ask for the local password; set MAILGATE_PASSWORD".into(),
@@ -261,4 +266,38 @@ pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResu
             ", verified with one refresh and its identity checked"
         }
     )
+}
+
+/// `mailgate passwd USER`: the old password opens the tokens, the new one
+/// (twice) seals them.
+pub(super) fn passwd(cfg: &Config, user: &str) -> CliResult {
+    let Some(name) = crate::accounts::account_name(user) else {
+        return Err(CliError::User(format!(
+            "{user:?} cannot be an account name"
+        )));
+    };
+    account_provider(cfg, &name)?;
+    let store = Store::new(&cfg.gateway.state_dir);
+    if !matches!(store.load(&name), Ok(Some(_))) {
+        return Err(CliError::User(format!(
+            "no tokens are stored for {name}; run `mailgate login {name}` first"
+        )));
+    }
+    let old = read_password(&format!("Current local password for {name}"), false)?;
+    let new = match std::env::var("MAILGATE_NEW_PASSWORD") {
+        Ok(p) => SecretString::from(p),
+        Err(_) if std::env::var_os("MAILGATE_PASSWORD").is_some() => {
+            return Err(CliError::User(
+                "MAILGATE_PASSWORD is set but MAILGATE_NEW_PASSWORD is not; set both, or neither to be asked"
+                    .into(),
+            ));
+        }
+        Err(_) => prompt_password(&format!("New local password for {name}"), true)?,
+    };
+    match crate::accounts::flows::change_password(&store, &name, &old, &new) {
+        Ok(()) => out!(
+            "the local password of {name} is changed; mail clients must use the new one from their next login"
+        ),
+        Err(e) => Err(CliError::User(format!("{e}; nothing was changed"))),
+    }
 }

@@ -65,6 +65,14 @@ pub enum Command {
         /// The account's login name.
         user: String,
     },
+    /// Change an account's local password: the old one opens the tokens,
+    /// the new one (asked twice) seals them; a running gateway uses it from
+    /// the next login on. Reads `$MAILGATE_PASSWORD` and
+    /// `$MAILGATE_NEW_PASSWORD` when set.
+    Passwd {
+        /// The account's login name.
+        user: String,
+    },
     /// Print an Argon2id PHC string for `password_hash`.
     HashPassword,
     /// Print a shell completion script (bash, zsh, fish, elvish,
@@ -231,6 +239,7 @@ fn run(cli: Cli) -> CliResult {
                 Err(e) => Err(CliError::User(e.to_string())),
             }
         }
+        Command::Passwd { user } => login::passwd(&load(path)?, &user),
         Command::Completions { shell } => {
             // Generated into memory first: clap_complete panics on a write error.
             let mut cmd = <Cli as clap::CommandFactory>::command();

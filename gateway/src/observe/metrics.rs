@@ -71,6 +71,7 @@ pub struct Metrics {
     logins: Family<ByResult, Counter>,
     refreshes: Family<RefreshResult, Counter>,
     password_checks: Family<RefreshResult, Counter>,
+    portal_sign_ins: Family<RefreshResult, Counter>,
     bytes: Family<ByDirection, Counter>,
     upstream_login: LatencyFamily,
 }
@@ -141,6 +142,12 @@ impl Metrics {
             "Argon2 password checks by result, and attempts refused without one",
             password_checks.clone(),
         );
+        let portal_sign_ins = Family::<RefreshResult, Counter>::default();
+        registry.register(
+            "portal_sign_ins",
+            "Sign-ins through the web portal by result",
+            portal_sign_ins.clone(),
+        );
         let bytes = Family::<ByDirection, Counter>::default();
         registry.register("relayed_bytes", "Bytes relayed after login", bytes.clone());
         let upstream_login: LatencyFamily = Family::new_with_constructor(latency_histogram);
@@ -156,6 +163,7 @@ impl Metrics {
             logins,
             refreshes,
             password_checks,
+            portal_sign_ins,
             bytes,
             upstream_login,
         }
@@ -201,6 +209,14 @@ impl Metrics {
 
     pub fn password_check(&self, result: &'static str) {
         self.password_checks
+            .get_or_create(&RefreshResult { result })
+            .inc();
+    }
+
+    /// A sign-in through the portal came back: `ok`, `wrong_identity`,
+    /// `provider_error`, `failed` or `unknown_state`.
+    pub fn portal_sign_in(&self, result: &'static str) {
+        self.portal_sign_ins
             .get_or_create(&RefreshResult { result })
             .inc();
     }

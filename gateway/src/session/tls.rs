@@ -114,7 +114,17 @@ impl CertSource {
         l: &Listener,
         gw: &Gateway,
     ) -> Result<CertSource, mailgate_certs::CertError> {
-        match (&l.certificate, &l.key) {
+        CertSource::new(l.certificate.as_ref(), l.key.as_ref(), gw)
+    }
+
+    /// `certificate` and `key` when both are configured, else the
+    /// self-signed certificate under `state_dir/tls/`.
+    pub fn new(
+        certificate: Option<&PathBuf>,
+        key: Option<&PathBuf>,
+        gw: &Gateway,
+    ) -> Result<CertSource, mailgate_certs::CertError> {
+        match (certificate, key) {
             (Some(cert), Some(key)) => Ok(CertSource {
                 cert: cert.clone(),
                 key: key.clone(),

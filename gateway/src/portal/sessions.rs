@@ -1,0 +1,318 @@
+//! The portal's browser sessions: a random cookie names a session held in
+//! memory (only a hash of the cookie is kept as its key), with the CSRF
+//! token of its forms, the sign-in it has under way, and the account it
+//! signed in as. Sessions are short-lived: an idle limit and an absolute
+//! one, and a cap on how many exist at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mailgate_config::Provider;
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::accounts::oauth::{AuthorizationRequest, Grant};
+use crate::accounts::store::TokenFile;
+
+/// A session unused this long is gone.
+pub const IDLE: Duration = Duration::from_secs(15 * 60);
+/// No session lives longer than this.
+pub const ABSOLUTE: Duration = Duration::from_secs(60 * 60);
+/// A sign-in at the provider must come back within this.
+pub const SIGN_IN: Duration = Duration::from_secs(10 * 60);
+/// The tokens of a sign-in wait this long for their password.
+pub const UNSEALED: Duration = Duration::from_secs(10 * 60);
+/// Sessions held at once; past it the least recently used goes.
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// A sign-in sent to the provider, waiting for its redirect.
+#[derive(Debug)]
+pub struct PendingSignIn {
+    pub request: AuthorizationRequest,
+    /// The account's lower-cased name.
+    pub user: String,
+    pub provider: Arc<Provider>,
+    /// Started from the account page ("authorise again").
+    pub again: bool,
+    pub started: Instant,
+}
+
+/// Tokens from a confirmed sign-in that wait for the password that will
+/// seal them.
+#[derive(Debug)]
+pub struct Unsealed {
+    pub grant: Grant,
+    /// The file the new tokens replace (compare-and-swap), if any.
+    pub replaces: Option<TokenFile>,
+    pub at: Instant,
+}
+
+/// The account a session proved it owns, by signing in at the provider.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub user: String,
+    pub provider: Arc<Provider>,
+    pub unsealed: Option<Unsealed>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub csrf: String,
+    created: Instant,
+    seen: Instant,
+    pub pending: Option<PendingSignIn>,
+    pub signed_in: Option<SignedIn>,
+}
+
+impl Session {
+    fn new(now: Instant) -> Session {
+        Session {
+            csrf: random_token(),
+            created: now,
+            seen: now,
+            pending: None,
+            signed_in: None,
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.seen) > IDLE || now.duration_since(self.created) > ABSOLUTE
+    }
+
+    /// Whether `token` is this session's CSRF token (constant time).
+    pub fn csrf_ok(&self, token: &str) -> bool {
+        bool::from(self.csrf.as_bytes().ct_eq(token.as_bytes()))
+    }
+}
+
+/// The cookie's value hashed: the key of a session.
+type Key = [u8; 32];
+
+fn key_of(cookie: &str) -> Key {
+    Sha256::digest(cookie.as_bytes()).into()
+}
+
+/// 32 random bytes, URL-safe base64.
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    OsRng.fill_bytes(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// All sessions of the portal.
+#[derive(Debug)]
+pub struct Sessions {
+    map: Mutex<HashMap<Key, Session>>,
+    /// Cookies carry `Secure` (the portal is reached over HTTPS).
+    secure: bool,
+}
+
+/// A session found or made for a request: its cookie value (to set when
+/// new) and key.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    key: Key,
+    /// Set when the session was just created (or its id renewed): the
+    /// response must set this cookie.
+    pub new_cookie: Option<String>,
+}
+
+impl Sessions {
+    pub fn new(secure: bool) -> Sessions {
+        Sessions {
+            map: Mutex::new(HashMap::new()),
+            secure,
+        }
+    }
+
+    pub fn cookie_name(&self) -> &'static str {
+        // `__Host-`: only ever set by this origin, over HTTPS, for `/`.
+        if self.secure {
+            "__Host-mailgate"
+        } else {
+            "mailgate"
+        }
+    }
+
+    /// The `Set-Cookie` value for a session cookie.
+    pub fn set_cookie(&self, value: &str) -> String {
+        let mut c = cookie::Cookie::build((self.cookie_name(), value.to_owned()))
+            .path("/")
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(ABSOLUTE.as_secs() as i64));
+        if self.secure {
+            c = c.secure(true);
+        }
+        c.build().to_string()
+    }
+
+    /// The `Set-Cookie` value that removes the session cookie.
+    pub fn clear_cookie(&self) -> String {
+        let mut c = cookie::Cookie::build((self.cookie_name(), ""))
+            .path("/")
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .max_age(cookie::time::Duration::ZERO);
+        if self.secure {
+            c = c.secure(true);
+        }
+        c.build().to_string()
+    }
+
+    fn cookie_in(&self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(cookie::Cookie::split_parse)
+            .filter_map(Result::ok)
+            .find(|c| c.name() == self.cookie_name())
+            .map(|c| c.value().to_owned())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Session>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live session the request's cookie names, if any.
+    pub fn find(&self, headers: &HeaderMap) -> Option<Handle> {
+        let key = key_of(&self.cookie_in(headers)?);
+        let now = Instant::now();
+        let mut map = self.lock();
+        match map.get_mut(&key) {
+            Some(s) if !s.expired(now) => {
+                s.seen = now;
+                Some(Handle {
+                    key,
+                    new_cookie: None,
+                })
+            }
+            Some(_) => {
+                map.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The request's session, or a new one.
+    pub fn find_or_create(&self, headers: &HeaderMap) -> Handle {
+        self.find(headers).unwrap_or_else(|| self.create())
+    }
+
+    fn create(&self) -> Handle {
+        let cookie = random_token();
+        let key = key_of(&cookie);
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() >= MAX_SESSIONS {
+            map.retain(|_, s| !s.expired(now));
+        }
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.seen).map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
+        }
+        map.insert(key, Session::new(now));
+        Handle {
+            key,
+            new_cookie: Some(cookie),
+        }
+    }
+
+    /// Runs `f` on the session (`None` when it is gone meanwhile).
+    pub fn with<T>(&self, h: &Handle, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
+        self.lock().get_mut(&h.key).map(f)
+    }
+
+    /// Gives the session a new id (after a sign-in, so that an id known
+    /// before it is worth nothing after), keeping its content; a new CSRF
+    /// token too.
+    pub fn renew(&self, h: &Handle) -> Option<Handle> {
+        let mut map = self.lock();
+        let mut s = map.remove(&h.key)?;
+        s.csrf = random_token();
+        let cookie = random_token();
+        let key = key_of(&cookie);
+        map.insert(key, s);
+        Some(Handle {
+            key,
+            new_cookie: Some(cookie),
+        })
+    }
+
+    /// Ends the session.
+    pub fn end(&self, h: &Handle) {
+        self.lock().remove(&h.key);
+    }
+
+    /// How many sessions exist (for tests).
+    #[cfg(test)]
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_cookie(name: &str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            format!("other=1; {name}={value}").parse().expect("header"),
+        );
+        h
+    }
+
+    #[test]
+    fn a_cookie_finds_its_session_and_nothing_else() {
+        let s = Sessions::new(false);
+        let h = s.create();
+        let cookie = h.new_cookie.clone().expect("a new cookie");
+        assert!(s.find(&with_cookie("mailgate", &cookie)).is_some());
+        assert!(s.find(&with_cookie("mailgate", "forged")).is_none());
+        assert!(s.find(&HeaderMap::new()).is_none());
+        // After renewal the old id is worth nothing.
+        let renewed = s.renew(&h).expect("renewed");
+        assert!(s.find(&with_cookie("mailgate", &cookie)).is_none());
+        let new = renewed.new_cookie.clone().expect("cookie");
+        assert!(s.find(&with_cookie("mailgate", &new)).is_some());
+        s.end(&renewed);
+        assert!(s.find(&with_cookie("mailgate", &new)).is_none());
+    }
+
+    #[test]
+    fn csrf_is_compared_exactly() {
+        let s = Session::new(Instant::now());
+        let t = s.csrf.clone();
+        assert!(s.csrf_ok(&t));
+        assert!(!s.csrf_ok(""));
+        assert!(!s.csrf_ok(&t[..t.len() - 1]));
+    }
+
+    #[test]
+    fn cookies_are_http_only_lax_and_secure_over_tls() {
+        let plain = Sessions::new(false).set_cookie("v");
+        assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Lax"));
+        assert!(!plain.contains("Secure"));
+        let tls = Sessions::new(true).set_cookie("v");
+        assert!(tls.starts_with("__Host-mailgate=v") && tls.contains("Secure"));
+    }
+
+    #[test]
+    fn the_number_of_sessions_is_capped() {
+        let s = Sessions::new(false);
+        for _ in 0..MAX_SESSIONS + 5 {
+            s.create();
+        }
+        assert_eq!(s.count(), MAX_SESSIONS);
+    }
+}
