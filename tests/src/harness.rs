@@ -249,3 +249,99 @@ pub fn run_mailgate(
 pub fn logs() {
     mailgate::observe::logging::init_for_tests();
 }
+
+/// `mailgate run` (the real binary) on a configuration with
+/// `log_format = "json"`; its addresses are read from its log. Stopped
+/// with SIGTERM on drop.
+pub struct Running {
+    child: std::process::Child,
+    /// Every log line so far.
+    pub lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    /// Starts the binary and waits (up to 20 s) until it logged `ready` (a
+    /// log message, e.g. "portal listening").
+    pub fn start(config: &Path, ready: &str) -> Running {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(mailgate_bin())
+            .arg("-c")
+            .arg(config)
+            .args(["--log-level", "info", "run"])
+            .env_remove("MAILGATE_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    if v["message"] == ready {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "mailgate did not log {ready:?}; its log:\n{}",
+                        lines.lock().unwrap().join("\n")
+                    );
+                }
+            }
+        }
+        Running { child, lines }
+    }
+
+    /// The `address` of the first log line with `message` (and, when
+    /// given, that `protocol`).
+    pub fn address(&self, message: &str, protocol: Option<&str>) -> std::net::SocketAddr {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == message && protocol.is_none_or(|p| v["protocol"] == p))
+            .and_then(|v| v["address"].as_str().and_then(|a| a.parse().ok()))
+            .unwrap_or_else(|| panic!("no {message:?} line with an address in the log"))
+    }
+
+    /// The log so far, one string.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

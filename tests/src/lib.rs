@@ -9,12 +9,15 @@
 //! - [`client::LineClient`]: a line-oriented client for driving the gateway;
 //! - [`harness`]: configuration files, sealed tokens and an in-process gateway;
 //! - [`dovecot`]: a real Dovecot started with its own configuration;
-//! - [`browser`]: playing the browser on a sign-in URL.
+//! - [`browser`]: playing the browser on a sign-in URL;
+//! - [`chrome`]: a real headless Chromium driven through ChromeDriver;
+//! - [`harness::Running`]: the real binary, its addresses read from its log.
 
 #![allow(clippy::unwrap_used, missing_debug_implementations)]
 
 pub mod browser;
 pub mod ca;
+pub mod chrome;
 pub mod client;
 pub mod dovecot;
 pub mod fake;
