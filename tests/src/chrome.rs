@@ -26,7 +26,7 @@ impl Driver {
             "the browser tests need Debian's chromium and chromium-driver packages (apt-get install chromium chromium-driver)"
         );
         let port = crate::harness::unused_port();
-        let child = Command::new(CHROMEDRIVER)
+        let mut child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -45,6 +45,8 @@ impl Driver {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("chromedriver did not come up on {url}");
     }
 
