@@ -379,6 +379,23 @@ impl Config {
             "  limits           line {} B, literal {} B, tag {} B, {} failed logins per connection",
             g.max_line, g.max_literal, g.max_tag, g.max_failures
         );
+        if let Some(p) = &self.portal {
+            let _ = writeln!(
+                s,
+                "portal: {} tls={}{}{}",
+                p.address,
+                if p.tls { "implicit" } else { "none" },
+                p.public_url
+                    .as_ref()
+                    .map(|u| format!(" public_url={u}"))
+                    .unwrap_or_default(),
+                if p.insecure_plaintext {
+                    " insecure_plaintext"
+                } else {
+                    ""
+                }
+            );
+        }
         let _ = writeln!(s, "listeners:");
         for l in &self.listeners {
             let _ = writeln!(

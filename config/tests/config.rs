@@ -403,3 +403,68 @@ fn in_band_authorization_defaults() {
     );
     assert!(!cfg.listeners[1].in_band_authorization, "explicitly off");
 }
+
+#[test]
+fn portal_section() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Absent: no portal.
+    let cfg = load_with_env(&write(dir.path(), MINIMAL), no_env()).expect("loads");
+    assert!(cfg.portal.is_none());
+    // Present: the defaults.
+    let text = format!("{MINIMAL}\n[portal]\n");
+    let cfg = load_with_env(&write(dir.path(), &text), no_env()).expect("loads");
+    let p = cfg.portal.expect("a portal");
+    assert_eq!(p.address, "127.0.0.1:3017".parse().expect("addr"));
+    assert!(!p.tls && p.public_url.is_none());
+    let bound = p.address;
+    assert_eq!(p.base_url(bound).as_str(), "http://127.0.0.1:3017/");
+    // Which redirect URIs it serves.
+    let url = |s: &str| url::Url::parse(s).expect("url");
+    assert!(p.serves(&url("http://localhost:3017/"), bound));
+    assert!(
+        p.serves(&url("http://127.0.0.1/"), bound),
+        "RFC 8252: any port"
+    );
+    assert!(!p.serves(&url("http://localhost:3018/"), bound));
+    assert!(!p.serves(&url("https://localhost:3017/"), bound));
+    assert!(!p.serves(&url("http://mail.example.com:3017/"), bound));
+
+    // Off loopback: TLS, or insecure_plaintext on purpose.
+    let errs = errors_of(&format!(
+        "{MINIMAL}\n[portal]\naddress = \"0.0.0.0:8443\"\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("portal.address:") && e.contains("clear")),
+        "{errs:?}"
+    );
+    assert!(
+        errors_of(&format!(
+            "{MINIMAL}\n[portal]\naddress = \"0.0.0.0:8443\"\ninsecure_plaintext = true\n"
+        ))
+        .is_empty()
+    );
+    let text = format!(
+        "{MINIMAL}\n[portal]\naddress = \"0.0.0.0:443\"\ntls = \"implicit\"\npublic_url = \"https://gw.example.net/\"\n"
+    );
+    let cfg = load_with_env(&write(dir.path(), &text), no_env()).expect("loads");
+    let p = cfg.portal.expect("a portal");
+    assert!(p.tls);
+    assert!(p.serves(&url("https://gw.example.net/"), p.address));
+    assert!(!p.serves(&url("https://gw.example.net:8443/"), p.address));
+    assert!(!p.serves(&url("http://localhost:3017/"), p.address));
+
+    // Bad values name their key.
+    let errs = errors_of(&format!(
+        "{MINIMAL}\n[portal]\ntls = \"starttls\"\npublic_url = \"ftp://x\"\naddress = \"nowhere\"\ncertificate = \"c.pem\"\n"
+    ));
+    for key in [
+        "portal.tls:",
+        "portal.public_url:",
+        "portal.address:",
+        "portal.certificate:",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(key)), "{key} in {errs:?}");
+    }
+    assert!(!errors_of(&format!("{MINIMAL}\n[portal]\nport = 1\n")).is_empty());
+}

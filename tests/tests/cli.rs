@@ -349,3 +349,88 @@ async fn run_serves_until_sigterm() {
         "{rest:#?}"
     );
 }
+
+/// `mailgate passwd USER`: the old password opens the tokens, the new one
+/// seals them, and a running gateway takes it from its next login on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwd_changes_the_local_password_of_a_running_gateway() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    env.seal_new_user_token();
+    let g = env.gateway(&imap.url(false)).await;
+    let cfg = env.write_config(&env.config_text(&imap.url(false), "", "", ""));
+    let login = async |password: &str| {
+        let mut c = LineClient::greeted(imap_addr(&g)).await;
+        c.login("a", USER, password).await
+    };
+    assert!(
+        login(PASSWORD).await.starts_with("a OK"),
+        "the key is cached now"
+    );
+    let new = Path::new("a brand new local password");
+    let before =
+        std::fs::read(env.state_dir().join("tokens").join(format!("{USER}.json"))).unwrap();
+
+    let out = mailgate_env(
+        &cfg,
+        &["passwd", USER],
+        "",
+        Some("wrong password"),
+        &[("MAILGATE_NEW_PASSWORD", new)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("the old password is wrong; nothing was changed"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = mailgate_env(
+        &cfg,
+        &["passwd", USER],
+        "",
+        Some(PASSWORD),
+        &[("MAILGATE_NEW_PASSWORD", Path::new("short"))],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("at least 8 characters"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = mailgate(&cfg, &["passwd", USER], "", Some(PASSWORD));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "MAILGATE_PASSWORD without MAILGATE_NEW_PASSWORD"
+    );
+    let out = mailgate_env(
+        &cfg,
+        &["passwd", "nobody@example.test"],
+        "",
+        Some(PASSWORD),
+        &[("MAILGATE_NEW_PASSWORD", new)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let after_refusals =
+        std::fs::read(env.state_dir().join("tokens").join(format!("{USER}.json"))).unwrap();
+    assert_eq!(before, after_refusals, "refusals change nothing");
+
+    let out = mailgate_env(
+        &cfg,
+        &["passwd", USER],
+        "",
+        Some(PASSWORD),
+        &[("MAILGATE_NEW_PASSWORD", new)],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("is changed"));
+    env.open(USER, new.to_str().unwrap());
+    let r = login(PASSWORD).await;
+    assert!(
+        r.starts_with("a NO [AUTHENTICATIONFAILED]"),
+        "the old password: {r}"
+    );
+    let r = login(new.to_str().unwrap()).await;
+    assert!(r.starts_with("a OK"), "the new password: {r}");
+}

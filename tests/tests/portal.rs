@@ -383,3 +383,68 @@ async fn headers_cookies_hosts_and_forms_without_a_session() {
     assert!(r.text().await.unwrap().contains("AADSTS"));
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// A sign-in started in band (from a mail client) comes back through the
+/// portal, which holds the redirect URI's port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_band_sign_ins_come_back_through_the_portal() {
+    let p = Portal::start().await;
+    let first = p.imap_login(PASSWORD).await;
+    assert!(first.starts_with("a NO [ALERT] To authorise"), "{first}");
+    let url = mailgate_tests::browser::url_in(&first);
+    let portal = p.gateway.address("portal listening", None);
+    let sent = url::Url::parse(&url).unwrap();
+    let redirect = sent
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert_eq!(redirect, format!("http://{portal}/"));
+    mailgate_tests::browser::sign_in(&url).await;
+    for _ in 0..200 {
+        if p.token_file().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = p.imap_login(PASSWORD).await;
+    assert!(r.starts_with("a OK"), "{r}");
+}
+
+/// Over TLS the cookie is `__Host-` and `Secure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_over_tls() {
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = format!(
+        "{}\n[portal]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\n",
+        env.config_text(&imap.url(false), "log_format = \"json\"", "", "")
+            .replace(
+                "redirect_uri = \"http://127.0.0.1/\"",
+                "redirect_uri = \"https://127.0.0.1/\""
+            )
+    );
+    let config = env.write_config(&text);
+    let gateway = Running::start(&config, "portal listening");
+    let addr = gateway.address("portal listening", None);
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(format!("https://{addr}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("__Host-mailgate="), "{cookie}");
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Plain HTTP on the TLS port gets nothing.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}

@@ -69,7 +69,7 @@ pub enum BindError {
     )]
     NotLoopback(url::Url),
     #[error(
-        "cannot listen for the redirect on {addr} ({source}); is another `mailgate login` running? Free the port or change redirect_uri"
+        "cannot listen for the redirect on {addr} ({source}); is another `mailgate login`, or a gateway with its portal on that port, running? With the gateway running, sign in through its portal instead; else free the port or change redirect_uri"
     )]
     Bind {
         addr: SocketAddr,

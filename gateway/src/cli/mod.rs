@@ -291,16 +291,32 @@ fn certificates(cfg: &Config) -> CliResult {
             .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
         let tls = crate::session::tls::ListenerTls::load(source)
             .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
-        out!(
-            "tls {what}: {}{} sha256 {}",
-            tls.source.cert.display(),
-            if tls.source.generated {
-                " (self-signed)"
-            } else {
-                ""
-            },
-            tls.fingerprint()
-        )?;
+        print_certificate(&what, &tls)?;
+    }
+    if let Some(p) = cfg.portal.as_ref().filter(|p| p.tls) {
+        let what = format!("portal {}", p.address);
+        let source = crate::session::tls::CertSource::new(
+            p.certificate.as_ref(),
+            p.key.as_ref(),
+            &cfg.gateway,
+        )
+        .map_err(|e| CliError::User(format!("TLS certificate for the {what}: {e}")))?;
+        let tls = crate::session::tls::ListenerTls::load(source)
+            .map_err(|e| CliError::User(format!("TLS certificate for the {what}: {e}")))?;
+        print_certificate(&what, &tls)?;
     }
     Ok(())
+}
+
+fn print_certificate(what: &str, tls: &crate::session::tls::ListenerTls) -> CliResult {
+    out!(
+        "tls {what}: {}{} sha256 {}",
+        tls.source.cert.display(),
+        if tls.source.generated {
+            " (self-signed)"
+        } else {
+            ""
+        },
+        tls.fingerprint()
+    )
 }

@@ -107,6 +107,28 @@ pub async fn start(
     let bound = listener.local_addr()?;
     let base = config.base_url(bound);
     let gateway = ctx.config();
+    // A browser may resolve `localhost` to ::1: when a redirect URI says
+    // `localhost`, that port is the portal's too, or another program could
+    // take the redirect there (as the redirect listener of `mailgate
+    // login` does).
+    let localhost = gateway.providers.values().any(|p| {
+        matches!(p.redirect_uri.host(), Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost"))
+            && config.serves(&p.redirect_uri, bound)
+    });
+    let v6 = if localhost && bound.ip() == std::net::Ipv4Addr::LOCALHOST {
+        let addr6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), bound.port());
+        match tokio::net::TcpListener::bind(addr6).await {
+            Ok(l) => Some(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => None,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot listen on {addr6} for the portal (localhost redirects arrive there too)")
+                });
+            }
+        }
+    } else {
+        None
+    };
     let mut hosts = vec![format!("{}", host_port(&base))];
     if config.public_url.is_none() && bound.ip().is_loopback() {
         for h in ["localhost", "127.0.0.1", "[::1]"] {
@@ -138,7 +160,11 @@ pub async fn start(
         inband,
     });
     info!(address = %bound, url = %base, tls = tls.is_some(), "portal listening");
-    tokio::spawn(serve(listener, tls, router(app), stop));
+    let router = router(app);
+    if let Some(l) = v6 {
+        tokio::spawn(serve(l, tls.clone(), router.clone(), stop.clone()));
+    }
+    tokio::spawn(serve(listener, tls, router, stop));
     Ok(Portal {
         address: bound,
         base_url: base,
