@@ -129,8 +129,11 @@ pub async fn start(
     } else {
         None
     };
-    let mut hosts = vec![format!("{}", host_port(&base))];
-    if config.public_url.is_none() && bound.ip().is_loopback() {
+    // The public name; and on loopback the loopback names (a browser on
+    // this machine, or a reverse proxy that does not pass the Host on): a
+    // page elsewhere that rebinds its own name to this address is refused.
+    let mut hosts = vec![host_port(&base)];
+    if bound.ip().is_loopback() {
         for h in ["localhost", "127.0.0.1", "[::1]"] {
             hosts.push(format!("{h}:{}", bound.port()));
         }
