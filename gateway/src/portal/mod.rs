@@ -11,8 +11,10 @@
 //! of each `redirect_uri` that points at it, and hands the redirects of
 //! in-band sign-ins (started from a mail client) to them.
 
+mod account;
 pub mod pages;
 pub mod sessions;
+mod signin;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -203,14 +205,17 @@ fn effective_redirect(config: &PortalConfig, bound: SocketAddr, p: &Provider) ->
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(index))
-        .route("/sign-in", post(sign_in))
-        .route("/password", get(password_form).post(password_save))
-        .route("/settings", get(settings))
-        .route("/account", get(account))
-        .route("/account/password", post(change_password))
-        .route("/account/authorize", post(authorize_again))
-        .route("/account/forget", post(forget))
-        .route("/sign-out", post(sign_out))
+        .route("/sign-in", post(signin::sign_in))
+        .route(
+            "/password",
+            get(signin::password_form).post(signin::password_save),
+        )
+        .route("/settings", get(account::settings))
+        .route("/account", get(account::account))
+        .route("/account/password", post(account::change_password))
+        .route("/account/authorize", post(account::authorize_again))
+        .route("/account/forget", post(account::forget))
+        .route("/sign-out", post(account::sign_out))
         .route("/style.css", get(stylesheet))
         .route("/help", get(|| async { pages::help() }))
         .fallback(fallback)
@@ -377,6 +382,39 @@ fn form_session(app: &App, headers: &HeaderMap, csrf: &str) -> Option<Handle> {
         .then_some(h)
 }
 
+/// A form post from a session whose CSRF token it carries: the session
+/// and the form's other fields. Anything else is refused with a page.
+struct Posted<T> {
+    session: Handle,
+    form: T,
+}
+
+#[derive(Deserialize)]
+struct WithCsrf<T> {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    rest: T,
+}
+
+impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequest<Arc<App>> for Posted<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, app: &Arc<App>) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let Form(f) = Form::<WithCsrf<T>>::from_request(req, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        match form_session(app, &headers, &f.csrf) {
+            Some(session) => Ok(Posted {
+                session,
+                form: f.rest,
+            }),
+            None => Err(csrf_refused()),
+        }
+    }
+}
+
 /// The signed-in account of a session: its name and provider.
 fn signed_in(app: &App, h: &Handle) -> Option<(String, Arc<Provider>, String)> {
     app.sessions
@@ -435,7 +473,7 @@ async fn index(
         .iter()
         .any(|k| q.contains_key(*k));
     if redirect && app.inband_or_portal_path("/") {
-        return callback(&app, &headers, "/", q).await;
+        return signin::callback(&app, &headers, "/", q).await;
     }
     let h = app.sessions.find_or_create(&headers);
     index_page(&app, &h, StatusCode::OK, "", None)
@@ -448,7 +486,7 @@ async fn fallback(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if app.inband_or_portal_path(uri.path()) {
-        return callback(&app, &headers, uri.path(), q).await;
+        return signin::callback(&app, &headers, uri.path(), q).await;
     }
     message(
         StatusCode::NOT_FOUND,
@@ -475,766 +513,15 @@ impl App {
     }
 }
 
-#[derive(Deserialize)]
-struct AddressForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    address: String,
-}
-
-async fn sign_in(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<AddressForm>,
-) -> Response {
-    let Some(h) = form_session(&app, &headers, &form.csrf) else {
-        return csrf_refused();
-    };
-    let address = one_line(form.address.trim(), 320);
-    let Some(user) = crate::accounts::account_name(&address).filter(|u| u.contains('@')) else {
-        return index_page(
-            &app,
-            &h,
-            StatusCode::BAD_REQUEST,
-            &address,
-            Some("Enter your whole e-mail address, e.g. name@example.com.".into()),
-        );
-    };
-    let backoff = app.ctx.accounts.backoff();
-    if !backoff.locked(&user, peer.ip()).is_zero() {
-        info!(user = %user, "portal: address form refused during backoff");
-        return index_page(
-            &app,
-            &h,
-            StatusCode::TOO_MANY_REQUESTS,
-            &address,
-            Some("Too many attempts from here. Wait a minute, then try again.".into()),
-        );
-    }
-    let config = app.ctx.config();
-    let Some(provider) = config
-        .find_account(&user)
-        .and_then(|a| config.provider(&a.provider))
-        .cloned()
-    else {
-        info!(user = %user, "portal: an address that no account matches");
-        backoff.failure(&user, peer.ip(), false);
-        return index_page(
-            &app,
-            &h,
-            StatusCode::NOT_FOUND,
-            &address,
-            Some(format!(
-                "{user} is not served by this gateway. Check the address, or ask your administrator."
-            )),
-        );
-    };
-    start_sign_in(&app, &h, user, provider, false)
-}
-
-/// Sends the browser to the provider's sign-in for `user`.
-fn start_sign_in(
-    app: &App,
-    h: &Handle,
-    user: String,
-    provider: Arc<Provider>,
-    again: bool,
-) -> Response {
-    match provider.flow {
-        Flow::AuthorizationCode => {}
-        Flow::DeviceCode => {
-            return message(
-                StatusCode::BAD_REQUEST,
-                "Authorised with a code",
-                format!(
-                    "{user} is authorised with a device code, not in the browser: log in from your mail program with the password you want, and follow its instructions, or ask your administrator."
-                ),
-            );
-        }
-        Flow::ClientCredentials => {
-            return message(
-                StatusCode::BAD_REQUEST,
-                "No sign-in needed",
-                format!(
-                    "{user} is served with the organisation's own credentials: your administrator gives you its password."
-                ),
-            );
-        }
-    }
-    let Some(redirect) = effective_redirect(&app.config, app.bound, &provider) else {
-        warn!(
-            provider = %provider.name,
-            redirect_uri = %provider.redirect_uri,
-            portal = %app.base,
-            "portal: the provider's redirect_uri does not point at the portal"
-        );
-        return advice(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Not set up for the portal",
-            format!("This gateway cannot sign in {user} here yet."),
-            format!(
-                "The administrator must register {} as a redirect URI of the app and set redirect_uri to it in provider {}.",
-                app.base, provider.name
-            ),
-        );
-    };
-    let request = match app
-        .ctx
-        .accounts
-        .oauth()
-        .authorization_request(&provider, &redirect, &user)
-    {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "portal: cannot build the sign-in request");
-            return message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sign-in unavailable",
-                e.to_string(),
-            );
-        }
-    };
-    let to = request.url.to_string();
-    let stored = app.sessions.with(h, |s| {
-        s.pending = Some(PendingSignIn {
-            request,
-            user: user.clone(),
-            provider: provider.clone(),
-            again,
-            started: Instant::now(),
-        })
-    });
-    if stored.is_none() {
-        return not_signed_in();
-    }
-    info!(user = %user, again, "portal: sign-in sent to the provider");
-    with_cookie(app, h, see_other(&to))
-}
-
-/// The provider's redirect: the session's own sign-in (its `state`, once),
-/// else an in-band sign-in's, else nothing.
-async fn callback(
-    app: &App,
-    headers: &HeaderMap,
-    path: &str,
-    q: HashMap<String, String>,
-) -> Response {
-    let state = q.get("state").map(String::as_str).unwrap_or("");
-    let h = app.sessions.find(headers);
-    let pending = h
-        .as_ref()
-        .and_then(|h| {
-            app.sessions.with(h, |s| {
-                let mine = s.pending.as_ref().is_some_and(|p| {
-                    bool::from(
-                        p.request
-                            .state
-                            .expose_secret()
-                            .as_bytes()
-                            .ct_eq(state.as_bytes()),
-                    )
-                });
-                if mine { s.pending.take() } else { None }
-            })
-        })
-        .flatten();
-    let (Some(h), Some(pending)) = (h, pending) else {
-        if let Some((_, server)) = app.inband.iter().find(|(p, _)| p == path)
-            && server.expects(state)
-        {
-            return server.deliver(&q).into_response();
-        }
-        app.ctx.metrics.portal_sign_in("unknown_state");
-        info!("portal: a redirect for no sign-in of this browser was ignored");
-        return message(
-            StatusCode::BAD_REQUEST,
-            "Sign-in not recognised",
-            "This sign-in was started in another browser, has expired, or was already used. Start again from the first page.",
-        );
-    };
-    if pending.started.elapsed() > sessions::SIGN_IN {
-        app.ctx.metrics.portal_sign_in("unknown_state");
-        return message(
-            StatusCode::BAD_REQUEST,
-            "Sign-in expired",
-            "The sign-in took too long. Start again from the first page.",
-        );
-    }
-    let csrf = csrf_of(app, &h);
-    let user = pending.user.clone();
-    if let Some(error) = q.get("error") {
-        let error = one_line(error, 100);
-        let description = one_line(q.get("error_description").map_or("", String::as_str), 300);
-        app.ctx.metrics.portal_sign_in("provider_error");
-        info!(user = %user, error = %error, "portal: the provider refused the sign-in");
-        return render(
-            StatusCode::BAD_REQUEST,
-            &pages::ProviderError {
-                csrf: &csrf,
-                address: &user,
-                advice: pages::provider_advice(&error, &description),
-                error: &error,
-                description: &description,
-            },
-        );
-    }
-    let Some(code) = q.get("code") else {
-        app.ctx.metrics.portal_sign_in("failed");
-        return message(
-            StatusCode::BAD_REQUEST,
-            "Sign-in failed",
-            "The provider sent no authorisation. Start again from the first page.",
-        );
-    };
-    let provider = pending.provider.clone();
-    let grant = match app
-        .ctx
-        .accounts
-        .oauth()
-        .exchange_code(
-            &provider,
-            &pending.request,
-            &SecretString::from(code.clone()),
-        )
-        .await
-    {
-        Ok(g) => g,
-        Err(e) => {
-            app.ctx.metrics.portal_sign_in("failed");
-            warn!(user = %user, error = %e, "portal: the authorization code exchange failed");
-            let (code, detail) = match &e {
-                crate::accounts::oauth::OAuthError::InvalidGrant(d) => {
-                    ("invalid_grant", d.as_str())
-                }
-                crate::accounts::oauth::OAuthError::Declined(d) => ("access_denied", d.as_str()),
-                crate::accounts::oauth::OAuthError::Other { code, description } => {
-                    (code.as_str(), description.as_str())
-                }
-                _ => ("", ""),
-            };
-            return advice(
-                StatusCode::BAD_GATEWAY,
-                "Sign-in failed",
-                e.to_string(),
-                pages::provider_advice(code, detail),
-            );
-        }
-    };
-    let upstream_user = app.ctx.accounts.upstream_user_of(&user);
-    let checked = identity::confirm(
-        &provider,
-        &grant,
-        identity::Expected {
-            user: &user,
-            upstream_user: &upstream_user,
-            nonce: Some(&pending.request.nonce),
-        },
-        &app.prover(),
-    )
-    .await;
-    let who = match checked {
-        Ok(who) => who,
-        Err(IdentityError::Mismatch {
-            signed_in,
-            expected,
-        }) => {
-            app.ctx.metrics.portal_sign_in("wrong_identity");
-            info!(user = %user, signed_in = %signed_in, "portal: the sign-in was for another identity; nothing stored");
-            return render(
-                StatusCode::FORBIDDEN,
-                &pages::WrongIdentity {
-                    csrf: &csrf,
-                    signed_in: &signed_in,
-                    expected: &expected,
-                },
-            );
-        }
-        Err(e) => {
-            app.ctx.metrics.portal_sign_in("wrong_identity");
-            warn!(user = %user, error = %e, "portal: the sign-in's identity is not the account's; nothing stored");
-            return message(StatusCode::FORBIDDEN, "Sign-in not accepted", e.to_string());
-        }
-    };
-    if pending.again {
-        let same = app
-            .sessions
-            .with(&h, |s| {
-                s.signed_in.as_ref().is_some_and(|si| si.user == user)
-            })
-            .unwrap_or(false);
-        if !same {
-            app.ctx.metrics.portal_sign_in("failed");
-            return not_signed_in();
-        }
-    }
-    let (replaces, usable) = match app.ctx.accounts.store().load(&user) {
-        Ok(Some(f)) => {
-            let usable = !f.needs_authorization;
-            (Some(f), usable)
-        }
-        Ok(None) => (None, false),
-        Err(e) => {
-            app.ctx.metrics.portal_sign_in("failed");
-            warn!(user = %user, error = %e, "portal: cannot read the account's tokens");
-            return message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Account unavailable",
-                "The gateway cannot read this account's stored access now. Tell your administrator (the error is in the gateway's log).",
-            );
-        }
-    };
-    let wants_password = pending.again || !usable;
-    let Some(h) = app.sessions.renew(&h) else {
-        return not_signed_in();
-    };
-    app.sessions.with(&h, |s| {
-        s.signed_in = Some(SignedIn {
-            user: user.clone(),
-            provider,
-            unsealed: wants_password.then(|| Unsealed {
-                grant,
-                replaces,
-                at: Instant::now(),
-            }),
-        })
-    });
-    app.ctx.metrics.portal_sign_in("ok");
-    info!(user = %user, identity = %who, "portal: signed in as the account's identity");
-    with_cookie(
-        app,
-        &h,
-        see_other(if wants_password {
-            "/password"
-        } else {
-            "/account"
-        }),
-    )
-}
-
-/// Whether the session holds tokens that wait for a password.
-fn has_unsealed(app: &App, h: &Handle) -> bool {
-    app.sessions
-        .with(h, |s| {
-            s.signed_in
-                .as_ref()
-                .and_then(|si| si.unsealed.as_ref())
-                .is_some_and(|u| u.at.elapsed() < sessions::UNSEALED)
-        })
-        .unwrap_or(false)
-}
-
-async fn password_form(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(h) = app.sessions.find(&headers) else {
-        return not_signed_in();
-    };
-    let Some((user, provider, csrf)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
-    if !has_unsealed(&app, &h) {
-        return see_other("/account");
-    }
-    password_page(&csrf, &user, &provider, StatusCode::OK, None)
-}
-
-fn password_page(
-    csrf: &str,
-    user: &str,
-    provider: &Provider,
-    status: StatusCode,
-    error: Option<String>,
-) -> Response {
-    let provider_name = match provider.preset {
-        mailgate_config::Preset::Gmail => "Google",
-        mailgate_config::Preset::Office365 | mailgate_config::Preset::Outlook => "Microsoft",
-        _ => "mail provider",
-    };
-    render(
-        status,
-        &pages::Password {
-            csrf,
-            user,
-            provider_name,
-            error,
-            min: MIN,
-        },
-    )
-}
-
-#[derive(Deserialize)]
-struct PasswordForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    confirm: String,
-}
-
-/// Checks a new password typed twice.
-fn new_password(first: &str, second: &str) -> Result<SecretString, String> {
-    if first != second {
-        return Err("The two passwords differ. Type the same password twice.".into());
-    }
-    if first.chars().count() < MIN {
-        return Err(format!("The password must have at least {MIN} characters."));
-    }
-    Ok(SecretString::from(first.to_owned()))
-}
-
-async fn password_save(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(form): Form<PasswordForm>,
-) -> Response {
-    let Some(h) = form_session(&app, &headers, &form.csrf) else {
-        return csrf_refused();
-    };
-    let Some((user, provider, csrf)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
-    if !has_unsealed(&app, &h) {
-        return message(
-            StatusCode::BAD_REQUEST,
-            "Sign in again",
-            "This sign-in is no longer waiting for a password. Start again from the first page.",
-        );
-    }
-    let password = match new_password(&form.password, &form.confirm) {
-        Ok(p) => p,
-        Err(e) => return password_page(&csrf, &user, &provider, StatusCode::BAD_REQUEST, Some(e)),
-    };
-    // Taken out, so that the same tokens are never sealed twice.
-    let Some(Some(unsealed)) = app.sessions.with(&h, |s| {
-        s.signed_in.as_mut().and_then(|si| si.unsealed.take())
-    }) else {
-        return not_signed_in();
-    };
-    let sealed = app
-        .ctx
-        .accounts
-        .seal_grant(
-            &user,
-            &provider.name,
-            unsealed.grant,
-            &password,
-            unsealed.replaces,
-        )
-        .await;
-    match sealed {
-        Ok(()) => {
-            info!(user = %user, "portal: tokens stored, sealed with the password the owner chose");
-            see_other("/settings?saved=1")
-        }
-        Err(FlowError::Store(StoreError::Changed { .. })) => message(
-            StatusCode::CONFLICT,
-            "Changed meanwhile",
-            "This account was changed meanwhile (from another browser or on the gateway); nothing was stored. Start again from the first page.",
-        ),
-        Err(e) => {
-            warn!(user = %user, error = %e, "portal: the tokens could not be stored");
-            message(StatusCode::SERVICE_UNAVAILABLE, "Not stored", e.to_string())
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct SavedQuery {
-    #[serde(default)]
-    saved: Option<String>,
-}
-
-async fn settings(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(q): Query<SavedQuery>,
-) -> Response {
-    let Some(h) = app.sessions.find(&headers) else {
-        return not_signed_in();
-    };
-    let Some((user, _, _)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
-    let rows = app.settings(&user);
-    render(
-        StatusCode::OK,
-        &pages::Settings {
-            user: &user,
-            saved: q.saved.is_some(),
-            listeners: &rows,
-        },
-    )
-}
-
-impl App {
-    /// The host a mail program uses for a listener bound to `ip`.
-    fn mail_host(&self, ip: IpAddr) -> String {
-        if let Some(h) = self.config.public_url.as_ref().and_then(|u| u.host_str()) {
-            return h.trim_matches(['[', ']']).to_owned();
-        }
-        if ip.is_loopback() {
-            return ip.to_string();
-        }
-        if ip.is_unspecified() {
-            return self.hostname.clone();
-        }
-        ip.to_string()
-    }
-
-    fn settings(&self, user: &str) -> Vec<Setting> {
-        self.listeners
-            .iter()
-            .map(|l| {
-                let (title, kind) = match l.protocol {
-                    Protocol::Imap => ("Incoming mail (IMAP)", "IMAP"),
-                    Protocol::Pop3 => ("Incoming mail (POP3)", "POP3"),
-                    Protocol::Smtp => ("Outgoing mail (SMTP)", "SMTP"),
-                };
-                let encryption = match l.mode {
-                    TlsMode::Implicit => "SSL/TLS",
-                    TlsMode::Starttls => "STARTTLS",
-                    TlsMode::None if l.bound.ip().is_loopback() => {
-                        "None (the connection stays on this computer)"
-                    }
-                    TlsMode::None => "None",
-                };
-                let host = self.mail_host(l.bound.ip());
-                let text = format!(
-                    "{kind} server: {host}\nPort: {}\nEncryption: {encryption}\nUser name: {user}\nAuthentication: normal password",
-                    l.bound.port()
-                );
-                Setting {
-                    id: format!("{}-{}", l.protocol, l.bound.port()),
-                    title: title.to_owned(),
-                    host,
-                    port: l.bound.port(),
-                    encryption,
-                    fingerprint: l.self_signed.clone(),
-                    text,
-                }
-            })
-            .collect()
-    }
-}
-
-fn time(t: Option<u64>) -> String {
-    match t {
-        Some(s) => {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
-                .to_string()
-                .replace('T', " ")
-                .replace('Z', " UTC")
-        }
-        None => "never".into(),
-    }
-}
-
-fn account_page(
-    app: &App,
-    h: &Handle,
-    status: StatusCode,
-    message: Option<String>,
-    error: Option<String>,
-) -> Response {
-    let Some((user, _, csrf)) = signed_in(app, h) else {
-        return not_signed_in();
-    };
-    let file: Option<TokenFile> = app.ctx.accounts.store().load(&user).ok().flatten();
-    let state = match &file {
-        None => "No access stored: authorise again to set it up",
-        Some(f) if f.needs_authorization => {
-            "Needs authorisation: the provider ended the access; authorise again"
-        }
-        Some(_) => "Ready: your mail program can sign in",
-    };
-    let f = file.as_ref();
-    render(
-        status,
-        &pages::Account {
-            csrf: &csrf,
-            user: &user,
-            state,
-            expires: time(f.and_then(|f| f.expires_at)),
-            last_refresh: time(f.and_then(|f| f.last_refresh)),
-            sealed_at: time(f.map(|f| f.sealed_at)),
-            last_error: f
-                .and_then(|f| f.last_error.clone())
-                .unwrap_or_else(|| "none".into()),
-            message,
-            error,
-            min: MIN,
-        },
-    )
-}
-
-async fn account(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(h) = app.sessions.find(&headers) else {
-        return not_signed_in();
-    };
-    account_page(&app, &h, StatusCode::OK, None, None)
-}
-
-#[derive(Deserialize)]
-struct ChangeForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    old: String,
-    #[serde(default)]
-    new: String,
-    #[serde(default)]
-    confirm: String,
-}
-
-async fn change_password(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<ChangeForm>,
-) -> Response {
-    let Some(h) = form_session(&app, &headers, &form.csrf) else {
-        return csrf_refused();
-    };
-    let Some((user, _, _)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
-    let new = match new_password(&form.new, &form.confirm) {
-        Ok(p) => p,
-        Err(e) => return account_page(&app, &h, StatusCode::BAD_REQUEST, None, Some(e)),
-    };
-    let old = SecretString::from(form.old);
-    let done = app
-        .ctx
-        .accounts
-        .change_password(&user, &old, &new, peer.ip())
-        .await;
-    let (status, error) = match done {
-        Ok(()) => {
-            info!(user = %user, "portal: local password changed");
-            return account_page(
-                &app,
-                &h,
-                StatusCode::OK,
-                Some("Your password is changed. Use the new one in your mail programs.".into()),
-                None,
-            );
-        }
-        Err(PasswordError::WrongPassword) => {
-            info!(user = %user, "portal: password change with a wrong current password");
-            (
-                StatusCode::FORBIDDEN,
-                "The current password is wrong; nothing was changed.".to_owned(),
-            )
-        }
-        Err(PasswordError::Refused(crate::accounts::LoginError::BadCredentials)) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many wrong passwords. Wait a minute, then try again.".to_owned(),
-        ),
-        Err(PasswordError::Refused(_)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The gateway is busy. Try again in a moment.".to_owned(),
-        ),
-        Err(PasswordError::NoTokens(_)) => (
-            StatusCode::CONFLICT,
-            "No access is stored for this account: authorise again instead.".to_owned(),
-        ),
-        Err(PasswordError::TooShort) => (
-            StatusCode::BAD_REQUEST,
-            format!("The password must have at least {MIN} characters."),
-        ),
-        Err(PasswordError::Store(e)) => {
-            warn!(user = %user, error = %e, "portal: password change failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The password could not be changed now; nothing was changed. Reload the page and try again.".to_owned(),
-            )
-        }
-    };
-    account_page(&app, &h, status, None, Some(error))
-}
-
-#[derive(Deserialize)]
-struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-async fn authorize_again(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let Some(h) = form_session(&app, &headers, &form.csrf) else {
-        return csrf_refused();
-    };
-    let Some((user, provider, _)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
-    start_sign_in(&app, &h, user, provider, true)
-}
-
-async fn forget(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let Some(h) = form_session(&app, &headers, &form.csrf) else {
-        return csrf_refused();
-    };
-    let Some((user, _, _)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
-    if let Err(e) = app.ctx.accounts.store().remove(&user) {
-        warn!(user = %user, error = %e, "portal: forgetting the account failed");
-        return account_page(
-            &app,
-            &h,
-            StatusCode::SERVICE_UNAVAILABLE,
-            None,
-            Some("The account could not be forgotten now. Try again.".into()),
-        );
-    }
-    info!(user = %user, "portal: the owner forgot the account's tokens");
-    app.sessions.end(&h);
-    let mut r = message(
-        StatusCode::OK,
-        "Account forgotten",
-        format!(
-            "mailgate no longer holds access for {user}. Mail programs cannot sign in until you set it up again from the first page."
-        ),
-    );
-    if let Ok(v) = HeaderValue::from_str(&app.sessions.clear_cookie()) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
-    r
-}
-
-async fn sign_out(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let Some(h) = form_session(&app, &headers, &form.csrf) else {
-        return csrf_refused();
-    };
-    app.sessions.end(&h);
-    let mut r = see_other("/");
-    if let Ok(v) = HeaderValue::from_str(&app.sessions.clear_cookie()) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn new_passwords_are_typed_twice_and_long_enough() {
-        assert!(new_password("abcdefgh", "abcdefgh").is_ok());
-        assert!(new_password("abcdefgh", "abcdefgx").is_err());
-        assert!(new_password("short", "short").is_err());
+        assert!(signin::new_password("abcdefgh", "abcdefgh").is_ok());
+        assert!(signin::new_password("abcdefgh", "abcdefgx").is_err());
+        assert!(signin::new_password("short", "short").is_err());
     }
 
     #[test]

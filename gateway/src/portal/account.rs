@@ -1,0 +1,273 @@
+//! What a signed-in owner sees and does: the mail program settings, the
+//! account page, a password change, authorising again, forgetting the
+//! account, signing out.
+
+use super::signin::{new_password, start_sign_in};
+use super::*;
+
+#[derive(Deserialize)]
+pub(super) struct SavedQuery {
+    #[serde(default)]
+    saved: Option<String>,
+}
+
+pub(super) async fn settings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<SavedQuery>,
+) -> Response {
+    let Some(h) = app.sessions.find(&headers) else {
+        return not_signed_in();
+    };
+    let Some((user, _, _)) = signed_in(&app, &h) else {
+        return not_signed_in();
+    };
+    let rows = app.settings(&user);
+    render(
+        StatusCode::OK,
+        &pages::Settings {
+            user: &user,
+            saved: q.saved.is_some(),
+            listeners: &rows,
+        },
+    )
+}
+
+impl App {
+    /// The host a mail program uses for a listener bound to `ip`.
+    fn mail_host(&self, ip: IpAddr) -> String {
+        if let Some(h) = self.config.public_url.as_ref().and_then(|u| u.host_str()) {
+            return h.trim_matches(['[', ']']).to_owned();
+        }
+        if ip.is_loopback() {
+            return ip.to_string();
+        }
+        if ip.is_unspecified() {
+            return self.hostname.clone();
+        }
+        ip.to_string()
+    }
+
+    fn settings(&self, user: &str) -> Vec<Setting> {
+        self.listeners
+            .iter()
+            .map(|l| {
+                let (title, kind) = match l.protocol {
+                    Protocol::Imap => ("Incoming mail (IMAP)", "IMAP"),
+                    Protocol::Pop3 => ("Incoming mail (POP3)", "POP3"),
+                    Protocol::Smtp => ("Outgoing mail (SMTP)", "SMTP"),
+                };
+                let encryption = match l.mode {
+                    TlsMode::Implicit => "SSL/TLS",
+                    TlsMode::Starttls => "STARTTLS",
+                    TlsMode::None if l.bound.ip().is_loopback() => {
+                        "None (the connection stays on this computer)"
+                    }
+                    TlsMode::None => "None",
+                };
+                let host = self.mail_host(l.bound.ip());
+                let text = format!(
+                    "{kind} server: {host}\nPort: {}\nEncryption: {encryption}\nUser name: {user}\nAuthentication: normal password",
+                    l.bound.port()
+                );
+                Setting {
+                    id: format!("{}-{}", l.protocol, l.bound.port()),
+                    title: title.to_owned(),
+                    host,
+                    port: l.bound.port(),
+                    encryption,
+                    fingerprint: l.self_signed.clone(),
+                    text,
+                }
+            })
+            .collect()
+    }
+}
+
+pub(super) fn time(t: Option<u64>) -> String {
+    match t {
+        Some(s) => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
+                .to_string()
+                .replace('T', " ")
+                .replace('Z', " UTC")
+        }
+        None => "never".into(),
+    }
+}
+
+pub(super) fn account_page(
+    app: &App,
+    h: &Handle,
+    status: StatusCode,
+    message: Option<String>,
+    error: Option<String>,
+) -> Response {
+    let Some((user, _, csrf)) = signed_in(app, h) else {
+        return not_signed_in();
+    };
+    let file: Option<TokenFile> = app.ctx.accounts.store().load(&user).ok().flatten();
+    let state = match &file {
+        None => "No access stored: authorise again to set it up",
+        Some(f) if f.needs_authorization => {
+            "Needs authorisation: the provider ended the access; authorise again"
+        }
+        Some(_) => "Ready: your mail program can sign in",
+    };
+    let f = file.as_ref();
+    render(
+        status,
+        &pages::Account {
+            csrf: &csrf,
+            user: &user,
+            state,
+            expires: time(f.and_then(|f| f.expires_at)),
+            last_refresh: time(f.and_then(|f| f.last_refresh)),
+            sealed_at: time(f.map(|f| f.sealed_at)),
+            last_error: f
+                .and_then(|f| f.last_error.clone())
+                .unwrap_or_else(|| "none".into()),
+            message,
+            error,
+            min: MIN,
+        },
+    )
+}
+
+pub(super) async fn account(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(h) = app.sessions.find(&headers) else {
+        return not_signed_in();
+    };
+    account_page(&app, &h, StatusCode::OK, None, None)
+}
+
+#[derive(Deserialize)]
+pub(super) struct ChangeForm {
+    #[serde(default)]
+    old: String,
+    #[serde(default)]
+    new: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+pub(super) async fn change_password(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Posted { session: h, form }: Posted<ChangeForm>,
+) -> Response {
+    let Some((user, _, _)) = signed_in(&app, &h) else {
+        return not_signed_in();
+    };
+    let new = match new_password(&form.new, &form.confirm) {
+        Ok(p) => p,
+        Err(e) => return account_page(&app, &h, StatusCode::BAD_REQUEST, None, Some(e)),
+    };
+    let old = SecretString::from(form.old);
+    let done = app
+        .ctx
+        .accounts
+        .change_password(&user, &old, &new, peer.ip())
+        .await;
+    let (status, error) = match done {
+        Ok(()) => {
+            info!(user = %user, "portal: local password changed");
+            return account_page(
+                &app,
+                &h,
+                StatusCode::OK,
+                Some("Your password is changed. Use the new one in your mail programs.".into()),
+                None,
+            );
+        }
+        Err(PasswordError::WrongPassword) => {
+            info!(user = %user, "portal: password change with a wrong current password");
+            (
+                StatusCode::FORBIDDEN,
+                "The current password is wrong; nothing was changed.".to_owned(),
+            )
+        }
+        Err(PasswordError::Refused(crate::accounts::LoginError::BadCredentials)) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many wrong passwords. Wait a minute, then try again.".to_owned(),
+        ),
+        Err(PasswordError::Refused(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The gateway is busy. Try again in a moment.".to_owned(),
+        ),
+        Err(PasswordError::NoTokens(_)) => (
+            StatusCode::CONFLICT,
+            "No access is stored for this account: authorise again instead.".to_owned(),
+        ),
+        Err(PasswordError::TooShort) => (
+            StatusCode::BAD_REQUEST,
+            format!("The password must have at least {MIN} characters."),
+        ),
+        Err(PasswordError::Store(e)) => {
+            warn!(user = %user, error = %e, "portal: password change failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The password could not be changed now; nothing was changed. Reload the page and try again.".to_owned(),
+            )
+        }
+    };
+    account_page(&app, &h, status, None, Some(error))
+}
+
+/// A form with nothing but its CSRF token.
+#[derive(Deserialize)]
+pub(super) struct Nothing {}
+
+pub(super) async fn authorize_again(
+    State(app): State<Arc<App>>,
+    Posted { session: h, .. }: Posted<Nothing>,
+) -> Response {
+    let Some((user, provider, _)) = signed_in(&app, &h) else {
+        return not_signed_in();
+    };
+    start_sign_in(&app, &h, user, provider, true)
+}
+
+pub(super) async fn forget(
+    State(app): State<Arc<App>>,
+    Posted { session: h, .. }: Posted<Nothing>,
+) -> Response {
+    let Some((user, _, _)) = signed_in(&app, &h) else {
+        return not_signed_in();
+    };
+    if let Err(e) = app.ctx.accounts.store().remove(&user) {
+        warn!(user = %user, error = %e, "portal: forgetting the account failed");
+        return account_page(
+            &app,
+            &h,
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            Some("The account could not be forgotten now. Try again.".into()),
+        );
+    }
+    info!(user = %user, "portal: the owner forgot the account's tokens");
+    app.sessions.end(&h);
+    let mut r = message(
+        StatusCode::OK,
+        "Account forgotten",
+        format!(
+            "mailgate no longer holds access for {user}. Mail programs cannot sign in until you set it up again from the first page."
+        ),
+    );
+    if let Ok(v) = HeaderValue::from_str(&app.sessions.clear_cookie()) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+pub(super) async fn sign_out(
+    State(app): State<Arc<App>>,
+    Posted { session: h, .. }: Posted<Nothing>,
+) -> Response {
+    app.sessions.end(&h);
+    let mut r = see_other("/");
+    if let Ok(v) = HeaderValue::from_str(&app.sessions.clear_cookie()) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}

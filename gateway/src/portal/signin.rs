@@ -1,0 +1,457 @@
+//! The sign-in round trip: the address form, the provider's redirect (the
+//! session's own `state`, once; the identity check before anything else),
+//! and the password that seals the tokens.
+
+use super::*;
+
+#[derive(Deserialize)]
+pub(super) struct AddressForm {
+    #[serde(default)]
+    address: String,
+}
+
+pub(super) async fn sign_in(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Posted { session: h, form }: Posted<AddressForm>,
+) -> Response {
+    let address = one_line(form.address.trim(), 320);
+    let Some(user) = crate::accounts::account_name(&address).filter(|u| u.contains('@')) else {
+        return index_page(
+            &app,
+            &h,
+            StatusCode::BAD_REQUEST,
+            &address,
+            Some("Enter your whole e-mail address, e.g. name@example.com.".into()),
+        );
+    };
+    let backoff = app.ctx.accounts.backoff();
+    if !backoff.locked(&user, peer.ip()).is_zero() {
+        info!(user = %user, "portal: address form refused during backoff");
+        return index_page(
+            &app,
+            &h,
+            StatusCode::TOO_MANY_REQUESTS,
+            &address,
+            Some("Too many attempts from here. Wait a minute, then try again.".into()),
+        );
+    }
+    let config = app.ctx.config();
+    let Some(provider) = config
+        .find_account(&user)
+        .and_then(|a| config.provider(&a.provider))
+        .cloned()
+    else {
+        info!(user = %user, "portal: an address that no account matches");
+        backoff.failure(&user, peer.ip(), false);
+        return index_page(
+            &app,
+            &h,
+            StatusCode::NOT_FOUND,
+            &address,
+            Some(format!(
+                "{user} is not served by this gateway. Check the address, or ask your administrator."
+            )),
+        );
+    };
+    start_sign_in(&app, &h, user, provider, false)
+}
+
+/// Sends the browser to the provider's sign-in for `user`.
+pub(super) fn start_sign_in(
+    app: &App,
+    h: &Handle,
+    user: String,
+    provider: Arc<Provider>,
+    again: bool,
+) -> Response {
+    match provider.flow {
+        Flow::AuthorizationCode => {}
+        Flow::DeviceCode => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "Authorised with a code",
+                format!(
+                    "{user} is authorised with a device code, not in the browser: log in from your mail program with the password you want, and follow its instructions, or ask your administrator."
+                ),
+            );
+        }
+        Flow::ClientCredentials => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "No sign-in needed",
+                format!(
+                    "{user} is served with the organisation's own credentials: your administrator gives you its password."
+                ),
+            );
+        }
+    }
+    let Some(redirect) = effective_redirect(&app.config, app.bound, &provider) else {
+        warn!(
+            provider = %provider.name,
+            redirect_uri = %provider.redirect_uri,
+            portal = %app.base,
+            "portal: the provider's redirect_uri does not point at the portal"
+        );
+        return advice(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not set up for the portal",
+            format!("This gateway cannot sign in {user} here yet."),
+            format!(
+                "The administrator must register {} as a redirect URI of the app and set redirect_uri to it in provider {}.",
+                app.base, provider.name
+            ),
+        );
+    };
+    let request = match app
+        .ctx
+        .accounts
+        .oauth()
+        .authorization_request(&provider, &redirect, &user)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "portal: cannot build the sign-in request");
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in unavailable",
+                e.to_string(),
+            );
+        }
+    };
+    let to = request.url.to_string();
+    let stored = app.sessions.with(h, |s| {
+        s.pending = Some(PendingSignIn {
+            request,
+            user: user.clone(),
+            provider: provider.clone(),
+            again,
+            started: Instant::now(),
+        })
+    });
+    if stored.is_none() {
+        return not_signed_in();
+    }
+    info!(user = %user, again, "portal: sign-in sent to the provider");
+    with_cookie(app, h, see_other(&to))
+}
+
+/// The provider's redirect: the session's own sign-in (its `state`, once),
+/// else an in-band sign-in's, else nothing.
+pub(super) async fn callback(
+    app: &App,
+    headers: &HeaderMap,
+    path: &str,
+    q: HashMap<String, String>,
+) -> Response {
+    let state = q.get("state").map(String::as_str).unwrap_or("");
+    let h = app.sessions.find(headers);
+    let pending = h
+        .as_ref()
+        .and_then(|h| {
+            app.sessions.with(h, |s| {
+                let mine = s.pending.as_ref().is_some_and(|p| {
+                    bool::from(
+                        p.request
+                            .state
+                            .expose_secret()
+                            .as_bytes()
+                            .ct_eq(state.as_bytes()),
+                    )
+                });
+                if mine { s.pending.take() } else { None }
+            })
+        })
+        .flatten();
+    let (Some(h), Some(pending)) = (h, pending) else {
+        if let Some((_, server)) = app.inband.iter().find(|(p, _)| p == path)
+            && server.expects(state)
+        {
+            return server.deliver(&q).into_response();
+        }
+        app.ctx.metrics.portal_sign_in("unknown_state");
+        info!("portal: a redirect for no sign-in of this browser was ignored");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Sign-in not recognised",
+            "This sign-in was started in another browser, has expired, or was already used. Start again from the first page.",
+        );
+    };
+    if pending.started.elapsed() > sessions::SIGN_IN {
+        app.ctx.metrics.portal_sign_in("unknown_state");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Sign-in expired",
+            "The sign-in took too long. Start again from the first page.",
+        );
+    }
+    let csrf = csrf_of(app, &h);
+    let user = pending.user.clone();
+    if let Some(error) = q.get("error") {
+        let error = one_line(error, 100);
+        let description = one_line(q.get("error_description").map_or("", String::as_str), 300);
+        app.ctx.metrics.portal_sign_in("provider_error");
+        info!(user = %user, error = %error, "portal: the provider refused the sign-in");
+        return render(
+            StatusCode::BAD_REQUEST,
+            &pages::ProviderError {
+                csrf: &csrf,
+                address: &user,
+                advice: pages::provider_advice(&error, &description),
+                error: &error,
+                description: &description,
+            },
+        );
+    }
+    let Some(code) = q.get("code") else {
+        app.ctx.metrics.portal_sign_in("failed");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "The provider sent no authorisation. Start again from the first page.",
+        );
+    };
+    let provider = pending.provider.clone();
+    let grant = match app
+        .ctx
+        .accounts
+        .oauth()
+        .exchange_code(
+            &provider,
+            &pending.request,
+            &SecretString::from(code.clone()),
+        )
+        .await
+    {
+        Ok(g) => g,
+        Err(e) => {
+            app.ctx.metrics.portal_sign_in("failed");
+            warn!(user = %user, error = %e, "portal: the authorization code exchange failed");
+            let (code, detail) = match &e {
+                crate::accounts::oauth::OAuthError::InvalidGrant(d) => {
+                    ("invalid_grant", d.as_str())
+                }
+                crate::accounts::oauth::OAuthError::Declined(d) => ("access_denied", d.as_str()),
+                crate::accounts::oauth::OAuthError::Other { code, description } => {
+                    (code.as_str(), description.as_str())
+                }
+                _ => ("", ""),
+            };
+            return advice(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in failed",
+                e.to_string(),
+                pages::provider_advice(code, detail),
+            );
+        }
+    };
+    let upstream_user = app.ctx.accounts.upstream_user_of(&user);
+    let checked = identity::confirm(
+        &provider,
+        &grant,
+        identity::Expected {
+            user: &user,
+            upstream_user: &upstream_user,
+            nonce: Some(&pending.request.nonce),
+        },
+        &app.prover(),
+    )
+    .await;
+    let who = match checked {
+        Ok(who) => who,
+        Err(IdentityError::Mismatch {
+            signed_in,
+            expected,
+        }) => {
+            app.ctx.metrics.portal_sign_in("wrong_identity");
+            info!(user = %user, signed_in = %signed_in, "portal: the sign-in was for another identity; nothing stored");
+            return render(
+                StatusCode::FORBIDDEN,
+                &pages::WrongIdentity {
+                    csrf: &csrf,
+                    signed_in: &signed_in,
+                    expected: &expected,
+                },
+            );
+        }
+        Err(e) => {
+            app.ctx.metrics.portal_sign_in("wrong_identity");
+            warn!(user = %user, error = %e, "portal: the sign-in's identity is not the account's; nothing stored");
+            return message(StatusCode::FORBIDDEN, "Sign-in not accepted", e.to_string());
+        }
+    };
+    if pending.again {
+        let same = app
+            .sessions
+            .with(&h, |s| {
+                s.signed_in.as_ref().is_some_and(|si| si.user == user)
+            })
+            .unwrap_or(false);
+        if !same {
+            app.ctx.metrics.portal_sign_in("failed");
+            return not_signed_in();
+        }
+    }
+    let (replaces, usable) = match app.ctx.accounts.store().load(&user) {
+        Ok(Some(f)) => {
+            let usable = !f.needs_authorization;
+            (Some(f), usable)
+        }
+        Ok(None) => (None, false),
+        Err(e) => {
+            app.ctx.metrics.portal_sign_in("failed");
+            warn!(user = %user, error = %e, "portal: cannot read the account's tokens");
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Account unavailable",
+                "The gateway cannot read this account's stored access now. Tell your administrator (the error is in the gateway's log).",
+            );
+        }
+    };
+    let wants_password = pending.again || !usable;
+    let Some(h) = app.sessions.renew(&h) else {
+        return not_signed_in();
+    };
+    app.sessions.with(&h, |s| {
+        s.signed_in = Some(SignedIn {
+            user: user.clone(),
+            provider,
+            unsealed: wants_password.then(|| Unsealed {
+                grant,
+                replaces,
+                at: Instant::now(),
+            }),
+        })
+    });
+    app.ctx.metrics.portal_sign_in("ok");
+    info!(user = %user, identity = %who, "portal: signed in as the account's identity");
+    with_cookie(
+        app,
+        &h,
+        see_other(if wants_password {
+            "/password"
+        } else {
+            "/account"
+        }),
+    )
+}
+
+/// Whether the session holds tokens that wait for a password.
+pub(super) fn has_unsealed(app: &App, h: &Handle) -> bool {
+    app.sessions
+        .with(h, |s| {
+            s.signed_in
+                .as_ref()
+                .and_then(|si| si.unsealed.as_ref())
+                .is_some_and(|u| u.at.elapsed() < sessions::UNSEALED)
+        })
+        .unwrap_or(false)
+}
+
+pub(super) async fn password_form(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(h) = app.sessions.find(&headers) else {
+        return not_signed_in();
+    };
+    let Some((user, provider, csrf)) = signed_in(&app, &h) else {
+        return not_signed_in();
+    };
+    if !has_unsealed(&app, &h) {
+        return see_other("/account");
+    }
+    password_page(&csrf, &user, &provider, StatusCode::OK, None)
+}
+
+pub(super) fn password_page(
+    csrf: &str,
+    user: &str,
+    provider: &Provider,
+    status: StatusCode,
+    error: Option<String>,
+) -> Response {
+    let provider_name = match provider.preset {
+        mailgate_config::Preset::Gmail => "Google",
+        mailgate_config::Preset::Office365 | mailgate_config::Preset::Outlook => "Microsoft",
+        _ => "mail provider",
+    };
+    render(
+        status,
+        &pages::Password {
+            csrf,
+            user,
+            provider_name,
+            error,
+            min: MIN,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct PasswordForm {
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Checks a new password typed twice.
+pub(super) fn new_password(first: &str, second: &str) -> Result<SecretString, String> {
+    if first != second {
+        return Err("The two passwords differ. Type the same password twice.".into());
+    }
+    if first.chars().count() < MIN {
+        return Err(format!("The password must have at least {MIN} characters."));
+    }
+    Ok(SecretString::from(first.to_owned()))
+}
+
+pub(super) async fn password_save(
+    State(app): State<Arc<App>>,
+    Posted { session: h, form }: Posted<PasswordForm>,
+) -> Response {
+    let Some((user, provider, csrf)) = signed_in(&app, &h) else {
+        return not_signed_in();
+    };
+    if !has_unsealed(&app, &h) {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Sign in again",
+            "This sign-in is no longer waiting for a password. Start again from the first page.",
+        );
+    }
+    let password = match new_password(&form.password, &form.confirm) {
+        Ok(p) => p,
+        Err(e) => return password_page(&csrf, &user, &provider, StatusCode::BAD_REQUEST, Some(e)),
+    };
+    // Taken out, so that the same tokens are never sealed twice.
+    let Some(Some(unsealed)) = app.sessions.with(&h, |s| {
+        s.signed_in.as_mut().and_then(|si| si.unsealed.take())
+    }) else {
+        return not_signed_in();
+    };
+    let sealed = app
+        .ctx
+        .accounts
+        .seal_grant(
+            &user,
+            &provider.name,
+            unsealed.grant,
+            &password,
+            unsealed.replaces,
+        )
+        .await;
+    match sealed {
+        Ok(()) => {
+            info!(user = %user, "portal: tokens stored, sealed with the password the owner chose");
+            see_other("/settings?saved=1")
+        }
+        Err(FlowError::Store(StoreError::Changed { .. })) => message(
+            StatusCode::CONFLICT,
+            "Changed meanwhile",
+            "This account was changed meanwhile (from another browser or on the gateway); nothing was stored. Start again from the first page.",
+        ),
+        Err(e) => {
+            warn!(user = %user, error = %e, "portal: the tokens could not be stored");
+            message(StatusCode::SERVICE_UNAVAILABLE, "Not stored", e.to_string())
+        }
+    }
+}
