@@ -30,6 +30,8 @@ pub struct Config {
     pub accounts: Vec<Account>,
     /// `[portal]`, when the web portal is on.
     pub portal: Option<Portal>,
+    /// `[store]`: where sealed tokens and account state live.
+    pub store: Store,
     /// Files that hold secrets, with the key that names them: the file
     /// itself when it holds a `client_secret`, every `client_secret_file`
     /// and every listener's TLS `key` (for permission warnings).
@@ -106,6 +108,21 @@ pub struct Listener {
     /// provider's flow and answers with its URL (default: on for loopback
     /// addresses only).
     pub in_band_authorization: bool,
+}
+
+/// `[store]` (SPEC §9).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Files under `state_dir/tokens` (the default).
+    File,
+    /// A Redis (or Valkey) server shared by several gateways.
+    Redis {
+        /// `redis://` or `rediss://`, with a password or ACL user in it
+        /// when needed (from `url` or `url_file`).
+        url: SecretString,
+        /// Prepended to every key.
+        prefix: String,
+    },
 }
 
 /// `[portal]`: the web portal (SPEC §8).
@@ -379,6 +396,27 @@ impl Config {
             "  limits           line {} B, literal {} B, tag {} B, {} failed logins per connection",
             g.max_line, g.max_literal, g.max_tag, g.max_failures
         );
+        match &self.store {
+            Store::File => {
+                let _ = writeln!(
+                    s,
+                    "store: files under {}",
+                    self.gateway.state_dir.join("tokens").display()
+                );
+            }
+            Store::Redis { url, prefix } => {
+                use secrecy::ExposeSecret as _;
+                let shown = url::Url::parse(url.expose_secret())
+                    .map(|mut u| {
+                        if u.password().is_some() {
+                            let _ = u.set_password(Some("****"));
+                        }
+                        u.to_string()
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(s, "store: redis {shown} prefix {prefix:?}");
+            }
+        }
         if let Some(p) = &self.portal {
             let _ = writeln!(
                 s,

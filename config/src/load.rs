@@ -114,6 +114,17 @@ fn secret_files(path: &Path, table: &toml::Table) -> Vec<(String, PathBuf)> {
             out.push((format!("provider.{name}.client_secret_file"), dir.join(f)));
         }
     }
+    let store = table.get("store").and_then(toml::Value::as_table);
+    if store.is_some_and(|s| s.get("url").is_some()) {
+        out.push(("store.url".into(), path.to_path_buf()));
+    }
+    if let Some(f) = store
+        .and_then(|s| s.get("url_file"))
+        .and_then(toml::Value::as_str)
+    {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        out.push(("store.url_file".into(), dir.join(f)));
+    }
     out
 }
 

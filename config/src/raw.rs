@@ -19,6 +19,16 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub account: Vec<RawAccount>,
     pub portal: Option<RawPortal>,
+    pub store: Option<RawStore>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub url_file: Option<String>,
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

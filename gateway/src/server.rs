@@ -95,7 +95,13 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Binds every listener and starts serving.
 pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
-    let ctx = Arc::new(Context::new(config.clone(), prove)?);
+    let store = crate::accounts::store::Store::open(&config)
+        .await
+        .context("the token store")?;
+    if let crate::accounts::store::Store::Redis(r) = &store {
+        info!(store = ?r, "token store on Redis");
+    }
+    let ctx = Arc::new(Context::new(config.clone(), store, prove)?);
     let stop_accepting = CancellationToken::new();
     let kill = CancellationToken::new();
     let tracker = TaskTracker::new();

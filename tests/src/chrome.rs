@@ -105,13 +105,14 @@ impl Browser {
     }
 
     /// Waits (up to 10 s) for the page whose `<body id="page-NAME">` is
-    /// `name`, and fails with what is shown instead.
+    /// `name` (a new one, after a click), and fails with what is shown
+    /// instead.
     pub async fn expect_page(&self, name: &str) {
         let found = self
             .client
             .wait()
             .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(&format!("body#page-{name}")))
+            .for_element(Locator::Css(&format!("body#page-{name}:not([data-left])")))
             .await;
         if found.is_err() {
             let url = self.client.current_url().await.map(|u| u.to_string());
@@ -131,7 +132,13 @@ impl Browser {
         e.send_keys(text).await.unwrap();
     }
 
+    /// Clicks `css`. The page is marked first, so that [`Browser::expect_page`]
+    /// waits for the page the click leads to, not the one it was on.
     pub async fn click(&self, css: &str) {
+        self.client
+            .execute("document.body.setAttribute('data-left', '1')", vec![])
+            .await
+            .unwrap();
         self.client
             .find(Locator::Css(css))
             .await

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mailgate::accounts::store::{Kdf, SealingKey, Store, TokenFile, Tokens};
+use mailgate::accounts::store::{FileStore, Kdf, SealingKey, TokenFile, Tokens};
 use mailgate_config::{Config, Protocol};
 use secrecy::SecretString;
 
@@ -136,7 +136,7 @@ provider = "test"
         let key =
             SealingKey::derive(&SecretString::from(password.to_owned()), &Kdf::generate()).unwrap();
         let file = TokenFile::seal(&user.to_lowercase(), "test", &key, &tokens).unwrap();
-        let store = Store::new(&self.state_dir());
+        let store = FileStore::new(&self.state_dir());
         store
             .save(&file, mailgate::accounts::store::Expect::Any)
             .unwrap();
@@ -154,14 +154,17 @@ provider = "test"
 
     /// Opens USER's sealed tokens with PASSWORD.
     pub fn open(&self, user: &str, password: &str) -> Tokens {
-        let store = Store::new(&self.state_dir());
+        let store = FileStore::new(&self.state_dir());
         let file = store.load(user).unwrap().unwrap();
         let key = SealingKey::derive(&SecretString::from(password.to_owned()), &file.kdf).unwrap();
         file.open(&key, &store.path(user)).unwrap()
     }
 
     pub fn token_file(&self, user: &str) -> TokenFile {
-        Store::new(&self.state_dir()).load(user).unwrap().unwrap()
+        FileStore::new(&self.state_dir())
+            .load(user)
+            .unwrap()
+            .unwrap()
     }
 }
 

@@ -39,7 +39,7 @@ pub enum FlowError {
 /// the store still holds what `expect` says (see [`Store::save`]). The
 /// grant's identity must have been confirmed first
 /// ([`crate::accounts::identity::confirm`]).
-pub fn store_grant(
+pub async fn store_grant(
     store: &Store,
     user: &str,
     provider: &str,
@@ -47,25 +47,35 @@ pub fn store_grant(
     password: &SecretString,
     expect: Expect<'_>,
 ) -> Result<(), FlowError> {
+    let file = seal_grant(user, provider, grant, password)?;
+    store.save(&file, expect).await?;
+    Ok(())
+}
+
+/// Seals what a flow granted (blocking: one Argon2 derivation).
+pub fn seal_grant(
+    user: &str,
+    provider: &str,
+    grant: &Grant,
+    password: &SecretString,
+) -> Result<TokenFile, FlowError> {
     let rt = grant
         .refresh_token
         .as_ref()
         .ok_or(FlowError::NoRefreshToken)?;
-    store_tokens(store, user, provider, rt, Some(grant), password, expect)
+    seal_tokens(user, provider, rt, Some(grant), password)
 }
 
 /// Seals a refresh token, and the access token of `grant` when there is
-/// one (a verified import; none for `token import --no-verify`), and
-/// stores them as [`store_grant`] does.
-pub fn store_tokens(
-    store: &Store,
+/// one (a verified import; none for `token import --no-verify`), with
+/// `password` (blocking: one Argon2 derivation).
+pub fn seal_tokens(
     user: &str,
     provider: &str,
     refresh_token: &SecretString,
     grant: Option<&Grant>,
     password: &SecretString,
-    expect: Expect<'_>,
-) -> Result<(), FlowError> {
+) -> Result<TokenFile, FlowError> {
     let mut tokens = Tokens::default();
     tokens.refresh_token = Some(refresh_token.expose_secret().to_owned());
     if let Some(g) = grant {
@@ -78,8 +88,7 @@ pub fn store_tokens(
     if grant.is_some() {
         file.last_refresh = Some(now());
     }
-    store.save(&file, expect)?;
-    Ok(())
+    Ok(file)
 }
 
 /// Why a local password was not changed.
@@ -101,25 +110,32 @@ pub enum PasswordError {
 /// The shortest local password that may seal an account's tokens.
 pub const MIN_PASSWORD: usize = 8;
 
-/// Re-seals `user`'s tokens under `new` after opening them with `old`
-/// (two Argon2 derivations: blocking). The write is a compare-and-swap on
-/// the file that was opened, so a running gateway takes the new password
-/// from its next login on and nothing written meanwhile is lost.
-pub fn change_password(
+/// The file of `user` to re-seal with a new password, or why not.
+pub async fn file_to_rekey(
     store: &Store,
     user: &str,
-    old: &SecretString,
     new: &SecretString,
-) -> Result<(), PasswordError> {
+) -> Result<TokenFile, PasswordError> {
     if new.expose_secret().chars().count() < MIN_PASSWORD {
         return Err(PasswordError::TooShort);
     }
-    let file = store
+    store
         .load(user)
+        .await
         .map_err(PasswordError::Store)?
-        .ok_or_else(|| PasswordError::NoTokens(user.to_owned()))?;
+        .ok_or_else(|| PasswordError::NoTokens(user.to_owned()))
+}
+
+/// `file` opened with `old` and sealed again under `new` (blocking: two
+/// Argon2 derivations). `at` names it in errors.
+pub fn rekey(
+    file: &TokenFile,
+    old: &SecretString,
+    new: &SecretString,
+    at: &std::path::Path,
+) -> Result<TokenFile, PasswordError> {
     let key = SealingKey::derive(old, &file.kdf).map_err(PasswordError::Store)?;
-    let tokens = match file.open(&key, &store.path(user)) {
+    let tokens = match file.open(&key, at) {
         Ok(t) => t,
         Err(StoreError::WrongPassword) => return Err(PasswordError::WrongPassword),
         Err(e) => return Err(PasswordError::Store(e)),
@@ -128,8 +144,27 @@ pub fn change_password(
     let mut next = file.clone();
     next.reseal(&new_key, &tokens)
         .map_err(PasswordError::Store)?;
+    Ok(next)
+}
+
+/// Re-seals `user`'s tokens under `new` after opening them with `old`. The
+/// write is a compare-and-swap on the file that was opened, so a running
+/// gateway takes the new password from its next login on and nothing
+/// written meanwhile is lost.
+pub async fn change_password(
+    store: &Store,
+    user: &str,
+    old: &SecretString,
+    new: &SecretString,
+) -> Result<(), PasswordError> {
+    let file = file_to_rekey(store, user, new).await?;
+    let (f, o, n, at) = (file.clone(), old.clone(), new.clone(), store.location(user));
+    let next = tokio::task::spawn_blocking(move || rekey(&f, &o, &n, &at))
+        .await
+        .map_err(|e| PasswordError::Store(StoreError::Kdf(e.to_string())))??;
     store
         .save(&next, Expect::Same(&file))
+        .await
         .map_err(PasswordError::Store)?;
     Ok(())
 }

@@ -262,15 +262,16 @@ impl InBand {
                     )
                     .await?;
                     let (u, name) = (user.clone(), provider.name.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let expect = match &replaces {
-                            Some(f) => Expect::Same(f),
-                            None => Expect::Absent,
-                        };
-                        flows::store_grant(&store, &u, &name, &grant, &password, expect)
+                    let file = tokio::task::spawn_blocking(move || {
+                        flows::seal_grant(&u, &name, &grant, &password)
                     })
                     .await
                     .map_err(|e| FlowError::Input(e.to_string()))??;
+                    let expect = match &replaces {
+                        Some(f) => Expect::Same(f),
+                        None => Expect::Absent,
+                    };
+                    store.save(&file, expect).await?;
                     Ok::<_, FlowError>(identity)
                 }
                 .await;

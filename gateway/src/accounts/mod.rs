@@ -26,6 +26,7 @@ pub mod identity;
 pub mod inband;
 pub mod oauth;
 pub mod redirect;
+pub mod redis;
 pub mod store;
 
 use std::collections::HashMap;
@@ -181,13 +182,14 @@ impl std::fmt::Debug for Accounts {
 impl Accounts {
     pub fn new(
         config: Arc<Config>,
+        store: Store,
         oauth: OAuth,
         metrics: Arc<crate::observe::metrics::Metrics>,
     ) -> Accounts {
         let mut salt = [0u8; 32];
         OsRng.fill_bytes(&mut salt);
         Accounts {
-            store: Store::new(&config.gateway.state_dir),
+            store,
             config: std::sync::RwLock::new(config),
             oauth,
             backoff: Backoff::default(),
@@ -264,25 +266,28 @@ impl Accounts {
         new: &SecretString,
         peer: IpAddr,
     ) -> Result<(), crate::accounts::flows::PasswordError> {
-        use crate::accounts::flows::{PasswordError, change_password};
-        let (store, u, o, n) = (
-            self.store.clone(),
-            user.to_owned(),
+        use crate::accounts::flows::{PasswordError, file_to_rekey, rekey};
+        let file = file_to_rekey(&self.store, user, new).await?;
+        let (f, o, n, at) = (
+            file.clone(),
             old.clone(),
             new.clone(),
+            self.store.location(user),
         );
-        let done = self
-            .gated(user, peer, "checked", move || {
-                change_password(&store, &u, &o, &n)
-            })
+        let next = self
+            .gated(user, peer, "checked", move || rekey(&f, &o, &n, &at))
             .await
             .map_err(PasswordError::Refused)?;
-        match &done {
-            Ok(()) => self.backoff.success(user, peer),
+        match &next {
+            Ok(_) => self.backoff.success(user, peer),
             Err(PasswordError::WrongPassword) => self.backoff.failure(user, peer, true),
             Err(_) => {}
         }
-        done
+        self.store
+            .save(&next?, Expect::Same(&file))
+            .await
+            .map_err(PasswordError::Store)?;
+        Ok(())
     }
 
     /// Seals what a sign-in granted with `password` (the portal's form),
@@ -296,27 +301,23 @@ impl Accounts {
         password: &SecretString,
         replaces: Option<TokenFile>,
     ) -> Result<(), crate::accounts::flows::FlowError> {
-        let (store, u, p, pw) = (
-            self.store.clone(),
-            user.to_owned(),
-            provider.to_owned(),
-            password.clone(),
-        );
-        self.argon
-            .run(move || {
-                let expect = match &replaces {
-                    Some(f) => crate::accounts::store::Expect::Same(f),
-                    None => crate::accounts::store::Expect::Absent,
-                };
-                crate::accounts::flows::store_grant(&store, &u, &p, &grant, &pw, expect)
-            })
+        let (u, p, pw) = (user.to_owned(), provider.to_owned(), password.clone());
+        let file = self
+            .argon
+            .run(move || crate::accounts::flows::seal_grant(&u, &p, &grant, &pw))
             .await
             .map_err(|_| {
                 self.metrics.password_check("refused_busy");
                 crate::accounts::flows::FlowError::Input(
                     "the gateway is busy; try again in a moment".into(),
                 )
-            })?
+            })??;
+        let expect = match &replaces {
+            Some(f) => Expect::Same(f),
+            None => Expect::Absent,
+        };
+        self.store.save(&file, expect).await?;
+        Ok(())
     }
 
     /// A keyed hash of a password (memory only), to compare passwords in
@@ -593,7 +594,7 @@ impl Accounts {
         st: &mut AccountState,
     ) -> Result<(), LoginError> {
         let check = self.check_of(password);
-        let loaded = self.store.load(user);
+        let loaded = self.store.load(user).await;
         match &loaded {
             Ok(file) if file.as_ref() != st.disk.as_ref() => {
                 if st.key.is_some() {
@@ -604,7 +605,7 @@ impl Accounts {
                 *st = AccountState::default();
             }
             Ok(_) => {}
-            Err(StoreError::Io { .. }) => {
+            Err(StoreError::Io { .. } | StoreError::Unavailable { .. }) => {
                 // Unreadable now: what is cached (if anything) keeps serving.
             }
             Err(_) => *st = AccountState::default(),
@@ -617,7 +618,7 @@ impl Accounts {
         if cached_ok {
             self.backoff.success(user, peer);
             if st.unsaved {
-                self.persist(user, provider, st, None);
+                self.persist(user, provider, st, None).await;
             }
             return self.check_usable(st);
         }
@@ -644,7 +645,7 @@ impl Accounts {
         };
         let pw = password.clone();
         let sealed = file.clone();
-        let path = self.store.path(user);
+        let path = self.store.location(user);
         let opened = self
             .gated(user, peer, "checked", move || {
                 let key = SealingKey::derive(&pw, &sealed.kdf)?;
@@ -745,7 +746,7 @@ impl Accounts {
                 }
                 info!(rotated, lifetime_s = lifetime, "access token refreshed");
                 self.metrics.refresh("ok");
-                self.persist(user, provider, st, None);
+                self.persist(user, provider, st, None).await;
                 Ok(grant.access_token)
             }
             Err(e) => {
@@ -761,7 +762,8 @@ impl Accounts {
                     }
                     _ => warn!(error = %e, provider = %provider.name, "token refresh failed"),
                 }
-                self.persist(user, provider, st, Some((e.to_string(), mark_dead)));
+                self.persist(user, provider, st, Some((e.to_string(), mark_dead)))
+                    .await;
                 if mark_dead {
                     Err(LoginError::NeedsAuthorization {
                         why: Unusable::Expired,
@@ -784,7 +786,7 @@ impl Accounts {
     /// gateway is left alone and the cache is dropped; a failure to write is
     /// logged, and the in-memory tokens keep serving logins (and are written
     /// at the next one).
-    fn persist(
+    async fn persist(
         &self,
         user: &str,
         provider: &Provider,
@@ -824,7 +826,7 @@ impl Accounts {
             Some(d) => Expect::Same(d),
             None => Expect::Absent,
         };
-        match self.store.save(&file, expect) {
+        match self.store.save(&file, expect).await {
             Ok(written) => {
                 st.disk = Some(written);
                 st.unsaved = false;
@@ -878,8 +880,10 @@ mod tests {
         .expect("write");
         let config = mailgate_config::load_with_env(&file, Vec::new()).expect("config");
         let oauth = OAuth::new(Duration::from_secs(1)).expect("oauth");
+        let store = Store::files(&config.gateway.state_dir);
         let accounts = Accounts::new(
             Arc::new(config),
+            store,
             oauth,
             Arc::new(crate::observe::metrics::Metrics::new()),
         );

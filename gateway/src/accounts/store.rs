@@ -44,6 +44,13 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("the password does not open the stored tokens")]
     WrongPassword,
+    /// A shared store cannot be reached or refused the request.
+    #[error("cannot {action} {store}: {reason}")]
+    Unavailable {
+        action: &'static str,
+        store: String,
+        reason: String,
+    },
     #[error("key derivation failed: {0}")]
     Kdf(String),
     /// A compare-and-swap write found another file (or none) where it
@@ -280,17 +287,110 @@ impl TokenFile {
     }
 }
 
+/// Where accounts' sealed tokens live: files under `state_dir` (the
+/// default), or a Redis server shared by several gateways (SPEC §9). Both
+/// keep the same sealed files and the same compare-and-swap rule.
+#[derive(Debug, Clone)]
+pub enum Store {
+    File(FileStore),
+    Redis(crate::accounts::redis::RedisStore),
+}
+
+impl Store {
+    /// The file store under `state_dir`.
+    pub fn files(state_dir: &Path) -> Store {
+        Store::File(FileStore::new(state_dir))
+    }
+
+    /// The configured store; for Redis, connected and answering (within
+    /// `timeout`), or a clear error.
+    pub async fn open(config: &mailgate_config::Config) -> Result<Store, StoreError> {
+        match &config.store {
+            mailgate_config::Store::File => Ok(Store::files(&config.gateway.state_dir)),
+            mailgate_config::Store::Redis { url, prefix } => Ok(Store::Redis(
+                crate::accounts::redis::RedisStore::connect(
+                    url,
+                    prefix,
+                    config.gateway.upstream_timeout,
+                )
+                .await?,
+            )),
+        }
+    }
+
+    /// Where a user's tokens are, for messages.
+    pub fn location(&self, user: &str) -> PathBuf {
+        match self {
+            Store::File(f) => f.path(user),
+            Store::Redis(r) => r.location(user),
+        }
+    }
+
+    /// Reads a user's file; `None` when there is none.
+    pub async fn load(&self, user: &str) -> Result<Option<TokenFile>, StoreError> {
+        match self {
+            Store::File(f) => f.load(user),
+            Store::Redis(r) => r.load(user).await,
+        }
+    }
+
+    /// Writes `file` if the account is still what `expected` says (see
+    /// [`FileStore::save`]); the written file (its new generation) is
+    /// returned.
+    pub async fn save(
+        &self,
+        file: &TokenFile,
+        expected: Expect<'_>,
+    ) -> Result<TokenFile, StoreError> {
+        match self {
+            Store::File(f) => f.save(file, expected),
+            Store::Redis(r) => r.save(file, expected).await,
+        }
+    }
+
+    /// Deletes a user's tokens; `Ok(false)` when there were none.
+    pub async fn remove(&self, user: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::File(f) => f.remove(user),
+            Store::Redis(r) => r.remove(user).await,
+        }
+    }
+
+    /// Every readable account, with the errors of unreadable ones.
+    pub async fn list(&self) -> (Vec<TokenFile>, Vec<StoreError>) {
+        match self {
+            Store::File(f) => f.list(),
+            Store::Redis(r) => r.list().await,
+        }
+    }
+}
+
+/// Parses a sealed token file read from `at`.
+pub(crate) fn decode(bytes: &[u8], at: &Path) -> Result<TokenFile, StoreError> {
+    let file: TokenFile = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        path: at.to_path_buf(),
+        reason: format!("not a token file: {e}"),
+    })?;
+    if file.version != VERSION {
+        return Err(StoreError::Corrupt {
+            path: at.to_path_buf(),
+            reason: format!("unknown format version {}", file.version),
+        });
+    }
+    Ok(file)
+}
+
 /// The directory of token files.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct FileStore {
     dir: PathBuf,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-impl Store {
-    pub fn new(state_dir: &Path) -> Store {
-        Store {
+impl FileStore {
+    pub fn new(state_dir: &Path) -> FileStore {
+        FileStore {
             dir: state_dir.join("tokens"),
         }
     }
@@ -334,17 +434,7 @@ impl Store {
                 });
             }
         };
-        let file: TokenFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("not a token file: {e}"),
-        })?;
-        if file.version != VERSION {
-            return Err(StoreError::Corrupt {
-                path: path.to_path_buf(),
-                reason: format!("unknown format version {}", file.version),
-            });
-        }
-        Ok(Some(file))
+        decode(&bytes, path).map(Some)
     }
 
     /// Writes `file` atomically with mode 0600 if the account's file is
@@ -576,7 +666,7 @@ mod tests {
     #[test]
     fn atomic_private_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::new(dir.path());
+        let store = FileStore::new(dir.path());
         let key = SealingKey::derive(&SecretString::from("pw"), &cheap_kdf()).expect("derive");
         let file = TokenFile::seal("a@x.test", "p", &key, &tokens()).expect("seal");
         let file = store.save(&file, Expect::Absent).expect("save");
@@ -607,7 +697,7 @@ mod tests {
     #[test]
     fn writes_are_compare_and_swap() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::new(dir.path());
+        let store = FileStore::new(dir.path());
         let key = SealingKey::derive(&SecretString::from("pw"), &cheap_kdf()).expect("derive");
         let first = TokenFile::seal("a@x.test", "p", &key, &tokens()).expect("seal");
         let v1 = store.save(&first, Expect::Absent).expect("first write");
@@ -636,7 +726,7 @@ mod tests {
 
     #[test]
     fn file_names_cannot_escape() {
-        let store = Store::new(Path::new("/s"));
+        let store = FileStore::new(Path::new("/s"));
         assert_eq!(store.path("a@x.test"), Path::new("/s/tokens/a@x.test.json"));
         assert_eq!(store.path("../etc"), Path::new("/s/tokens/%2E.%2Fetc.json"));
         assert_eq!(store.path("a/b"), Path::new("/s/tokens/a%2Fb.json"));
@@ -645,7 +735,7 @@ mod tests {
     #[test]
     fn corrupt_files_are_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::new(dir.path());
+        let store = FileStore::new(dir.path());
         std::fs::create_dir_all(store.dir()).expect("mkdir");
         std::fs::write(store.path("a@x.test"), b"{\"version\":1,").expect("write");
         assert!(matches!(

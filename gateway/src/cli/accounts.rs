@@ -103,8 +103,9 @@ impl AccountRow {
 }
 
 pub(super) fn accounts(cfg: &Config, json: bool) -> CliResult {
-    let store = Store::new(&cfg.gateway.state_dir);
-    let (files, errors) = store.list();
+    let runtime = super::serve::runtime()?;
+    let store = super::open_store(&runtime, cfg)?;
+    let (files, errors) = runtime.block_on(store.list());
     let backoff =
         crate::accounts::backoff::read_snapshot(&cfg.gateway.state_dir).unwrap_or_default();
     let mut rows = Vec::new();

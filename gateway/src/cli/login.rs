@@ -164,14 +164,15 @@ pub(super) fn sign_in(
     .map_err(failed)?;
     let identity = confirm_identity(&rt, cfg, &provider, &user, &grant, nonce.as_ref())
         .map_err(|e| failed(e.into()))?;
-    crate::accounts::flows::store_grant(
-        &Store::new(&cfg.gateway.state_dir),
+    let store = super::open_store(&rt, cfg)?;
+    rt.block_on(crate::accounts::flows::store_grant(
+        &store,
         &user,
         &provider.name,
         &grant,
         &password,
         crate::accounts::store::Expect::Any,
-    )
+    ))
     .map_err(failed)?;
     out!(
         "stored the tokens of {user} (provider {}, signed in as {identity})",
@@ -226,12 +227,13 @@ pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResu
         ));
     }
     let rt = SecretString::from(rt.to_owned());
+    let runtime = super::serve::runtime()?;
+    let store = super::open_store(&runtime, cfg)?;
     let grant = if no_verify {
         None
     } else {
         let oauth = OAuth::new(cfg.gateway.upstream_timeout)
             .map_err(|e| CliError::Internal(e.to_string()))?;
-        let runtime = super::serve::runtime()?;
         let grant = runtime
             .block_on(oauth.refresh(&provider, &rt))
             .map_err(|e| {
@@ -247,16 +249,17 @@ pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResu
         .and_then(|g| g.refresh_token.clone())
         .unwrap_or(rt);
     let password = read_password(&format!("Local password for {user}"), true)?;
-    crate::accounts::flows::store_tokens(
-        &Store::new(&cfg.gateway.state_dir),
+    let file = crate::accounts::flows::seal_tokens(
         &user,
         &provider.name,
         &newest,
         grant.as_ref(),
         &password,
-        crate::accounts::store::Expect::Any,
     )
     .map_err(|e| CliError::User(e.to_string()))?;
+    runtime
+        .block_on(store.save(&file, crate::accounts::store::Expect::Any))
+        .map_err(|e| CliError::User(e.to_string()))?;
     out!(
         "stored the tokens of {user} (provider {}){}",
         provider.name,
@@ -277,8 +280,9 @@ pub(super) fn passwd(cfg: &Config, user: &str) -> CliResult {
         )));
     };
     account_provider(cfg, &name)?;
-    let store = Store::new(&cfg.gateway.state_dir);
-    if !matches!(store.load(&name), Ok(Some(_))) {
+    let runtime = super::serve::runtime()?;
+    let store = super::open_store(&runtime, cfg)?;
+    if !matches!(runtime.block_on(store.load(&name)), Ok(Some(_))) {
         return Err(CliError::User(format!(
             "no tokens are stored for {name}; run `mailgate login {name}` first"
         )));
@@ -294,7 +298,9 @@ pub(super) fn passwd(cfg: &Config, user: &str) -> CliResult {
         }
         Err(_) => prompt_password(&format!("New local password for {name}"), true)?,
     };
-    match crate::accounts::flows::change_password(&store, &name, &old, &new) {
+    match runtime.block_on(crate::accounts::flows::change_password(
+        &store, &name, &old, &new,
+    )) {
         Ok(()) => out!(
             "the local password of {name} is changed; mail clients must use the new one from their next login"
         ),

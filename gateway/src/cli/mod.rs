@@ -168,6 +168,13 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The configured token store (connected, for Redis).
+fn open_store(runtime: &tokio::runtime::Runtime, cfg: &Config) -> Result<Store, CliError> {
+    runtime
+        .block_on(Store::open(cfg))
+        .map_err(|e| CliError::User(e.to_string()))
+}
+
 fn load(explicit: Option<&Path>) -> Result<Config, CliError> {
     let path = mailgate_config::locate(explicit).map_err(CliError::User)?;
     mailgate_config::load(&path).map_err(|e| CliError::User(e.to_string()))
@@ -228,8 +235,9 @@ fn run(cli: Cli) -> CliResult {
         Command::Forget { user } => {
             let cfg = load(path)?;
             let user = user.trim().to_lowercase();
-            let store = Store::new(&cfg.gateway.state_dir);
-            match store.remove(&user) {
+            let runtime = serve::runtime()?;
+            let store = open_store(&runtime, &cfg)?;
+            match runtime.block_on(store.remove(&user)) {
                 Ok(true) => {
                     out!("deleted the stored tokens of {user}")
                 }

@@ -96,7 +96,7 @@ pub(super) fn time(t: Option<u64>) -> String {
     }
 }
 
-pub(super) fn account_page(
+pub(super) async fn account_page(
     app: &App,
     h: &Handle,
     status: StatusCode,
@@ -106,7 +106,7 @@ pub(super) fn account_page(
     let Some((user, _, csrf)) = signed_in(app, h) else {
         return not_signed_in();
     };
-    let file: Option<TokenFile> = app.ctx.accounts.store().load(&user).ok().flatten();
+    let file: Option<TokenFile> = app.ctx.accounts.store().load(&user).await.ok().flatten();
     let state = match &file {
         None => "No access stored: authorise again to set it up",
         Some(f) if f.needs_authorization => {
@@ -138,7 +138,7 @@ pub(super) async fn account(State(app): State<Arc<App>>, headers: HeaderMap) -> 
     let Some(h) = app.sessions.find(&headers) else {
         return not_signed_in();
     };
-    account_page(&app, &h, StatusCode::OK, None, None)
+    account_page(&app, &h, StatusCode::OK, None, None).await
 }
 
 #[derive(Deserialize)]
@@ -161,7 +161,7 @@ pub(super) async fn change_password(
     };
     let new = match new_password(&form.new, &form.confirm) {
         Ok(p) => p,
-        Err(e) => return account_page(&app, &h, StatusCode::BAD_REQUEST, None, Some(e)),
+        Err(e) => return account_page(&app, &h, StatusCode::BAD_REQUEST, None, Some(e)).await,
     };
     let old = SecretString::from(form.old);
     let done = app
@@ -178,7 +178,8 @@ pub(super) async fn change_password(
                 StatusCode::OK,
                 Some("Your password is changed. Use the new one in your mail programs.".into()),
                 None,
-            );
+            )
+            .await;
         }
         Err(PasswordError::WrongPassword) => {
             info!(user = %user, "portal: password change with a wrong current password");
@@ -211,7 +212,7 @@ pub(super) async fn change_password(
             )
         }
     };
-    account_page(&app, &h, status, None, Some(error))
+    account_page(&app, &h, status, None, Some(error)).await
 }
 
 /// A form with nothing but its CSRF token.
@@ -235,7 +236,7 @@ pub(super) async fn forget(
     let Some((user, _, _)) = signed_in(&app, &h) else {
         return not_signed_in();
     };
-    if let Err(e) = app.ctx.accounts.store().remove(&user) {
+    if let Err(e) = app.ctx.accounts.store().remove(&user).await {
         warn!(user = %user, error = %e, "portal: forgetting the account failed");
         return account_page(
             &app,
@@ -243,7 +244,8 @@ pub(super) async fn forget(
             StatusCode::SERVICE_UNAVAILABLE,
             None,
             Some("The account could not be forgotten now. Try again.".into()),
-        );
+        )
+        .await;
     }
     info!(user = %user, "portal: the owner forgot the account's tokens");
     app.sessions.end(&h);

@@ -292,7 +292,7 @@ pub(super) async fn callback(
             return not_signed_in();
         }
     }
-    let (replaces, usable) = match app.ctx.accounts.store().load(&user) {
+    let (replaces, usable) = match app.ctx.accounts.store().load(&user).await {
         Ok(Some(f)) => {
             let usable = !f.needs_authorization;
             (Some(f), usable)

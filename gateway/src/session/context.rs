@@ -31,6 +31,7 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub fn new(
         config: Arc<Config>,
+        store: crate::accounts::store::Store,
         prove: crate::accounts::identity::Prove,
     ) -> anyhow::Result<Context> {
         let oauth =
@@ -39,11 +40,8 @@ impl Context {
         Ok(Context {
             config: std::sync::RwLock::new(config.clone()),
             metrics: metrics.clone(),
-            inband: crate::accounts::inband::InBand::new(
-                oauth.clone(),
-                crate::accounts::store::Store::new(&config.gateway.state_dir),
-            ),
-            accounts: Accounts::new(config, oauth, metrics),
+            inband: crate::accounts::inband::InBand::new(oauth.clone(), store.clone()),
+            accounts: Accounts::new(config, store, oauth, metrics),
             prove,
             tls: Mutex::new(HashMap::new()),
         })
