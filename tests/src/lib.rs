@@ -11,7 +11,8 @@
 //! - [`dovecot`]: a real Dovecot started with its own configuration;
 //! - [`browser`]: playing the browser on a sign-in URL;
 //! - [`chrome`]: a real headless Chromium driven through ChromeDriver;
-//! - [`harness::Running`]: the real binary, its addresses read from its log.
+//! - [`harness::Running`]: the real binary, its addresses read from its log;
+//! - [`redis`]: a real Redis server.
 
 #![allow(clippy::unwrap_used, missing_debug_implementations)]
 
@@ -25,5 +26,6 @@ pub mod harness;
 pub mod imap_server;
 pub mod oauth;
 pub mod pop3_server;
+pub mod redis;
 pub mod relay_sink;
 pub mod smtp_server;

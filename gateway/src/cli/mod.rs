@@ -53,6 +53,9 @@ pub enum Command {
     /// Manage stored tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the token store.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// List the accounts and the state of their tokens (needs no password):
     /// token state, expiry, last refresh, backoff, last error.
     Accounts {
@@ -104,6 +107,24 @@ pub enum TokenCommand {
         #[arg(long)]
         no_verify: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy every account's sealed tokens between the file store (under
+    /// state_dir) and the Redis store of [store], without any password.
+    /// Accounts the destination already has are left as they are.
+    Migrate {
+        /// Where to copy to: `redis` (from the files) or `file` (from Redis).
+        #[arg(long, value_enum)]
+        to: StoreKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    File,
+    Redis,
 }
 
 /// A failed command: exit 1 for the user's errors, 2 for internal ones.
@@ -166,6 +187,46 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `mailgate store migrate --to KIND`.
+fn migrate(cfg: &Config, to: StoreKind) -> CliResult {
+    if matches!(cfg.store, mailgate_config::Store::File) {
+        return Err(CliError::User(
+            "[store] is not backend = \"redis\": set its url first; migrate copies between the files and that Redis".into(),
+        ));
+    }
+    let runtime = serve::runtime()?;
+    let redis = open_store(&runtime, cfg)?;
+    let files = Store::files(&cfg.gateway.state_dir);
+    let (from, into, names) = match to {
+        StoreKind::Redis => (&files, &redis, ("the files", "Redis")),
+        StoreKind::File => (&redis, &files, ("Redis", "the files")),
+    };
+    let (accounts, errors) = runtime.block_on(from.list());
+    for e in &errors {
+        eprintln!("warning: not copied: {e}");
+    }
+    let (mut copied, mut kept) = (0, 0);
+    for f in &accounts {
+        match runtime.block_on(into.save(f, crate::accounts::store::Expect::Absent)) {
+            Ok(_) => copied += 1,
+            Err(crate::accounts::store::StoreError::Changed { .. }) => {
+                eprintln!(
+                    "warning: {} is already in {}; left as it is",
+                    f.user, names.1
+                );
+                kept += 1;
+            }
+            Err(e) => return Err(CliError::User(format!("copying {}: {e}", f.user))),
+        }
+    }
+    out!(
+        "copied {copied} account(s) from {} to {}; {kept} already there; {} unreadable",
+        names.0,
+        names.1,
+        errors.len()
+    )
 }
 
 /// The configured token store (connected, for Redis).
@@ -248,6 +309,7 @@ fn run(cli: Cli) -> CliResult {
             }
         }
         Command::Passwd { user } => login::passwd(&load(path)?, &user),
+        Command::Store(StoreCommand::Migrate { to }) => migrate(&load(path)?, to),
         Command::Completions { shell } => {
             // Generated into memory first: clap_complete panics on a write error.
             let mut cmd = <Cli as clap::CommandFactory>::command();

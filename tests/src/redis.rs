@@ -1,0 +1,121 @@
+//! A real Redis server (Debian's `redis-server`, installed by `.ci/run`),
+//! started on a free loopback port with no persistence and a password;
+//! stopped on drop.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const PASSWORD: &str = "test-redis-password";
+
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let bin = "/usr/bin/redis-server";
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "the shared-store tests need Debian's redis-server package (apt-get install redis-server)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::harness::unused_port();
+        let mut r = Redis {
+            child: None,
+            port,
+            _dir: dir,
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("/usr/bin/redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                PASSWORD,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.path().to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut c) = self.connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not come up on port {}", self.port);
+    }
+
+    /// `redis://:PASSWORD@127.0.0.1:PORT/0`
+    pub fn url(&self) -> String {
+        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// One field of a hash, as bytes.
+    pub async fn hget(&self, key: &str, field: &str) -> Option<Vec<u8>> {
+        let mut c = self.connection().await.unwrap();
+        redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+
+    pub async fn hset(&self, key: &str, field: &str, value: &[u8]) {
+        let mut c = self.connection().await.unwrap();
+        let _: i64 = redis::cmd("HSET")
+            .arg(key)
+            .arg(field)
+            .arg(value)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+
+    /// Stops the server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: no persistence).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,244 @@
+//! The Redis token store (SPEC §9) against a real `redis-server` on a free
+//! loopback port: the gateway reads and writes sealed tokens there (never a
+//! plaintext token), rotated refresh tokens are written there, the CLI
+//! works against it, `store migrate` copies both ways, a damaged key spoils
+//! one account only, a Redis that goes away leaves the logins that memory
+//! can serve, and a Redis that cannot be reached stops `run` with a clear
+//! error.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use mailgate::accounts::store::{Expect, Kdf, SealingKey, Store, TokenFile, Tokens};
+use mailgate_tests::client::LineClient;
+use mailgate_tests::fake::FakeServer;
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, run_mailgate, start};
+use mailgate_tests::redis::Redis;
+use secrecy::SecretString;
+
+const OTHER: &str = "bob@example.test";
+
+fn config(env: &Env, imap: &FakeServer, redis: &Redis) -> String {
+    format!(
+        "{}\n[[account]]\nuser = \"{OTHER}\"\nprovider = \"test\"\n\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"t:\"\n",
+        env.config_text(&imap.url(false), "", "", ""),
+        redis.url()
+    )
+}
+
+/// Seals a fresh refresh token for `user` with `password` into the store.
+async fn seal(env: &Env, store: &Store, user: &str, password: &str) -> String {
+    let rt = env.oauth.issue_refresh_token(user);
+    let mut t = Tokens::default();
+    t.refresh_token = Some(rt.clone());
+    let key =
+        SealingKey::derive(&SecretString::from(password.to_owned()), &Kdf::generate()).unwrap();
+    let file = TokenFile::seal(user, "test", &key, &t).unwrap();
+    store.save(&file, Expect::Absent).await.unwrap();
+    rt
+}
+
+async fn open(store: &Store, user: &str, password: &str) -> Tokens {
+    let file = store.load(user).await.unwrap().unwrap();
+    let key = SealingKey::derive(&SecretString::from(password.to_owned()), &file.kdf).unwrap();
+    file.open(&key, &store.location(user)).unwrap()
+}
+
+async fn login(g: &mailgate::Gateway, user: &str, password: &str) -> String {
+    let mut c = LineClient::greeted(imap_addr(g)).await;
+    c.login("a", user, password).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_keeps_sealed_tokens_in_redis() {
+    logs();
+    let redis = Redis::start().await;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let cfg = env.load(&config(&env, &imap, &redis));
+    let store = Store::open(&cfg).await.unwrap();
+    let first = seal(&env, &store, USER, PASSWORD).await;
+    env.oauth.set_rotate(true);
+
+    let g = start(cfg.clone()).await;
+    let r = login(&g, USER, PASSWORD).await;
+    assert!(r.starts_with("a OK"), "{r}");
+
+    // The rotated refresh token is in Redis, sealed; Redis holds no
+    // plaintext token.
+    let raw = redis
+        .hget(&format!("t:account:{USER}"), "file")
+        .await
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let now = open(&store, USER, PASSWORD).await;
+    let rotated = now.refresh_token.clone().unwrap();
+    assert_ne!(rotated, first, "the provider rotated it");
+    assert!(env.oauth.refresh_token_valid(&rotated));
+    for secret in [&first, &rotated, now.access_token.as_ref().unwrap()] {
+        assert!(!raw.contains(secret.as_str()), "a plaintext token in Redis");
+    }
+    let generation = redis
+        .hget(&format!("t:account:{USER}"), "gen")
+        .await
+        .unwrap();
+    assert_eq!(
+        generation, b"2",
+        "sealed, then written once after the refresh"
+    );
+    assert!(
+        !env.state_dir()
+            .join("tokens")
+            .join(format!("{USER}.json"))
+            .exists(),
+        "nothing in the file store"
+    );
+
+    // A stale write is refused (compare-and-swap on the generation).
+    let stale = store.load(USER).await.unwrap().unwrap();
+    store.save(&stale, Expect::Same(&stale)).await.unwrap();
+    assert!(store.save(&stale, Expect::Same(&stale)).await.is_err());
+
+    // Forgotten in Redis: the next login of the running gateway sees it.
+    assert!(store.remove(USER).await.unwrap());
+    let r = login(&g, USER, PASSWORD).await;
+    assert!(!r.starts_with("a OK"), "{r}");
+    // Generations never repeat: after 1 (sealed), 2 (refreshed) and 3 (the
+    // write above), the new first file is 4, not 1.
+    seal(&env, &store, USER, PASSWORD).await;
+    assert_eq!(store.load(USER).await.unwrap().unwrap().generation, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_key_or_a_lost_redis_spoils_only_what_it_must() {
+    logs();
+    let mut redis = Redis::start().await;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let cfg = env.load(&config(&env, &imap, &redis));
+    let store = Store::open(&cfg).await.unwrap();
+    seal(&env, &store, USER, PASSWORD).await;
+    seal(&env, &store, OTHER, PASSWORD).await;
+    let g = start(cfg.clone()).await;
+    assert!(login(&g, USER, PASSWORD).await.starts_with("a OK"));
+
+    // Garbage under one account's key: that account needs authorisation,
+    // the other is untouched.
+    redis
+        .hset(&format!("t:account:{OTHER}"), "file", b"{not a token file")
+        .await;
+    let r = login(&g, OTHER, PASSWORD).await;
+    assert!(r.starts_with("a NO"), "{r}");
+    assert!(login(&g, USER, PASSWORD).await.starts_with("a OK"));
+
+    // Redis goes away: a login whose key and fresh token are in memory goes
+    // on; one that would need Redis is told the service is unavailable.
+    redis.stop();
+    let r = login(&g, USER, PASSWORD).await;
+    assert!(r.starts_with("a OK"), "served from memory: {r}");
+    let r = login(&g, OTHER, PASSWORD).await;
+    assert!(r.starts_with("a NO [UNAVAILABLE]"), "{r}");
+    redis.restart().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_works_against_redis_and_migrates_both_ways() {
+    let redis = Redis::start().await;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let path = env.write_config(&config(&env, &imap, &redis));
+    let cfg = env.load(&config(&env, &imap, &redis));
+    let store = Store::open(&cfg).await.unwrap();
+    let mg = |args: &[&str], stdin: &str, pw: Option<&str>, extra: &[(&str, &Path)]| {
+        run_mailgate(&path, args, stdin, pw, extra)
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    // token import seals into Redis.
+    let rt = env.oauth.issue_refresh_token(USER);
+    let out = mg(
+        &["token", "import", USER, "--no-verify"],
+        &rt,
+        Some(PASSWORD),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(store.load(USER).await.unwrap().is_some());
+    let out = mg(&["accounts", "--json"], "", None, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(USER));
+
+    // passwd re-seals there.
+    let new = Path::new("another long password");
+    let out = mg(
+        &["passwd", USER],
+        "",
+        Some(PASSWORD),
+        &[("MAILGATE_NEW_PASSWORD", new)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        open(&store, USER, new.to_str().unwrap())
+            .await
+            .refresh_token
+            .as_deref(),
+        Some(rt.as_str())
+    );
+
+    // Migrate to the files and back, without a password.
+    let out = mg(&["store", "migrate", "--to", "file"], "", None, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("copied 1 account(s) from Redis to the files"),
+        "{}",
+        text(&out)
+    );
+    let file = env.token_file(USER);
+    assert_eq!(file.user, USER);
+    env.seal(OTHER, PASSWORD, Tokens::default());
+    let out = mg(&["store", "migrate", "--to", "redis"], "", None, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("copied 1 account(s)") && text(&out).contains("1 already there"),
+        "{}",
+        text(&out)
+    );
+    assert!(store.load(OTHER).await.unwrap().is_some());
+
+    // forget deletes it from Redis.
+    let out = mg(&["forget", USER], "", None, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(store.load(USER).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_with_a_clear_error_when_redis_cannot_be_reached() {
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let port = mailgate_tests::harness::unused_port();
+    let text = format!(
+        "{}\n[store]\nbackend = \"redis\"\nurl = \"redis://:secret-in-url@127.0.0.1:{port}/0\"\n",
+        env.config_text(&imap.url(false), "upstream_timeout = \"2s\"", "", "")
+    );
+    let path = env.write_config(&text);
+    let out = run_mailgate(&path, &["run"], "", None, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("redis://127.0.0.1:{port}")), "{err}");
+    assert!(
+        !err.contains("secret-in-url"),
+        "the password is never shown: {err}"
+    );
+    // check describes the store without its password.
+    let out = run_mailgate(&path, &["check"], "", None, &[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("store: redis"), "{shown}");
+    assert!(!shown.contains("secret-in-url"), "{shown}");
+}
