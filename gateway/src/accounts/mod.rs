@@ -596,6 +596,10 @@ impl Accounts {
         let check = self.check_of(password);
         let loaded = self.store.load(user).await;
         match &loaded {
+            Ok(Some(file)) if st.disk.as_ref() != Some(file) && self.adopt(user, st, file.clone()) => {
+                // Re-sealed under the same key: another instance refreshed.
+                debug!("newer tokens from the store, opened with the cached key");
+            }
             Ok(file) if file.as_ref() != st.disk.as_ref() => {
                 if st.key.is_some() {
                     info!(
@@ -697,25 +701,102 @@ impl Accounts {
         st: &mut AccountState,
         rejected: Option<&SecretString>,
     ) -> Result<SecretString, LoginError> {
+        let min_life = provider.min_token_life.as_secs();
+        if let Some(t) = usable_token(st, rejected, min_life)? {
+            return Ok(t);
+        }
+        // A refresh is due: one per account in the whole fleet.
+        let lease = match self.lease(user, st, rejected, min_life).await? {
+            Leased::Fresh(t) => return Ok(t),
+            Leased::Held(l) => l,
+        };
+        let out = self.refresh_now(user, provider, st, min_life).await;
+        lease.release().await;
+        out
+    }
+
+    /// Waits for `user`'s refresh lease; meanwhile, and once it is held,
+    /// the tokens another instance wrote may already be fresh.
+    async fn lease(
+        &self,
+        user: &str,
+        st: &mut AccountState,
+        rejected: Option<&SecretString>,
+        min_life: u64,
+    ) -> Result<Leased, LoginError> {
+        let ttl = Duration::from_secs(5).max(self.config().gateway.upstream_timeout * 2);
+        let deadline = tokio::time::Instant::now() + ttl * 2;
+        loop {
+            let held = self.store.try_lease(user, ttl).await.map_err(|e| {
+                warn!(error = %e, "cannot take the refresh lease");
+                LoginError::Unavailable(Unavailable::Store)
+            })?;
+            if self.adopt_newer(user, st).await
+                && let Some(t) = usable_token(st, rejected, min_life)?
+            {
+                if let Some(l) = held {
+                    l.release().await;
+                }
+                debug!("another instance refreshed the tokens; using them");
+                return Ok(Leased::Fresh(t));
+            }
+            if let Some(l) = held {
+                return Ok(Leased::Held(l));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!("another instance holds the refresh lease and wrote no new tokens in time");
+                return Err(LoginError::Unavailable(Unavailable::Store));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Takes the store's file when it is newer than the cache's and opens
+    /// with the cached key (the same password: another instance refreshed
+    /// and re-sealed it). Whether the cache changed.
+    async fn adopt_newer(&self, user: &str, st: &mut AccountState) -> bool {
+        let Ok(Some(file)) = self.store.load(user).await else {
+            return false;
+        };
+        if st.disk.as_ref() == Some(&file) {
+            return false;
+        }
+        self.adopt(user, st, file)
+    }
+
+    /// Opens `file` with the cached key, when it was sealed under it.
+    fn adopt(&self, user: &str, st: &mut AccountState, file: TokenFile) -> bool {
+        let Some(key) = st.key.as_ref() else {
+            return false;
+        };
+        if *key.key.kdf() != file.kdf {
+            return false;
+        }
+        match file.open(&key.key, &self.store.location(user)) {
+            Ok(tokens) => {
+                st.tokens = Some(tokens);
+                st.disk = Some(file);
+                st.unsaved = false;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Refreshes with the cached refresh token (the lease is held).
+    async fn refresh_now(
+        &self,
+        user: &str,
+        provider: &Provider,
+        st: &mut AccountState,
+        min_life: u64,
+    ) -> Result<SecretString, LoginError> {
         let Some(tokens) = st.tokens.as_mut() else {
             return Err(LoginError::NeedsAuthorization {
                 why: Unusable::Marked,
                 file: st.disk.clone().map(Box::new),
             });
         };
-        if let (Some(bad), Some(cur)) = (rejected, tokens.access_token.as_deref())
-            && bool::from(bad.expose_secret().as_bytes().ct_eq(cur.as_bytes()))
-        {
-            debug!("dropping the access token the upstream rejected");
-            tokens.access_token = None;
-            tokens.expires_at = None;
-        }
-        let min_life = provider.min_token_life.as_secs();
-        if let (Some(at), Some(exp)) = (&tokens.access_token, tokens.expires_at)
-            && exp >= now().saturating_add(min_life)
-        {
-            return Ok(SecretString::from(at.clone()));
-        }
         let Some(rt) = tokens.refresh_token.clone() else {
             return Err(LoginError::NeedsAuthorization {
                 why: Unusable::Marked,
@@ -841,6 +922,42 @@ impl Accounts {
             }
         }
     }
+}
+
+/// How waiting for the refresh lease ended.
+enum Leased {
+    /// Another instance's new tokens are fresh.
+    Fresh(SecretString),
+    /// The lease is ours: refresh.
+    Held(crate::accounts::store::Lease),
+}
+
+/// The cached access token when it lives at least `min_life` seconds more
+/// and is not the one the upstream `rejected` (which is dropped).
+fn usable_token(
+    st: &mut AccountState,
+    rejected: Option<&SecretString>,
+    min_life: u64,
+) -> Result<Option<SecretString>, LoginError> {
+    let Some(tokens) = st.tokens.as_mut() else {
+        return Err(LoginError::NeedsAuthorization {
+            why: Unusable::Marked,
+            file: st.disk.clone().map(Box::new),
+        });
+    };
+    if let (Some(bad), Some(cur)) = (rejected, tokens.access_token.as_deref())
+        && bool::from(bad.expose_secret().as_bytes().ct_eq(cur.as_bytes()))
+    {
+        debug!("dropping the access token the upstream rejected");
+        tokens.access_token = None;
+        tokens.expires_at = None;
+    }
+    if let (Some(at), Some(exp)) = (&tokens.access_token, tokens.expires_at)
+        && exp >= now().saturating_add(min_life)
+    {
+        return Ok(Some(SecretString::from(at.clone())));
+    }
+    Ok(None)
 }
 
 /// Checks a `password_hash` PHC string (blocking: Argon2).

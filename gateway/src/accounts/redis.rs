@@ -28,6 +28,22 @@ redis.call('HSET', KEYS[1], 'file', ARGV[3], 'gen', gen)
 return gen
 ";
 
+/// Renews a lease still held by ARGV[1] for ARGV[2] ms; 1 when renewed.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Releases a lease still held by ARGV[1].
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// Deletes an account's file, keeping its generation. Returns 1 when there
 /// was one.
 const REMOVE: &str = r"
@@ -188,6 +204,50 @@ impl RedisStore {
         Ok(file)
     }
 
+    /// Takes `user`'s refresh lease for `ttl` if nobody holds it: the
+    /// lease's token, or `None`. While held it is renewed every third of
+    /// `ttl`; an instance that dies lets it expire.
+    pub async fn try_lease(&self, user: &str, ttl: Duration) -> Result<Option<RedisLease>, StoreError> {
+        let key = format!("{}lease:{user}", self.prefix);
+        let token = crate::portal::sessions::random_token();
+        let ms = ttl.as_millis().max(1) as u64;
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&self.shown, "write to", &e))?;
+        if set.is_none() {
+            return Ok(None);
+        }
+        let (k, t, mut c) = (key.clone(), token.clone(), self.conn.clone());
+        let renewal = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let renewed: redis::RedisResult<i64> = redis::Script::new(RENEW)
+                    .key(&k)
+                    .arg(&t)
+                    .arg(ms)
+                    .invoke_async(&mut c)
+                    .await;
+                if !matches!(renewed, Ok(1)) {
+                    tracing::warn!("the refresh lease could not be renewed; another instance may take over");
+                    return;
+                }
+            }
+        });
+        Ok(Some(RedisLease {
+            conn: self.conn.clone(),
+            key,
+            token,
+            renewal,
+        }))
+    }
+
     pub async fn remove(&self, user: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let n: i64 = redis::Script::new(REMOVE)
@@ -234,6 +294,35 @@ impl RedisStore {
         }
         files.sort_by(|a, b| a.user.cmp(&b.user));
         (files, errors)
+    }
+}
+
+/// A held refresh lease.
+#[derive(Debug)]
+pub struct RedisLease {
+    conn: ConnectionManager,
+    key: String,
+    token: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl RedisLease {
+    /// Gives the lease up (if still ours).
+    pub async fn release(self) {
+        self.renewal.abort();
+        let mut conn = self.conn.clone();
+        let _: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+            .key(&self.key)
+            .arg(&self.token)
+            .invoke_async(&mut conn)
+            .await;
+    }
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        // Not released (a panic, a cancelled login): it expires by itself.
+        self.renewal.abort();
     }
 }
 

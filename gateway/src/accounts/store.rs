@@ -106,6 +106,13 @@ pub struct SealingKey {
     kdf: Kdf,
 }
 
+impl SealingKey {
+    /// The parameters and salt it was derived with.
+    pub fn kdf(&self) -> &Kdf {
+        &self.kdf
+    }
+}
+
 impl std::fmt::Debug for SealingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SealingKey([REDACTED])")
@@ -356,11 +363,34 @@ impl Store {
         }
     }
 
+    /// Takes `user`'s refresh lease (one refresh per account in the whole
+    /// fleet): `None` while another instance holds it. The file store has
+    /// one gateway, whose per-account lock is the single flight: always
+    /// granted.
+    pub async fn try_lease(&self, user: &str, ttl: std::time::Duration) -> Result<Option<Lease>, StoreError> {
+        match self {
+            Store::File(_) => Ok(Some(Lease(None))),
+            Store::Redis(r) => Ok(r.try_lease(user, ttl).await?.map(|l| Lease(Some(l)))),
+        }
+    }
+
     /// Every readable account, with the errors of unreadable ones.
     pub async fn list(&self) -> (Vec<TokenFile>, Vec<StoreError>) {
         match self {
             Store::File(f) => f.list(),
             Store::Redis(r) => r.list().await,
+        }
+    }
+}
+
+/// A held refresh lease (see [`Store::try_lease`]).
+#[derive(Debug)]
+pub struct Lease(Option<crate::accounts::redis::RedisLease>);
+
+impl Lease {
+    pub async fn release(self) {
+        if let Some(l) = self.0 {
+            l.release().await;
         }
     }
 }
