@@ -326,6 +326,12 @@ impl Running {
             .unwrap_or_else(|| panic!("no {message:?} line with an address in the log"))
     }
 
+    /// Kills the process with SIGKILL (no drain, no cleanup).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The log so far, one string.
     pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")

@@ -596,7 +596,9 @@ impl Accounts {
         let check = self.check_of(password);
         let loaded = self.store.load(user).await;
         match &loaded {
-            Ok(Some(file)) if st.disk.as_ref() != Some(file) && self.adopt(user, st, file.clone()) => {
+            Ok(Some(file))
+                if st.disk.as_ref() != Some(file) && self.adopt(user, st, file.clone()) =>
+            {
                 // Re-sealed under the same key: another instance refreshed.
                 debug!("newer tokens from the store, opened with the cached key");
             }

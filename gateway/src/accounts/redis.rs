@@ -207,7 +207,11 @@ impl RedisStore {
     /// Takes `user`'s refresh lease for `ttl` if nobody holds it: the
     /// lease's token, or `None`. While held it is renewed every third of
     /// `ttl`; an instance that dies lets it expire.
-    pub async fn try_lease(&self, user: &str, ttl: Duration) -> Result<Option<RedisLease>, StoreError> {
+    pub async fn try_lease(
+        &self,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<Option<RedisLease>, StoreError> {
         let key = format!("{}lease:{user}", self.prefix);
         let token = crate::portal::sessions::random_token();
         let ms = ttl.as_millis().max(1) as u64;
@@ -235,7 +239,9 @@ impl RedisStore {
                     .invoke_async(&mut c)
                     .await;
                 if !matches!(renewed, Ok(1)) {
-                    tracing::warn!("the refresh lease could not be renewed; another instance may take over");
+                    tracing::warn!(
+                        "the refresh lease could not be renewed; another instance may take over"
+                    );
                     return;
                 }
             }

@@ -367,7 +367,11 @@ impl Store {
     /// fleet): `None` while another instance holds it. The file store has
     /// one gateway, whose per-account lock is the single flight: always
     /// granted.
-    pub async fn try_lease(&self, user: &str, ttl: std::time::Duration) -> Result<Option<Lease>, StoreError> {
+    pub async fn try_lease(
+        &self,
+        user: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
         match self {
             Store::File(_) => Ok(Some(Lease(None))),
             Store::Redis(r) => Ok(r.try_lease(user, ttl).await?.map(|l| Lease(Some(l)))),

@@ -1,0 +1,167 @@
+//! Several gateways, one Redis (SPEC §9): three `mailgate` processes on one
+//! real `redis-server`, strict refresh-token rotation (the fake OAuth server
+//! rejects an old refresh token at once), access tokens living 3 seconds,
+//! 30 clients logging in round-robin across the instances for a bounded
+//! time; one instance killed with SIGKILL halfway and a fourth started.
+//! Every answered login succeeds, refreshes never overlap (one per account
+//! in the whole fleet), and the account never needs a new sign-in.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mailgate::accounts::store::{Expect, Kdf, SealingKey, Store, TokenFile, Tokens};
+use mailgate_tests::client::LineClient;
+use mailgate_tests::fake::FakeServer;
+use mailgate_tests::harness::{Env, PASSWORD, Running, USER};
+use mailgate_tests::redis::Redis;
+use secrecy::SecretString;
+
+const CLIENTS: usize = 30;
+const RUN: Duration = Duration::from_secs(12);
+
+fn instance(env: &Env, text: &str, i: usize) -> Running {
+    let dir = env.path().join(format!("instance{i}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(env.path().join("test-ca.pem"), dir.join("test-ca.pem")).unwrap();
+    let path = dir.join("mailgate.toml");
+    std::fs::write(&path, text).unwrap();
+    Running::start(&path, "listening")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_one_redis_strict_rotation_one_killed() {
+    let redis = Redis::start().await;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    env.oauth.set_rotate(true);
+    env.oauth.set_lifetime(Duration::from_secs(3));
+    let text = format!(
+        "{}\n[store]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        env.config_text(&imap.url(false), "log_format = \"json\"", "", "")
+            .replace("min_token_life = \"60s\"", "min_token_life = \"1s\""),
+        redis.url()
+    );
+    // The account's first tokens, sealed into Redis.
+    let cfg = env.load(&text);
+    let store = Store::open(&cfg).await.unwrap();
+    let mut t = Tokens::default();
+    t.refresh_token = Some(env.oauth.issue_refresh_token(USER));
+    let key = SealingKey::derive(&SecretString::from(PASSWORD), &Kdf::generate()).unwrap();
+    store
+        .save(
+            &TokenFile::seal(USER, "test", &key, &t).unwrap(),
+            Expect::Absent,
+        )
+        .await
+        .unwrap();
+
+    let mut instances: Vec<Option<Running>> =
+        (0..3).map(|i| Some(instance(&env, &text, i))).collect();
+    let addr = |r: &Running| r.address("listening", Some("imap"));
+    let live: Arc<std::sync::RwLock<Vec<SocketAddr>>> = Arc::new(std::sync::RwLock::new(
+        instances.iter().flatten().map(addr).collect(),
+    ));
+    let (ok, failed, cut) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let end = Instant::now() + RUN;
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (live, ok, failed, cut, failures) = (
+            live.clone(),
+            ok.clone(),
+            failed.clone(),
+            cut.clone(),
+            failures.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut n = c;
+            while Instant::now() < end {
+                let target = {
+                    let l = live.read().unwrap();
+                    l[n % l.len()]
+                };
+                n += 1;
+                let one = tokio::spawn(async move {
+                    let mut client = LineClient::greeted(target).await;
+                    client.login("a", USER, PASSWORD).await
+                });
+                match tokio::time::timeout(Duration::from_secs(10), one).await {
+                    Ok(Ok(r)) if r.starts_with("a OK") => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Ok(r)) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        failures.lock().unwrap().push(r);
+                    }
+                    // The connection broke (the killed instance).
+                    _ => {
+                        cut.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+
+    // Halfway: one instance is killed; a fourth joins.
+    tokio::time::sleep(RUN / 2).await;
+    let victim = instances[0].take().unwrap();
+    let gone = addr(&victim);
+    live.write().unwrap().retain(|a| *a != gone);
+    victim.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fourth = instance(&env, &text, 3);
+    live.write().unwrap().push(addr(&fourth));
+    instances.push(Some(fourth));
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let (ok, failed, cut) = (
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        cut.load(Ordering::Relaxed),
+    );
+    let refreshes = env.oauth.refresh_times();
+    let closest = refreshes
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .min()
+        .unwrap_or(RUN);
+    println!(
+        "fleet: {ok} logins ok, {failed} failed, {cut} cut by the kill; {} refreshes, closest two {closest:?} apart",
+        refreshes.len()
+    );
+    assert!(ok > 100, "the clients ran: {ok}");
+    assert_eq!(
+        failed,
+        0,
+        "answered logins that failed: {:?}",
+        failures.lock().unwrap()
+    );
+    // One refresh per token lifetime for the whole fleet, never two at once
+    // (with strict rotation the second would have failed anyway).
+    assert!(refreshes.len() >= 3, "{}", refreshes.len());
+    assert!(
+        refreshes.len() <= (RUN.as_secs() as usize) + 2,
+        "{}",
+        refreshes.len()
+    );
+    assert!(closest > Duration::from_millis(500), "{closest:?}");
+    // The account still opens: its newest refresh token is in Redis.
+    let file = store.load(USER).await.unwrap().unwrap();
+    let tokens = file.open(&key, &store.location(USER)).unwrap();
+    assert!(
+        env.oauth
+            .refresh_token_valid(tokens.refresh_token.as_deref().unwrap())
+    );
+    assert!(!file.needs_authorization);
+}
