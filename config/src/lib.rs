@@ -62,6 +62,8 @@ pub struct Gateway {
     pub max_tag: usize,
     /// Failed logins per connection before it is closed.
     pub max_failures: u32,
+    /// The load balancers whose PROXY headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +110,9 @@ pub struct Listener {
     /// provider's flow and answers with its URL (default: on for loopback
     /// addresses only).
     pub in_band_authorization: bool,
+    /// A PROXY v1/v2 header from a `trusted_proxies` address comes first
+    /// and names the client.
+    pub proxy_protocol: bool,
 }
 
 /// `[store]` (SPEC §9).
@@ -597,6 +602,12 @@ pub(crate) fn relative_to(file: &Path, p: &str) -> PathBuf {
 
 impl Gateway {
     /// Connections allowed at once from `ip`.
+    /// Whether `ip` is one of `trusted_proxies`.
+    pub fn trusts_proxy(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
     pub fn connections_per_ip(&self, ip: std::net::IpAddr) -> usize {
         match self.max_connections_per_ip {
             Some(n) => n,

@@ -58,6 +58,7 @@ pub(crate) struct RawGateway {
     pub max_literal: Option<u64>,
     pub max_tag: Option<u64>,
     pub max_failures: Option<u64>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +71,7 @@ pub(crate) struct RawListener {
     pub key: Option<String>,
     pub insecure_plaintext: Option<bool>,
     pub in_band_authorization: Option<bool>,
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

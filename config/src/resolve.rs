@@ -41,6 +41,14 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
     };
     let gateway = gateway(file, raw.gateway, &mut errs);
     let listeners = listeners(file, raw.listener, &mut errs);
+    for (i, l) in listeners.iter().enumerate() {
+        if l.proxy_protocol && gateway.trusted_proxies.is_empty() {
+            errs.push(
+                format!("listener[{i}].proxy_protocol"),
+                "needs [gateway] trusted_proxies: the load balancers whose PROXY headers are believed",
+            );
+        }
+    }
     let providers = providers(file, raw.provider, &mut errs);
     let accounts = accounts(raw.account, &providers, &mut errs);
     let portal = raw.portal.map(|p| portal(file, p, &mut errs));
@@ -159,7 +167,22 @@ fn gateway(file: &Path, raw: RawGateway, errs: &mut Errors<'_>) -> Gateway {
             format!("`{hostname}` is not a host name (letters, digits, '.' and '-')"),
         );
     }
+    let mut trusted_proxies = Vec::new();
+    for (i, c) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
+        let c = c.trim();
+        match c
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(n) => trusted_proxies.push(n.trunc()),
+            Err(_) => errs.push(
+                format!("gateway.trusted_proxies[{i}]"),
+                format!("`{c}` is not an address or a CIDR block, e.g. \"10.0.0.0/8\""),
+            ),
+        }
+    }
     Gateway {
+        trusted_proxies,
         state_dir: relative_to(file, raw.state_dir.as_deref().unwrap_or("state")),
         hostname,
         log_format: choice(errs, "gateway.log_format", raw.log_format).unwrap_or(LogFormat::Text),
@@ -295,6 +318,7 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
             in_band_authorization: l
                 .in_band_authorization
                 .unwrap_or(address.ip().is_loopback()),
+            proxy_protocol: l.proxy_protocol.unwrap_or(false),
         });
     }
     out

@@ -161,6 +161,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
             mode: l.tls,
             tls,
             auth_before_tls: l.address.ip().is_loopback() || l.insecure_plaintext,
+            proxy_protocol: l.proxy_protocol,
         };
         let shared = (ctx.clone(), (permits.clone(), per_ip.clone()));
         let (stop, kill, tracker) = (stop_accepting.clone(), kill.clone(), tracker.clone());
@@ -332,6 +333,8 @@ pub struct Listening {
     pub tls: Option<Arc<ListenerTls>>,
     /// Logins are accepted before STARTTLS.
     pub auth_before_tls: bool,
+    /// A PROXY header comes first.
+    pub proxy_protocol: bool,
 }
 
 /// Writes the wrong-password backoff state to `state_dir/backoff.json` (at
@@ -395,31 +398,54 @@ async fn accept_loop<D: Dialect>(
         crate::session::upstream::tune(&stream);
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
         let protocol = listening.protocol;
-        let span = info_span!("conn", id, proto = %protocol, %peer, user = tracing::field::Empty);
+        if listening.proxy_protocol && !ctx.config().gateway.trusts_proxy(peer.ip()) {
+            info!(id, proto = %protocol, %peer, "closed: a PROXY listener takes connections only from trusted_proxies");
+            continue;
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let span = info_span!("conn", id, proto = %protocol, %peer);
             tracker.spawn(too_busy::<D>(stream, "connection limit reached").instrument(span));
             continue;
         };
-        let max_per_ip = ctx.config().gateway.connections_per_ip(peer.ip());
-        let Some(slot) = per_ip.take(peer.ip(), max_per_ip) else {
-            tracker.spawn(
-                too_busy::<D>(stream, "too many connections from this address").instrument(span),
-            );
-            continue;
-        };
-        let ctx = ctx.clone();
-        let kill = kill.clone();
-        let listening = listening.clone();
-        tracker.spawn(
+        let (ctx, kill, listening, per_ip) =
+            (ctx.clone(), kill.clone(), listening.clone(), per_ip.clone());
+        tracker.spawn(async move {
+            let mut stream = stream;
+            // Behind a load balancer the client is the one its header names.
+            let client = if listening.proxy_protocol {
+                let limit = Duration::from_secs(10).min(ctx.config().gateway.preauth_timeout);
+                match crate::session::proxy::read_header(&mut stream, peer, limit).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        info!(id, proto = %protocol, proxy = %peer, error = %e, "closed: no valid PROXY header");
+                        return;
+                    }
+                }
+            } else {
+                peer
+            };
+            let span = if listening.proxy_protocol {
+                info_span!("conn", id, proto = %protocol, peer = %client, proxy = %peer, user = tracing::field::Empty)
+            } else {
+                info_span!("conn", id, proto = %protocol, peer = %client, user = tracing::field::Empty)
+            };
+            let max_per_ip = ctx.config().gateway.connections_per_ip(client.ip());
+            let Some(slot) = per_ip.take(client.ip(), max_per_ip) else {
+                too_busy::<D>(stream, "too many connections from this address")
+                    .instrument(span)
+                    .await;
+                return;
+            };
             async move {
                 let _permit = (permit, slot);
                 tokio::select! {
                     _ = kill.cancelled() => info!("closed by shutdown"),
-                    _ = session::<D>(stream, peer, listening, ctx) => {}
+                    _ = session::<D>(stream, client, listening, ctx) => {}
                 }
             }
-            .instrument(span),
-        );
+            .instrument(span)
+            .await;
+        });
     }
 }
 

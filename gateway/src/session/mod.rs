@@ -5,6 +5,7 @@
 
 pub mod context;
 pub mod login;
+pub mod proxy;
 pub mod relay;
 pub mod tls;
 pub mod upstream;
