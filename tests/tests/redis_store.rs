@@ -242,3 +242,41 @@ async fn run_stops_with_a_clear_error_when_redis_cannot_be_reached() {
     assert!(shown.contains("store: redis"), "{shown}");
     assert!(!shown.contains("secret-in-url"), "{shown}");
 }
+
+/// Wrong passwords spread over two gateways count as one series: the
+/// backoff counters live in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_counts_the_failures_of_every_instance() {
+    logs();
+    let redis = Redis::start().await;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let cfg = env.load(&config(&env, &imap, &redis));
+    let store = Store::open(&cfg).await.unwrap();
+    seal(&env, &store, USER, PASSWORD).await;
+    let a = start(cfg.clone()).await;
+    let b = start(cfg.clone()).await;
+    // Five wrong passwords, alternating between the two instances: each
+    // saw fewer than its own lock would need for a 2 s lock.
+    for i in 0..5 {
+        let g = if i % 2 == 0 { &a } else { &b };
+        let r = login(g, USER, "wrong password").await;
+        assert!(r.starts_with("a NO [AUTHENTICATIONFAILED]"), "{r}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // B has seen two failures itself; the fleet has seen five: locked.
+    let r = login(&b, USER, PASSWORD).await;
+    assert!(
+        r.starts_with("a NO"),
+        "refused during the fleet's backoff: {r}"
+    );
+    assert!(
+        redis
+            .hget(&format!("t:account:{USER}"), "gen")
+            .await
+            .is_some()
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let r = login(&b, USER, PASSWORD).await;
+    assert!(r.starts_with("a OK"), "after the lock: {r}");
+}

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 const FREE: u32 = 2;
 const BASE: Duration = Duration::from_millis(500);
 const CAP: Duration = Duration::from_secs(16);
-const FORGET: Duration = Duration::from_secs(15 * 60);
+pub(crate) const FORGET: Duration = Duration::from_secs(15 * 60);
 /// Bound on remembered keys; old entries are pruned past it.
 const MAX_ENTRIES: usize = 100_000;
 /// Attempts for one user that may be checked at once.
@@ -125,7 +125,7 @@ pub struct Snapshot {
     pub addresses: BTreeMap<String, Throttle>,
 }
 
-fn delay_for(failures: u32) -> Duration {
+pub(crate) fn delay_for(failures: u32) -> Duration {
     if failures <= FREE {
         return Duration::ZERO;
     }

@@ -279,8 +279,8 @@ impl Accounts {
             .await
             .map_err(PasswordError::Refused)?;
         match &next {
-            Ok(_) => self.backoff.success(user, peer),
-            Err(PasswordError::WrongPassword) => self.backoff.failure(user, peer, true),
+            Ok(_) => self.success(user, peer),
+            Err(PasswordError::WrongPassword) => self.failure(user, peer, true),
             Err(_) => {}
         }
         self.store
@@ -346,7 +346,47 @@ impl Accounts {
     /// Records a failed attempt that [`Accounts::authenticate`] did not record
     /// itself (an in-band flow started or refused).
     pub fn failed(&self, user: &str, peer: IpAddr) {
-        self.backoff.failure(user, peer, true);
+        self.failure(user, peer, true);
+    }
+
+    /// Records a failed attempt here and, with a shared store, for the
+    /// whole fleet (spreading attempts over instances gains nothing).
+    pub fn failure(&self, user: &str, peer: IpAddr, known: bool) {
+        self.backoff.failure(user, peer, known);
+        if let Store::Redis(r) = &self.store {
+            let (r, user) = (r.clone(), user.to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = r.backoff_failure(&user, peer).await {
+                    warn!(error = %e, "cannot record a failed attempt in the shared store");
+                }
+            });
+        }
+    }
+
+    fn success(&self, user: &str, peer: IpAddr) {
+        self.backoff.success(user, peer);
+        if let Store::Redis(r) = &self.store {
+            let (r, user) = (r.clone(), user.to_owned());
+            tokio::spawn(async move {
+                let _ = r.backoff_success(&user, peer).await;
+            });
+        }
+    }
+
+    /// How much longer `user` or `peer` is locked, here or, with a shared
+    /// store, anywhere in the fleet (when Redis cannot say, what this
+    /// instance knows decides).
+    pub async fn locked(&self, user: &str, peer: IpAddr) -> Duration {
+        let here = self.backoff.locked(user, peer);
+        match &self.store {
+            Store::Redis(r) if here.is_zero() => {
+                r.backoff_locked(user, peer).await.unwrap_or_else(|e| {
+                    warn!(error = %e, "cannot read the fleet's backoff");
+                    Duration::ZERO
+                })
+            }
+            _ => here,
+        }
     }
 
     /// Runs Argon2 work for an attempt by `user` from `peer` that no cache
@@ -366,7 +406,7 @@ impl Accounts {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let locked = self.backoff.locked(user, peer);
+        let locked = self.locked(user, peer).await;
         if !locked.is_zero() {
             self.metrics.password_check("refused_backoff");
             info!(
@@ -407,7 +447,7 @@ impl Accounts {
         match dummy {
             Ok(_) => {
                 if !known {
-                    self.backoff.failure(user, peer, false);
+                    self.failure(user, peer, false);
                 }
                 LoginError::BadCredentials
             }
@@ -441,7 +481,7 @@ impl Accounts {
             && !self.check_hash(&user, hash, password, peer).await?
         {
             info!("wrong local password (password_hash)");
-            self.backoff.failure(&user, peer, true);
+            self.failure(&user, peer, true);
             return Err(LoginError::BadCredentials);
         }
         let upstream_user = account
@@ -452,7 +492,7 @@ impl Accounts {
             // App-only access: the password_hash (required by the
             // configuration) was the password check; one token serves every
             // mailbox of the provider.
-            self.backoff.success(&user, peer);
+            self.success(&user, peer);
             let access_token = self.app_token(&provider, None).await?;
             return Ok(Authorized {
                 user,
@@ -622,7 +662,7 @@ impl Accounts {
             .is_some_and(|k| bool::from(k.check.ct_eq(&check)))
             && st.tokens.is_some();
         if cached_ok {
-            self.backoff.success(user, peer);
+            self.success(user, peer);
             if st.unsaved {
                 self.persist(user, provider, st, None).await;
             }
@@ -661,7 +701,7 @@ impl Accounts {
             .await?;
         match opened {
             Ok((key, tokens)) => {
-                self.backoff.success(user, peer);
+                self.success(user, peer);
                 st.key = Some(CachedKey { key, check });
                 st.tokens = Some(tokens);
                 st.disk = Some(file);
@@ -670,7 +710,7 @@ impl Accounts {
             }
             Err(StoreError::WrongPassword) => {
                 info!("wrong local password");
-                self.backoff.failure(user, peer, true);
+                self.failure(user, peer, true);
                 Err(LoginError::BadCredentials)
             }
             Err(e) => {

@@ -44,6 +44,17 @@ end
 return 0
 ";
 
+/// One failed attempt for each key: a count and the time of the last one
+/// (ARGV[1], ms), forgotten ARGV[2] ms after it.
+const FAILED: &str = r"
+for _, k in ipairs(KEYS) do
+  redis.call('HINCRBY', k, 'n', 1)
+  redis.call('HSET', k, 'last', ARGV[1])
+  redis.call('PEXPIRE', k, ARGV[2])
+end
+return 1
+";
+
 /// Deletes an account's file, keeping its generation. Returns 1 when there
 /// was one.
 const REMOVE: &str = r"
@@ -252,6 +263,79 @@ impl RedisStore {
             token,
             renewal,
         }))
+    }
+
+    /// The fleet's backoff keys of a user (hashed) and of an address.
+    fn backoff_keys(&self, user: &str, addr: std::net::IpAddr) -> [String; 2] {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::digest(user.as_bytes());
+        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        [
+            format!("{}backoff:user:{hex}", self.prefix),
+            format!("{}backoff:addr:{}", self.prefix, addr.to_canonical()),
+        ]
+    }
+
+    /// Records a failed attempt for the whole fleet.
+    pub async fn backoff_failure(
+        &self,
+        user: &str,
+        addr: std::net::IpAddr,
+    ) -> Result<(), StoreError> {
+        let [u, a] = self.backoff_keys(user, addr);
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::Script::new(FAILED)
+            .key(u)
+            .key(a)
+            .arg(crate::accounts::store::now_ms())
+            .arg(crate::accounts::backoff::FORGET.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&self.shown, "write to", &e))?;
+        Ok(())
+    }
+
+    /// Clears both counters after a success.
+    pub async fn backoff_success(
+        &self,
+        user: &str,
+        addr: std::net::IpAddr,
+    ) -> Result<(), StoreError> {
+        let [u, a] = self.backoff_keys(user, addr);
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(u)
+            .arg(a)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&self.shown, "write to", &e))?;
+        Ok(())
+    }
+
+    /// How much longer the user or the address is locked, counting the
+    /// failures of every instance.
+    pub async fn backoff_locked(
+        &self,
+        user: &str,
+        addr: std::net::IpAddr,
+    ) -> Result<Duration, StoreError> {
+        let mut conn = self.conn.clone();
+        let now = crate::accounts::store::now_ms();
+        let mut longest = Duration::ZERO;
+        for k in self.backoff_keys(user, addr) {
+            let (n, last): (Option<u32>, Option<u64>) = redis::cmd("HMGET")
+                .arg(&k)
+                .arg("n")
+                .arg("last")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable(&self.shown, "read from", &e))?;
+            if let (Some(n), Some(last)) = (n, last) {
+                let since = Duration::from_millis(now.saturating_sub(last));
+                longest = longest.max(crate::accounts::backoff::delay_for(n).saturating_sub(since));
+            }
+        }
+        Ok(longest)
     }
 
     pub async fn remove(&self, user: &str) -> Result<bool, StoreError> {

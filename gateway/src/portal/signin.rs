@@ -25,8 +25,7 @@ pub(super) async fn sign_in(
             Some("Enter your whole e-mail address, e.g. name@example.com.".into()),
         );
     };
-    let backoff = app.ctx.accounts.backoff();
-    if !backoff.locked(&user, peer.ip()).is_zero() {
+    if !app.ctx.accounts.locked(&user, peer.ip()).await.is_zero() {
         info!(user = %user, "portal: address form refused during backoff");
         return index_page(
             &app,
@@ -43,7 +42,7 @@ pub(super) async fn sign_in(
         .cloned()
     else {
         info!(user = %user, "portal: an address that no account matches");
-        backoff.failure(&user, peer.ip(), false);
+        app.ctx.accounts.failure(&user, peer.ip(), false);
         return index_page(
             &app,
             &h,
