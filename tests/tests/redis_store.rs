@@ -45,6 +45,17 @@ async fn open(store: &Store, user: &str, password: &str) -> Tokens {
     file.open(&key, &store.location(user)).unwrap()
 }
 
+/// A Redis, the fake servers, a configuration on that Redis, its store.
+async fn setup() -> (Redis, Env, FakeServer, mailgate_config::Config, Store) {
+    logs();
+    let redis = Redis::start().await;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let cfg = env.load(&config(&env, &imap, &redis));
+    let store = Store::open(&cfg).await.unwrap();
+    (redis, env, imap, cfg, store)
+}
+
 async fn login(g: &mailgate::Gateway, user: &str, password: &str) -> String {
     let mut c = LineClient::greeted(imap_addr(g)).await;
     c.login("a", user, password).await
@@ -52,12 +63,7 @@ async fn login(g: &mailgate::Gateway, user: &str, password: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_keeps_sealed_tokens_in_redis() {
-    logs();
-    let redis = Redis::start().await;
-    let env = Env::new().await;
-    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
-    let cfg = env.load(&config(&env, &imap, &redis));
-    let store = Store::open(&cfg).await.unwrap();
+    let (redis, env, _imap, cfg, store) = setup().await;
     let first = seal(&env, &store, USER, PASSWORD).await;
     env.oauth.set_rotate(true);
 
@@ -112,12 +118,7 @@ async fn the_gateway_keeps_sealed_tokens_in_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_key_or_a_lost_redis_spoils_only_what_it_must() {
-    logs();
-    let mut redis = Redis::start().await;
-    let env = Env::new().await;
-    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
-    let cfg = env.load(&config(&env, &imap, &redis));
-    let store = Store::open(&cfg).await.unwrap();
+    let (mut redis, env, _imap, cfg, store) = setup().await;
     seal(&env, &store, USER, PASSWORD).await;
     seal(&env, &store, OTHER, PASSWORD).await;
     let g = start(cfg.clone()).await;
@@ -247,12 +248,7 @@ async fn run_stops_with_a_clear_error_when_redis_cannot_be_reached() {
 /// backoff counters live in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backoff_counts_the_failures_of_every_instance() {
-    logs();
-    let redis = Redis::start().await;
-    let env = Env::new().await;
-    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
-    let cfg = env.load(&config(&env, &imap, &redis));
-    let store = Store::open(&cfg).await.unwrap();
+    let (redis, env, _imap, cfg, store) = setup().await;
     seal(&env, &store, USER, PASSWORD).await;
     let a = start(cfg.clone()).await;
     let b = start(cfg.clone()).await;

@@ -133,6 +133,31 @@ impl RedisStore {
         })
     }
 
+    /// Runs a command; a failure says what could not be done.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        action: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&self.shown, action, &e))
+    }
+
+    /// Runs a script; a failure says what could not be done.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        action: &'static str,
+        script: &mut redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        script
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&self.shown, action, &e))
+    }
+
     fn key(&self, user: &str) -> String {
         format!("{}account:{user}", self.prefix)
     }
@@ -144,14 +169,12 @@ impl RedisStore {
 
     pub async fn load(&self, user: &str) -> Result<Option<TokenFile>, StoreError> {
         let key = self.key(user);
-        let mut conn = self.conn.clone();
-        let (file, generation): (Option<Vec<u8>>, Option<String>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("file")
-            .arg("gen")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&self.shown, "read from", &e))?;
+        let (file, generation): (Option<Vec<u8>>, Option<String>) = self
+            .query(
+                "read from",
+                redis::cmd("HMGET").arg(&key).arg("file").arg("gen"),
+            )
+            .await?;
         let Some(bytes) = file else {
             return Ok(None);
         };
@@ -196,15 +219,16 @@ impl RedisStore {
             what: "the token file",
             reason: e.to_string(),
         })?;
-        let mut conn = self.conn.clone();
-        let written: i64 = redis::Script::new(SAVE)
-            .key(self.key(&file.user))
-            .arg(mode)
-            .arg(expected_generation.to_string())
-            .arg(body)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&self.shown, "write to", &e))?;
+        let written: i64 = self
+            .invoke(
+                "write to",
+                redis::Script::new(SAVE)
+                    .key(self.key(&file.user))
+                    .arg(mode)
+                    .arg(expected_generation.to_string())
+                    .arg(body),
+            )
+            .await?;
         if written < 0 {
             return Err(StoreError::Changed {
                 user: file.user.clone(),
@@ -226,16 +250,17 @@ impl RedisStore {
         let key = format!("{}lease:{user}", self.prefix);
         let token = crate::portal::sessions::random_token();
         let ms = ttl.as_millis().max(1) as u64;
-        let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ms)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&self.shown, "write to", &e))?;
+        let set: Option<String> = self
+            .query(
+                "write to",
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms),
+            )
+            .await?;
         if set.is_none() {
             return Ok(None);
         }
@@ -283,15 +308,16 @@ impl RedisStore {
         addr: std::net::IpAddr,
     ) -> Result<(), StoreError> {
         let [u, a] = self.backoff_keys(user, addr);
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::Script::new(FAILED)
-            .key(u)
-            .key(a)
-            .arg(crate::accounts::store::now_ms())
-            .arg(crate::accounts::backoff::FORGET.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&self.shown, "write to", &e))?;
+        let _: i64 = self
+            .invoke(
+                "write to",
+                redis::Script::new(FAILED)
+                    .key(u)
+                    .key(a)
+                    .arg(crate::accounts::store::now_ms())
+                    .arg(crate::accounts::backoff::FORGET.as_millis() as u64),
+            )
+            .await?;
         Ok(())
     }
 
@@ -302,13 +328,9 @@ impl RedisStore {
         addr: std::net::IpAddr,
     ) -> Result<(), StoreError> {
         let [u, a] = self.backoff_keys(user, addr);
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("DEL")
-            .arg(u)
-            .arg(a)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&self.shown, "write to", &e))?;
+        let _: i64 = self
+            .query("write to", redis::cmd("DEL").arg(u).arg(a))
+            .await?;
         Ok(())
     }
 
@@ -319,17 +341,15 @@ impl RedisStore {
         user: &str,
         addr: std::net::IpAddr,
     ) -> Result<Duration, StoreError> {
-        let mut conn = self.conn.clone();
         let now = crate::accounts::store::now_ms();
         let mut longest = Duration::ZERO;
         for k in self.backoff_keys(user, addr) {
-            let (n, last): (Option<u32>, Option<u64>) = redis::cmd("HMGET")
-                .arg(&k)
-                .arg("n")
-                .arg("last")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable(&self.shown, "read from", &e))?;
+            let (n, last): (Option<u32>, Option<u64>) = self
+                .query(
+                    "read from",
+                    redis::cmd("HMGET").arg(&k).arg("n").arg("last"),
+                )
+                .await?;
             if let (Some(n), Some(last)) = (n, last) {
                 let since = Duration::from_millis(now.saturating_sub(last));
                 longest = longest.max(crate::accounts::backoff::delay_for(n).saturating_sub(since));
@@ -339,12 +359,12 @@ impl RedisStore {
     }
 
     pub async fn remove(&self, user: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let n: i64 = redis::Script::new(REMOVE)
-            .key(self.key(user))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable(&self.shown, "write to", &e))?;
+        let n: i64 = self
+            .invoke(
+                "write to",
+                &mut redis::Script::new(REMOVE).key(self.key(user)),
+            )
+            .await?;
         Ok(n > 0)
     }
 
