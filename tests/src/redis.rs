@@ -1,6 +1,6 @@
 //! A real Redis server (Debian's `redis-server`, installed by `.ci/run`),
-//! started on a free loopback port with no persistence and a password;
-//! stopped on drop.
+//! started on a free loopback port with a password, persisting to its own
+//! temporary directory (so that a restart keeps the data); stopped on drop.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -43,7 +43,9 @@ impl Redis {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "always",
                 "--dir",
                 self._dir.path().to_str().unwrap(),
             ])
@@ -107,7 +109,7 @@ impl Redis {
         }
     }
 
-    /// Starts it again on the same port (empty: no persistence).
+    /// Starts it again on the same port, with the data it had.
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await;
