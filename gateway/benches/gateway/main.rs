@@ -32,7 +32,8 @@ struct Plan {
     login_clients: usize,
     login_seconds: f64,
     idle: Vec<usize>,
-    /// `--only a,b`: the parts to run (throughput, latency, logins, idle).
+    /// `--only a,b`: the parts to run (throughput, latency, logins, store,
+    /// idle).
     only: Option<Vec<String>>,
 }
 
@@ -184,6 +185,16 @@ struct Gateway {
 
 impl Gateway {
     fn spawn(env: &Env, up: upstream::Addrs, name: &str) -> anyhow::Result<Gateway> {
+        Self::spawn_with(env, up, name, "")
+    }
+
+    /// As [`Gateway::spawn`], with `extra` appended to the configuration.
+    fn spawn_with(
+        env: &Env,
+        up: upstream::Addrs,
+        name: &str,
+        extra: &str,
+    ) -> anyhow::Result<Gateway> {
         let imap: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
         let smtp: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
         let config = format!(
@@ -217,6 +228,8 @@ ca_file = "{ca}"
 [[account]]
 user = "{USER}"
 provider = "test"
+
+{extra}
 "#,
             state = env.state_dir().display(),
             authorize = env.oauth.authorize_url(),
@@ -370,6 +383,9 @@ async fn run(plan: Plan, fds: u64) -> anyhow::Result<()> {
     }
     if plan.runs("logins") {
         login_rate(&mut b, &plan, &via_imap).await?;
+    }
+    if plan.runs("store") {
+        store_compare(&mut b, &plan, &via_imap).await?;
     }
     drop(gw);
     if plan.runs("idle") {
@@ -587,6 +603,75 @@ async fn login_rate(b: &mut Bench, plan: &Plan, via: &Target) -> anyhow::Result<
     ));
     if vfail > 0 {
         anyhow::bail!("{vfail} logins through mailgate failed");
+    }
+    Ok(())
+}
+
+/// The Redis store against the file store, in one run: login latency and
+/// logins/s of two gateways on the same warm token, one on each store.
+async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow::Result<()> {
+    if !std::path::Path::new("/usr/bin/redis-server").exists() {
+        println!("\n5. store: skipped (no /usr/bin/redis-server)");
+        return Ok(());
+    }
+    let redis = mailgate_tests::redis::Redis::start().await;
+    let extra = format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"bench:\"\n",
+        redis.url()
+    );
+    // The same sealed file, copied into Redis.
+    let path = b.env.path().join("store.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[gateway]\nstate_dir = \"{}\"\n[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n[provider.p]\npreset = \"office365\"\nclient_id = \"x\"\n{extra}",
+            b.env.state_dir().display()
+        ),
+    )?;
+    let cfg =
+        mailgate_config::load_with_env(&path, Vec::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = mailgate::accounts::store::Store::open(&cfg).await?;
+    let file = b.env.token_file(USER);
+    store
+        .save(&file, mailgate::accounts::store::Expect::Any)
+        .await?;
+    let gw = Gateway::spawn_with(&b.env, b.up, "redis", &extra)?;
+    let via_redis = b.via(gw.imap);
+    client::imap_logout(client::imap_session(&via_redis, USER, false).await?).await?;
+    let n = plan.latency_samples;
+    println!(
+        "\n5. the Redis store against the file store: {n} logins each, alternating, then logins/s"
+    );
+    let (mut f, mut r) = (vec![], vec![]);
+    for _ in 0..n {
+        for (target, out) in [(via_file, &mut f), (&via_redis, &mut r)] {
+            let t0 = Instant::now();
+            let mut c = client::imap_greeted(target, true).await?;
+            client::imap_login(&mut c, target, USER).await?;
+            out.push(t0.elapsed());
+            client::imap_logout(c).await?;
+        }
+    }
+    f.sort();
+    r.sort();
+    let (f50, r50) = (percentile(&f, 0.5), percentile(&r, 0.5));
+    b.say(format!(
+        "login p50/p99: file store {:.0}/{:.0} us, Redis store {:.0}/{:.0} us; Redis adds {:.0} us at p50 (target <= 1000 us)",
+        us(f50),
+        us(percentile(&f, 0.99)),
+        us(r50),
+        us(percentile(&r, 0.99)),
+        us(r50) - us(f50)
+    ));
+    let (c, s) = (plan.login_clients, plan.login_seconds);
+    let (_, ffail, frate) = logins_for(via_file, c, s).await;
+    let (_, rfail, rrate) = logins_for(&via_redis, c, s).await;
+    b.say(format!(
+        "logins/s with {c} clients: file store {frate:.0}, Redis store {rrate:.0} ({:.2}x; target >= 0.9x)",
+        rrate / frate.max(1.0)
+    ));
+    if ffail + rfail > 0 {
+        anyhow::bail!("{} logins failed", ffail + rfail);
     }
     Ok(())
 }
