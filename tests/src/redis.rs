@@ -44,8 +44,6 @@ impl Redis {
                 "",
                 "--appendonly",
                 "yes",
-                "--appendfsync",
-                "always",
                 "--dir",
                 self._dir.path().to_str().unwrap(),
             ])
@@ -101,9 +99,19 @@ impl Redis {
             .unwrap();
     }
 
-    /// Stops the server.
+    /// Stops the server (SIGTERM: it writes what it holds first).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            for _ in 0..100 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -279,7 +279,7 @@ impl Accounts {
             .await
             .map_err(PasswordError::Refused)?;
         match &next {
-            Ok(_) => self.success(user, peer),
+            Ok(_) => self.success(user, peer, true),
             Err(PasswordError::WrongPassword) => self.failure(user, peer, true),
             Err(_) => {}
         }
@@ -363,8 +363,14 @@ impl Accounts {
         }
     }
 
-    fn success(&self, user: &str, peer: IpAddr) {
+    /// Records a success. The fleet's counters are cleared only after a
+    /// password check (`checked`): a login whose key is cached costs Redis
+    /// nothing, and is not slowed by the fleet's backoff either.
+    fn success(&self, user: &str, peer: IpAddr, checked: bool) {
         self.backoff.success(user, peer);
+        if !checked {
+            return;
+        }
         if let Store::Redis(r) = &self.store {
             let (r, user) = (r.clone(), user.to_owned());
             tokio::spawn(async move {
@@ -492,7 +498,7 @@ impl Accounts {
             // App-only access: the password_hash (required by the
             // configuration) was the password check; one token serves every
             // mailbox of the provider.
-            self.success(&user, peer);
+            self.success(&user, peer, false);
             let access_token = self.app_token(&provider, None).await?;
             return Ok(Authorized {
                 user,
@@ -662,7 +668,7 @@ impl Accounts {
             .is_some_and(|k| bool::from(k.check.ct_eq(&check)))
             && st.tokens.is_some();
         if cached_ok {
-            self.success(user, peer);
+            self.success(user, peer, false);
             if st.unsaved {
                 self.persist(user, provider, st, None).await;
             }
@@ -701,7 +707,7 @@ impl Accounts {
             .await?;
         match opened {
             Ok((key, tokens)) => {
-                self.success(user, peer);
+                self.success(user, peer, true);
                 st.key = Some(CachedKey { key, check });
                 st.tokens = Some(tokens);
                 st.disk = Some(file);
