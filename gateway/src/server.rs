@@ -431,6 +431,8 @@ async fn accept_loop<D: Dialect>(
             };
             let max_per_ip = ctx.config().gateway.connections_per_ip(client.ip());
             let Some(slot) = per_ip.take(client.ip(), max_per_ip) else {
+                // Refused: it holds no place under max_connections.
+                drop(permit);
                 too_busy::<D>(stream, "too many connections from this address")
                     .instrument(span)
                     .await;

@@ -381,7 +381,6 @@ async fn headers_cookies_hosts_and_forms_without_a_session() {
     );
     let r = http.get(format!("{}help", p.base)).send().await.unwrap();
     assert!(r.text().await.unwrap().contains("AADSTS"));
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 /// A sign-in started in band (from a mail client) comes back through the

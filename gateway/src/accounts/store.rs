@@ -45,7 +45,9 @@ pub enum StoreError {
     #[error("the password does not open the stored tokens")]
     WrongPassword,
     /// A shared store cannot be reached or refused the request.
-    #[error("cannot {action} {store}: {reason}")]
+    #[error(
+        "cannot {action} {store}: {reason}; check that it is running and reachable, and the address and password in [store] url"
+    )]
     Unavailable {
         action: &'static str,
         store: String,

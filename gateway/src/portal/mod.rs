@@ -87,7 +87,6 @@ impl std::fmt::Debug for App {
 #[derive(Debug)]
 pub struct Portal {
     pub address: SocketAddr,
-    pub base_url: url::Url,
 }
 
 /// Binds the portal and serves it until `stop`.
@@ -170,10 +169,7 @@ pub async fn start(
         tokio::spawn(serve(l, tls.clone(), router.clone(), stop.clone()));
     }
     tokio::spawn(serve(listener, tls, router, stop));
-    Ok(Portal {
-        address: bound,
-        base_url: base,
-    })
+    Ok(Portal { address: bound })
 }
 
 fn host_port(u: &url::Url) -> String {

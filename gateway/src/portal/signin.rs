@@ -450,7 +450,12 @@ pub(super) async fn password_save(
         ),
         Err(e) => {
             warn!(user = %user, error = %e, "portal: the tokens could not be stored");
-            message(StatusCode::SERVICE_UNAVAILABLE, "Not stored", e.to_string())
+            // The cause (a store, a path) is for the administrator's log.
+            message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Not stored",
+                "The gateway could not store the access now; nothing was stored. Start again in a moment; if it keeps failing, tell your administrator (the error is in the gateway's log).",
+            )
         }
     }
 }
