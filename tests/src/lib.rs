@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used, missing_debug_implementations)]
 
+pub mod balancer;
 pub mod browser;
 pub mod ca;
 pub mod chrome;

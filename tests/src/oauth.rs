@@ -43,6 +43,9 @@ pub enum AuthorizeMode {
     Deny,
     /// Redirects with a code and a different state (a forged redirect).
     WrongState,
+    /// Shows a consent page whose `#approve` link carries the code back,
+    /// as a provider does before its redirect (the browser waits there).
+    Consent,
 }
 
 /// How the device flow's token polls are answered.
@@ -592,6 +595,13 @@ async fn authorize(
                 .append_pair("code", &code)
                 .append_pair("state", &state);
         }
+    }
+    if inner.authorize_mode == AuthorizeMode::Consent {
+        let href = to.to_string().replace('&', "&amp;").replace('"', "&quot;");
+        return axum::response::Html(format!(
+            "<!doctype html><html><head><title>Consent</title></head><body id=\"page-consent\"><a id=\"approve\" href=\"{href}\">Approve</a></body></html>"
+        ))
+        .into_response();
     }
     (StatusCode::FOUND, [(header::LOCATION, to.to_string())]).into_response()
 }

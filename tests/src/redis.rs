@@ -99,6 +99,42 @@ impl Redis {
             .unwrap();
     }
 
+    /// Every key with its bytes (a hash's fields and values joined), to
+    /// look for what must never be there.
+    pub async fn everything(&self) -> Vec<(String, Vec<u8>)> {
+        let mut c = self.connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for k in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&k)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            let bytes = match kind.as_str() {
+                "string" => redis::cmd("GET")
+                    .arg(&k)
+                    .query_async::<Option<Vec<u8>>>(&mut c)
+                    .await
+                    .unwrap()
+                    .unwrap_or_default(),
+                "hash" => redis::cmd("HGETALL")
+                    .arg(&k)
+                    .query_async::<Vec<Vec<u8>>>(&mut c)
+                    .await
+                    .unwrap()
+                    .concat(),
+                _ => Vec::new(),
+            };
+            out.push((k, bytes));
+        }
+        out
+    }
+
     /// Stops the server (SIGTERM: it writes what it holds first).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

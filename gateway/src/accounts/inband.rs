@@ -27,7 +27,9 @@ use tracing::{Instrument, info, warn};
 use crate::accounts::flows::{self, FlowError};
 use crate::accounts::oauth::OAuth;
 use crate::accounts::redirect::RedirectServer;
-use crate::accounts::store::{Expect, Store, TokenFile};
+use crate::accounts::redis::RedisStore;
+use crate::accounts::shared::Sealer;
+use crate::accounts::store::{Expect, Kdf, SealingKey, Store, StoreError, TokenFile};
 
 /// How long a browser sign-in started in band may take.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -90,12 +92,32 @@ pub struct Request<'a> {
     pub prover: crate::accounts::identity::Prover,
 }
 
+/// A flow pending in the fleet (Redis store), under
+/// `shared:inband:<hash of the user>`: its instructions sealed under a key
+/// derived (Argon2id) from the starting attempt's password, so that only
+/// that password sees them again through another instance. `sealed` is
+/// `None` while the flow is starting.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedPending {
+    kdf: Option<Kdf>,
+    sealed: Option<Vec<u8>>,
+}
+
+/// How long a pending flow's entry lives in the fleet without its
+/// instance renewing it (an instance that dies lets it go).
+const SHARED_TTL: Duration = Duration::from_secs(30);
+/// How often the instance running a flow renews its entry.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
 /// The gateway's in-band flows.
 #[derive(Debug)]
 pub struct InBand {
     oauth: OAuth,
     store: Store,
     registry: Arc<tokio::sync::Mutex<Registry>>,
+    /// The derivations that check a password against a flow pending on
+    /// another instance.
+    argon: crate::accounts::argon::Limiter,
 }
 
 impl InBand {
@@ -104,6 +126,7 @@ impl InBand {
             oauth,
             store,
             registry: Arc::new(tokio::sync::Mutex::new(Registry::default())),
+            argon: crate::accounts::argon::Limiter::new(1, 16),
         }
     }
 
@@ -150,8 +173,44 @@ impl InBand {
                 "Too many authorisations are pending on the gateway; try again later".into(),
             );
         }
+        let shared = self.store.shared().cloned();
+        let shared_name = crate::accounts::shared::name_of("inband", user);
+        if let Some(redis) = &shared {
+            match self.pending_elsewhere(redis, &shared_name, &req).await {
+                Ok(Some(outcome)) => return outcome,
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "in-band authorisation not started: the shared store cannot be reached");
+                    return Outcome::Refused(
+                        "The gateway cannot reach its shared store now; try again in a moment"
+                            .into(),
+                    );
+                }
+            }
+        }
         let provider = req.provider.clone();
-        match self.start(&mut reg, &req).await {
+        let started = self.start(&mut reg, &req).await;
+        let shared_entry = match (&shared, &started) {
+            (Some(redis), Ok((text, _))) => {
+                match share(redis, &shared_name, user, req.password, text).await {
+                    Ok(bytes) => Some((redis.clone(), shared_name.clone(), bytes)),
+                    Err(e) => {
+                        let _ = redis.forget(&shared_name).await;
+                        warn!(error = %e, "in-band authorisation not started: it cannot be shared with the other instances");
+                        return Outcome::Refused(
+                            "The gateway cannot reach its shared store now; try again in a moment"
+                                .into(),
+                        );
+                    }
+                }
+            }
+            (Some(redis), Err(_)) => {
+                let _ = redis.forget(&shared_name).await;
+                None
+            }
+            _ => None,
+        };
+        match started {
             Ok((text, flow)) => {
                 reg.pending.insert(
                     user.to_owned(),
@@ -162,7 +221,7 @@ impl InBand {
                     },
                 );
                 info!("in-band authorisation started");
-                self.finish_in_background(&req, provider, flow);
+                self.finish_in_background(&req, provider, flow, shared_entry);
                 Outcome::Started(text)
             }
             Err(e) => {
@@ -170,6 +229,55 @@ impl InBand {
                 Outcome::Refused(e)
             }
         }
+    }
+
+    /// Where a flow of `req.user` pending on another instance stands for
+    /// this attempt (`None`: there is none, and this instance now holds
+    /// the fleet's reservation to start one).
+    async fn pending_elsewhere(
+        &self,
+        redis: &RedisStore,
+        name: &str,
+        req: &Request<'_>,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let starting = serde_json::to_vec(&SharedPending {
+            kdf: None,
+            sealed: None,
+        })
+        .unwrap_or_default();
+        if redis.put(name, &starting, SHARED_TTL, true).await? {
+            return Ok(None);
+        }
+        let entry: Option<SharedPending> = redis
+            .get(name)
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let (Some(kdf), Some(sealed)) = entry.map_or((None, None), |e| (e.kdf, e.sealed)) else {
+            info!("in-band authorisation pending (or starting) on another instance");
+            return Ok(Some(Outcome::OtherClient));
+        };
+        let password = req.password.clone();
+        let user = req.user.to_owned();
+        let opened = self
+            .argon
+            .run(move || {
+                let key = SealingKey::derive(&password, &kdf).ok()?;
+                Sealer::named("inband", &user, key.bytes()).open(&sealed)
+            })
+            .await
+            .ok()
+            .flatten();
+        Ok(Some(
+            match opened.and_then(|t| String::from_utf8(t.to_vec()).ok()) {
+                Some(text) => Outcome::Shown(text),
+                None => {
+                    info!(
+                        "in-band authorisation pending from another client on another instance; not shown"
+                    );
+                    Outcome::OtherClient
+                }
+            },
+        ))
     }
 
     /// Starts the provider's flow: its instructions and what completes it
@@ -236,7 +344,13 @@ impl InBand {
 
     /// Waits for the flow, checks the identity it signed in as, seals the
     /// tokens with the starting attempt's password, and forgets the flow.
-    fn finish_in_background(&self, req: &Request<'_>, provider: Arc<Provider>, flow: FlowFuture) {
+    fn finish_in_background(
+        &self,
+        req: &Request<'_>,
+        provider: Arc<Provider>,
+        flow: FlowFuture,
+        shared: Option<(RedisStore, String, Vec<u8>)>,
+    ) {
         let store = self.store.clone();
         let registry = self.registry.clone();
         let user = req.user.to_owned();
@@ -248,6 +362,26 @@ impl InBand {
         let span = tracing::info_span!("in_band", user = %user);
         tokio::spawn(
             async move {
+                let flow = async {
+                    match &shared {
+                        // The fleet's entry lives while this instance does.
+                        Some((redis, name, entry)) => {
+                            let beat = async {
+                                loop {
+                                    tokio::time::sleep(HEARTBEAT).await;
+                                    if let Err(e) = redis.put(name, entry, SHARED_TTL, false).await {
+                                        warn!(error = %e, "the pending authorisation could not be renewed in the shared store");
+                                    }
+                                }
+                            };
+                            tokio::select! {
+                                r = flow => r,
+                                () = beat => unreachable!("the heartbeat never ends"),
+                            }
+                        }
+                        None => flow.await,
+                    }
+                };
                 let result = async {
                     let (grant, nonce) = flow.await?;
                     let identity = crate::accounts::identity::confirm(
@@ -275,6 +409,9 @@ impl InBand {
                     Ok::<_, FlowError>(identity)
                 }
                 .await;
+                if let Some((redis, name, _)) = &shared {
+                    let _ = redis.forget(name).await;
+                }
                 let mut reg = registry.lock().await;
                 reg.pending.remove(&user);
                 match result {
@@ -294,6 +431,38 @@ impl InBand {
             .instrument(span),
         );
     }
+}
+
+/// Shares a started flow with the fleet: its instructions sealed under a
+/// key derived from `password` (see [`SharedPending`]); the entry written.
+async fn share(
+    redis: &RedisStore,
+    name: &str,
+    user: &str,
+    password: &SecretString,
+    text: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let (password, user, text) = (password.clone(), user.to_owned(), text.to_owned());
+    let entry = tokio::task::spawn_blocking(move || {
+        let kdf = Kdf::generate();
+        let key = SealingKey::derive(&password, &kdf)?;
+        let sealed = Sealer::named("inband", &user, key.bytes()).seal(text.as_bytes())?;
+        serde_json::to_vec(&SharedPending {
+            kdf: Some(kdf),
+            sealed: Some(sealed),
+        })
+        .map_err(|e| StoreError::Encode {
+            what: "the pending authorisation",
+            reason: e.to_string(),
+        })
+    })
+    .await
+    .map_err(|e| StoreError::Encode {
+        what: "the pending authorisation",
+        reason: e.to_string(),
+    })??;
+    redis.put(name, &entry, SHARED_TTL, false).await?;
+    Ok(entry)
 }
 
 /// What completes a started flow.

@@ -27,6 +27,7 @@ pub mod inband;
 pub mod oauth;
 pub mod redirect;
 pub mod redis;
+pub mod shared;
 pub mod store;
 
 use std::collections::HashMap;
@@ -167,6 +168,33 @@ pub struct Accounts {
     hash_checks: Mutex<HashMap<(String, String), [u8; 32]>>,
     salt: [u8; 32],
     argon: crate::accounts::argon::Limiter,
+}
+
+/// An app-only token as the fleet shares it (sealed, see [`app_sealer`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AppToken {
+    #[serde(with = "shared::secret")]
+    token: SecretString,
+    expires_at: u64,
+}
+
+/// The sealer of a provider's shared app-only token: keyed by its client
+/// secret, which every instance has and Redis does not (`None` without
+/// one: nothing is shared).
+fn app_sealer(provider: &Provider) -> Option<shared::Sealer> {
+    let secret = provider.client_secret.as_ref()?;
+    let mut material = Vec::new();
+    for part in [
+        provider.name.as_str(),
+        provider.client_id.as_str(),
+        provider.token_url.as_str(),
+        secret.expose_secret(),
+    ] {
+        material.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        material.extend_from_slice(part.as_bytes());
+    }
+    let material = zeroize::Zeroizing::new(material);
+    Some(shared::Sealer::new("app-token", &material))
 }
 
 type AppTokenSlot = Arc<tokio::sync::Mutex<Option<(SecretString, u64)>>>;
@@ -604,7 +632,42 @@ impl Accounts {
         {
             return Ok(tok.clone());
         }
-        match self.oauth.client_credentials(provider).await {
+        let min_life = provider.min_token_life.as_secs();
+        let shared = self.store.shared().zip(app_sealer(provider));
+        let mut lease = None;
+        if let Some((redis, sealer)) = &shared {
+            // One token for the fleet: another instance's, else ours,
+            // obtained under the fleet's lease.
+            match self
+                .shared_app_token(redis, sealer, rejected, min_life)
+                .await
+            {
+                Ok((Some(t), _)) => {
+                    debug!(provider = %provider.name, "app-only token from the shared store");
+                    *cur = Some((t.token.clone(), t.expires_at));
+                    return Ok(t.token);
+                }
+                Ok((None, held)) => lease = held,
+                Err(e) => {
+                    warn!(error = %e, "the shared store has no app-only token for us now; asking the provider")
+                }
+            }
+        }
+        let result = self.oauth.client_credentials(provider).await;
+        if let (Ok(grant), Some((redis, sealer))) = (&result, &shared) {
+            let life = grant.expires_in.unwrap_or(Duration::from_secs(3600));
+            let shared_token = AppToken {
+                token: grant.access_token.clone(),
+                expires_at: now().saturating_add(life.as_secs()),
+            };
+            if let Err(e) = shared::put(redis, sealer, &shared_token, life, false).await {
+                warn!(error = %e, "the app-only token could not be shared with the other instances");
+            }
+        }
+        if let Some(l) = lease {
+            l.release().await;
+        }
+        match result {
             Ok(grant) => {
                 let life = grant
                     .expires_in
@@ -625,6 +688,43 @@ impl Accounts {
                     provider.name.clone(),
                 )))
             }
+        }
+    }
+
+    /// The fleet's app-only token when it is usable (not `rejected`, and
+    /// living at least `min_life`); else the fleet's lease to get a new one
+    /// (`None` when another instance held it past a wait for its token).
+    async fn shared_app_token(
+        &self,
+        redis: &crate::accounts::redis::RedisStore,
+        sealer: &shared::Sealer,
+        rejected: Option<&SecretString>,
+        min_life: u64,
+    ) -> Result<(Option<AppToken>, Option<crate::accounts::redis::RedisLease>), StoreError> {
+        let usable = |t: &AppToken| {
+            t.expires_at >= now().saturating_add(min_life)
+                && !rejected.is_some_and(|r| {
+                    bool::from(
+                        r.expose_secret()
+                            .as_bytes()
+                            .ct_eq(t.token.expose_secret().as_bytes()),
+                    )
+                })
+        };
+        let ttl = Duration::from_secs(5).max(self.config().gateway.upstream_timeout * 2);
+        let deadline = tokio::time::Instant::now() + ttl;
+        loop {
+            let token: Option<AppToken> = shared::get(redis, sealer, false).await?;
+            if let Some(t) = token.filter(usable) {
+                return Ok((Some(t), None));
+            }
+            if let Some(l) = redis.try_shared_lease(sealer.name(), ttl).await? {
+                return Ok((None, Some(l)));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok((None, None));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -23,6 +24,9 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+use crate::accounts::redis::RedisStore;
+use crate::accounts::shared::{self, Sealer};
 
 /// What the redirect brought.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,23 @@ pub struct RedirectServer {
     /// The redirect URI to send to the provider (with the real port).
     pub redirect_uri: url::Url,
     stop: CancellationToken,
+    /// The fleet's store, through which a redirect that reached another
+    /// instance comes back here (see [`RedirectServer::sharing`]).
+    relay: Option<RedisStore>,
+}
+
+/// How often a sign-in started here looks for a redirect that reached
+/// another instance.
+const RELAY_POLL: Duration = Duration::from_millis(300);
+/// The longest a sign-in waits for its redirect through the fleet.
+const RELAY_WAIT: Duration = Duration::from_secs(20 * 60);
+
+/// What a redirect brought, as relayed to the instance that started it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Relayed {
+    code: Option<String>,
+    error: Option<String>,
+    description: Option<String>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -148,6 +169,7 @@ impl RedirectServer {
             shared,
             redirect_uri,
             stop,
+            relay: None,
         })
     }
 
@@ -159,13 +181,72 @@ impl RedirectServer {
             shared: Arc::new(Shared::default()),
             redirect_uri,
             stop: CancellationToken::new(),
+            relay: None,
         }
     }
 
+    /// Shares the sign-ins through the fleet's Redis: the redirect of a
+    /// sign-in started here may reach any instance (behind a load
+    /// balancer), which relays it here. Redis sees only names and blobs
+    /// derived from each sign-in's `state` (see [`crate::accounts::shared`]).
+    pub fn sharing(mut self, store: Option<RedisStore>) -> RedirectServer {
+        self.relay = store;
+        self
+    }
+
     /// Delivers a redirect that arrived elsewhere (see
-    /// [`RedirectServer::mounted`]); the page to show.
-    pub fn deliver(&self, query: &HashMap<String, String>) -> (StatusCode, Html<String>) {
-        deliver(&self.shared, query)
+    /// [`RedirectServer::mounted`]): to a sign-in waiting here, else,
+    /// relayed through the fleet's store, to the instance that started it.
+    /// The page to show, or `None` when no instance expects its `state`.
+    pub async fn deliver(
+        &self,
+        query: &HashMap<String, String>,
+    ) -> Option<(StatusCode, Html<String>)> {
+        let state = query.get("state").map(String::as_str).unwrap_or("");
+        if self.expects(state) {
+            return Some(deliver(&self.shared, query));
+        }
+        let redis = self.relay.as_ref()?;
+        if state.is_empty() {
+            return None;
+        }
+        let marker = Sealer::new("redirect", state.as_bytes());
+        match shared::get::<bool>(redis, &marker, false).await {
+            Ok(Some(true)) => {}
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up a redirect in the shared store");
+                return Some((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    page(
+                        "Try again",
+                        "The gateway cannot reach its shared store now. Reload this page in a moment.",
+                    ),
+                ));
+            }
+        }
+        let relayed = Relayed {
+            code: query.get("code").cloned(),
+            error: query.get("error").cloned(),
+            description: query.get("error_description").cloned(),
+        };
+        let code = Sealer::new("redirect-code", state.as_bytes());
+        match shared::put(redis, &code, &relayed, RELAY_WAIT, true).await {
+            Ok(_) => {
+                tracing::info!("redirect relayed to the instance that started the sign-in");
+                Some(reply_for(&outcome(query)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot relay a redirect through the shared store");
+                Some((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    page(
+                        "Try again",
+                        "The gateway cannot reach its shared store now. Reload this page in a moment.",
+                    ),
+                ))
+            }
+        }
     }
 
     /// Whether a sign-in with this `state` is waiting here.
@@ -186,12 +267,21 @@ impl RedirectServer {
         state: &SecretString,
     ) -> oneshot::Receiver<Result<SecretString, RedirectError>> {
         let (tx, rx) = oneshot::channel();
-        let mut pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        pending.insert(state.expose_secret().to_owned(), tx);
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pending.insert(state.expose_secret().to_owned(), tx);
+        }
+        if let Some(redis) = &self.relay {
+            tokio::spawn(relay(
+                redis.clone(),
+                self.shared.clone(),
+                state.expose_secret().to_owned(),
+            ));
+        }
         rx
     }
 
@@ -234,32 +324,65 @@ async fn redirected(
     deliver(&shared, &q)
 }
 
-fn deliver(shared: &Shared, q: &HashMap<String, String>) -> (StatusCode, Html<String>) {
-    let state = q.get("state").cloned().unwrap_or_default();
-    let waiter = {
-        let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let key = pending
-            .keys()
-            .find(|k| bool::from(k.as_bytes().ct_eq(state.as_bytes())))
-            .cloned();
-        match key {
-            // An unknown state (a stale tab, a forged request) changes
-            // nothing: the sign-ins under way go on waiting.
-            Some(k) => pending.remove(&k),
-            None => None,
+/// The waiter of `state`, taken out.
+fn take_waiter(shared: &Shared, state: &str) -> Option<Waiter> {
+    let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+    let key = pending
+        .keys()
+        .find(|k| bool::from(k.as_bytes().ct_eq(state.as_bytes())))
+        .cloned();
+    // An unknown state (a stale tab, a forged request) changes nothing: the
+    // sign-ins under way go on waiting.
+    pending.remove(&key?)
+}
+
+/// Announces the sign-in of `state` to the fleet and waits for a redirect
+/// that another instance relays; gives up when the sign-in is over here
+/// (delivered, forgotten, or timed out).
+async fn relay(redis: RedisStore, shared: Arc<Shared>, state: String) {
+    let marker = Sealer::new("redirect", state.as_bytes());
+    let code = Sealer::new("redirect-code", state.as_bytes());
+    if let Err(e) = shared::put(&redis, &marker, &true, RELAY_WAIT, false).await {
+        tracing::warn!(error = %e, "the sign-in is not shared: its redirect must come back to this instance");
+        return;
+    }
+    let waiting = |shared: &Shared| {
+        shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&state)
+            .is_some_and(|w| !w.is_closed())
+    };
+    let deadline = tokio::time::Instant::now() + RELAY_WAIT;
+    while waiting(&shared) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(RELAY_POLL).await;
+        match shared::get::<Relayed>(&redis, &code, true).await {
+            Ok(Some(r)) => {
+                let q: HashMap<String, String> = [
+                    ("code", r.code),
+                    ("error", r.error),
+                    ("error_description", r.description),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+                .collect();
+                if let Some(w) = take_waiter(&shared, &state) {
+                    tracing::info!("a redirect relayed by another instance arrived");
+                    let _ = w.send(outcome(&q));
+                }
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "polling the shared store for a redirect"),
         }
-    };
-    let Some(waiter) = waiter else {
-        tracing::info!("redirect with an unknown state ignored");
-        return (
-            StatusCode::BAD_REQUEST,
-            page(
-                "Sign-in not recognised",
-                "This sign-in is unknown or expired. Start again from your mail client or with mailgate login.",
-            ),
-        );
-    };
-    let result = if let Some(error) = q.get("error") {
+    }
+    let _ = redis.forget(marker.name()).await;
+}
+
+/// What a redirect's query brought.
+fn outcome(q: &HashMap<String, String>) -> Result<SecretString, RedirectError> {
+    if let Some(error) = q.get("error") {
         Err(RedirectError::Provider {
             error: error.clone(),
             description: q.get("error_description").cloned().unwrap_or_default(),
@@ -268,8 +391,12 @@ fn deliver(shared: &Shared, q: &HashMap<String, String>) -> (StatusCode, Html<St
         Ok(SecretString::from(code.clone()))
     } else {
         Err(RedirectError::NoCode)
-    };
-    let reply = match &result {
+    }
+}
+
+/// The page shown for a redirect's outcome.
+fn reply_for(result: &Result<SecretString, RedirectError>) -> (StatusCode, Html<String>) {
+    match result {
         Ok(_) => (
             StatusCode::OK,
             page(
@@ -281,7 +408,23 @@ fn deliver(shared: &Shared, q: &HashMap<String, String>) -> (StatusCode, Html<St
             StatusCode::BAD_REQUEST,
             page("Sign-in failed", &e.to_string()),
         ),
+    }
+}
+
+fn deliver(shared: &Shared, q: &HashMap<String, String>) -> (StatusCode, Html<String>) {
+    let state = q.get("state").cloned().unwrap_or_default();
+    let Some(waiter) = take_waiter(shared, &state) else {
+        tracing::info!("redirect with an unknown state ignored");
+        return (
+            StatusCode::BAD_REQUEST,
+            page(
+                "Sign-in not recognised",
+                "This sign-in is unknown or expired. Start again from your mail client or with mailgate login.",
+            ),
+        );
     };
+    let result = outcome(q);
+    let reply = reply_for(&result);
     let _ = waiter.send(result);
     reply
 }

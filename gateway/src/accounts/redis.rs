@@ -247,7 +247,26 @@ impl RedisStore {
         user: &str,
         ttl: Duration,
     ) -> Result<Option<RedisLease>, StoreError> {
-        let key = format!("{}lease:{user}", self.prefix);
+        self.lease_key(format!("{}lease:{user}", self.prefix), ttl)
+            .await
+    }
+
+    /// The lease of a shared blob's name (one writer in the fleet), as
+    /// [`RedisStore::try_lease`].
+    pub async fn try_shared_lease(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<RedisLease>, StoreError> {
+        self.lease_key(format!("{}shared-lease:{name}", self.prefix), ttl)
+            .await
+    }
+
+    async fn lease_key(
+        &self,
+        key: String,
+        ttl: Duration,
+    ) -> Result<Option<RedisLease>, StoreError> {
         let token = crate::portal::sessions::random_token();
         let ms = ttl.as_millis().max(1) as u64;
         let set: Option<String> = self
@@ -356,6 +375,51 @@ impl RedisStore {
             }
         }
         Ok(longest)
+    }
+
+    fn shared_key(&self, name: &str) -> String {
+        format!("{}shared:{name}", self.prefix)
+    }
+
+    /// Stores a shared blob (see [`crate::accounts::shared`]) for `ttl`;
+    /// with `only_new`, only when none has that name. Whether it was stored.
+    pub async fn put(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.shared_key(name))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        if only_new {
+            cmd.arg("NX");
+        }
+        let set: Option<String> = self.query("write to", &cmd).await?;
+        Ok(set.is_some())
+    }
+
+    /// A shared blob, if there is one.
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query("read from", redis::cmd("GET").arg(self.shared_key(name)))
+            .await
+    }
+
+    /// A shared blob, deleted as it is read (only one reader gets it).
+    pub async fn take(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query("read from", redis::cmd("GETDEL").arg(self.shared_key(name)))
+            .await
+    }
+
+    /// Deletes a shared blob.
+    pub async fn forget(&self, name: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .query("write to", redis::cmd("DEL").arg(self.shared_key(name)))
+            .await?;
+        Ok(())
     }
 
     pub async fn remove(&self, user: &str) -> Result<bool, StoreError> {

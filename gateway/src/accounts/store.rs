@@ -121,6 +121,12 @@ impl SealingKey {
     pub fn kdf(&self) -> &Kdf {
         &self.kdf
     }
+
+    /// The key itself, for deriving the keys of shared state
+    /// ([`crate::accounts::shared::Sealer::named`]).
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
 }
 
 impl std::fmt::Debug for SealingKey {
@@ -385,6 +391,14 @@ impl Store {
         match self {
             Store::File(_) => Ok(Some(Lease(None))),
             Store::Redis(r) => Ok(r.try_lease(user, ttl).await?.map(|l| Lease(Some(l)))),
+        }
+    }
+
+    /// The Redis server that several gateways share, if this is one.
+    pub fn shared(&self) -> Option<&crate::accounts::redis::RedisStore> {
+        match self {
+            Store::File(_) => None,
+            Store::Redis(r) => Some(r),
         }
     }
 

@@ -147,13 +147,17 @@ pub async fn start(
                 .iter()
                 .any(|(path, _): &(String, _)| *path == uri.path())
         {
-            let server = Arc::new(RedirectServer::mounted(uri.clone()));
+            let server = Arc::new(
+                RedirectServer::mounted(uri.clone())
+                    .sharing(ctx.accounts.store().shared().cloned()),
+            );
             ctx.inband.adopt(&p.redirect_uri, server.clone()).await;
             inband.push((uri.path().to_owned(), server));
         }
     }
     let app = Arc::new(App {
-        sessions: Sessions::new(base.scheme() == "https"),
+        sessions: Sessions::new(base.scheme() == "https")
+            .sharing(ctx.accounts.store().shared().cloned()),
         hostname: gateway.gateway.hostname.clone(),
         ctx,
         config,
@@ -215,6 +219,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/style.css", get(stylesheet))
         .route("/help", get(|| async { pages::help() }))
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            shared_sessions,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
@@ -287,6 +295,50 @@ async fn serve(
             }
         });
     }
+}
+
+/// With the Redis store: the request's session comes from the fleet's
+/// store and goes back to it after the handler (a renewed or ended session
+/// is deleted under its old cookie), so that any instance can serve any
+/// request of a browser.
+async fn shared_sessions(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !app.sessions.shared() {
+        return next.run(req).await;
+    }
+    let unavailable = |e: StoreError| {
+        warn!(error = %e, "portal: the sessions' shared store cannot be used");
+        message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The gateway cannot reach its shared store now. Try again in a moment.",
+        )
+    };
+    let before = app.sessions.cookie_of(req.headers());
+    if let Some(c) = &before {
+        let config = app.ctx.config();
+        let provider = |name: &str| config.provider(name).cloned();
+        if let Err(e) = app.sessions.load_shared(c, &provider).await {
+            return unavailable(e);
+        }
+    }
+    let r = next.run(req).await;
+    let after = app.sessions.cookie_set_by(r.headers()).or(before.clone());
+    if let Some(b) = &before
+        && after.as_ref() != Some(b)
+        && let Err(e) = app.sessions.drop_shared(b).await
+    {
+        return unavailable(e);
+    }
+    if let Some(a) = after.filter(|a| !a.is_empty())
+        && let Err(e) = app.sessions.store_shared(&a).await
+    {
+        return unavailable(e);
+    }
+    r
 }
 
 /// Every response: refused for an unknown `Host` (DNS rebinding), then the

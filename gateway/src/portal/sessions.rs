@@ -3,6 +3,14 @@
 //! token of its forms, the sign-in it has under way, and the account it
 //! signed in as. Sessions are short-lived: an idle limit and an absolute
 //! one, and a cap on how many exist at once.
+//!
+//! With the Redis store, sessions are the fleet's: each request loads its
+//! session from Redis and writes it back after ([`Sessions::load_shared`],
+//! [`Sessions::store_shared`]), sealed under a key derived from the
+//! cookie, which Redis never sees (see [`crate::accounts::shared`]), so a
+//! browser may reach any instance behind the load balancer. Two requests of
+//! one browser at the same moment on two instances: the last to finish
+//! wins.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,8 +24,13 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
 use crate::accounts::oauth::{AuthorizationRequest, Grant};
-use crate::accounts::store::TokenFile;
+use crate::accounts::redis::RedisStore;
+use crate::accounts::shared::{self, Sealer};
+use crate::accounts::store::{StoreError, TokenFile, now_ms};
 
 /// A session unused this long is gone.
 pub const IDLE: Duration = Duration::from_secs(15 * 60);
@@ -110,6 +123,139 @@ pub struct Sessions {
     map: Mutex<HashMap<Key, Session>>,
     /// Cookies carry `Secure` (the portal is reached over HTTPS).
     secure: bool,
+    /// The fleet's store, which holds the sessions of every instance.
+    shared: Option<RedisStore>,
+}
+
+/// A session as the fleet stores it (sealed; times in Unix milliseconds).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    csrf: String,
+    created: u64,
+    seen: u64,
+    pending: Option<StoredPending>,
+    signed_in: Option<StoredSignedIn>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredPending {
+    url: url::Url,
+    #[serde(with = "shared::secret")]
+    state: SecretString,
+    #[serde(with = "shared::secret")]
+    verifier: SecretString,
+    #[serde(with = "shared::secret")]
+    nonce: SecretString,
+    redirect_uri: url::Url,
+    user: String,
+    provider: String,
+    again: bool,
+    started: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSignedIn {
+    user: String,
+    provider: String,
+    unsealed: Option<StoredUnsealed>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredUnsealed {
+    #[serde(with = "shared::secret")]
+    access_token: SecretString,
+    #[serde(with = "shared::secret_opt")]
+    refresh_token: Option<SecretString>,
+    expires_in: Option<u64>,
+    #[serde(with = "shared::secret_opt")]
+    id_token: Option<SecretString>,
+    replaces: Option<TokenFile>,
+    at: u64,
+}
+
+/// `i` as Unix milliseconds.
+fn unix_ms(i: Instant) -> u64 {
+    now_ms().saturating_sub(i.elapsed().as_millis() as u64)
+}
+
+/// The instant of Unix milliseconds `ms` (now, for a time to come).
+fn instant(ms: u64) -> Instant {
+    let ago = Duration::from_millis(now_ms().saturating_sub(ms));
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+}
+
+impl Stored {
+    fn of(s: &Session) -> Stored {
+        Stored {
+            csrf: s.csrf.clone(),
+            created: unix_ms(s.created),
+            seen: unix_ms(s.seen),
+            pending: s.pending.as_ref().map(|p| StoredPending {
+                url: p.request.url.clone(),
+                state: p.request.state.clone(),
+                verifier: p.request.verifier.clone(),
+                nonce: p.request.nonce.clone(),
+                redirect_uri: p.request.redirect_uri.clone(),
+                user: p.user.clone(),
+                provider: p.provider.name.clone(),
+                again: p.again,
+                started: unix_ms(p.started),
+            }),
+            signed_in: s.signed_in.as_ref().map(|si| StoredSignedIn {
+                user: si.user.clone(),
+                provider: si.provider.name.clone(),
+                unsealed: si.unsealed.as_ref().map(|u| StoredUnsealed {
+                    access_token: u.grant.access_token.clone(),
+                    refresh_token: u.grant.refresh_token.clone(),
+                    expires_in: u.grant.expires_in.map(|d| d.as_secs()),
+                    id_token: u.grant.id_token.clone(),
+                    replaces: u.replaces.clone(),
+                    at: unix_ms(u.at),
+                }),
+            }),
+        }
+    }
+
+    /// The session; a part whose provider the configuration no longer has
+    /// is dropped.
+    fn into_session(self, provider: &(dyn Fn(&str) -> Option<Arc<Provider>> + Sync)) -> Session {
+        Session {
+            csrf: self.csrf,
+            created: instant(self.created),
+            seen: instant(self.seen),
+            pending: self.pending.and_then(|p| {
+                Some(PendingSignIn {
+                    provider: provider(&p.provider)?,
+                    request: AuthorizationRequest {
+                        url: p.url,
+                        state: p.state,
+                        verifier: p.verifier,
+                        nonce: p.nonce,
+                        redirect_uri: p.redirect_uri,
+                    },
+                    user: p.user,
+                    again: p.again,
+                    started: instant(p.started),
+                })
+            }),
+            signed_in: self.signed_in.and_then(|si| {
+                Some(SignedIn {
+                    provider: provider(&si.provider)?,
+                    user: si.user,
+                    unsealed: si.unsealed.map(|u| Unsealed {
+                        grant: Grant {
+                            access_token: u.access_token,
+                            refresh_token: u.refresh_token,
+                            expires_in: u.expires_in.map(Duration::from_secs),
+                            id_token: u.id_token,
+                        },
+                        replaces: u.replaces,
+                        at: instant(u.at),
+                    }),
+                })
+            }),
+        }
+    }
 }
 
 /// A session found or made for a request: its cookie value (to set when
@@ -127,6 +273,99 @@ impl Sessions {
         Sessions {
             map: Mutex::new(HashMap::new()),
             secure,
+            shared: None,
+        }
+    }
+
+    /// Keeps the sessions in the fleet's store (see the module's notes).
+    pub fn sharing(mut self, store: Option<RedisStore>) -> Sessions {
+        self.shared = store;
+        self
+    }
+
+    /// Whether the sessions are the fleet's.
+    pub fn shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The session cookie a request carries.
+    pub fn cookie_of(&self, headers: &HeaderMap) -> Option<String> {
+        self.cookie_in(headers)
+    }
+
+    /// The session cookie a response sets: `Some("")` when it removes it.
+    pub fn cookie_set_by(&self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get_all(axum::http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| cookie::Cookie::parse(v.to_owned()).ok())
+            .filter(|c| c.name() == self.cookie_name())
+            .last()
+            .map(|c| c.value().to_owned())
+    }
+
+    /// Loads the session of `cookie` from the fleet's store into this
+    /// instance (replacing what it had; none there: none here).
+    pub async fn load_shared(
+        &self,
+        cookie: &str,
+        provider: &(dyn Fn(&str) -> Option<Arc<Provider>> + Sync),
+    ) -> Result<(), StoreError> {
+        let Some(redis) = &self.shared else {
+            return Ok(());
+        };
+        let sealer = Sealer::new("session", cookie.as_bytes());
+        let stored: Option<Stored> = shared::get(redis, &sealer, false).await?;
+        let key = key_of(cookie);
+        let mut map = self.lock();
+        match stored {
+            Some(st) => {
+                map.insert(key, st.into_session(provider));
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the session of `cookie` to the fleet's store, for as long as
+    /// it may live; a session that is gone here is deleted there.
+    pub async fn store_shared(&self, cookie: &str) -> Result<(), StoreError> {
+        let Some(redis) = &self.shared else {
+            return Ok(());
+        };
+        let sealer = Sealer::new("session", cookie.as_bytes());
+        let now = Instant::now();
+        let stored = {
+            let map = self.lock();
+            map.get(&key_of(cookie))
+                .filter(|s| !s.expired(now))
+                .map(|s| {
+                    let life = IDLE.min(ABSOLUTE.saturating_sub(now.duration_since(s.created)));
+                    (Stored::of(s), life)
+                })
+        };
+        match stored {
+            Some((st, life)) if !life.is_zero() => {
+                shared::put(redis, &sealer, &st, life, false).await?;
+            }
+            _ => redis.forget(sealer.name()).await?,
+        }
+        Ok(())
+    }
+
+    /// Deletes the session of `cookie`, here and in the fleet's store.
+    pub async fn drop_shared(&self, cookie: &str) -> Result<(), StoreError> {
+        self.lock().remove(&key_of(cookie));
+        match &self.shared {
+            Some(redis) => {
+                redis
+                    .forget(Sealer::new("session", cookie.as_bytes()).name())
+                    .await
+            }
+            None => Ok(()),
         }
     }
 

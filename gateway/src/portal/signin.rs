@@ -164,9 +164,9 @@ pub(super) async fn callback(
         .flatten();
     let (Some(h), Some(pending)) = (h, pending) else {
         if let Some((_, server)) = app.inband.iter().find(|(p, _)| p == path)
-            && server.expects(state)
+            && let Some(reply) = server.deliver(&q).await
         {
-            return server.deliver(&q).into_response();
+            return reply.into_response();
         }
         app.ctx.metrics.portal_sign_in("unknown_state");
         info!("portal: a redirect for no sign-in of this browser was ignored");

@@ -1,0 +1,234 @@
+//! Short-lived state that several gateways share through the Redis store,
+//! beside the accounts (SPEC §9): pending sign-ins, the portal's sessions
+//! and the app-only tokens of `client_credentials` providers.
+//!
+//! Each blob is sealed (XChaCha20-Poly1305) under a key derived (HKDF-SHA256)
+//! from a secret that Redis never holds: a sign-in's `state`, a browser's
+//! session cookie, a provider's client secret, or a key derived from a
+//! password (Argon2id, as for token files). Its Redis name is derived from
+//! the same secret, and is the AEAD's associated data, so reading Redis
+//! gives neither the secret nor what it guards, and a blob moved to another
+//! name does not open.
+
+use std::time::Duration;
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand_core::OsRng;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use crate::accounts::redis::RedisStore;
+use crate::accounts::store::StoreError;
+
+/// The key and the Redis name of one shared blob.
+pub struct Sealer {
+    key: Zeroizing<[u8; 32]>,
+    name: String,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    /// The sealer of `kind` (`signin`, `session`, ...) for `secret`.
+    pub fn new(kind: &str, secret: &[u8]) -> Sealer {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"mailgate-shared-v1"), secret);
+        let mut key = Zeroizing::new([0u8; 32]);
+        let mut id = [0u8; 16];
+        // Both lengths are far below HKDF-SHA256's limit.
+        let _ = hk.expand(format!("{kind}/key").as_bytes(), key.as_mut());
+        let _ = hk.expand(format!("{kind}/name").as_bytes(), &mut id);
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        Sealer {
+            key,
+            name: format!("{kind}:{hex}"),
+        }
+    }
+
+    /// The sealer of `kind` for a name that is not secret (`named`, e.g. an
+    /// account) and a key derived from a secret.
+    pub fn named(kind: &str, named: &str, key: &[u8; 32]) -> Sealer {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"mailgate-shared-v1"), key);
+        let mut k = Zeroizing::new([0u8; 32]);
+        let _ = hk.expand(format!("{kind}/key").as_bytes(), k.as_mut());
+        Sealer {
+            key: k,
+            name: name_of(kind, named),
+        }
+    }
+
+    /// Its Redis name (below the store's prefix).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `plain` sealed: nonce, then ciphertext.
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let cipher = XChaCha20Poly1305::new(self.key.as_ref().into());
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let ct = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plain,
+                    aad: self.name.as_bytes(),
+                },
+            )
+            .map_err(|_| StoreError::Encode {
+                what: "shared state",
+                reason: "encryption failed".into(),
+            })?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// What `blob` seals, or `None` when it was not sealed by this sealer
+    /// (another key, another name, or damaged).
+    pub fn open(&self, blob: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        if blob.len() < 24 + 16 {
+            return None;
+        }
+        let (nonce, ct) = blob.split_at(24);
+        let cipher = XChaCha20Poly1305::new(self.key.as_ref().into());
+        cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: self.name.as_bytes(),
+                },
+            )
+            .ok()
+            .map(Zeroizing::new)
+    }
+}
+
+/// The Redis name of `kind` for a name that is not secret: hashed, so that
+/// no account name is spelt out in a key and any name fits.
+pub fn name_of(kind: &str, named: &str) -> String {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(named.as_bytes());
+    let hex: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{kind}:{hex}")
+}
+
+/// Seals `value` (as JSON) and stores it for `ttl`; with `only_new`, only
+/// when nothing is stored under that name (whether it was stored).
+pub async fn put<T: Serialize>(
+    redis: &RedisStore,
+    sealer: &Sealer,
+    value: &T,
+    ttl: Duration,
+    only_new: bool,
+) -> Result<bool, StoreError> {
+    let plain = Zeroizing::new(serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+        what: "shared state",
+        reason: e.to_string(),
+    })?);
+    let blob = sealer.seal(&plain)?;
+    redis.put(sealer.name(), &blob, ttl, only_new).await
+}
+
+/// Reads and opens a blob (`take`: and deletes it). `Ok(None)` when there
+/// is none, or it does not open or parse (logged: a blob that is not ours
+/// is not an error of the caller's).
+pub async fn get<T: DeserializeOwned>(
+    redis: &RedisStore,
+    sealer: &Sealer,
+    take: bool,
+) -> Result<Option<T>, StoreError> {
+    let blob = if take {
+        redis.take(sealer.name()).await?
+    } else {
+        redis.get(sealer.name()).await?
+    };
+    let Some(blob) = blob else {
+        return Ok(None);
+    };
+    let Some(plain) = sealer.open(&blob) else {
+        tracing::warn!(name = %sealer.name(), "shared state in Redis that does not open; ignored");
+        return Ok(None);
+    };
+    match serde_json::from_slice(&plain) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            tracing::warn!(name = %sealer.name(), error = %e, "shared state in Redis that does not parse; ignored");
+            Ok(None)
+        }
+    }
+}
+
+/// Serde for a secret inside a sealed blob.
+pub mod secret {
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.expose_secret())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SecretString, D::Error> {
+        String::deserialize(de).map(SecretString::from)
+    }
+}
+
+/// Serde for an optional secret inside a sealed blob.
+pub mod secret_opt {
+    use secrecy::{ExposeSecret, SecretString};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Option<SecretString>, ser: S) -> Result<S::Ok, S::Error> {
+        match s {
+            Some(s) => ser.serialize_some(s.expose_secret()),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SecretString>, D::Error> {
+        Option::<String>::deserialize(de).map(|o| o.map(SecretString::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_opens_only_with_its_secret_and_name() {
+        let a = Sealer::new("signin", b"state-one");
+        let b = Sealer::new("signin", b"state-two");
+        let other_kind = Sealer::new("session", b"state-one");
+        assert_ne!(a.name(), b.name());
+        assert_ne!(a.name(), other_kind.name());
+        let blob = a.seal(b"the code").expect("sealed");
+        assert_eq!(a.open(&blob).expect("opens").as_slice(), b"the code");
+        assert!(b.open(&blob).is_none());
+        assert!(other_kind.open(&blob).is_none());
+        let mut damaged = blob.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(a.open(&damaged).is_none());
+        assert!(a.open(&blob[..10]).is_none());
+        // The name reveals nothing of the secret.
+        assert!(!a.name().contains("state"));
+    }
+
+    #[test]
+    fn named_sealers_share_a_name_but_not_a_key() {
+        let a = Sealer::named("inband", "carine@example.com", &[1; 32]);
+        let b = Sealer::named("inband", "carine@example.com", &[2; 32]);
+        assert_eq!(a.name(), b.name());
+        assert!(!a.name().contains("carine"));
+        let blob = a.seal(b"x").expect("sealed");
+        assert!(b.open(&blob).is_none());
+        assert!(a.open(&blob).is_some());
+    }
+}
