@@ -113,6 +113,17 @@ provider = "test"
         )
     }
 
+    /// Starts the binary on `text` as instance `i` of a fleet (its own
+    /// directory, with the test CA), ready once its log says `ready`.
+    pub fn instance(&self, text: &str, i: usize, ready: &str) -> Running {
+        let dir = self.path().join(format!("instance{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(self.path().join("test-ca.pem"), dir.join("test-ca.pem")).unwrap();
+        let path = dir.join("mailgate.toml");
+        std::fs::write(&path, text).unwrap();
+        Running::start(&path, ready)
+    }
+
     /// Starts a gateway in this process on the default configuration for
     /// `imap_url`.
     pub async fn gateway(&self, imap_url: &str) -> mailgate::Gateway {
@@ -353,4 +364,14 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `password_hash` of `pw` (Argon2id, a fixed salt: tests only).
+pub fn password_hash(pw: &str) -> String {
+    use argon2::PasswordHasher as _;
+    let salt = argon2::password_hash::SaltString::encode_b64(b"fixed test salt!").unwrap();
+    argon2::Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
 }

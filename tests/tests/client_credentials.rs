@@ -3,18 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use argon2::PasswordHasher;
 use mailgate_tests::client::LineClient;
-use mailgate_tests::harness::{Env, USER, imap_addr, logs, start};
+use mailgate_tests::harness::{Env, USER, imap_addr, logs, password_hash, start};
 use mailgate_tests::imap_server::{FakeImap, Options};
-
-fn hash(pw: &str) -> String {
-    let salt = argon2::password_hash::SaltString::encode_b64(b"fixed test salt!").unwrap();
-    argon2::Argon2::default()
-        .hash_password(pw.as_bytes(), &salt)
-        .unwrap()
-        .to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_token_serves_every_mailbox() {
@@ -24,8 +15,8 @@ async fn app_token_serves_every_mailbox() {
     let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
     let extra = format!(
         "password_hash = \"{}\"\n\n[[account]]\nuser = \"bob@example.test\"\nprovider = \"test\"\npassword_hash = \"{}\"\n",
-        hash("alice app pw"),
-        hash("bob app pw")
+        password_hash("alice app pw"),
+        password_hash("bob app pw")
     );
     let text = env.config_text(
         &imap.url(false),

@@ -23,15 +23,6 @@ use secrecy::SecretString;
 const CLIENTS: usize = 30;
 const RUN: Duration = Duration::from_secs(12);
 
-fn instance(env: &Env, text: &str, i: usize) -> Running {
-    let dir = env.path().join(format!("instance{i}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(env.path().join("test-ca.pem"), dir.join("test-ca.pem")).unwrap();
-    let path = dir.join("mailgate.toml");
-    std::fs::write(&path, text).unwrap();
-    Running::start(&path, "listening")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_one_redis_strict_rotation_one_killed() {
     let redis = Redis::start().await;
@@ -59,8 +50,9 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
         .await
         .unwrap();
 
-    let mut instances: Vec<Option<Running>> =
-        (0..3).map(|i| Some(instance(&env, &text, i))).collect();
+    let mut instances: Vec<Option<Running>> = (0..3)
+        .map(|i| Some(env.instance(&text, i, "listening")))
+        .collect();
     let addr = |r: &Running| r.address("listening", Some("imap"));
     let live: Arc<std::sync::RwLock<Vec<SocketAddr>>> = Arc::new(std::sync::RwLock::new(
         instances.iter().flatten().map(addr).collect(),
@@ -118,7 +110,7 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
     live.write().unwrap().retain(|a| *a != gone);
     victim.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let fourth = instance(&env, &text, 3);
+    let fourth = env.instance(&text, 3, "listening");
     live.write().unwrap().push(addr(&fourth));
     instances.push(Some(fourth));
     for c in clients {

@@ -11,12 +11,13 @@
 
 use std::time::Duration;
 
-use argon2::PasswordHasher;
 use mailgate_tests::balancer::Balancer;
 use mailgate_tests::chrome::Driver;
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
-use mailgate_tests::harness::{Env, PASSWORD, Running, USER, imap_addr, logs, start, unused_port};
+use mailgate_tests::harness::{
+    Env, PASSWORD, Running, USER, imap_addr, logs, password_hash, start, unused_port,
+};
 use mailgate_tests::oauth::AuthorizeMode;
 use mailgate_tests::redis::Redis;
 
@@ -50,15 +51,8 @@ impl Fleet {
                 redis.url()
             )
         };
-        let start = |i: usize, portal: &str| {
-            let dir = env.path().join(format!("instance{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::copy(env.path().join("test-ca.pem"), dir.join("test-ca.pem")).unwrap();
-            let path = dir.join("mailgate.toml");
-            std::fs::write(&path, text(portal)).unwrap();
-            Running::start(&path, "portal listening")
-        };
-        let (a, b) = (start(0, "127.0.0.1:0"), start(1, "127.0.0.1:0"));
+        let start = |i: usize| env.instance(&text("127.0.0.1:0"), i, "portal listening");
+        let (a, b) = (start(0), start(1));
         let balancer = Balancer::start(
             ([127, 0, 0, 1], port).into(),
             [&a, &b]
@@ -218,14 +212,6 @@ async fn an_in_band_sign_in_started_on_one_instance_completes_through_another() 
     assert!(r.starts_with("a OK"), "{r}");
 }
 
-fn hash(pw: &str) -> String {
-    let salt = argon2::password_hash::SaltString::encode_b64(b"fixed test salt!").unwrap();
-    argon2::Argon2::default()
-        .hash_password(pw.as_bytes(), &salt)
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_shares_one_app_only_token() {
     logs();
@@ -239,7 +225,7 @@ async fn the_fleet_shares_one_app_only_token() {
             &imap.url(false),
             "",
             "flow = \"client_credentials\"\nclient_secret = \"app-secret\"",
-            &format!("password_hash = \"{}\"\n", hash("alice app pw")),
+            &format!("password_hash = \"{}\"\n", password_hash("alice app pw")),
         ),
         redis.url()
     );

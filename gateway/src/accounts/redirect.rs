@@ -216,13 +216,7 @@ impl RedirectServer {
             Ok(_) => return None,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot look up a redirect in the shared store");
-                return Some((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    page(
-                        "Try again",
-                        "The gateway cannot reach its shared store now. Reload this page in a moment.",
-                    ),
-                ));
+                return Some(store_down());
             }
         }
         let relayed = Relayed {
@@ -238,13 +232,7 @@ impl RedirectServer {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot relay a redirect through the shared store");
-                Some((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    page(
-                        "Try again",
-                        "The gateway cannot reach its shared store now. Reload this page in a moment.",
-                    ),
-                ))
+                Some(store_down())
             }
         }
     }
@@ -392,6 +380,17 @@ fn outcome(q: &HashMap<String, String>) -> Result<SecretString, RedirectError> {
     } else {
         Err(RedirectError::NoCode)
     }
+}
+
+/// The page shown when the fleet's store cannot be used.
+fn store_down() -> (StatusCode, Html<String>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        page(
+            "Try again",
+            "The gateway cannot reach its shared store now. Reload this page in a moment; if it keeps failing, tell your administrator (the error is in the gateway's log).",
+        ),
+    )
 }
 
 /// The page shown for a redirect's outcome.

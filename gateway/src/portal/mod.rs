@@ -317,7 +317,7 @@ async fn shared_sessions(
             "The gateway cannot reach its shared store now. Try again in a moment.",
         )
     };
-    let before = app.sessions.cookie_of(req.headers());
+    let before = app.sessions.cookie_in(req.headers());
     if let Some(c) = &before {
         let config = app.ctx.config();
         let provider = |name: &str| config.provider(name).cloned();

@@ -288,11 +288,6 @@ impl Sessions {
         self.shared.is_some()
     }
 
-    /// The session cookie a request carries.
-    pub fn cookie_of(&self, headers: &HeaderMap) -> Option<String> {
-        self.cookie_in(headers)
-    }
-
     /// The session cookie a response sets: `Some("")` when it removes it.
     pub fn cookie_set_by(&self, headers: &HeaderMap) -> Option<String> {
         headers
@@ -404,7 +399,8 @@ impl Sessions {
         c.build().to_string()
     }
 
-    fn cookie_in(&self, headers: &HeaderMap) -> Option<String> {
+    /// The session cookie a request carries.
+    pub fn cookie_in(&self, headers: &HeaderMap) -> Option<String> {
         headers
             .get_all(axum::http::header::COOKIE)
             .iter()
