@@ -32,6 +32,10 @@ pub enum Mode {
     MalformedJson,
     /// Answers normally after this delay.
     Slow(Duration),
+    /// A network between: the request takes this long to arrive, and the
+    /// answer as long again to leave after the grant is committed (a
+    /// rotated refresh token is spent before the client has the new one).
+    Network(Duration),
 }
 
 /// How `/authorize` answers.
@@ -102,6 +106,11 @@ struct Inner {
 pub struct Shared {
     inner: Mutex<Inner>,
     refreshes: AtomicUsize,
+    /// Refresh grants refused because the refresh token was unknown (used
+    /// already under strict rotation, or never issued).
+    refused_refreshes: AtomicUsize,
+    /// Token endpoint requests received, answered or not yet.
+    token_requests: AtomicUsize,
     introspections: AtomicUsize,
     counter: AtomicU64,
     grants: Mutex<HashMap<String, usize>>,
@@ -141,6 +150,8 @@ impl FakeOAuth {
                 last_authorize: HashMap::new(),
             }),
             refreshes: AtomicUsize::new(0),
+            refused_refreshes: AtomicUsize::new(0),
+            token_requests: AtomicUsize::new(0),
             introspections: AtomicUsize::new(0),
             counter: AtomicU64::new(1),
             grants: Mutex::new(HashMap::new()),
@@ -255,6 +266,18 @@ impl FakeOAuth {
         self.shared.refreshes.load(Ordering::SeqCst)
     }
 
+    /// Number of refresh grants refused for an unknown or used refresh
+    /// token (under strict rotation: a refresh with a token already spent).
+    pub fn refused_refresh_count(&self) -> usize {
+        self.shared.refused_refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Token endpoint requests received so far, the ones still being
+    /// answered included.
+    pub fn token_request_count(&self) -> usize {
+        self.shared.token_requests.load(Ordering::SeqCst)
+    }
+
     pub fn introspection_count(&self) -> usize {
         self.shared.introspections.load(Ordering::SeqCst)
     }
@@ -318,9 +341,21 @@ async fn token(
     State(s): State<Arc<Shared>>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    s.token_requests.fetch_add(1, Ordering::SeqCst);
+    let mode = s.inner.lock().unwrap().mode.clone();
+    if let Mode::Network(d) = mode {
+        tokio::time::sleep(d).await;
+        let answer = grant(&s, form).await;
+        tokio::time::sleep(d).await;
+        return answer;
+    }
+    grant(&s, form).await
+}
+
+async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
     let mode = s.inner.lock().unwrap().mode.clone();
     match mode {
-        Mode::Normal => {}
+        Mode::Normal | Mode::Network(_) => {}
         Mode::Slow(d) => tokio::time::sleep(d).await,
         Mode::InvalidGrant => {
             return oauth_error(
@@ -394,7 +429,7 @@ async fn token(
                 );
             }
             let id = id_token_for(&inner, &code.scope, &code.user, code.nonce.as_deref());
-            return issue(&s, &mut inner, &code.user, true, id);
+            return issue(s, &mut inner, &code.user, true, id);
         }
         "urn:ietf:params:oauth:grant-type:device_code" => {
             let device = form.get("device_code").cloned().unwrap_or_default();
@@ -424,7 +459,7 @@ async fn token(
                 .clone()
                 .unwrap_or_else(|| inner.default_user.clone());
             let id = id_token_for(&inner, &scope, &user, None);
-            return issue(&s, &mut inner, &user, true, id);
+            return issue(s, &mut inner, &user, true, id);
         }
         "client_credentials" => {
             if inner.client_secret.is_none() {
@@ -434,7 +469,7 @@ async fn token(
                     "a confidential client is required",
                 );
             }
-            return issue(&s, &mut inner, "*", false, None);
+            return issue(s, &mut inner, "*", false, None);
         }
         _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", ""),
     }
@@ -446,6 +481,7 @@ async fn token(
         );
     };
     let Some(user) = inner.refresh.get(rt).cloned() else {
+        s.refused_refreshes.fetch_add(1, Ordering::SeqCst);
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_grant",

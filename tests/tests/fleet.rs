@@ -3,8 +3,9 @@
 //! rejects an old refresh token at once), access tokens living 3 seconds,
 //! 30 clients logging in round-robin across the instances for a bounded
 //! time; one instance killed with SIGKILL halfway and a fourth started.
-//! Every answered login succeeds, refreshes never overlap (one per account
-//! in the whole fleet), and the account never needs a new sign-in.
+//! Every answered login succeeds, no refresh is refused, refreshes never
+//! overlap (one per account in the whole fleet), and the account never
+//! needs a new sign-in.
 
 #![allow(clippy::unwrap_used)]
 
@@ -139,6 +140,9 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
         "answered logins that failed: {:?}",
         failures.lock().unwrap()
     );
+    // No instance ever refreshed with a spent refresh token: every rotated
+    // token was in Redis before anyone used the access token beside it.
+    assert_eq!(env.oauth.refused_refresh_count(), 0, "refused refreshes");
     // One refresh per token lifetime for the whole fleet, never two at once
     // (with strict rotation the second would have failed anyway).
     assert!(refreshes.len() >= 3, "{}", refreshes.len());

@@ -31,9 +31,11 @@ struct Plan {
     latency_samples: usize,
     login_clients: usize,
     login_seconds: f64,
+    /// Instances killed in the middle of a refresh.
+    kill_trials: usize,
     idle: Vec<usize>,
     /// `--only a,b`: the parts to run (throughput, latency, logins, store,
-    /// idle).
+    /// kill, idle).
     only: Option<Vec<String>>,
 }
 
@@ -50,6 +52,7 @@ impl Plan {
                 latency_samples: 20,
                 login_clients: 8,
                 login_seconds: 0.5,
+                kill_trials: 2,
                 idle: vec![50],
                 only: None,
             }
@@ -61,12 +64,13 @@ impl Plan {
                 latency_samples: 2000,
                 login_clients: 64,
                 login_seconds: 10.0,
+                kill_trials: 24,
                 idle: vec![1_000, 10_000],
                 only: None,
             }
         };
         // `--idle 1000,20000` overrides the session counts, `--rounds N` the
-        // transfers per case.
+        // transfers per case, `--kills N` the instances killed mid-refresh.
         if let Some(i) = args.iter().position(|a| a == "--idle") {
             if let Some(list) = args.get(i + 1) {
                 plan.idle = list.split(',').filter_map(|n| n.parse().ok()).collect();
@@ -78,6 +82,13 @@ impl Plan {
             .and_then(|i| args.get(i + 1)?.parse().ok())
         {
             plan.transfer_rounds = n;
+        }
+        if let Some(n) = args
+            .iter()
+            .position(|a| a == "--kills")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+        {
+            plan.kill_trials = n;
         }
         if let Some(i) = args.iter().position(|a| a == "--only") {
             plan.only = args
@@ -185,14 +196,16 @@ struct Gateway {
 
 impl Gateway {
     fn spawn(env: &Env, up: upstream::Addrs, name: &str) -> anyhow::Result<Gateway> {
-        Self::spawn_with(env, up, name, "")
+        Self::spawn_with(env, up, name, "", "")
     }
 
-    /// As [`Gateway::spawn`], with `extra` appended to the configuration.
+    /// As [`Gateway::spawn`], with `gateway` added to the `[gateway]` table
+    /// and `extra` appended to the configuration.
     fn spawn_with(
         env: &Env,
         up: upstream::Addrs,
         name: &str,
+        gateway: &str,
         extra: &str,
     ) -> anyhow::Result<Gateway> {
         let imap: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
@@ -203,6 +216,7 @@ state_dir = "{state}"
 max_connections = 50000
 preauth_timeout = "120s"
 shutdown_grace = "1s"
+{gateway}
 
 [[listener]]
 protocol = "imap"
@@ -388,6 +402,9 @@ async fn run(plan: Plan, fds: u64) -> anyhow::Result<()> {
         store_compare(&mut b, &plan, &via_imap).await?;
     }
     drop(gw);
+    if plan.runs("kill") {
+        kill_during_refresh(&mut b, &plan).await?;
+    }
     if plan.runs("idle") {
         for &n in &plan.idle.clone() {
             idle(&mut b, n).await?;
@@ -635,7 +652,7 @@ async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow:
     store
         .save(&file, mailgate::accounts::store::Expect::Any)
         .await?;
-    let gw = Gateway::spawn_with(&b.env, b.up, "redis", &extra)?;
+    let gw = Gateway::spawn_with(&b.env, b.up, "redis", "", &extra)?;
     let via_redis = b.via(gw.imap);
     client::imap_logout(client::imap_session(&via_redis, USER, false).await?).await?;
     let n = plan.latency_samples;
@@ -672,6 +689,124 @@ async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow:
     ));
     if ffail + rfail > 0 {
         anyhow::bail!("{} logins failed", ffail + rfail);
+    }
+    Ok(())
+}
+
+/// Instances killed with SIGKILL in the middle of a refresh, at points
+/// spread evenly over the token endpoint's round trip, under strict
+/// rotation: how often the provider had already rotated the refresh token,
+/// and how often the account was lost (the next instance's refresh refused:
+/// the dead one never wrote the new token to Redis).
+async fn kill_during_refresh(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
+    use mailgate::accounts::store::{Expect, Kdf, SealingKey, Store, TokenFile};
+    use mailgate_tests::oauth::Mode;
+    if !std::path::Path::new("/usr/bin/redis-server").exists() {
+        println!("\n6. kill during refresh: skipped (no /usr/bin/redis-server)");
+        return Ok(());
+    }
+    // Each way of the token endpoint's round trip.
+    let one_way = Duration::from_millis(25);
+    let span = one_way * 2 + Duration::from_millis(10);
+    let n = plan.kill_trials;
+    println!(
+        "\n6. kill during refresh: {n} instances killed with SIGKILL at points spread over the token request ({} ms each way, strict rotation, then a new instance logs in)",
+        one_way.as_millis()
+    );
+    let redis = mailgate_tests::redis::Redis::start().await;
+    b.env.oauth.set_rotate(true);
+    b.env.oauth.set_mode(Mode::Network(one_way));
+    let key = SealingKey::derive(
+        &secrecy::SecretString::from(PASSWORD.to_owned()),
+        &Kdf::generate(),
+    )?;
+    // No upstream listens here: a login ends at the refused connection, so
+    // a token the upstream rejects never starts a second refresh.
+    let closed: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
+    let nowhere = upstream::Addrs {
+        imap: closed,
+        smtp: closed,
+    };
+    // The refresh lease lives max(5 s, 2 x upstream_timeout): the next
+    // instance takes over 5 s after a kill.
+    let quick = "upstream_timeout = \"2s\"";
+    let (mut committed, mut lost, mut lost_before_commit, mut unfinished) = (0, 0, 0, 0);
+    for i in 0..n {
+        let extra = format!(
+            "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"kill{i}:\"\n",
+            redis.url()
+        );
+        // A refresh token and no access token: the first login refreshes.
+        let mut tokens = Tokens::default();
+        tokens.refresh_token = Some(b.env.oauth.issue_refresh_token(USER));
+        let file = TokenFile::seal(&USER.to_lowercase(), "test", &key, &tokens)?;
+        let path = b.env.path().join(format!("kill{i}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[gateway]\nstate_dir = \"{}\"\n[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n[provider.p]\npreset = \"office365\"\nclient_id = \"x\"\n{extra}",
+                b.env.state_dir().display()
+            ),
+        )?;
+        let cfg = mailgate_config::load_with_env(&path, Vec::new())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Store::open(&cfg).await?.save(&file, Expect::Any).await?;
+
+        let mut first = Gateway::spawn_with(&b.env, nowhere, &format!("kill{i}a"), quick, &extra)?;
+        let (requests, refreshes) = (
+            b.env.oauth.token_request_count(),
+            b.env.oauth.refresh_times().len(),
+        );
+        let via = b.via(first.imap);
+        // The login fails upstream (the bench upstream takes one token) or
+        // dies with the instance; only the refresh it starts matters.
+        let login = tokio::spawn(async move {
+            let mut c = client::imap_greeted(&via, true).await?;
+            client::imap_login(&mut c, &via, USER).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while b.env.oauth.token_request_count() == requests {
+            if Instant::now() > deadline {
+                anyhow::bail!("instance {i} sent no token request");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::sleep(span.mul_f64(i as f64 / n as f64)).await;
+        let _ = first.child.kill();
+        let _ = first.child.wait();
+        login.abort();
+        let rotated = b.env.oauth.refresh_times().len() > refreshes;
+        committed += usize::from(rotated);
+
+        let refused = b.env.oauth.refused_refresh_count();
+        let second = Gateway::spawn_with(&b.env, nowhere, &format!("kill{i}b"), quick, &extra)?;
+        let via = b.via(second.imap);
+        let mut c = client::imap_greeted(&via, true).await?;
+        // The new instance waits out the dead one's lease, then refreshes.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            client::imap_login(&mut c, &via, USER),
+        )
+        .await;
+        if b.env.oauth.refused_refresh_count() > refused {
+            lost += 1;
+            lost_before_commit += usize::from(!rotated);
+        } else if b.env.oauth.refresh_times().len() == refreshes {
+            // Nobody rotated the token: the new instance never refreshed.
+            unfinished += 1;
+        }
+        drop(second);
+    }
+    b.env.oauth.set_mode(Mode::Normal);
+    b.env.oauth.set_rotate(false);
+    b.say(format!(
+        "kill during refresh: {n} SIGKILLs over a {} ms token round trip: {committed} after the provider rotated the refresh token, {lost} accounts needing a new sign-in ({lost_before_commit} of them killed before the rotation), {unfinished} with no refresh by the next instance",
+        span.as_millis()
+    ));
+    if lost_before_commit + unfinished > 0 {
+        anyhow::bail!(
+            "an instance killed before the rotation lost the account, or the next instance never refreshed"
+        );
     }
     Ok(())
 }
