@@ -89,6 +89,37 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     ] {
         assert!(page.contains(section), "man page lacks {section}");
     }
+    // One page: nothing points at per-command pages that do not exist.
+    assert!(!page.contains("mailgate\\-run(1)"), "{page}");
+    assert!(
+        !page.contains("mailgate\\-"),
+        "a reference to another page:\n{page}"
+    );
+    assert!(page.contains(".SH COMMANDS"), "{page}");
+    assert!(page.contains("hash\\-password"), "{page}");
+}
+
+#[test]
+fn version_names_the_revision_it_was_built_from() {
+    let out = mailgate(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(text.starts_with(&format!("mailgate {version} (")), "{text}");
+    // A checkout's short commit hash, or "unknown revision" when built
+    // outside git with no MAILGATE_REVISION.
+    let rev = text
+        .trim_end()
+        .strip_prefix(&format!("mailgate {version} ("))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        rev == "unknown revision" || (rev.len() >= 7 && rev.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+    if std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.git")).exists() {
+        assert_ne!(rev, "unknown revision", "built in a git checkout: {text}");
+    }
 }
 
 /// Runs `mailgate` with its standard output a pipe whose reader is already

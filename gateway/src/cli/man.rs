@@ -3,11 +3,26 @@
 use super::*;
 
 /// Writes the man page (roff), generated from the CLI definition: clap's
-/// page for `mailgate`, then a section per command with its arguments.
+/// title, synopsis, description and options for `mailgate`, a list of the
+/// commands, then a section per command with its arguments. There is one
+/// page: clap's own command list would name pages such as
+/// `mailgate-run(1)` that do not exist.
 pub fn man_page(out: &mut Vec<u8>) -> std::io::Result<()> {
     let cmd = <Cli as clap::CommandFactory>::command();
-    clap_mangen::Man::new(cmd.clone()).render(out)?;
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
     let esc = |s: &str| s.replace('\\', "\\\\").replace('-', "\\-");
+    writeln!(out, ".SH COMMANDS")?;
+    for sub in commands(&cmd) {
+        writeln!(out, ".TP\n\\fB{}\\fR", esc(sub.get_name()))?;
+        if let Some(about) = sub.get_about() {
+            writeln!(out, "{}", esc(&about.to_string()))?;
+        }
+    }
     let section = |path: &str, c: &clap::Command, out: &mut Vec<u8>| -> std::io::Result<()> {
         writeln!(out, ".SH \"{}\"", esc(&path.to_uppercase()))?;
         if let Some(about) = c.get_long_about().or(c.get_about()) {
@@ -43,10 +58,7 @@ pub fn man_page(out: &mut Vec<u8>) -> std::io::Result<()> {
         }
         Ok(())
     };
-    for sub in cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
+    for sub in commands(&cmd) {
         let path = format!("mailgate {}", sub.get_name());
         if sub.has_subcommands() {
             for inner in sub.get_subcommands().filter(|s| s.get_name() != "help") {
@@ -56,5 +68,12 @@ pub fn man_page(out: &mut Vec<u8>) -> std::io::Result<()> {
             section(&path, sub, out)?;
         }
     }
+    man.render_version_section(out)?;
     Ok(())
+}
+
+/// The commands a user can run (not `help`, not hidden ones).
+fn commands(cmd: &clap::Command) -> impl Iterator<Item = &clap::Command> {
+    cmd.get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
 }

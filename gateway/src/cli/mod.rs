@@ -13,9 +13,18 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::accounts::oauth::OAuth;
 use crate::accounts::store::{Store, TokenFile, now};
 
+/// What `--version` prints after the name: the version and the git
+/// revision it was built from (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("MAILGATE_REVISION"),
+    ")"
+);
+
 /// An OAuth 2.0 gateway for IMAP, POP3 and SMTP.
 #[derive(Debug, Parser)]
-#[command(name = "mailgate", version, about)]
+#[command(name = "mailgate", version = VERSION, about)]
 pub struct Cli {
     /// Configuration file (default: $MAILGATE_CONFIG, ./mailgate.toml,
     /// ~/.config/mailgate/mailgate.toml, /etc/mailgate/mailgate.toml).
