@@ -45,7 +45,9 @@ pub struct Gateway {
     pub hostname: String,
     pub log_format: LogFormat,
     pub metrics: Option<SocketAddr>,
-    pub max_connections: usize,
+    /// Sessions at once; `None`: sized at start from the descriptor limit
+    /// (see [`Gateway::max_connections_for`]).
+    pub max_connections: Option<usize>,
     /// Connections at once from one client address; `None`: 50 for
     /// addresses off loopback, no limit on loopback.
     pub max_connections_per_ip: Option<usize>,
@@ -64,6 +66,28 @@ pub struct Gateway {
     pub max_failures: u32,
     /// The load balancers whose PROXY headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// The most sessions at once when `max_connections` is not set.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Descriptors kept for everything but sessions: listeners, the log, the
+/// store, token requests.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+impl Gateway {
+    /// Sessions at once under a descriptor limit of `fd_limit`: the
+    /// configured `max_connections`, else as many as the limit holds (two
+    /// descriptors each, client and upstream) up to
+    /// [`DEFAULT_MAX_CONNECTIONS`], and at least one.
+    pub fn max_connections_for(&self, fd_limit: u64) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let fit = fd_limit.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+            usize::try_from(fit)
+                .unwrap_or(usize::MAX)
+                .clamp(1, DEFAULT_MAX_CONNECTIONS)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +398,17 @@ impl Config {
         if let Some(m) = g.metrics {
             let _ = writeln!(s, "  metrics          {m}");
         }
-        let _ = writeln!(s, "  max_connections  {}", g.max_connections);
+        match g.max_connections {
+            Some(n) => {
+                let _ = writeln!(s, "  max_connections  {n}");
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "  max_connections  from the descriptor limit (at most {DEFAULT_MAX_CONNECTIONS})"
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "  max_connections_per_ip {}",

@@ -149,12 +149,12 @@ fn gateway(file: &Path, raw: RawGateway, errs: &mut Errors<'_>) -> Gateway {
         }
     });
     let max_connections = match raw.max_connections {
-        None => 10_000,
+        None => None,
         Some(0) => {
             errs.push("gateway.max_connections", "must be at least 1");
-            1
+            Some(1)
         }
-        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
     };
     let hostname = raw.hostname.unwrap_or_else(|| "localhost".into());
     if hostname.is_empty()

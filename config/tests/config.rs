@@ -73,7 +73,11 @@ fn defaults_and_presets() {
     assert_eq!(cfg.gateway.state_dir, dir.path().join("state"));
     assert_eq!(cfg.gateway.hostname, "localhost");
     assert_eq!(cfg.gateway.log_format, LogFormat::Text);
-    assert_eq!(cfg.gateway.max_connections, 10_000);
+    assert_eq!(cfg.gateway.max_connections, None);
+    // Unset: two descriptors a session, 64 kept for the rest, at most 10,000.
+    assert_eq!(cfg.gateway.max_connections_for(1_024), 480);
+    assert_eq!(cfg.gateway.max_connections_for(524_288), 10_000);
+    assert_eq!(cfg.gateway.max_connections_for(10), 1);
     assert_eq!(cfg.gateway.preauth_timeout, Duration::from_secs(60));
     assert_eq!(cfg.gateway.shutdown_grace, Duration::from_secs(30));
     assert!(
@@ -200,7 +204,9 @@ fn environment_overrides_and_secrets() {
         Some("s3cret".to_string())
     );
     assert_eq!(cfg.gateway.hostname, "box.example.net");
-    assert_eq!(cfg.gateway.max_connections, 50);
+    assert_eq!(cfg.gateway.max_connections, Some(50));
+    // Set: the configured value, whatever the limit.
+    assert_eq!(cfg.gateway.max_connections_for(1_024), 50);
     // The secret never shows in Debug output or in the summary.
     assert!(!format!("{cfg:?}").contains("s3cret"));
     assert!(!cfg.describe().contains("s3cret"));

@@ -105,7 +105,9 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     let stop_accepting = CancellationToken::new();
     let kill = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(config.gateway.max_connections));
+    let max_connections = config.gateway.max_connections_for(descriptor_limit());
+    info!(max_connections, "sessions at once");
+    let permits = Arc::new(Semaphore::new(max_connections));
     let per_ip = Arc::new(PerIp::default());
     let mut addresses = Vec::new();
     let mut all_tls = Vec::new();
@@ -557,4 +559,13 @@ pub fn prove(
             Err(e) => Proof::Failed(e.to_string()),
         }
     })
+}
+
+/// The process's soft descriptor limit (`mailgate run` has raised it to
+/// the hard one); a generous guess when it cannot be read.
+pub fn descriptor_limit() -> u64 {
+    rlimit::Resource::NOFILE
+        .get()
+        .map(|(soft, _)| soft)
+        .unwrap_or(65_536)
 }

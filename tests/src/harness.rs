@@ -277,9 +277,23 @@ impl Running {
     /// Starts the binary and waits (up to 20 s) until it logged `ready` (a
     /// log message, e.g. "portal listening").
     pub fn start(config: &Path, ready: &str) -> Running {
+        Self::start_in(std::process::Command::new(mailgate_bin()), config, ready)
+    }
+
+    /// As [`Running::start`], under a descriptor limit (soft and hard) of
+    /// `nofile`, set with util-linux's `prlimit`.
+    pub fn start_with_fd_limit(config: &Path, ready: &str, nofile: u64) -> Running {
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(mailgate_bin());
+        Self::start_in(cmd, config, ready)
+    }
+
+    fn start_in(mut cmd: std::process::Command, config: &Path, ready: &str) -> Running {
         use std::io::BufRead as _;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(mailgate_bin())
+        use std::process::Stdio;
+        let mut child = cmd
             .arg("-c")
             .arg(config)
             .args(["--log-level", "info", "run"])

@@ -150,3 +150,41 @@ async fn backoff_is_visible_in_accounts() {
         "{text}"
     );
 }
+
+/// Unset, `max_connections` is sized from the descriptor limit the process
+/// has, without a warning; a configured value the limit cannot hold is
+/// warned about and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_follows_the_descriptor_limit() {
+    use mailgate_tests::harness::Running;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let sessions = |g: &Running| -> serde_json::Value {
+        g.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "sessions at once")
+            .map(|v| v["max_connections"].clone())
+            .unwrap_or_else(|| panic!("no \"sessions at once\" line:\n{}", g.log()))
+    };
+    let warned = |g: &Running| g.log().contains("the descriptor limit holds only");
+    for (extra, want, warns) in [
+        // (256 - 64) / 2 sessions fit, and nobody asked for more.
+        ("", 96, false),
+        ("max_connections = 90", 90, false),
+        ("max_connections = 1000", 1000, true),
+    ] {
+        let text = env.config_for(
+            &[(Protocol::Imap, &imap.url(false))],
+            &format!("log_format = \"json\"\n{extra}"),
+            "",
+            "",
+        );
+        let path = env.write_config(&text);
+        let g = Running::start_with_fd_limit(&path, "listening", 256);
+        assert_eq!(sessions(&g), want, "{extra:?}:\n{}", g.log());
+        assert_eq!(warned(&g), warns, "{extra:?}:\n{}", g.log());
+    }
+}

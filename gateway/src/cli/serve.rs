@@ -10,13 +10,17 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// Raises the soft descriptor limit to the hard one (often 1,024 against
-/// 500,000+): each relayed session holds two descriptors. Warns when the
-/// limit still cannot hold `max_connections` sessions.
-fn raise_fd_limit(max_connections: usize) {
+/// 500,000+): each relayed session holds two descriptors. An unset
+/// `max_connections` is sized from the limit (see
+/// `Gateway::max_connections_for`); a configured one that the limit cannot
+/// hold is warned about.
+fn raise_fd_limit(configured: Option<usize>) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
             let sessions = limit.saturating_sub(64) / 2;
-            if sessions < max_connections as u64 {
+            if let Some(max_connections) = configured
+                && sessions < max_connections as u64
+            {
                 tracing::warn!(
                     limit,
                     max_connections,
