@@ -128,3 +128,78 @@ fn a_bad_log_level_is_a_user_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--log-level"), "{err}");
 }
+
+/// A second login on the same connection: each line names one user, the
+/// one of its attempt, and after the login the connection's span carries
+/// the user who logged in (text logs printed `user=` once per attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_per_line_after_two_logins() {
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    env.seal_new_user_token();
+    let port = unused_port();
+    let text = env
+        .config_for(
+            &[(Protocol::Imap, &imap.url(false))],
+            "shutdown_grace = \"1s\"",
+            "",
+            "",
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let cfg = env.write_config(&text);
+    let mut child = Command::new(mailgate_bin())
+        .args(["-c", cfg.to_str().unwrap(), "--log-level", "debug", "run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut c = LineClient::greeted(addr).await;
+    let r = c.login("a", "nobody@example.com", PASSWORD).await;
+    assert!(r.starts_with("a NO"), "{r}");
+    assert!(c.login("b", USER, PASSWORD).await.starts_with("b OK"));
+    c.send("z LOGOUT\r\n").await;
+    c.response("z").await;
+    assert!(c.closed().await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let lines = reader.join().unwrap();
+    let all = lines.join("\n");
+    for line in &lines {
+        assert!(line.matches("user=").count() <= 1, "{line}\n\n{all}");
+    }
+    let failed = lines
+        .iter()
+        .find(|l| l.contains("login failed"))
+        .unwrap_or_else(|| panic!("{all}"));
+    assert!(
+        failed.contains("user=\"nobody@example.com\"")
+            || failed.contains("user=nobody@example.com"),
+        "{failed}"
+    );
+    let session = lines
+        .iter()
+        .find(|l| l.contains("session "))
+        .unwrap_or_else(|| panic!("no session line:\n{all}"));
+    assert!(session.contains(USER), "{session}");
+    assert!(!session.contains("nobody"), "{session}");
+}

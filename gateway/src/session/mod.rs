@@ -17,7 +17,7 @@ use secrecy::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info};
+use tracing::{Instrument as _, debug, info};
 
 use crate::session::login::Failure;
 use crate::session::tls::ClientStream;
@@ -237,13 +237,19 @@ where
                         m.login_failed(&Failure::BadCredentials);
                         continue;
                     }
-                    tracing::Span::current()
-                        .record("user", shown.as_deref().unwrap_or("(not a valid name)"));
-                    let attempt = login(m, user, password);
+                    // Each attempt in its own span; the connection's span
+                    // gets the user once one logs in (a field recorded
+                    // twice would be printed twice in text logs).
+                    let shown = shown.as_deref().unwrap_or("(not a valid name)");
+                    let attempt = login(m, user, password)
+                        .instrument(tracing::info_span!("login", user = shown));
                     match attempt.await {
-                        Ok(t) => return Some((client, t)),
+                        Ok(t) => {
+                            tracing::Span::current().record("user", shown);
+                            return Some((client, t));
+                        }
                         Err(f) => {
-                            info!(failure = f.kind(), "login failed");
+                            info!(failure = f.kind(), user = shown, "login failed");
                             m.login_failed(&f);
                         }
                     }
