@@ -188,7 +188,9 @@ async fn upstream_stls_and_its_absence() {
     assert!(c.line().await.starts_with("+OK"));
     let r = c.line().await;
     assert!(
-        r.starts_with("-ERR [SYS/TEMP] The mail server cannot be reached now"),
+        r.starts_with(
+            "-ERR [SYS/TEMP] The mail server does not work as the gateway's configuration says:"
+        ),
         "{r}"
     );
     assert!(r.contains("does not offer STLS"), "{r}");

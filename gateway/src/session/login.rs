@@ -276,5 +276,5 @@ async fn in_band(
 
 fn unavailable(e: UpstreamError) -> Failure {
     warn!(error = %e, "upstream login failed");
-    Failure::Unavailable(format!("The mail server cannot be reached now: {e}"))
+    Failure::Unavailable(format!("{}: {e}", e.summary()))
 }

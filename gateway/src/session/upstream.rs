@@ -51,6 +51,26 @@ pub enum UpstreamError {
     Unavailable { server: String, detail: String },
 }
 
+impl UpstreamError {
+    /// What happened, in the words a mail client's user is shown before
+    /// the details: only a failed connection is "cannot be reached".
+    pub fn summary(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "The mail server cannot be reached now",
+            UpstreamError::Timeout { .. } => "The mail server did not answer in time",
+            UpstreamError::Tls { .. } => "A secure connection to the mail server failed",
+            UpstreamError::Closed { .. } | UpstreamError::Io { .. } => {
+                "The connection to the mail server broke"
+            }
+            UpstreamError::Protocol { .. } => {
+                "The mail server does not work as the gateway's configuration says"
+            }
+            UpstreamError::Rejected { .. } => "The mail server refused the login",
+            UpstreamError::Unavailable { .. } => "The mail server cannot log in now",
+        }
+    }
+}
+
 /// Opens a TCP connection (TCP_NODELAY set, keepalive on).
 pub async fn connect_tcp(up: &Upstream) -> Result<TcpStream, UpstreamError> {
     let addr = (up.host.as_str(), up.port);
