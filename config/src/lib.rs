@@ -234,6 +234,9 @@ pub enum Flow {
     AuthorizationCode,
     DeviceCode,
     ClientCredentials,
+    /// A Google service account with domain-wide delegation: a signed JWT
+    /// per mailbox (RFC 7523), no user sign-in and no refresh token.
+    ServiceAccount,
 }
 
 impl fmt::Display for Flow {
@@ -242,6 +245,7 @@ impl fmt::Display for Flow {
             Flow::AuthorizationCode => "authorization_code",
             Flow::DeviceCode => "device_code",
             Flow::ClientCredentials => "client_credentials",
+            Flow::ServiceAccount => "service_account",
         })
     }
 }
@@ -265,9 +269,34 @@ pub struct Provider {
     pub smtp: Option<Upstream>,
     pub ca_file: Option<PathBuf>,
     pub min_token_life: Duration,
+    /// `flow = "service_account"`: the key from `service_account_file`.
+    pub service_account: Option<ServiceAccount>,
+}
+
+/// A Google service account's JSON key (the fields mailgate uses).
+#[derive(Debug, Clone)]
+pub struct ServiceAccount {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The account's address: the JWT's `iss`.
+    pub client_email: String,
+    /// The service account's numeric client ID (what the Admin console's
+    /// domain-wide delegation is granted to).
+    pub client_id: Option<String>,
+    /// The key's ID, sent as the JWT's `kid`.
+    pub private_key_id: Option<String>,
+    /// The RSA private key, PKCS#8 PEM.
+    pub private_key: SecretString,
 }
 
 impl Provider {
+    /// Whether one app-level credential serves the provider's mailboxes
+    /// (client credentials, service accounts): accounts then need a
+    /// `password_hash`, and there is nothing to seal per user.
+    pub fn is_app_only(&self) -> bool {
+        matches!(self.flow, Flow::ClientCredentials | Flow::ServiceAccount)
+    }
+
     /// The upstream server for a protocol, if the provider has one.
     pub fn upstream(&self, protocol: Protocol) -> Option<&Upstream> {
         match protocol {
@@ -511,6 +540,15 @@ impl Config {
             if let Some(t) = &p.tenant {
                 let _ = writeln!(s, "    tenant         {t}");
             }
+            if let Some(sa) = &p.service_account {
+                let _ = writeln!(
+                    s,
+                    "    service acct   {} (key {}, from {})",
+                    sa.client_email,
+                    sa.private_key_id.as_deref().unwrap_or("without an ID"),
+                    sa.file.display()
+                );
+            }
             if let Some(u) = &p.authorize_url {
                 let _ = writeln!(s, "    authorize_url  {u}");
             }
@@ -585,6 +623,7 @@ impl Choice for Flow {
         ("authorization_code", Flow::AuthorizationCode),
         ("device_code", Flow::DeviceCode),
         ("client_credentials", Flow::ClientCredentials),
+        ("service_account", Flow::ServiceAccount),
     ];
 }
 

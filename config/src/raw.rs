@@ -93,6 +93,7 @@ pub(crate) struct RawProvider {
     pub smtp: Option<String>,
     pub ca_file: Option<String>,
     pub min_token_life: Option<String>,
+    pub service_account_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,8 +15,8 @@ use crate::raw::{
 };
 use crate::{
     Account, Choice, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener, LogFormat, Portal,
-    Preset, Protocol, Provider, Store, TlsMode, Upstream, UpstreamSecurity, UserPattern,
-    relative_to,
+    Preset, Protocol, Provider, ServiceAccount, Store, TlsMode, Upstream, UpstreamSecurity,
+    UserPattern, relative_to,
 };
 
 struct Errors<'a> {
@@ -591,8 +591,35 @@ fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> O
     let flow = choice(errs, &key("flow"), p.flow).unwrap_or(Flow::AuthorizationCode);
     let before = errs.list.len();
 
+    let service_account = match (flow, p.service_account_file) {
+        (Flow::ServiceAccount, Some(f)) => {
+            service_account_key(&relative_to(file, &f), &key("service_account_file"), errs)
+        }
+        (Flow::ServiceAccount, None) => {
+            errs.push(
+                key("service_account_file"),
+                "missing; the service_account flow needs the JSON key of the service account (IAM → Service accounts → Keys → Add key → JSON)",
+            );
+            None
+        }
+        (_, Some(_)) => {
+            errs.push(
+                key("service_account_file"),
+                "only used with flow = \"service_account\"",
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    if flow == Flow::ServiceAccount && !matches!(preset, Preset::Gmail | Preset::Custom) {
+        errs.push(
+            key("flow"),
+            "service accounts are Google's; for Microsoft app-only access use client_credentials",
+        );
+    }
+    // A service account's client ID is in its key; none is needed here.
     let client_id = p.client_id.unwrap_or_default();
-    if client_id.trim().is_empty() {
+    if client_id.trim().is_empty() && flow != Flow::ServiceAccount {
         errs.push(
             key("client_id"),
             "missing; set the application (client) ID of your app registration",
@@ -785,6 +812,74 @@ fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> O
         smtp,
         ca_file,
         min_token_life,
+        service_account,
+    })
+}
+
+/// Reads a service account's JSON key (as Google's console gives it).
+fn service_account_key(path: &Path, key: &str, errs: &mut Errors<'_>) -> Option<ServiceAccount> {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        client_email: Option<String>,
+        client_id: Option<String>,
+        private_key_id: Option<String>,
+        private_key: Option<String>,
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push(key, format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    // The parser's message could quote the file: only its position.
+    let parsed: Key = match serde_json::from_str(&text) {
+        Ok(k) => k,
+        Err(e) => {
+            errs.push(
+                key,
+                format!(
+                    "{} is not a JSON key (line {}, column {})",
+                    path.display(),
+                    e.line(),
+                    e.column()
+                ),
+            );
+            return None;
+        }
+    };
+    let problem = if parsed.kind.as_deref() != Some("service_account") {
+        Some("its \"type\" is not \"service_account\"")
+    } else if parsed
+        .client_email
+        .as_deref()
+        .is_none_or(|e| !e.contains('@'))
+    {
+        Some("it has no client_email")
+    } else if !parsed
+        .private_key
+        .as_deref()
+        .is_some_and(|k| k.contains("-----BEGIN PRIVATE KEY-----"))
+    {
+        Some("it has no private_key in PKCS#8 PEM")
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        errs.push(
+            key,
+            format!("{} is not a service account key: {p}", path.display()),
+        );
+        return None;
+    }
+    Some(ServiceAccount {
+        file: path.to_owned(),
+        client_email: parsed.client_email.unwrap_or_default(),
+        client_id: parsed.client_id,
+        private_key_id: parsed.private_key_id,
+        private_key: SecretString::from(parsed.private_key.unwrap_or_default()),
     })
 }
 
@@ -858,11 +953,15 @@ fn accounts(
                 "not a PHC string; create one with `mailgate hash-password`",
             );
         }
-        if provider.is_some_and(|p| p.flow == Flow::ClientCredentials) && a.password_hash.is_none()
+        if let Some(p) = provider.filter(|p| p.is_app_only())
+            && a.password_hash.is_none()
         {
             errs.push(
                 key("password_hash"),
-                "required with a client_credentials provider (there is no user token to seal); create one with `mailgate hash-password`",
+                format!(
+                    "required with a {} provider (there is no user token to seal); create one with `mailgate hash-password`",
+                    p.flow
+                ),
             );
         }
         out.push(Account {

@@ -29,4 +29,5 @@ pub mod oauth;
 pub mod pop3_server;
 pub mod redis;
 pub mod relay_sink;
+pub mod service_account;
 pub mod smtp_server;

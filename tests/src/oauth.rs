@@ -100,6 +100,16 @@ struct Inner {
     client_secret: Option<String>,
     last_access: Option<String>,
     issuer: String,
+    /// The service account the JWT bearer grant accepts: its
+    /// `client_email` and the public half of its key.
+    service_account: Option<(String, Vec<u8>)>,
+    /// Whether the service account has domain-wide delegation (Google
+    /// answers `unauthorized_client` without it).
+    delegated: bool,
+    /// Every JWT bearer assertion accepted so far (a reused one is refused).
+    assertions: std::collections::HashSet<String>,
+    /// The `sub` of each accepted assertion, in order.
+    subjects: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -140,6 +150,10 @@ impl FakeOAuth {
                 client_secret: None,
                 last_access: None,
                 issuer: String::new(),
+                service_account: None,
+                delegated: true,
+                assertions: Default::default(),
+                subjects: Vec::new(),
                 authorize_mode: AuthorizeMode::Approve,
                 device_mode: DeviceMode::ApproveAfter(1),
                 default_user: "alice@example.test".into(),
@@ -266,6 +280,23 @@ impl FakeOAuth {
         self.shared.refreshes.load(Ordering::SeqCst)
     }
 
+    /// Accepts JWT bearer assertions (RFC 7523) signed by `public_pem`'s
+    /// private half and issued by `client_email`.
+    pub fn set_service_account(&self, client_email: &str, public_pem: &[u8]) {
+        jsonwebtoken::DecodingKey::from_rsa_pem(public_pem).unwrap();
+        self.inner().service_account = Some((client_email.to_owned(), public_pem.to_vec()));
+    }
+
+    /// Whether the service account has domain-wide delegation.
+    pub fn set_delegated(&self, on: bool) {
+        self.inner().delegated = on;
+    }
+
+    /// The mailboxes (`sub`) of the accepted JWT bearer assertions.
+    pub fn assertion_subjects(&self) -> Vec<String> {
+        self.inner().subjects.clone()
+    }
+
     /// Number of refresh grants refused for an unknown or used refresh
     /// token (under strict rotation: a refresh with a token already spent).
     pub fn refused_refresh_count(&self) -> usize {
@@ -389,6 +420,34 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
         }
     }
     let mut inner = s.inner.lock().unwrap();
+    if form.get("grant_type").map(String::as_str) == Some(JWT_BEARER) {
+        // A service account's grant: no client_id, the assertion is the
+        // credential.
+        *s.grants
+            .lock()
+            .unwrap()
+            .entry(JWT_BEARER.to_owned())
+            .or_default() += 1;
+        let assertion = form.get("assertion").cloned().unwrap_or_default();
+        let token_url = format!("{}/token", inner.issuer);
+        return match check_assertion(&inner, &assertion, &token_url) {
+            Err(why) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &why),
+            Ok(_) if !inner.delegated => oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized_client",
+                "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.",
+            ),
+            Ok(_) if !inner.assertions.insert(assertion) => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the assertion was used already",
+            ),
+            Ok(sub) => {
+                inner.subjects.push(sub.clone());
+                issue(s, &mut inner, &sub, false, None)
+            }
+        };
+    }
     if form.get("client_id") != Some(&inner.client_id)
         || (inner.client_secret.is_some()
             && form.get("client_secret") != inner.client_secret.as_ref())
@@ -512,6 +571,41 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
     s.refreshes.fetch_add(1, Ordering::SeqCst);
     s.refreshed_at.lock().unwrap().push(Instant::now());
     (StatusCode::OK, Json(body)).into_response()
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// Checks a JWT bearer assertion as Google does: RS256 by the service
+/// account's key, `iss` its address, `aud` this token endpoint, a `scope`,
+/// `iat`/`exp` now and at most an hour apart. The `sub` it names.
+fn check_assertion(inner: &Inner, assertion: &str, token_url: &str) -> Result<String, String> {
+    let Some((email, public)) = &inner.service_account else {
+        return Err("no service account is set up".into());
+    };
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(public).map_err(|e| e.to_string())?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_audience(&[token_url]);
+    v.set_issuer(&[email]);
+    v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    v.leeway = 0;
+    let data = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &v)
+        .map_err(|e| format!("Invalid JWT: {e}"))?;
+    let c = data.claims;
+    let (iat, exp) = (
+        c["iat"].as_u64().unwrap_or(0),
+        c["exp"].as_u64().unwrap_or(0),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if exp <= iat || exp - iat > 3600 || iat > now + 60 {
+        return Err("Invalid JWT: iat/exp: at most an hour, from now".into());
+    }
+    if c["scope"].as_str().is_none_or(str::is_empty) {
+        return Err("Invalid JWT: no scope".into());
+    }
+    Ok(c["sub"].as_str().unwrap_or_default().to_owned())
 }
 
 /// An ID token for `user` when `scope` asks for one (claims as Microsoft

@@ -348,6 +348,7 @@ mod tests {
             smtp: None,
             ca_file: None,
             min_token_life: Duration::from_secs(60),
+            service_account: None,
         }
     }
 

@@ -335,8 +335,8 @@ impl InBand {
                 let fut = async move { Ok((oauth.poll_device(&provider, &d).await?, None)) };
                 (text, Box::pin(fut))
             }
-            Flow::ClientCredentials => {
-                return Err("client_credentials accounts need no authorisation".into());
+            f @ (Flow::ClientCredentials | Flow::ServiceAccount) => {
+                return Err(format!("{f} accounts need no authorisation"));
             }
         };
         Ok(started)

@@ -107,6 +107,8 @@ pub enum Unavailable {
     ClientRejected,
     #[error("the token endpoint of {0} refused or failed the app-only token request")]
     AppToken(String),
+    #[error("the service account of {0} has no domain-wide delegation for this mailbox")]
+    NotDelegated(String),
 }
 
 /// A successful local authentication with a fresh access token.
@@ -178,16 +180,21 @@ struct AppToken {
     expires_at: u64,
 }
 
-/// The sealer of a provider's shared app-only token: keyed by its client
-/// secret, which every instance has and Redis does not (`None` without
-/// one: nothing is shared).
-fn app_sealer(provider: &Provider) -> Option<shared::Sealer> {
-    let secret = provider.client_secret.as_ref()?;
+/// The sealer of a provider's shared app-only token (for `subject`, the
+/// mailbox of a service account): keyed by its client secret or its
+/// service account's private key, which every instance has and Redis does
+/// not (`None` without either: nothing is shared).
+fn app_sealer(provider: &Provider, subject: Option<&str>) -> Option<shared::Sealer> {
+    let secret = match &provider.service_account {
+        Some(sa) => &sa.private_key,
+        None => provider.client_secret.as_ref()?,
+    };
     let mut material = Vec::new();
     for part in [
         provider.name.as_str(),
         provider.client_id.as_str(),
         provider.token_url.as_str(),
+        subject.unwrap_or(""),
         secret.expose_secret(),
     ] {
         material.extend_from_slice(&(part.len() as u64).to_be_bytes());
@@ -198,6 +205,12 @@ fn app_sealer(provider: &Provider) -> Option<shared::Sealer> {
 }
 
 type AppTokenSlot = Arc<tokio::sync::Mutex<Option<(SecretString, u64)>>>;
+
+/// The mailbox a service account's token is for (`None`: the provider's
+/// one client-credentials token serves every mailbox).
+fn app_subject<'a>(provider: &Provider, upstream_user: &'a str) -> Option<&'a str> {
+    (provider.flow == Flow::ServiceAccount).then_some(upstream_user)
+}
 
 impl std::fmt::Debug for Accounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -522,12 +535,15 @@ impl Accounts {
             .upstream_user
             .clone()
             .unwrap_or_else(|| login.trim().to_owned());
-        if provider.flow == Flow::ClientCredentials {
+        if provider.is_app_only() {
             // App-only access: the password_hash (required by the
-            // configuration) was the password check; one token serves every
-            // mailbox of the provider.
+            // configuration) was the password check. Client credentials:
+            // one token serves every mailbox of the provider; a service
+            // account: one token per mailbox.
             self.success(&user, peer, false);
-            let access_token = self.app_token(&provider, None).await?;
+            let access_token = self
+                .app_token(&provider, app_subject(&provider, &upstream_user), None)
+                .await?;
             return Ok(Authorized {
                 user,
                 upstream_user,
@@ -560,9 +576,10 @@ impl Accounts {
     /// The upstream rejected `auth.access_token`: drop it and refresh, once.
     /// When another login already replaced it, that newer token is returned.
     pub async fn token_rejected(&self, auth: &Authorized) -> Result<SecretString, LoginError> {
-        if auth.provider.flow == Flow::ClientCredentials {
+        if auth.provider.is_app_only() {
+            let subject = app_subject(&auth.provider, &auth.upstream_user);
             return self
-                .app_token(&auth.provider, Some(&auth.access_token))
+                .app_token(&auth.provider, subject, Some(&auth.access_token))
                 .await;
         }
         let state = self.state(&auth.user);
@@ -605,17 +622,21 @@ impl Accounts {
         Ok(ok)
     }
 
-    /// The provider's app-only token (client credentials grant), cached and
-    /// renewed once it has less than `min_token_life` left; one request at a
-    /// time per provider. `rejected` is never returned again.
+    /// The provider's app-only token (client credentials grant), or a
+    /// service account's token for the mailbox `subject` (JWT bearer
+    /// grant), cached and renewed once it has less than `min_token_life`
+    /// left; one request at a time per provider (per mailbox), in the whole
+    /// fleet with the Redis store. `rejected` is never returned again.
     async fn app_token(
         &self,
         provider: &Provider,
+        subject: Option<&str>,
         rejected: Option<&SecretString>,
     ) -> Result<SecretString, LoginError> {
         let slot = {
             let mut map = self.app_tokens.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(provider.name.clone()).or_default().clone()
+            let key = format!("{}\0{}", provider.name, subject.unwrap_or(""));
+            map.entry(key).or_default().clone()
         };
         let mut cur = slot.lock().await;
         if let (Some(bad), Some((tok, _))) = (rejected, cur.as_ref())
@@ -633,7 +654,7 @@ impl Accounts {
             return Ok(tok.clone());
         }
         let min_life = provider.min_token_life.as_secs();
-        let shared = self.store.shared().zip(app_sealer(provider));
+        let shared = self.store.shared().zip(app_sealer(provider, subject));
         let mut lease = None;
         if let Some((redis, sealer)) = &shared {
             // One token for the fleet: another instance's, else ours,
@@ -653,7 +674,10 @@ impl Accounts {
                 }
             }
         }
-        let result = self.oauth.client_credentials(provider).await;
+        let result = match subject {
+            Some(mailbox) => self.oauth.jwt_bearer(provider, mailbox).await,
+            None => self.oauth.client_credentials(provider).await,
+        };
         if let (Ok(grant), Some((redis, sealer))) = (&result, &shared) {
             let life = grant.expires_in.unwrap_or(Duration::from_secs(3600));
             let shared_token = AppToken {
@@ -673,20 +697,24 @@ impl Accounts {
                     .expires_in
                     .unwrap_or(Duration::from_secs(3600))
                     .as_secs();
-                info!(provider = %provider.name, lifetime_s = life, "app-only token obtained");
+                info!(provider = %provider.name, mailbox = subject, lifetime_s = life, "app-only token obtained");
                 self.metrics.refresh("ok");
                 *cur = Some((grant.access_token.clone(), now().saturating_add(life)));
                 Ok(grant.access_token)
             }
             Err(e) => {
-                warn!(error = %e, provider = %provider.name, "client credentials grant failed");
+                warn!(error = %e, provider = %provider.name, mailbox = subject, "{} grant failed", provider.flow);
                 self.metrics.refresh(match e {
                     OAuthError::InvalidClient(_) => "invalid_client",
+                    OAuthError::NotDelegated { .. } => "unauthorized_client",
                     _ => "error",
                 });
-                Err(LoginError::Unavailable(Unavailable::AppToken(
-                    provider.name.clone(),
-                )))
+                Err(LoginError::Unavailable(match e {
+                    OAuthError::NotDelegated { .. } => {
+                        Unavailable::NotDelegated(provider.name.clone())
+                    }
+                    _ => Unavailable::AppToken(provider.name.clone()),
+                }))
             }
         }
     }

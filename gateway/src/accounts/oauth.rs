@@ -67,6 +67,18 @@ pub enum OAuthError {
     /// Any other OAuth error code.
     #[error("the provider answered {code}{}", detail(.description))]
     Other { code: String, description: String },
+    /// `unauthorized_client` to a service account's assertion: the
+    /// account has no domain-wide delegation for the scopes.
+    #[error("the service account {email} may not act for the mailbox (unauthorized_client{}): in the Google Admin console (admin.google.com → Security → Access and data control → API controls → Manage domain-wide delegation) add client ID {client_id} with the scopes {scopes}", detail(.description))]
+    NotDelegated {
+        email: String,
+        client_id: String,
+        scopes: String,
+        description: String,
+    },
+    /// A service account's key cannot sign.
+    #[error("{0}")]
+    BadKey(String),
     /// The endpoint could not be reached or timed out.
     #[error("the token endpoint cannot be reached: {0}")]
     Unreachable(String),
@@ -294,6 +306,74 @@ impl OAuth {
         Ok(grant(&response))
     }
 
+    /// The JWT bearer grant (RFC 7523) of a service account for `subject`
+    /// (the mailbox): a fresh RS256 assertion, valid for an hour.
+    pub async fn jwt_bearer(
+        &self,
+        provider: &Provider,
+        subject: &str,
+    ) -> Result<Grant, OAuthError> {
+        let Some(sa) = &provider.service_account else {
+            return Err(OAuthError::NotConfigured {
+                provider: provider.name.clone(),
+                endpoint: "service_account_file",
+            });
+        };
+        let scopes = provider.scopes.join(" ");
+        let assertion =
+            service_account_assertion(sa, subject, &scopes, provider.token_url.as_str())?;
+        let response = self
+            .http
+            .post(provider.token_url.clone())
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.expose_secret()),
+            ])
+            .send()
+            .await
+            .map_err(|e| OAuthError::Unreachable(chain(&e)))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| OAuthError::Unreachable(chain(&e)))?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+            error: Option<String>,
+            error_description: Option<String>,
+        }
+        // The body is not logged: a malformed success could still hold a token.
+        let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
+            OAuthError::BadResponse(format!("HTTP {status}, not an OAuth JSON response"))
+        })?;
+        match (answer.access_token, answer.error) {
+            (Some(token), None) if status.is_success() => Ok(Grant {
+                access_token: SecretString::from(token),
+                refresh_token: None,
+                expires_in: answer.expires_in.map(Duration::from_secs),
+                id_token: None,
+            }),
+            (_, Some(code)) if code == "unauthorized_client" => Err(OAuthError::NotDelegated {
+                email: sa.client_email.clone(),
+                client_id: sa
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| "(the key's client_id)".into()),
+                scopes: scopes.replace(' ', ","),
+                description: answer.error_description.unwrap_or_default(),
+            }),
+            (_, Some(code)) => Err(convert_code(
+                &code,
+                answer.error_description.unwrap_or_default(),
+            )),
+            _ => Err(OAuthError::BadResponse(format!(
+                "HTTP {status} without an access token"
+            ))),
+        }
+    }
+
     /// The client credentials grant (app-only access).
     pub async fn client_credentials(&self, provider: &Provider) -> Result<Grant, OAuthError> {
         let response = Self::client(provider)
@@ -388,4 +468,45 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A service account's signed assertion for `subject` (Google's claims:
+/// `iss` the account, `sub` the mailbox, `scope`, `aud` the token endpoint,
+/// an hour at most; the key's ID as `kid`).
+fn service_account_assertion(
+    sa: &mailgate_config::ServiceAccount,
+    subject: &str,
+    scopes: &str,
+    token_url: &str,
+) -> Result<SecretString, OAuthError> {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        iss: &'a str,
+        sub: &'a str,
+        scope: &'a str,
+        aud: &'a str,
+        iat: u64,
+        exp: u64,
+    }
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(sa.private_key.expose_secret().as_bytes())
+        .map_err(|e| {
+            OAuthError::BadKey(format!(
+                "the private key of {} cannot be used: {e}",
+                sa.file.display()
+            ))
+        })?;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = sa.private_key_id.clone();
+    let iat = crate::accounts::store::now();
+    let claims = Claims {
+        iss: &sa.client_email,
+        sub: subject,
+        scope: scopes,
+        aud: token_url,
+        iat,
+        exp: iat + 3600,
+    };
+    jsonwebtoken::encode(&header, &claims, &key)
+        .map(SecretString::from)
+        .map_err(|e| OAuthError::BadKey(format!("cannot sign the assertion: {e}")))
 }

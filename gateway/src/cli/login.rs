@@ -70,9 +70,9 @@ pub(super) fn sign_in(
     let user = user.trim().to_lowercase();
     let provider = account_provider(cfg, &user)?;
     let flow = match (flow, provider.flow) {
-        (_, Flow::ClientCredentials) => {
+        (_, f @ (Flow::ClientCredentials | Flow::ServiceAccount)) => {
             return Err(CliError::User(format!(
-                "provider {} uses client_credentials: its accounts need no login; their local password is the account's password_hash",
+                "provider {} uses {f}: its accounts need no login; their local password is the account's password_hash",
                 provider.name
             )));
         }

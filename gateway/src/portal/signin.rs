@@ -75,7 +75,7 @@ pub(super) fn start_sign_in(
                 ),
             );
         }
-        Flow::ClientCredentials => {
+        Flow::ClientCredentials | Flow::ServiceAccount => {
             return message(
                 StatusCode::BAD_REQUEST,
                 "No sign-in needed",
