@@ -71,10 +71,10 @@ impl Plan {
         };
         // `--idle 1000,20000` overrides the session counts, `--rounds N` the
         // transfers per case, `--kills N` the instances killed mid-refresh.
-        if let Some(i) = args.iter().position(|a| a == "--idle") {
-            if let Some(list) = args.get(i + 1) {
-                plan.idle = list.split(',').filter_map(|n| n.parse().ok()).collect();
-            }
+        if let Some(i) = args.iter().position(|a| a == "--idle")
+            && let Some(list) = args.get(i + 1)
+        {
+            plan.idle = list.split(',').filter_map(|n| n.parse().ok()).collect();
         }
         if let Some(n) = args
             .iter()

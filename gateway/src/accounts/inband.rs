@@ -151,10 +151,10 @@ impl InBand {
                 Outcome::OtherClient
             };
         }
-        if let Some(f) = reg.failed.remove(user) {
-            if bool::from(f.owner.ct_eq(&req.check)) {
-                return Outcome::Failed(f.text);
-            }
+        if let Some(f) = reg.failed.remove(user)
+            && bool::from(f.owner.ct_eq(&req.check))
+        {
+            return Outcome::Failed(f.text);
         }
         if req.password.expose_secret().chars().count() < MIN_PASSWORD {
             info!("in-band authorisation not started: the password is too short");

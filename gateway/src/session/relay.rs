@@ -212,15 +212,15 @@ where
         if let Poll::Ready(r) = down.poll(cx, &mut upstream, &mut client) {
             return Poll::Ready(r);
         }
-        if client_gone.is_none() {
-            if let Poll::Ready(r) = up.poll(cx, &mut client, &mut upstream) {
-                client_gone = Some((r, Box::pin(tokio::time::sleep(DRAIN))));
-            }
+        if client_gone.is_none()
+            && let Poll::Ready(r) = up.poll(cx, &mut client, &mut upstream)
+        {
+            client_gone = Some((r, Box::pin(tokio::time::sleep(DRAIN))));
         }
-        if let Some((r, deadline)) = client_gone.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(std::mem::replace(r, Ok(())));
-            }
+        if let Some((r, deadline)) = client_gone.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(std::mem::replace(r, Ok(())));
         }
         Poll::Pending
     })
