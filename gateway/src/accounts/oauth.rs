@@ -472,7 +472,7 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 
 /// A service account's signed assertion for `subject` (Google's claims:
 /// `iss` the account, `sub` the mailbox, `scope`, `aud` the token endpoint,
-/// an hour at most; the key's ID as `kid`).
+/// an hour at most; a random `jti`; the key's ID as `kid`).
 fn service_account_assertion(
     sa: &mailgate_config::ServiceAccount,
     subject: &str,
@@ -487,6 +487,7 @@ fn service_account_assertion(
         aud: &'a str,
         iat: u64,
         exp: u64,
+        jti: String,
     }
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(sa.private_key.expose_secret().as_bytes())
         .map_err(|e| {
@@ -505,6 +506,15 @@ fn service_account_assertion(
         aud: token_url,
         iat,
         exp: iat + 3600,
+        // RS256 is deterministic: without a unique ID two assertions in the
+        // same second would be the same bytes, which a token endpoint may
+        // refuse as a replay (RFC 7523 §3).
+        jti: {
+            use rand_core::RngCore as _;
+            let mut id = [0u8; 16];
+            rand_core::OsRng.fill_bytes(&mut id);
+            id.iter().map(|b| format!("{b:02x}")).collect()
+        },
     };
     jsonwebtoken::encode(&header, &claims, &key)
         .map(SecretString::from)
