@@ -14,6 +14,44 @@ use mailgate_tests::harness::{Env, PASSWORD, USER, mailgate_bin, unused_port};
 use mailgate_tests::imap_server::{FakeImap, Options};
 use serde_json::Value;
 
+/// `mailgate run --log-level debug` on `cfg` (with `RUST_LOG` when given),
+/// its standard error collected by a thread, once `port` accepts.
+async fn run_debug(
+    cfg: &std::path::Path,
+    port: u16,
+    rust_log: Option<&str>,
+) -> (
+    std::process::Child,
+    std::thread::JoinHandle<Vec<String>>,
+    std::net::SocketAddr,
+) {
+    let mut cmd = Command::new(mailgate_bin());
+    cmd.args(["-c", cfg.to_str().unwrap(), "--log-level", "debug", "run"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(l) = rust_log {
+        cmd.env("RUST_LOG", l);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    (child, reader, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_carry_the_connection_span() {
     let env = Env::new().await;
@@ -29,28 +67,7 @@ async fn json_lines_carry_the_connection_span() {
         )
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let cfg = env.write_config(&text);
-    let mut child = Command::new(mailgate_bin())
-        .args(["-c", cfg.to_str().unwrap(), "--log-level", "debug", "run"])
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let (mut child, reader, addr) = run_debug(&cfg, port, Some("trace")).await;
     let mut c = LineClient::greeted(addr).await;
     assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
     c.send("z LOGOUT\r\n").await;
@@ -147,27 +164,7 @@ async fn one_user_per_line_after_two_logins() {
         )
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let cfg = env.write_config(&text);
-    let mut child = Command::new(mailgate_bin())
-        .args(["-c", cfg.to_str().unwrap(), "--log-level", "debug", "run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let (mut child, reader, addr) = run_debug(&cfg, port, None).await;
     let mut c = LineClient::greeted(addr).await;
     let r = c.login("a", "nobody@example.com", PASSWORD).await;
     assert!(r.starts_with("a NO"), "{r}");

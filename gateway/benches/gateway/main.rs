@@ -637,17 +637,7 @@ async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow:
         redis.url()
     );
     // The same sealed file, copied into Redis.
-    let path = b.env.path().join("store.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[gateway]\nstate_dir = \"{}\"\n[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n[provider.p]\npreset = \"office365\"\nclient_id = \"x\"\n{extra}",
-            b.env.state_dir().display()
-        ),
-    )?;
-    let cfg =
-        mailgate_config::load_with_env(&path, Vec::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = mailgate::accounts::store::Store::open(&cfg).await?;
+    let store = open_store(&b.env, "store", &extra).await?;
     let file = b.env.token_file(USER);
     store
         .save(&file, mailgate::accounts::store::Expect::Any)
@@ -699,7 +689,7 @@ async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow:
 /// and how often the account was lost (the next instance's refresh refused:
 /// the dead one never wrote the new token to Redis).
 async fn kill_during_refresh(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
-    use mailgate::accounts::store::{Expect, Kdf, SealingKey, Store, TokenFile};
+    use mailgate::accounts::store::{Expect, Kdf, SealingKey, TokenFile};
     use mailgate_tests::oauth::Mode;
     if !std::path::Path::new("/usr/bin/redis-server").exists() {
         println!("\n6. kill during refresh: skipped (no /usr/bin/redis-server)");
@@ -740,17 +730,10 @@ async fn kill_during_refresh(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
         let mut tokens = Tokens::default();
         tokens.refresh_token = Some(b.env.oauth.issue_refresh_token(USER));
         let file = TokenFile::seal(&USER.to_lowercase(), "test", &key, &tokens)?;
-        let path = b.env.path().join(format!("kill{i}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[gateway]\nstate_dir = \"{}\"\n[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n[provider.p]\npreset = \"office365\"\nclient_id = \"x\"\n{extra}",
-                b.env.state_dir().display()
-            ),
-        )?;
-        let cfg = mailgate_config::load_with_env(&path, Vec::new())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Store::open(&cfg).await?.save(&file, Expect::Any).await?;
+        open_store(&b.env, &format!("kill{i}"), &extra)
+            .await?
+            .save(&file, Expect::Any)
+            .await?;
 
         let mut first = Gateway::spawn_with(&b.env, nowhere, &format!("kill{i}a"), quick, &extra)?;
         let (requests, refreshes) = (
@@ -809,6 +792,26 @@ async fn kill_during_refresh(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The token store that `extra` (a `[store]` table) configures, opened
+/// from a minimal configuration written as `name`.toml.
+async fn open_store(
+    env: &Env,
+    name: &str,
+    extra: &str,
+) -> anyhow::Result<mailgate::accounts::store::Store> {
+    let path = env.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[gateway]\nstate_dir = \"{}\"\n[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n[provider.p]\npreset = \"office365\"\nclient_id = \"x\"\n{extra}",
+            env.state_dir().display()
+        ),
+    )?;
+    let cfg =
+        mailgate_config::load_with_env(&path, Vec::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(mailgate::accounts::store::Store::open(&cfg).await?)
 }
 
 async fn idle_session(target: Target) -> std::io::Result<Conn> {
