@@ -12,12 +12,16 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+mod certificate;
 mod load;
 mod presets;
+mod proxy;
 mod raw;
 mod resolve;
 
+pub use certificate::{AssertionAlg, ClientCertificate, EXPIRY_WARNING};
 pub use load::{ENV_CONFIG, load, load_with_env, locate};
+pub use proxy::{NoProxy, Proxy, ProxyKind};
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -66,6 +70,10 @@ pub struct Gateway {
     pub max_failures: u32,
     /// The load balancers whose PROXY headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `proxy`: the outbound proxy of every provider that sets none.
+    pub proxy: Option<Arc<Proxy>>,
+    /// `no_proxy`: the servers reached without a proxy.
+    pub no_proxy: NoProxy,
 }
 
 /// The most sessions at once when `max_connections` is not set.
@@ -271,6 +279,12 @@ pub struct Provider {
     pub min_token_life: Duration,
     /// `flow = "service_account"`: the key from `service_account_file`.
     pub service_account: Option<ServiceAccount>,
+    /// `client_certificate` and `client_key`: the client authenticates
+    /// with a signed assertion instead of a secret.
+    pub client_certificate: Option<ClientCertificate>,
+    /// The proxy of the token endpoint's (and device authorization's)
+    /// requests (`None`: direct).
+    pub proxy: Option<Arc<Proxy>>,
 }
 
 /// A Google service account's JSON key (the fields mailgate uses).
@@ -323,6 +337,8 @@ pub struct Upstream {
     pub security: UpstreamSecurity,
     pub host: String,
     pub port: u16,
+    /// The proxy the connection goes through (`None`: direct).
+    pub proxy: Option<Arc<Proxy>>,
 }
 
 impl fmt::Display for Upstream {
@@ -526,17 +542,39 @@ impl Config {
         for p in self.providers.values() {
             let _ = writeln!(
                 s,
-                "  {} (preset {}, flow {}, client_id {}, client secret {})",
+                "  {} (preset {}, flow {}, client_id {}, {})",
                 p.name,
                 p.preset,
                 p.flow,
                 p.client_id,
                 if p.client_secret.is_some() {
-                    "set"
+                    "client secret set"
+                } else if p.client_certificate.is_some() {
+                    "client certificate"
                 } else {
-                    "none"
+                    "no client secret"
                 }
             );
+            if let Some(c) = &p.client_certificate {
+                let _ = writeln!(
+                    s,
+                    "    certificate    {} (from {}, key {})",
+                    c.subject,
+                    c.certificate_file.display(),
+                    c.key_file.display()
+                );
+                let _ = writeln!(
+                    s,
+                    "    thumbprint     {} (SHA-1, as Entra shows it; x5t#S256 {})",
+                    c.thumbprint, c.x5t_s256
+                );
+                let _ = writeln!(
+                    s,
+                    "    valid until    {} ({} assertions)",
+                    humantime::format_rfc3339_seconds(c.not_after),
+                    c.algorithm
+                );
+            }
             if let Some(t) = &p.tenant {
                 let _ = writeln!(s, "    tenant         {t}");
             }
@@ -553,6 +591,9 @@ impl Config {
                 let _ = writeln!(s, "    authorize_url  {u}");
             }
             let _ = writeln!(s, "    token_url      {}", p.token_url);
+            if let Some(proxy) = &p.proxy {
+                let _ = writeln!(s, "    token proxy    {proxy}");
+            }
             if let Some(u) = &p.device_code_url {
                 let _ = writeln!(s, "    device_code    {u}");
             }
@@ -560,7 +601,14 @@ impl Config {
             let _ = writeln!(s, "    scopes         {}", p.scopes.join(" "));
             for (name, up) in [("imap", &p.imap), ("pop3", &p.pop3), ("smtp", &p.smtp)] {
                 if let Some(up) = up {
-                    let _ = writeln!(s, "    {name:<14} {up}");
+                    match &up.proxy {
+                        Some(proxy) => {
+                            let _ = writeln!(s, "    {name:<14} {up} through {proxy}");
+                        }
+                        None => {
+                            let _ = writeln!(s, "    {name:<14} {up}");
+                        }
+                    }
                 }
             }
             if let Some(ca) = &p.ca_file {
@@ -624,6 +672,12 @@ impl Choice for Flow {
         ("device_code", Flow::DeviceCode),
         ("client_credentials", Flow::ClientCredentials),
         ("service_account", Flow::ServiceAccount),
+    ];
+}
+impl Choice for AssertionAlg {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("PS256", AssertionAlg::Ps256),
+        ("RS256", AssertionAlg::Rs256),
     ];
 }
 

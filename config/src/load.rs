@@ -101,7 +101,7 @@ pub fn load_with_env(
 }
 
 /// The configuration file itself when it holds a `client_secret`, and
-/// every `client_secret_file`.
+/// every `client_secret_file`, `client_key` and `service_account_file`.
 fn secret_files(path: &Path, table: &toml::Table) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     let providers = table.get("provider").and_then(toml::Value::as_table);
@@ -109,9 +109,25 @@ fn secret_files(path: &Path, table: &toml::Table) -> Vec<(String, PathBuf)> {
         if p.get("client_secret").is_some() {
             out.push((format!("provider.{name}.client_secret"), path.to_path_buf()));
         }
-        if let Some(f) = p.get("client_secret_file").and_then(toml::Value::as_str) {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            out.push((format!("provider.{name}.client_secret_file"), dir.join(f)));
+        for k in ["client_secret_file", "client_key", "service_account_file"] {
+            if let Some(f) = p.get(k).and_then(toml::Value::as_str) {
+                out.push((format!("provider.{name}.{k}"), crate::relative_to(path, f)));
+            }
+        }
+    }
+    // A proxy URL with a password.
+    let has_password = |v: Option<&toml::Value>| {
+        v.and_then(toml::Value::as_str)
+            .and_then(|s| url::Url::parse(s).ok())
+            .is_some_and(|u| u.password().is_some())
+    };
+    let gateway = table.get("gateway").and_then(toml::Value::as_table);
+    if has_password(gateway.and_then(|g| g.get("proxy"))) {
+        out.push(("gateway.proxy".into(), path.to_path_buf()));
+    }
+    for (name, p) in providers.into_iter().flatten() {
+        if has_password(p.get("proxy")) {
+            out.push((format!("provider.{name}.proxy"), path.to_path_buf()));
         }
     }
     let store = table.get("store").and_then(toml::Value::as_table);

@@ -59,6 +59,8 @@ pub(crate) struct RawGateway {
     pub max_tag: Option<u64>,
     pub max_failures: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub proxy: Option<String>,
+    pub no_proxy: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +96,10 @@ pub(crate) struct RawProvider {
     pub ca_file: Option<String>,
     pub min_token_life: Option<String>,
     pub service_account_file: Option<String>,
+    pub client_certificate: Option<String>,
+    pub client_key: Option<String>,
+    pub client_assertion_alg: Option<String>,
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,9 +14,9 @@ use crate::raw::{
     RawAccount, RawConfig, RawGateway, RawListener, RawPortal, RawProvider, RawStore,
 };
 use crate::{
-    Account, Choice, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener, LogFormat, Portal,
-    Preset, Protocol, Provider, ServiceAccount, Store, TlsMode, Upstream, UpstreamSecurity,
-    UserPattern, relative_to,
+    Account, AssertionAlg, Choice, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener,
+    LogFormat, Portal, Preset, Protocol, Provider, ServiceAccount, Store, TlsMode, Upstream,
+    UpstreamSecurity, UserPattern, relative_to,
 };
 
 struct Errors<'a> {
@@ -49,7 +49,7 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
             );
         }
     }
-    let providers = providers(file, raw.provider, &mut errs);
+    let providers = providers(file, raw.provider, &gateway, &mut errs);
     let accounts = accounts(raw.account, &providers, &mut errs);
     let portal = raw.portal.map(|p| portal(file, p, &mut errs));
     let store = store(file, raw.store.unwrap_or_default(), &mut errs);
@@ -181,7 +181,23 @@ fn gateway(file: &Path, raw: RawGateway, errs: &mut Errors<'_>) -> Gateway {
             ),
         }
     }
+    let proxy = raw.proxy.and_then(|p| match crate::proxy::parse(&p) {
+        Ok(p) => Some(Arc::new(p)),
+        Err(e) => {
+            errs.push("gateway.proxy", e);
+            None
+        }
+    });
+    let no_proxy = match crate::proxy::NoProxy::parse(&raw.no_proxy.unwrap_or_default()) {
+        Ok(n) => n,
+        Err((i, e)) => {
+            errs.push(format!("gateway.no_proxy[{i}]"), e);
+            crate::proxy::NoProxy::default()
+        }
+    };
     Gateway {
+        proxy,
+        no_proxy,
         trusted_proxies,
         state_dir: relative_to(file, raw.state_dir.as_deref().unwrap_or("state")),
         hostname,
@@ -481,11 +497,12 @@ fn portal(file: &Path, p: RawPortal, errs: &mut Errors<'_>) -> Portal {
 fn providers(
     file: &Path,
     raw: BTreeMap<String, RawProvider>,
+    gateway: &Gateway,
     errs: &mut Errors<'_>,
 ) -> BTreeMap<String, Arc<Provider>> {
     let mut out = BTreeMap::new();
     for (name, p) in raw {
-        if let Some(provider) = provider(file, &name, p, errs) {
+        if let Some(provider) = provider(file, &name, p, gateway, errs) {
             out.insert(name, Arc::new(provider));
         }
     }
@@ -576,10 +593,17 @@ fn upstream(
         security,
         host,
         port: url.port().unwrap_or(default_port),
+        proxy: None,
     })
 }
 
-fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> Option<Provider> {
+fn provider(
+    file: &Path,
+    name: &str,
+    p: RawProvider,
+    gateway: &Gateway,
+    errs: &mut Errors<'_>,
+) -> Option<Provider> {
     let key = |k: &str| format!("provider.{name}.{k}");
     if p.preset.is_none() {
         errs.push(
@@ -656,6 +680,16 @@ fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> O
         }
         (None, None) => None,
     };
+
+    let client_certificate = client_certificate(
+        file,
+        &key,
+        preset,
+        flow,
+        client_secret.is_some(),
+        (p.client_certificate, p.client_key, p.client_assertion_alg),
+        errs,
+    );
 
     let is_microsoft = matches!(preset, Preset::Office365 | Preset::Outlook);
     if let Some(t) = &p.tenant {
@@ -792,10 +826,35 @@ fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> O
         Duration::from_secs(30 * 60),
     );
 
+    // The provider's proxy ("direct": none), else the gateway's; a server
+    // that no_proxy names is reached directly.
+    let proxy = match p.proxy.as_deref().map(str::trim) {
+        None => gateway.proxy.clone(),
+        Some(d) if d.eq_ignore_ascii_case("direct") => None,
+        Some(s) => match crate::proxy::parse(s) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                errs.push(key("proxy"), format!("{e}, or \"direct\" for none"));
+                None
+            }
+        },
+    };
+    let route = |host: &str| proxy.clone().filter(|_| !gateway.no_proxy.matches(host));
+    let [imap, pop3, smtp] = [imap, pop3, smtp].map(|u| {
+        u.map(|mut u| {
+            u.proxy = route(&u.host);
+            u
+        })
+    });
+    let token_proxy = token_url
+        .as_ref()
+        .and_then(|u| u.host_str().and_then(route));
+
     if errs.list.len() != before {
         return None;
     }
     Some(Provider {
+        proxy: token_proxy,
         name: name.to_owned(),
         preset,
         client_id,
@@ -813,7 +872,77 @@ fn provider(file: &Path, name: &str, p: RawProvider, errs: &mut Errors<'_>) -> O
         ca_file,
         min_token_life,
         service_account,
+        client_certificate,
     })
+}
+
+/// `client_certificate`, `client_key` and `client_assertion_alg`: the
+/// certificate credential of a confidential Microsoft (or custom) client.
+fn client_certificate(
+    file: &Path,
+    key: &dyn Fn(&str) -> String,
+    preset: Preset,
+    flow: Flow,
+    has_secret: bool,
+    (certificate, client_key, alg): (Option<String>, Option<String>, Option<String>),
+    errs: &mut Errors<'_>,
+) -> Option<crate::ClientCertificate> {
+    let algorithm = match &alg {
+        Some(_) if certificate.is_none() => {
+            errs.push(
+                key("client_assertion_alg"),
+                "only used with client_certificate and client_key",
+            );
+            return None;
+        }
+        _ => choice::<AssertionAlg>(errs, &key("client_assertion_alg"), alg)
+            .unwrap_or(AssertionAlg::Ps256),
+    };
+    let (certificate, client_key) = match (certificate, client_key) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (relative_to(file, &c), relative_to(file, &k)),
+        (Some(_), None) => {
+            errs.push(
+                key("client_key"),
+                "missing; client_certificate needs the certificate's private key (PEM) in client_key",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            errs.push(
+                key("client_certificate"),
+                "missing; client_key needs the certificate (PEM) that was uploaded to the app registration",
+            );
+            return None;
+        }
+    };
+    if has_secret {
+        errs.push(
+            key("client_certificate"),
+            "set a client secret or a client certificate, not both",
+        );
+        return None;
+    }
+    if preset == Preset::Gmail || flow == Flow::ServiceAccount {
+        errs.push(
+            key("client_certificate"),
+            "certificate credentials are Microsoft Entra's; Google clients use a client secret or a service account",
+        );
+        return None;
+    }
+    match crate::certificate::load(&certificate, &client_key, algorithm) {
+        Ok(c) => Some(c),
+        Err((part, message)) => {
+            errs.push(
+                key(match part {
+                    crate::certificate::Part::Certificate => "client_certificate",
+                    crate::certificate::Part::Key => "client_key",
+                }),
+                message,
+            );
+            None
+        }
+    }
 }
 
 /// Reads a service account's JSON key (as Google's console gives it).

@@ -181,6 +181,10 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
         };
     }
     tokio::spawn(publish_backoff(ctx.clone(), stop_accepting.clone()));
+    tokio::spawn(watch_client_certificates(
+        ctx.clone(),
+        stop_accepting.clone(),
+    ));
     let metrics = match config.gateway.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -342,6 +346,34 @@ pub struct Listening {
 /// Writes the wrong-password backoff state to `state_dir/backoff.json` (at
 /// most once a second, only when it changed) so `mailgate accounts` can show
 /// it; a last time when the gateway stops.
+/// Logs a warning for each client certificate that has expired or expires
+/// within 30 days: at start, then daily (a gateway runs for months), for
+/// the configuration in use then.
+async fn watch_client_certificates(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for w in certificate_warnings(&ctx.config(), std::time::SystemTime::now()) {
+            warn!("{w}");
+        }
+    }
+}
+
+/// The expiry warnings of the configuration's client certificates.
+pub fn certificate_warnings(config: &Config, now: std::time::SystemTime) -> Vec<String> {
+    config
+        .providers
+        .values()
+        .filter_map(|p| {
+            let c = p.client_certificate.as_ref()?;
+            Some(format!("provider {}: {}", p.name, c.expiry_warning(now)?))
+        })
+        .collect()
+}
+
 async fn publish_backoff(ctx: Arc<Context>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -12,7 +12,9 @@
 //! - [`browser`]: playing the browser on a sign-in URL;
 //! - [`chrome`]: a real headless Chromium driven through ChromeDriver;
 //! - [`harness::Running`]: the real binary, its addresses read from its log;
-//! - [`redis`]: a real Redis server.
+//! - [`redis`]: a real Redis server;
+//! - [`proxies`]: test HTTP (CONNECT) and SOCKS5 proxies that log what they forward;
+//! - [`rsa`]: RSA keys and client certificates (Entra certificate credentials).
 
 #![allow(clippy::unwrap_used, missing_debug_implementations)]
 
@@ -25,9 +27,12 @@ pub mod dovecot;
 pub mod fake;
 pub mod harness;
 pub mod imap_server;
+pub mod login;
 pub mod oauth;
 pub mod pop3_server;
+pub mod proxies;
 pub mod redis;
 pub mod relay_sink;
+pub mod rsa;
 pub mod service_account;
 pub mod smtp_server;

@@ -110,6 +110,11 @@ struct Inner {
     assertions: std::collections::HashSet<String>,
     /// The `sub` of each accepted assertion, in order.
     subjects: Vec<String>,
+    /// The certificate credential the client must authenticate with: the
+    /// certificate's public key (PEM) and its `x5t#S256`.
+    client_certificate: Option<(Vec<u8>, String)>,
+    /// (grant type, `alg`) of each accepted client assertion, in order.
+    client_assertions: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -154,6 +159,8 @@ impl FakeOAuth {
                 delegated: true,
                 assertions: Default::default(),
                 subjects: Vec::new(),
+                client_certificate: None,
+                client_assertions: Vec::new(),
                 authorize_mode: AuthorizeMode::Approve,
                 device_mode: DeviceMode::ApproveAfter(1),
                 default_user: "alice@example.test".into(),
@@ -285,6 +292,19 @@ impl FakeOAuth {
     pub fn set_service_account(&self, client_email: &str, public_pem: &[u8]) {
         jsonwebtoken::DecodingKey::from_rsa_pem(public_pem).unwrap();
         self.inner().service_account = Some((client_email.to_owned(), public_pem.to_vec()));
+    }
+
+    /// Requires certificate credentials: every token request must carry a
+    /// client assertion signed by `public_pem`'s private half that names
+    /// the certificate by `x5t_s256`, as Entra checks them.
+    pub fn set_client_certificate(&self, public_pem: &[u8], x5t_s256: &str) {
+        jsonwebtoken::DecodingKey::from_rsa_pem(public_pem).unwrap();
+        self.inner().client_certificate = Some((public_pem.to_vec(), x5t_s256.to_owned()));
+    }
+
+    /// (grant type, `alg`) of each accepted client assertion, in order.
+    pub fn client_assertions(&self) -> Vec<(String, String)> {
+        self.inner().client_assertions.clone()
     }
 
     /// Whether the service account has domain-wide delegation.
@@ -448,13 +468,27 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
             }
         };
     }
-    if form.get("client_id") != Some(&inner.client_id)
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    if form.get("client_id").is_some_and(|c| *c != inner.client_id)
+        || (!form.contains_key("client_id") && !form.contains_key("client_assertion"))
         || (inner.client_secret.is_some()
             && form.get("client_secret") != inner.client_secret.as_ref())
     {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
     }
-    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    if let Some((public, x5t)) = inner.client_certificate.clone() {
+        let token_url = format!("{}/token", inner.issuer);
+        match check_client_assertion(&inner.client_id, &public, &x5t, &form, &token_url) {
+            Ok(alg) => inner.client_assertions.push((grant_type.clone(), alg)),
+            Err(why) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &why),
+        }
+    } else if form.contains_key("client_assertion") {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS700027: no certificate is registered for this client",
+        );
+    }
     *s.grants
         .lock()
         .unwrap()
@@ -521,7 +555,7 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
             return issue(s, &mut inner, &user, true, id);
         }
         "client_credentials" => {
-            if inner.client_secret.is_none() {
+            if inner.client_secret.is_none() && inner.client_certificate.is_none() {
                 return oauth_error(
                     StatusCode::UNAUTHORIZED,
                     "invalid_client",
@@ -606,6 +640,60 @@ fn check_assertion(inner: &Inner, assertion: &str, token_url: &str) -> Result<St
         return Err("Invalid JWT: no scope".into());
     }
     Ok(c["sub"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Checks a client assertion as Entra does (certificate credentials):
+/// `client_assertion_type` jwt-bearer, PS256 or RS256 by the registered
+/// certificate's key, `x5t#S256` naming that certificate, `iss` and `sub`
+/// the client ID, `aud` this token endpoint, `exp` in the future and
+/// `nbf` not after now, a `jti`. The `alg` it used.
+fn check_client_assertion(
+    client_id: &str,
+    public: &[u8],
+    x5t_s256: &str,
+    form: &HashMap<String, String>,
+    token_url: &str,
+) -> Result<String, String> {
+    let (Some(kind), Some(assertion)) = (
+        form.get("client_assertion_type"),
+        form.get("client_assertion"),
+    ) else {
+        return Err("AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'".into());
+    };
+    if kind != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+        return Err(format!(
+            "AADSTS700024: unsupported client_assertion_type {kind}"
+        ));
+    }
+    let header = jsonwebtoken::decode_header(assertion)
+        .map_err(|e| format!("AADSTS50027: Invalid JWT: {e}"))?;
+    if !matches!(
+        header.alg,
+        jsonwebtoken::Algorithm::PS256 | jsonwebtoken::Algorithm::RS256
+    ) {
+        return Err(format!(
+            "AADSTS5002738: alg {:?} is not supported",
+            header.alg
+        ));
+    }
+    if header.x5t_s256.as_deref() != Some(x5t_s256) {
+        return Err("AADSTS700027: The certificate with identifier used to sign the client assertion is not registered on application".into());
+    }
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(public).map_err(|e| e.to_string())?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.set_audience(&[token_url]);
+    v.set_issuer(&[client_id]);
+    v.sub = Some(client_id.to_owned());
+    v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    v.validate_nbf = true;
+    v.leeway = 0;
+    let data = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &v).map_err(|e| {
+        format!("AADSTS700027: Client assertion failed signature validation or its claims: {e}")
+    })?;
+    if data.claims["jti"].as_str().is_none_or(str::is_empty) {
+        return Err("AADSTS700023: the client assertion has no jti".into());
+    }
+    Ok(format!("{:?}", header.alg))
 }
 
 /// An ID token for `user` when `scope` asks for one (claims as Microsoft

@@ -2,7 +2,6 @@
 //! `openssl`, written as the JSON file Google's console gives.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The address the test service account signs as.
 pub const CLIENT_EMAIL: &str = "mailgate@test-project.iam.gserviceaccount.com";
@@ -11,29 +10,7 @@ pub const CLIENT_EMAIL: &str = "mailgate@test-project.iam.gserviceaccount.com";
 /// path and the public key (PEM) that verifies its signatures.
 pub fn key_file(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
     let pem = dir.join(format!("{name}.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&pem)
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let public = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&pem)
-        .output()
-        .expect("openssl");
-    assert!(public.status.success());
+    let public = crate::rsa::key(&pem);
     let private = std::fs::read_to_string(&pem).expect("the key");
     let json = serde_json::json!({
         "type": "service_account",
@@ -47,5 +24,5 @@ pub fn key_file(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
     });
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_vec_pretty(&json).expect("JSON")).expect("write");
-    (path, public.stdout)
+    (path, public)
 }

@@ -5,87 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use mailgate_tests::client::LineClient;
-use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, mailgate_bin, start};
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start};
 use mailgate_tests::imap_server::{FakeImap, Options};
+use mailgate_tests::login::Login;
 use mailgate_tests::oauth::{AuthorizeMode, DeviceMode};
-
-struct Login {
-    child: Child,
-    out: Receiver<String>,
-}
-
-impl Login {
-    fn spawn(config: &Path, args: &[&str]) -> Login {
-        let mut child = Command::new(mailgate_bin())
-            .arg("-c")
-            .arg(config)
-            .arg("login")
-            .args(args)
-            .env("MAILGATE_PASSWORD", PASSWORD)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Login { child, out: rx }
-    }
-
-    /// The first printed line starting with `prefix`.
-    fn line_starting(&self, prefix: &str) -> String {
-        loop {
-            let l = self
-                .out
-                .recv_timeout(Duration::from_secs(20))
-                .expect("mailgate printed no such line");
-            if l.starts_with(prefix) {
-                return l;
-            }
-        }
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-    }
-
-    /// Waits for the exit; returns (success, everything printed).
-    fn finish(mut self) -> (bool, String) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mailgate login did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        let text: Vec<String> = self.out.try_iter().collect();
-        (status.success(), text.join("\n"))
-    }
-}
 
 async fn setup(extra_provider: &str) -> (Env, FakeImap, std::path::PathBuf) {
     logs();

@@ -349,6 +349,8 @@ mod tests {
             ca_file: None,
             min_token_life: Duration::from_secs(60),
             service_account: None,
+            client_certificate: None,
+            proxy: None,
         }
     }
 

@@ -109,6 +109,9 @@ pub enum Unavailable {
     AppToken(String),
     #[error("the service account of {0} has no domain-wide delegation for this mailbox")]
     NotDelegated(String),
+    /// The outbound proxy refused or failed a token request (its words).
+    #[error("{0}")]
+    Proxy(String),
 }
 
 /// A successful local authentication with a fresh access token.
@@ -181,13 +184,14 @@ struct AppToken {
 }
 
 /// The sealer of a provider's shared app-only token (for `subject`, the
-/// mailbox of a service account): keyed by its client secret or its
-/// service account's private key, which every instance has and Redis does
-/// not (`None` without either: nothing is shared).
+/// mailbox of a service account): keyed by its client secret, its client
+/// certificate's key or its service account's private key, which every
+/// instance has and Redis does not (`None` without any: nothing is shared).
 fn app_sealer(provider: &Provider, subject: Option<&str>) -> Option<shared::Sealer> {
-    let secret = match &provider.service_account {
-        Some(sa) => &sa.private_key,
-        None => provider.client_secret.as_ref()?,
+    let secret = match (&provider.service_account, &provider.client_certificate) {
+        (Some(sa), _) => &sa.private_key,
+        (None, Some(cert)) => &cert.private_key,
+        (None, None) => provider.client_secret.as_ref()?,
     };
     let mut material = Vec::new();
     for part in [
@@ -713,6 +717,7 @@ impl Accounts {
                     OAuthError::NotDelegated { .. } => {
                         Unavailable::NotDelegated(provider.name.clone())
                     }
+                    OAuthError::Proxy(why) => Unavailable::Proxy(why),
                     _ => Unavailable::AppToken(provider.name.clone()),
                 }))
             }
@@ -1028,6 +1033,8 @@ impl Accounts {
                     })
                 } else if matches!(e, OAuthError::InvalidClient(_)) {
                     Err(LoginError::Unavailable(Unavailable::ClientRejected))
+                } else if let OAuthError::Proxy(why) = e {
+                    Err(LoginError::Unavailable(Unavailable::Proxy(why)))
                 } else {
                     Err(LoginError::Unavailable(Unavailable::TokenEndpoint(
                         provider.name.clone(),

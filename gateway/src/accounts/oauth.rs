@@ -5,9 +5,10 @@
 //! disabled (a token endpoint that redirects is misconfigured, and following
 //! it could hand a secret elsewhere).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use mailgate_config::{Preset, Provider};
+use mailgate_config::{Preset, Provider, Proxy};
 use oauth2::basic::{
     BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
     BasicTokenIntrospectionResponse, BasicTokenType,
@@ -56,7 +57,7 @@ pub enum OAuthError {
     #[error("the provider rejected the grant (invalid_grant{})", detail(.0))]
     InvalidGrant(String),
     /// `invalid_client`: the client ID or secret is wrong or expired.
-    #[error("the provider rejected mailgate's client credentials (invalid_client{}); check client_id and client_secret of the provider", detail(.0))]
+    #[error("the provider rejected mailgate's client credentials (invalid_client{}); check the provider's client_id and its client secret or certificate", detail(.0))]
     InvalidClient(String),
     /// The user declined (`access_denied`).
     #[error("the authorisation was declined (access_denied{})", detail(.0))]
@@ -82,6 +83,9 @@ pub enum OAuthError {
     /// The endpoint could not be reached or timed out.
     #[error("the token endpoint cannot be reached: {0}")]
     Unreachable(String),
+    /// The outbound proxy refused the request, or could not be reached.
+    #[error("{0}")]
+    Proxy(String),
     /// The endpoint answered something that is not an OAuth response.
     #[error("the token endpoint gave an invalid answer: {0}")]
     BadResponse(String),
@@ -150,21 +154,75 @@ type TokenClient = oauth2::Client<
     EndpointSet,
 >;
 
+/// The HTTP clients made for outbound proxies, by proxy.
+type ProxiedClients = Vec<(Arc<Proxy>, reqwest::Client)>;
+
 /// The process's OAuth client.
 #[derive(Debug, Clone)]
 pub struct OAuth {
     http: reqwest::Client,
+    timeout: Duration,
+    /// One client per outbound proxy in use, made at its first request.
+    proxied: Arc<std::sync::Mutex<ProxiedClients>>,
 }
 
 impl OAuth {
     pub fn new(timeout: Duration) -> Result<OAuth, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        Ok(OAuth {
+            http: Self::build(timeout, None)?,
+            timeout,
+            proxied: Arc::default(),
+        })
+    }
+
+    /// An HTTP client without redirects, through `proxy` (or direct:
+    /// the environment's `HTTPS_PROXY` and the like are not used; the
+    /// configuration's `proxy` is the one setting for every connection).
+    fn build(timeout: Duration, proxy: Option<&Proxy>) -> Result<reqwest::Client, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("mailgate/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(OAuth { http })
+            .no_proxy();
+        if let Some(p) = proxy {
+            builder = builder.proxy(reqwest::Proxy::all(
+                p.url_with_credentials().expose_secret(),
+            )?);
+        }
+        builder.build()
+    }
+
+    /// The client for `provider`'s token endpoint: through its proxy, if
+    /// it has one.
+    fn http(&self, provider: &Provider) -> Result<reqwest::Client, OAuthError> {
+        let Some(proxy) = &provider.proxy else {
+            return Ok(self.http.clone());
+        };
+        let mut cache = self
+            .proxied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, c)) = cache.iter().find(|(p, _)| p == proxy) {
+            return Ok(c.clone());
+        }
+        let client = Self::build(self.timeout, Some(proxy)).map_err(|e| {
+            OAuthError::Proxy(format!("the proxy {proxy} cannot be used: {}", chain(&e)))
+        })?;
+        cache.push((proxy.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// A failure to reach the endpoint, said as the proxy's when the
+    /// request went through one.
+    fn via(provider: &Provider, e: OAuthError) -> OAuthError {
+        match (&provider.proxy, e) {
+            (Some(proxy), OAuthError::Unreachable(why)) => OAuthError::Proxy(format!(
+                "the proxy {proxy} refused or failed the request to the token endpoint {}: {why}",
+                provider.token_url.host_str().unwrap_or("")
+            )),
+            (_, e) => e,
+        }
     }
 
     /// A client with the provider's ID, secret and token URL.
@@ -199,12 +257,17 @@ impl OAuth {
         refresh_token: &SecretString,
     ) -> Result<Grant, OAuthError> {
         let rt = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let response = Self::client(provider)
+        let client = Self::client(provider);
+        let mut request = client
             .exchange_refresh_token(&rt)
-            .add_scopes(Self::scopes(provider))
-            .request_async(&self.http)
+            .add_scopes(Self::scopes(provider));
+        for (k, v) in client_assertion(provider, ASSERTION_LIFETIME)? {
+            request = request.add_extra_param(k, v);
+        }
+        let response = request
+            .request_async(&self.http(provider)?)
             .await
-            .map_err(convert)?;
+            .map_err(|e| Self::via(provider, convert(e)))?;
         Ok(grant(&response))
     }
 
@@ -258,15 +321,20 @@ impl OAuth {
         request: &AuthorizationRequest,
         code: &SecretString,
     ) -> Result<Grant, OAuthError> {
-        let response = Self::client(provider)
-            .set_redirect_uri(RedirectUrl::from_url(request.redirect_uri.clone()))
+        let client = Self::client(provider)
+            .set_redirect_uri(RedirectUrl::from_url(request.redirect_uri.clone()));
+        let mut exchange = client
             .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(
                 request.verifier.expose_secret().to_owned(),
-            ))
-            .request_async(&self.http)
+            ));
+        for (k, v) in client_assertion(provider, ASSERTION_LIFETIME)? {
+            exchange = exchange.add_extra_param(k, v);
+        }
+        let response = exchange
+            .request_async(&self.http(provider)?)
             .await
-            .map_err(convert)?;
+            .map_err(|e| Self::via(provider, convert(e)))?;
         Ok(grant(&response))
     }
 
@@ -286,9 +354,9 @@ impl OAuth {
             .set_device_authorization_url(DeviceAuthorizationUrl::from_url(url))
             .exchange_device_code()
             .add_scopes(Self::sign_in_scopes(provider))
-            .request_async(&self.http)
+            .request_async(&self.http(provider)?)
             .await
-            .map_err(convert)
+            .map_err(|e| Self::via(provider, convert(e)))
     }
 
     /// Polls the token endpoint until the user approves, declines or the
@@ -298,11 +366,20 @@ impl OAuth {
         provider: &Provider,
         details: &DeviceAuthorization,
     ) -> Result<Grant, OAuthError> {
-        let response = Self::client(provider)
-            .exchange_device_access_token(details)
-            .request_async(&self.http, tokio::time::sleep, None)
+        // One assertion serves every poll: it lives as long as the code.
+        let lifetime = details
+            .expires_in()
+            .saturating_add(Duration::from_secs(60))
+            .clamp(ASSERTION_LIFETIME, Duration::from_secs(3600));
+        let client = Self::client(provider);
+        let mut poll = client.exchange_device_access_token(details);
+        for (k, v) in client_assertion(provider, lifetime)? {
+            poll = poll.add_extra_param(k, v);
+        }
+        let response = poll
+            .request_async(&self.http(provider)?, tokio::time::sleep, None)
             .await
-            .map_err(convert_device)?;
+            .map_err(|e| Self::via(provider, convert_device(e)))?;
         Ok(grant(&response))
     }
 
@@ -323,7 +400,7 @@ impl OAuth {
         let assertion =
             service_account_assertion(sa, subject, &scopes, provider.token_url.as_str())?;
         let response = self
-            .http
+            .http(provider)?
             .post(provider.token_url.clone())
             .form(&[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
@@ -331,12 +408,12 @@ impl OAuth {
             ])
             .send()
             .await
-            .map_err(|e| OAuthError::Unreachable(chain(&e)))?;
+            .map_err(|e| Self::via(provider, OAuthError::Unreachable(chain(&e))))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| OAuthError::Unreachable(chain(&e)))?;
+            .map_err(|e| Self::via(provider, OAuthError::Unreachable(chain(&e))))?;
         #[derive(serde::Deserialize)]
         struct Answer {
             access_token: Option<String>,
@@ -376,12 +453,17 @@ impl OAuth {
 
     /// The client credentials grant (app-only access).
     pub async fn client_credentials(&self, provider: &Provider) -> Result<Grant, OAuthError> {
-        let response = Self::client(provider)
+        let client = Self::client(provider);
+        let mut request = client
             .exchange_client_credentials()
-            .add_scopes(Self::scopes(provider))
-            .request_async(&self.http)
+            .add_scopes(Self::scopes(provider));
+        for (k, v) in client_assertion(provider, ASSERTION_LIFETIME)? {
+            request = request.add_extra_param(k, v);
+        }
+        let response = request
+            .request_async(&self.http(provider)?)
             .await
-            .map_err(convert)?;
+            .map_err(|e| Self::via(provider, convert(e)))?;
         Ok(grant(&response))
     }
 }
@@ -470,6 +552,77 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// How long a client assertion is valid (Microsoft's libraries use ten
+/// minutes).
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// The `client_assertion` parameters of a token request when the provider
+/// authenticates with a certificate (none otherwise): a JWT signed with the
+/// certificate's key, naming the certificate by its SHA-256 thumbprint
+/// (`x5t#S256`), with `iss` and `sub` the client ID and `aud` the token
+/// endpoint (RFC 7523 §2.2 and §3, Microsoft's certificate credentials).
+fn client_assertion(
+    provider: &Provider,
+    lifetime: Duration,
+) -> Result<Vec<(&'static str, String)>, OAuthError> {
+    let Some(cert) = &provider.client_certificate else {
+        return Ok(Vec::new());
+    };
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        iss: &'a str,
+        sub: &'a str,
+        aud: &'a str,
+        jti: String,
+        iat: u64,
+        nbf: u64,
+        exp: u64,
+    }
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(cert.key_pem().as_bytes()).map_err(|e| {
+        OAuthError::BadKey(format!(
+            "the client key {} cannot be used: {e}",
+            cert.key_file.display()
+        ))
+    })?;
+    let mut header = jsonwebtoken::Header::new(cert.algorithm.jose());
+    header.x5t_s256 = Some(cert.x5t_s256.clone());
+    let now = crate::accounts::store::now();
+    let claims = Claims {
+        iss: &provider.client_id,
+        sub: &provider.client_id,
+        aud: provider.token_url.as_str(),
+        jti: random_guid(),
+        iat: now,
+        nbf: now,
+        exp: now + lifetime.as_secs(),
+    };
+    let jwt = jsonwebtoken::encode(&header, &claims, &key)
+        .map_err(|e| OAuthError::BadKey(format!("cannot sign the client assertion: {e}")))?;
+    Ok(vec![
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+        ),
+        ("client_assertion", jwt),
+    ])
+}
+
+/// 16 random bytes as a GUID (`8-4-4-4-12` hex), the `jti` Microsoft asks for.
+fn random_guid() -> String {
+    use rand_core::RngCore as _;
+    let mut id = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut id);
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// A service account's signed assertion for `subject` (Google's claims:
 /// `iss` the account, `sub` the mailbox, `scope`, `aud` the token endpoint,
 /// an hour at most; a random `jti`; the key's ID as `kid`).
@@ -509,12 +662,7 @@ fn service_account_assertion(
         // RS256 is deterministic: without a unique ID two assertions in the
         // same second would be the same bytes, which a token endpoint may
         // refuse as a replay (RFC 7523 §3).
-        jti: {
-            use rand_core::RngCore as _;
-            let mut id = [0u8; 16];
-            rand_core::OsRng.fill_bytes(&mut id);
-            id.iter().map(|b| format!("{b:02x}")).collect()
-        },
+        jti: random_guid(),
     };
     jsonwebtoken::encode(&header, &claims, &key)
         .map(SecretString::from)

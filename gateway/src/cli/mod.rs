@@ -267,6 +267,10 @@ fn run(cli: Cli) -> CliResult {
                     for w in permission_warnings(&cfg) {
                         eprintln!("warning: {w}");
                     }
+                    for w in crate::server::certificate_warnings(&cfg, std::time::SystemTime::now())
+                    {
+                        eprintln!("warning: {w}");
+                    }
                     certificates(&cfg)?;
                     out!("configuration is valid")
                 }

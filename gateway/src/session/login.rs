@@ -83,11 +83,12 @@ impl Failure {
                     U::Store | U::AppToken(_) => "; see the gateway's log",
                     U::TooManyAtOnce | U::Busy => "; try again shortly",
                     U::TokenEndpoint(_) => "; try again later",
+                    U::Proxy(_) => "; the administrator must check the gateway's proxy settings",
                     U::NotDelegated(_) => {
                         "; the administrator must grant it in the Google Admin console (Security → API controls → Domain-wide delegation; the gateway's log names the client ID and scopes)"
                     }
                     U::ClientRejected => {
-                        "; the administrator must check the provider's client_id and client_secret"
+                        "; the administrator must check the provider's client_id and its client secret or certificate"
                     }
                 };
                 Failure::Unavailable(format!("Cannot log in now: {u}{advice}"))

@@ -8,6 +8,7 @@ pub mod login;
 pub mod proxy;
 pub mod relay;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 use std::future::Future;

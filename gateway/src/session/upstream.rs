@@ -12,6 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+
+use crate::session::tunnel::TunnelError;
 use tracing::{debug, info, warn};
 
 /// The upstream connection after TLS is up.
@@ -49,6 +51,9 @@ pub enum UpstreamError {
     /// The server is up but cannot authenticate now (e.g. `NO [UNAVAILABLE]`).
     #[error("{server} cannot authenticate now: {detail}")]
     Unavailable { server: String, detail: String },
+    /// The outbound proxy could not open the tunnel.
+    #[error(transparent)]
+    Proxy(#[from] crate::session::tunnel::TunnelError),
 }
 
 impl UpstreamError {
@@ -67,19 +72,27 @@ impl UpstreamError {
             }
             UpstreamError::Rejected { .. } => "The mail server refused the login",
             UpstreamError::Unavailable { .. } => "The mail server cannot log in now",
+            UpstreamError::Proxy(e) => match e {
+                TunnelError::Unreachable { .. } => "The proxy cannot be reached now",
+                TunnelError::Refused { .. } => "The proxy refused the connection",
+                TunnelError::Broken { .. } => "The proxy failed",
+            },
         }
     }
 }
 
-/// Opens a TCP connection (TCP_NODELAY set, keepalive on).
+/// Opens a TCP connection (TCP_NODELAY set, keepalive on), through the
+/// server's proxy when it has one.
 pub async fn connect_tcp(up: &Upstream) -> Result<TcpStream, UpstreamError> {
-    let addr = (up.host.as_str(), up.port);
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| UpstreamError::Connect {
-            server: up.to_string(),
-            reason: e.to_string(),
-        })?;
+    let tcp = match &up.proxy {
+        Some(proxy) => crate::session::tunnel::open(proxy, &up.host, up.port).await?,
+        None => TcpStream::connect((up.host.as_str(), up.port))
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                server: up.to_string(),
+                reason: e.to_string(),
+            })?,
+    };
     tune(&tcp);
     Ok(tcp)
 }
