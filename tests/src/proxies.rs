@@ -64,6 +64,7 @@ impl TestProxy {
         let st = state.clone();
         tokio::spawn(async move {
             while let Ok((c, _)) = listener.accept().await {
+                let _ = c.set_nodelay(true);
                 match kind {
                     Kind::Http => tokio::spawn(http_client(st.clone(), c)),
                     Kind::Socks5 => tokio::spawn(socks_client(st.clone(), c)),
@@ -93,6 +94,7 @@ async fn loopback(host: &str, port: u16) -> Option<TcpStream> {
     let addrs = tokio::net::lookup_host((host, port)).await.ok()?;
     for a in addrs.filter(|a| a.ip().is_loopback()) {
         if let Ok(s) = TcpStream::connect(a).await {
+            let _ = s.set_nodelay(true);
             return Some(s);
         }
     }

@@ -35,7 +35,7 @@ struct Plan {
     kill_trials: usize,
     idle: Vec<usize>,
     /// `--only a,b`: the parts to run (throughput, latency, logins, store,
-    /// kill, idle).
+    /// proxy, kill, idle).
     only: Option<Vec<String>>,
 }
 
@@ -401,6 +401,9 @@ async fn run(plan: Plan, fds: u64) -> anyhow::Result<()> {
     if plan.runs("store") {
         store_compare(&mut b, &plan, &via_imap).await?;
     }
+    if plan.runs("proxy") {
+        proxy_compare(&mut b, &plan, &via_imap).await?;
+    }
     drop(gw);
     if plan.runs("kill") {
         kill_during_refresh(&mut b, &plan).await?;
@@ -683,6 +686,74 @@ async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow:
     Ok(())
 }
 
+/// Logins through an outbound proxy against direct ones, in one run: a
+/// gateway whose upstream connections go through the test HTTP proxy
+/// (CONNECT) and one through the test SOCKS5 proxy, alternating with the
+/// direct gateway on the same warm token.
+async fn proxy_compare(b: &mut Bench, plan: &Plan, direct: &Target) -> anyhow::Result<()> {
+    use mailgate_tests::proxies::TestProxy;
+    let http = TestProxy::http(None).await;
+    let socks = TestProxy::socks5(None).await;
+    let via_http = Gateway::spawn_with(
+        &b.env,
+        b.up,
+        "http-proxy",
+        &format!("proxy = \"http://{}\"", http.addr),
+        "",
+    )?;
+    let via_socks = Gateway::spawn_with(
+        &b.env,
+        b.up,
+        "socks-proxy",
+        &format!("proxy = \"socks5://{}\"", socks.addr),
+        "",
+    )?;
+    let (th, ts) = (b.via(via_http.imap), b.via(via_socks.imap));
+    for t in [&th, &ts] {
+        client::imap_logout(client::imap_session(t, USER, false).await?).await?;
+    }
+    let n = plan.latency_samples;
+    println!(
+        "\n6. outbound proxies: {n} logins each (connect, login: a new upstream connection each), alternating, then logins/s"
+    );
+    let (mut d, mut h, mut k) = (vec![], vec![], vec![]);
+    for _ in 0..n {
+        for (target, out) in [(direct, &mut d), (&th, &mut h), (&ts, &mut k)] {
+            let t0 = Instant::now();
+            let mut c = client::imap_greeted(target, true).await?;
+            client::imap_login(&mut c, target, USER).await?;
+            out.push(t0.elapsed());
+            client::imap_logout(c).await?;
+        }
+    }
+    for v in [&mut d, &mut h, &mut k] {
+        v.sort();
+    }
+    let p = |v: &[Duration]| (us(percentile(v, 0.5)), us(percentile(v, 0.99)));
+    let ((d50, d99), (h50, h99), (k50, k99)) = (p(&d), p(&h), p(&k));
+    b.say(format!(
+        "login p50/p99: direct {d50:.0}/{d99:.0} us, HTTP CONNECT {h50:.0}/{h99:.0} us (+{:.0} us), SOCKS5 {k50:.0}/{k99:.0} us (+{:.0} us)",
+        h50 - d50,
+        k50 - d50
+    ));
+    let (c, s) = (plan.login_clients, plan.login_seconds);
+    let (_, dfail, drate) = logins_for(direct, c, s).await;
+    let (_, hfail, hrate) = logins_for(&th, c, s).await;
+    let (_, kfail, krate) = logins_for(&ts, c, s).await;
+    b.say(format!(
+        "logins/s with {c} clients: direct {drate:.0}, HTTP CONNECT {hrate:.0} ({:.2}x), SOCKS5 {krate:.0} ({:.2}x)",
+        hrate / drate.max(1.0),
+        krate / drate.max(1.0)
+    ));
+    if dfail + hfail + kfail > 0 {
+        anyhow::bail!("{} logins failed", dfail + hfail + kfail);
+    }
+    if http.log().is_empty() || socks.log().is_empty() {
+        anyhow::bail!("the proxies forwarded nothing");
+    }
+    Ok(())
+}
+
 /// Instances killed with SIGKILL in the middle of a refresh, at points
 /// spread evenly over the token endpoint's round trip, under strict
 /// rotation: how often the provider had already rotated the refresh token,
@@ -692,7 +763,7 @@ async fn kill_during_refresh(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
     use mailgate::accounts::store::{Expect, Kdf, SealingKey, TokenFile};
     use mailgate_tests::oauth::Mode;
     if !std::path::Path::new("/usr/bin/redis-server").exists() {
-        println!("\n6. kill during refresh: skipped (no /usr/bin/redis-server)");
+        println!("\n7. kill during refresh: skipped (no /usr/bin/redis-server)");
         return Ok(());
     }
     // Each way of the token endpoint's round trip.
@@ -700,7 +771,7 @@ async fn kill_during_refresh(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
     let span = one_way * 2 + Duration::from_millis(10);
     let n = plan.kill_trials;
     println!(
-        "\n6. kill during refresh: {n} instances killed with SIGKILL at points spread over the token request ({} ms each way, strict rotation, then a new instance logs in)",
+        "\n7. kill during refresh: {n} instances killed with SIGKILL at points spread over the token request ({} ms each way, strict rotation, then a new instance logs in)",
         one_way.as_millis()
     );
     let redis = mailgate_tests::redis::Redis::start().await;

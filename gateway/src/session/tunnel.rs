@@ -33,25 +33,79 @@ const MAX_HEAD: usize = 8 * 1024;
 /// A TCP connection to `host:port` through `proxy`, ready for TLS (or for
 /// the server's plain greeting before STARTTLS).
 pub async fn open(proxy: &Proxy, host: &str, port: u16) -> Result<TcpStream, TunnelError> {
-    let name = proxy.to_string();
     let target = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     };
-    let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
-        .await
-        .map_err(|e| TunnelError::Unreachable {
-            proxy: name.clone(),
-            reason: e.to_string(),
-        })?;
     match proxy.kind {
         ProxyKind::Http => {
+            let mut tcp = connect_proxy(proxy).await?;
             http_connect(&mut tcp, proxy, &target).await?;
             Ok(tcp)
         }
-        ProxyKind::Socks5 | ProxyKind::Socks5h => socks5(tcp, proxy, host, port, &target).await,
+        ProxyKind::Socks5h => {
+            let address = tokio_socks::TargetAddr::Domain(host.into(), port);
+            socks5(connect_proxy(proxy).await?, proxy, address)
+                .await
+                .map_err(|e| socks_error(e, proxy, &target))
+        }
+        // The name is resolved here; each address is tried in turn (at
+        // most four) while the proxy says it cannot reach the last one, as
+        // a direct connection would.
+        ProxyKind::Socks5 => {
+            let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+                .await
+                .map(|a| a.take(4).collect())
+                .unwrap_or_default();
+            if addresses.is_empty() {
+                return Err(TunnelError::Broken {
+                    proxy: proxy.to_string(),
+                    reason: format!(
+                        "{host} cannot be resolved here (with socks5h:// the proxy resolves it)"
+                    ),
+                });
+            }
+            use tokio_socks::Error as E;
+            let last = addresses.len() - 1;
+            let mut error = E::UnknownError;
+            for (i, a) in addresses.into_iter().enumerate() {
+                let tried = socks5(
+                    connect_proxy(proxy).await?,
+                    proxy,
+                    tokio_socks::TargetAddr::Ip(a),
+                )
+                .await;
+                match tried {
+                    Ok(tcp) => return Ok(tcp),
+                    Err(
+                        E::HostUnreachable
+                        | E::NetworkUnreachable
+                        | E::ConnectionRefused
+                        | E::TtlExpired,
+                    ) if i < last => continue,
+                    Err(e) => {
+                        error = e;
+                        break;
+                    }
+                }
+            }
+            Err(socks_error(error, proxy, &target))
+        }
     }
+}
+
+/// The TCP connection to the proxy itself.
+async fn connect_proxy(proxy: &Proxy) -> Result<TcpStream, TunnelError> {
+    let tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
+        .await
+        .map_err(|e| TunnelError::Unreachable {
+            proxy: proxy.to_string(),
+            reason: e.to_string(),
+        })?;
+    // The handshake's small writes must not wait for delayed ACKs.
+    crate::session::upstream::tune(&tcp);
+    Ok(tcp)
 }
 
 async fn http_connect(tcp: &mut TcpStream, proxy: &Proxy, target: &str) -> Result<(), TunnelError> {
@@ -122,31 +176,9 @@ async fn http_connect(tcp: &mut TcpStream, proxy: &Proxy, target: &str) -> Resul
 async fn socks5(
     tcp: TcpStream,
     proxy: &Proxy,
-    host: &str,
-    port: u16,
-    target: &str,
-) -> Result<TcpStream, TunnelError> {
+    address: tokio_socks::TargetAddr<'_>,
+) -> Result<TcpStream, tokio_socks::Error> {
     use tokio_socks::tcp::Socks5Stream;
-    // socks5: the gateway resolves the name; socks5h: the proxy does.
-    let address: tokio_socks::TargetAddr<'_> = if proxy.kind == ProxyKind::Socks5h {
-        tokio_socks::TargetAddr::Domain(host.into(), port)
-    } else {
-        let resolved = tokio::net::lookup_host((host, port))
-            .await
-            .ok()
-            .and_then(|mut a| a.next());
-        match resolved {
-            Some(a) => tokio_socks::TargetAddr::Ip(a),
-            None => {
-                return Err(TunnelError::Broken {
-                    proxy: proxy.to_string(),
-                    reason: format!(
-                        "{host} cannot be resolved here (with socks5h:// the proxy resolves it)"
-                    ),
-                });
-            }
-        }
-    };
     let done = match &proxy.credentials {
         Some((user, password)) => {
             Socks5Stream::connect_with_password_and_socket(
@@ -159,26 +191,28 @@ async fn socks5(
         }
         None => Socks5Stream::connect_with_socket(tcp, address).await,
     };
-    done.map(Socks5Stream::into_inner).map_err(|e| {
-        use tokio_socks::Error as E;
-        match e {
-            E::Io(e) => TunnelError::Broken {
-                proxy: proxy.to_string(),
-                reason: e.to_string(),
-            },
-            E::InvalidResponseVersion
-            | E::UnknownAuthMethod
-            | E::InvalidReservedByte
-            | E::UnknownAddressType
-            | E::UnknownError => TunnelError::Broken {
-                proxy: proxy.to_string(),
-                reason: format!("it does not speak SOCKS5 as expected ({e})"),
-            },
-            other => TunnelError::Refused {
-                proxy: proxy.to_string(),
-                target: target.to_owned(),
-                reason: format!("SOCKS5: {other}"),
-            },
-        }
-    })
+    done.map(Socks5Stream::into_inner)
+}
+
+fn socks_error(e: tokio_socks::Error, proxy: &Proxy, target: &str) -> TunnelError {
+    use tokio_socks::Error as E;
+    match e {
+        E::Io(e) => TunnelError::Broken {
+            proxy: proxy.to_string(),
+            reason: e.to_string(),
+        },
+        E::InvalidResponseVersion
+        | E::UnknownAuthMethod
+        | E::InvalidReservedByte
+        | E::UnknownAddressType
+        | E::UnknownError => TunnelError::Broken {
+            proxy: proxy.to_string(),
+            reason: format!("it does not speak SOCKS5 as expected ({e})"),
+        },
+        other => TunnelError::Refused {
+            proxy: proxy.to_string(),
+            target: target.to_owned(),
+            reason: format!("SOCKS5: {other}"),
+        },
+    }
 }
