@@ -147,6 +147,16 @@ pub struct Listener {
     pub proxy_protocol: bool,
 }
 
+impl Listener {
+    /// Whether only this machine's programs reach the listener: a loopback
+    /// address that no load balancer forwards to (`proxy_protocol`). Every
+    /// desktop default (in-band authorisation, passwords before STARTTLS)
+    /// is judged by this, never by the address alone.
+    pub fn local_only(&self) -> bool {
+        self.address.ip().is_loopback() && !self.proxy_protocol
+    }
+}
+
 /// `[store]` (SPEC §9).
 #[derive(Debug, Clone)]
 pub enum Store {

@@ -162,7 +162,10 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
             in_band: l.in_band_authorization,
             mode: l.tls,
             tls,
-            auth_before_tls: l.address.ip().is_loopback() || l.insecure_plaintext,
+            // Without STARTTLS there is nothing to wait for (a listener off
+            // loopback needs insecure_plaintext, or a balancer that ends
+            // TLS); with it, only this machine's programs skip it.
+            auth_before_tls: l.tls == TlsMode::None || l.local_only() || l.insecure_plaintext,
             proxy_protocol: l.proxy_protocol,
         };
         let shared = (ctx.clone(), (permits.clone(), per_ip.clone()));

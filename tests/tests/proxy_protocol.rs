@@ -99,3 +99,35 @@ fn proxy_protocol_needs_trusted_proxies() {
         .to_string();
     assert!(e.contains("gateway.trusted_proxies[0]"), "{e}");
 }
+
+/// A loopback listener behind a balancer serves the network: it gets the
+/// defaults of a listener that is not on loopback (no in-band
+/// authorisation, no password before STARTTLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_listener_behind_a_balancer_has_network_defaults() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let loaded = env.load(&config(&env, &imap, "127.0.0.0/8"));
+    assert!(!loaded.listeners[0].in_band_authorization);
+    let g = start(loaded).await;
+    // USER has no token: a remote client is not told how to authorise it.
+    let mut c = through_proxy(imap_addr(&g), "203.0.113.66").await;
+    assert!(c.line().await.starts_with("* OK"));
+    let r = c.login("a", USER, PASSWORD).await;
+    assert!(
+        r.starts_with("a NO [AUTHENTICATIONFAILED] Invalid credentials"),
+        "{r}"
+    );
+
+    // STARTTLS on the same kind of listener: passwords wait for TLS.
+    let text = config(&env, &imap, "127.0.0.0/8").replace(
+        "proxy_protocol = true\n",
+        "proxy_protocol = true\ntls = \"starttls\"\n",
+    );
+    let g = start(env.load(&text)).await;
+    let mut c = through_proxy(imap_addr(&g), "203.0.113.66").await;
+    let greeting = c.line().await;
+    assert!(greeting.contains("LOGINDISABLED"), "{greeting}");
+    assert!(!greeting.contains("AUTH=PLAIN"), "{greeting}");
+}
