@@ -331,9 +331,11 @@ fn listeners(file: &Path, raw: Vec<RawListener>, errs: &mut Errors<'_>) -> Vec<L
             certificate: l.certificate.map(|c| relative_to(file, &c)),
             key: l.key.map(|k| relative_to(file, &k)),
             insecure_plaintext,
+            // Behind a PROXY-protocol balancer a loopback listener serves
+            // the network: it gets the defaults of one that is not loopback.
             in_band_authorization: l
                 .in_band_authorization
-                .unwrap_or(address.ip().is_loopback()),
+                .unwrap_or(address.ip().is_loopback() && !l.proxy_protocol.unwrap_or(false)),
             proxy_protocol: l.proxy_protocol.unwrap_or(false),
         });
     }
@@ -1089,6 +1091,19 @@ fn accounts(
                 key("password_hash"),
                 format!(
                     "required with a {} provider (there is no user token to seal); create one with `mailgate hash-password`",
+                    p.flow
+                ),
+            );
+        }
+        // One password for a whole domain's mailboxes, each opened with the
+        // organisation's credentials: whoever knows it reads every mailbox.
+        if let (UserPattern::Domain(domain), Some(p)) = (&pattern, provider)
+            && p.is_app_only()
+        {
+            errs.push(
+                key("user"),
+                format!(
+                    "`*@{domain}` with a {} provider would let whoever knows its one password_hash open every mailbox of {domain}; list each mailbox as its own [[account]] with its own password_hash",
                     p.flow
                 ),
             );

@@ -331,6 +331,18 @@ fn errors_name_file_and_key() {
             "account[0].password_hash: required with a client_credentials provider",
         ),
         (
+            &MINIMAL
+                .replace(
+                    "client_id = \"abc\"",
+                    "client_id = \"abc\"\nflow = \"client_credentials\"",
+                )
+                .replace(
+                    "user = \"Carine@Example.com\"",
+                    "user = \"*@example.com\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$Zml4ZWQgdGVzdCBzYWx0IQ$2uKtzEDu1k5Y5bFe6ek6PAWzrOgK8mF0fX9Xb2yYrWc\"",
+                ),
+            "account[0].user: `*@example.com` with a client_credentials provider would let whoever knows its one password_hash open every mailbox of example.com",
+        ),
+        (
             &format!("{MINIMAL}\n[[account]]\nuser = \"carine@example.com\"\nprovider = \"o\"\n"),
             "account[1].user: `carine@example.com` is listed twice",
         ),
