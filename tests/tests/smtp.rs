@@ -285,12 +285,12 @@ async fn upstream_starttls_and_its_absence() {
     // A configuration problem, not an unreachable server.
     assert!(
         r.starts_with(
-            "454 4.7.0 The mail server does not work as the gateway's configuration says:"
+            "454 4.7.0 The mail server does not work as the gateway's configuration says; the administrator must check the provider's server settings (the gateway's log says why)"
         ),
         "{r}"
     );
     assert!(!r.contains("cannot be reached"), "{r}");
-    assert!(r.contains("does not offer STARTTLS"), "{r}");
+    assert!(!r.contains("STARTTLS"), "{r}");
     assert_eq!(s.smtp.plaintext_auth(), 0);
 }
 
@@ -325,4 +325,34 @@ async fn token_endpoint_failure_is_454() {
     let r = c.line().await;
     assert!(r.starts_with("454 4.7.0 Cannot log in now"), "{r}");
     assert_eq!(s.smtp.connections(), 0);
+}
+
+/// A second AUTH pipelined behind a successful one carries a local
+/// password: it is answered here and never reaches the provider, and
+/// neither does what follows it (SPEC §4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_second_auth_never_reaches_the_provider() {
+    let s = Setup::new().await;
+    let mut c = s.client().await;
+    let other = b64("\0bob@example.test\0bobs-local-password");
+    c.send(format!(
+        "AUTH PLAIN {}\r\nAUTH PLAIN {other}\r\nAUTH LOGIN\r\n{}\r\n",
+        b64(&format!("\0{USER}\0{PASSWORD}")),
+        b64("another-local-password"),
+    ))
+    .await;
+    assert_eq!(c.line().await, "235 2.7.0 Authentication successful\r\n");
+    for _ in 0..3 {
+        assert_eq!(c.line().await, "503 5.5.1 Already authenticated\r\n");
+    }
+    // The session goes on: the next command is relayed.
+    send_message(&mut c).await;
+    let after = s.smtp.after_login();
+    assert!(after[0].starts_with("MAIL FROM:"), "{after:?}");
+    assert!(
+        after.iter().all(|l| !l.contains(&other)
+            && !l.starts_with("AUTH")
+            && !l.contains(&b64("another-local-password"))),
+        "{after:?}"
+    );
 }

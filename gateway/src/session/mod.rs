@@ -7,6 +7,7 @@ pub mod context;
 pub mod login;
 pub mod proxy;
 pub mod relay;
+pub mod residual;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
@@ -496,6 +497,11 @@ pub trait Dialect: Send + Sync + 'static {
     /// The client's success reply, from its state (IMAP: the tag) and the
     /// upstream's result (IMAP: the capabilities).
     fn success(client: &Self::Client, up: &crate::session::upstream::LoggedIn) -> Vec<u8>;
+    /// How a line the client pipelined behind its login is screened
+    /// ([`residual`]): is it a login command (never relayed)?
+    fn screen(line: &[u8]) -> residual::Line;
+    /// The local reply to a refused line of the residual.
+    fn refuse(line: &[u8]) -> Vec<u8>;
 }
 
 /// One upstream login of dialect `D`.
@@ -538,9 +544,18 @@ pub async fn serve<D: Dialect>(
     let Some((client, up)) = logged_in else {
         return;
     };
-    let reply = D::success(&m, &up);
-    let residual = m.into_residual();
-    relay_after_login(tally, client, &reply, residual, up.stream, &up.leftover).await;
+    let mut reply = D::success(&m, &up);
+    let screened = residual::screen(&m.into_residual(), D::screen, D::refuse);
+    reply.extend_from_slice(&screened.replies);
+    relay_after_login(
+        tally,
+        client,
+        &reply,
+        screened.forward,
+        up.stream,
+        &up.leftover,
+    )
+    .await;
 }
 
 /// Whether a line a client sent before logging in is HTTP: a request line

@@ -8,6 +8,7 @@ use mailgate_config::UpstreamSecurity;
 use mailgate_proto::upstream::imap::Login;
 
 use crate::session::login::Attempt;
+use crate::session::residual::{Line, verb};
 use crate::session::upstream::LoggedIn;
 use crate::session::{Dialect, Options};
 
@@ -46,4 +47,42 @@ impl Dialect for Imap {
         }
         .into_bytes()
     }
+
+    /// `tag LOGIN` and `tag AUTHENTICATE` are login commands; a line that
+    /// ends with a literal (`{n}` or `{n+}`) is followed by its data.
+    fn screen(line: &[u8]) -> Line {
+        let (_tag, rest) = verb(line);
+        let (command, _) = verb(rest);
+        if matches!(command.as_slice(), b"LOGIN" | b"AUTHENTICATE") {
+            return Line::Credential;
+        }
+        match literal_at_end(line) {
+            Some(n) => Line::RelayWithData(n),
+            None => Line::Relay,
+        }
+    }
+
+    fn refuse(line: &[u8]) -> Vec<u8> {
+        let (tag, _) = verb(line);
+        let tag = String::from_utf8_lossy(&line[..tag.len()]);
+        let tag = if tag.is_empty() || tag.len() > 64 || tag.contains(['{', '}', '"']) {
+            "*".into()
+        } else {
+            tag
+        };
+        format!("{tag} BAD Already authenticated\r\n").into_bytes()
+    }
+}
+
+/// The length of the literal a line announces at its end (`{n}` or
+/// `{n+}` before the CRLF), if any.
+fn literal_at_end(line: &[u8]) -> Option<usize> {
+    let body = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
+    let body = body.strip_suffix(b"+").unwrap_or(body);
+    let open = body.iter().rposition(|b| *b == b'{')?;
+    let digits = &body[open + 1..];
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }

@@ -7,6 +7,7 @@ use mailgate_config::UpstreamSecurity;
 use mailgate_proto::upstream::pop3::Login;
 
 use crate::session::login::Attempt;
+use crate::session::residual::{Line, verb};
 use crate::session::upstream::LoggedIn;
 use crate::session::{Dialect, Options};
 
@@ -34,5 +35,16 @@ impl Dialect for Pop3 {
 
     fn success(_: &preauth::Pop3PreAuth, _: &LoggedIn) -> Vec<u8> {
         b"+OK Logged in\r\n".to_vec()
+    }
+
+    fn screen(line: &[u8]) -> Line {
+        match verb(line).0.as_slice() {
+            b"USER" | b"PASS" | b"APOP" | b"AUTH" => Line::Credential,
+            _ => Line::Relay,
+        }
+    }
+
+    fn refuse(_: &[u8]) -> Vec<u8> {
+        b"-ERR Already authenticated\r\n".to_vec()
     }
 }

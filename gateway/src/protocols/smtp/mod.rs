@@ -8,6 +8,7 @@ use mailgate_config::{Preset, UpstreamSecurity};
 use mailgate_proto::upstream::smtp::Login;
 
 use crate::session::login::Attempt;
+use crate::session::residual::{Line, verb};
 use crate::session::upstream::LoggedIn;
 use crate::session::{Dialect, Options};
 
@@ -39,5 +40,18 @@ impl Dialect for Smtp {
 
     fn success(_: &preauth::SmtpPreAuth, _: &LoggedIn) -> Vec<u8> {
         b"235 2.7.0 Authentication successful\r\n".to_vec()
+    }
+
+    fn screen(line: &[u8]) -> Line {
+        match verb(line).0.as_slice() {
+            b"AUTH" => Line::Credential,
+            // Message data follows (after the 354, or in the chunk).
+            b"DATA" | b"BDAT" => Line::RelayRest,
+            _ => Line::Relay,
+        }
+    }
+
+    fn refuse(_: &[u8]) -> Vec<u8> {
+        b"503 5.5.1 Already authenticated\r\n".to_vec()
     }
 }
