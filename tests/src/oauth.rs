@@ -32,6 +32,9 @@ pub enum Mode {
     MalformedJson,
     /// Answers normally after this delay.
     Slow(Duration),
+    /// `200` with a JSON-looking body of this many bytes, streamed in 64
+    /// KiB chunks without a length (a hostile or broken endpoint).
+    Huge(u64),
     /// A network between: the request takes this long to arrive, and the
     /// answer as long again to leave after the grant is committed (a
     /// rotated refresh token is spent before the client has the new one).
@@ -115,6 +118,9 @@ struct Inner {
     client_certificate: Option<(Vec<u8>, String)>,
     /// (grant type, `alg`) of each accepted client assertion, in order.
     client_assertions: Vec<(String, String)>,
+    /// Every client assertion's `jti` seen: one used twice is a replay
+    /// (RFC 7523 §3), which Entra refuses.
+    client_jtis: std::collections::HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -127,6 +133,8 @@ pub struct Shared {
     /// Token endpoint requests received, answered or not yet.
     token_requests: AtomicUsize,
     introspections: AtomicUsize,
+    /// Bytes of [`Mode::Huge`] answers that the client took.
+    huge_sent: AtomicU64,
     counter: AtomicU64,
     grants: Mutex<HashMap<String, usize>>,
     issued: Mutex<Vec<String>>,
@@ -161,6 +169,7 @@ impl FakeOAuth {
                 subjects: Vec::new(),
                 client_certificate: None,
                 client_assertions: Vec::new(),
+                client_jtis: std::collections::HashSet::new(),
                 authorize_mode: AuthorizeMode::Approve,
                 device_mode: DeviceMode::ApproveAfter(1),
                 default_user: "alice@example.test".into(),
@@ -174,6 +183,7 @@ impl FakeOAuth {
             refused_refreshes: AtomicUsize::new(0),
             token_requests: AtomicUsize::new(0),
             introspections: AtomicUsize::new(0),
+            huge_sent: AtomicU64::new(0),
             counter: AtomicU64::new(1),
             grants: Mutex::new(HashMap::new()),
             issued: Mutex::new(Vec::new()),
@@ -204,6 +214,12 @@ impl FakeOAuth {
 
     pub fn device_code_url(&self) -> String {
         format!("http://{}/devicecode", self.addr)
+    }
+
+    /// Bytes of [`Mode::Huge`] answers produced so far (the client read
+    /// them, or they sit in socket buffers).
+    pub fn huge_sent(&self) -> u64 {
+        self.shared.huge_sent.load(Ordering::SeqCst)
     }
 
     pub fn set_authorize_mode(&self, m: AuthorizeMode) {
@@ -407,6 +423,31 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
     let mode = s.inner.lock().unwrap().mode.clone();
     match mode {
         Mode::Normal | Mode::Network(_) => {}
+        Mode::Huge(size) => {
+            const CHUNK: usize = 64 * 1024;
+            let shared = s.clone();
+            let chunks = futures_util::stream::unfold(0u64, move |sent| {
+                let shared = shared.clone();
+                async move {
+                    if sent >= size {
+                        return None;
+                    }
+                    let n = (size - sent).min(CHUNK as u64);
+                    let mut chunk = vec![b' '; n as usize];
+                    if sent == 0 {
+                        chunk[0] = b'{';
+                    }
+                    shared.huge_sent.fetch_add(n, Ordering::SeqCst);
+                    Some((Ok::<_, std::io::Error>(chunk), sent + n))
+                }
+            });
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(chunks),
+            )
+                .into_response();
+        }
         Mode::Slow(d) => tokio::time::sleep(d).await,
         Mode::InvalidGrant => {
             return oauth_error(
@@ -479,7 +520,14 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
     if let Some((public, x5t)) = inner.client_certificate.clone() {
         let token_url = format!("{}/token", inner.issuer);
         match check_client_assertion(&inner.client_id, &public, &x5t, &form, &token_url) {
-            Ok(alg) => inner.client_assertions.push((grant_type.clone(), alg)),
+            Ok((_, jti)) if !inner.client_jtis.insert(jti.clone()) => {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "AADSTS700027: The client assertion was replayed (its jti was used before)",
+                );
+            }
+            Ok((alg, _)) => inner.client_assertions.push((grant_type.clone(), alg)),
             Err(why) => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &why),
         }
     } else if form.contains_key("client_assertion") {
@@ -646,14 +694,14 @@ fn check_assertion(inner: &Inner, assertion: &str, token_url: &str) -> Result<St
 /// `client_assertion_type` jwt-bearer, PS256 or RS256 by the registered
 /// certificate's key, `x5t#S256` naming that certificate, `iss` and `sub`
 /// the client ID, `aud` this token endpoint, `exp` in the future and
-/// `nbf` not after now, a `jti`. The `alg` it used.
+/// `nbf` not after now, a `jti`. The `alg` it used and its `jti`.
 fn check_client_assertion(
     client_id: &str,
     public: &[u8],
     x5t_s256: &str,
     form: &HashMap<String, String>,
     token_url: &str,
-) -> Result<String, String> {
+) -> Result<(String, String), String> {
     let (Some(kind), Some(assertion)) = (
         form.get("client_assertion_type"),
         form.get("client_assertion"),
@@ -690,10 +738,10 @@ fn check_client_assertion(
     let data = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &v).map_err(|e| {
         format!("AADSTS700027: Client assertion failed signature validation or its claims: {e}")
     })?;
-    if data.claims["jti"].as_str().is_none_or(str::is_empty) {
+    let Some(jti) = data.claims["jti"].as_str().filter(|j| !j.is_empty()) else {
         return Err("AADSTS700023: the client assertion has no jti".into());
-    }
-    Ok(format!("{:?}", header.alg))
+    };
+    Ok((format!("{:?}", header.alg), jti.to_owned()))
 }
 
 /// An ID token for `user` when `scope` asks for one (claims as Microsoft

@@ -154,6 +154,31 @@ async fn token_import_accounts_forget() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("matches no [[account]]"));
 
+    // A local password shorter than the one minimum (as `passwd` and the
+    // portal ask): refused before the token is used (the count of
+    // refreshes below stays at one).
+    let rt = env.oauth.issue_refresh_token(USER);
+    let out = mailgate(
+        &cfg,
+        &["token", "import", USER],
+        &format!("{rt}\n"),
+        Some("ab"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("at least 8 characters"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !env.state_dir()
+            .join("tokens")
+            .join(format!("{USER}.json"))
+            .exists()
+    );
+    let out = mailgate(&cfg, &["hash-password"], "", Some("short"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+
     // No password source at all: a clear error.
     let out = mailgate(
         &cfg,

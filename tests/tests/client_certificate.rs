@@ -99,7 +99,8 @@ async fn every_grant_carries_a_client_assertion() {
     login.type_line(r.headers()["location"].to_str().unwrap());
     let (ok, out) = login.finish();
     assert!(ok, "{out}");
-    // The device grant: one assertion serves every poll.
+    // The device grant: a fresh assertion for every poll (the fake, as
+    // Entra, refuses a jti it has seen: a replay).
     let (ok, out) = Login::spawn(&path, &[USER, "--flow", "device"]).finish();
     assert!(ok, "{out}");
     let assertions = env.oauth.client_assertions();

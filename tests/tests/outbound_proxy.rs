@@ -85,10 +85,14 @@ async fn imap_and_token_requests_through_an_http_proxy() {
     proxy.set_answer(Answer::Refuse);
     let r = imap_login(&g).await;
     assert!(
-        r.starts_with(&format!(
-            "a NO [UNAVAILABLE] The proxy refused the connection: the proxy http://mg@{} refused the connection to 127.0.0.1:{}: HTTP 403 Forbidden",
-            proxy.addr, dv.imaps_port
-        )),
+        r.starts_with(
+            "a NO [UNAVAILABLE] The proxy refused the connection; the administrator must check the gateway's proxy settings"
+        ),
+        "{r}"
+    );
+    // The proxy's address and user are the administrator's, in the log.
+    assert!(
+        !r.contains("mg@") && !r.contains(&proxy.addr.to_string()),
         "{r}"
     );
     let log = g.log();
@@ -143,9 +147,14 @@ async fn pop3_and_smtp_through_socks5h() {
     p.line().await;
     let r = p.line().await;
     assert!(
-        r.starts_with("-ERR [SYS/TEMP] The proxy refused the connection: the proxy socks5h://mg@")
-            && r.contains("Connection not allowed by ruleset"),
+        r.starts_with("-ERR [SYS/TEMP] The proxy refused the connection; the administrator")
+            && !r.contains("socks5h://"),
         "{r}"
+    );
+    assert!(
+        g.log().contains("Connection not allowed by ruleset"),
+        "{}",
+        g.log()
     );
     assert!(!g.log().contains("s0cks"), "{}", g.log());
 }
@@ -199,9 +208,8 @@ async fn overrides_bypasses_and_failures() {
     let g = gateway(&env, &[(Protocol::Imap, &by_ip)], &dead, "");
     let r = imap_login(&g).await;
     assert!(
-        r.starts_with(
-            "a NO [UNAVAILABLE] The proxy cannot be reached now: the proxy http://127.0.0.1:"
-        ),
+        r.starts_with("a NO [UNAVAILABLE] The proxy cannot be reached now; ")
+            && !r.contains("127.0.0.1"),
         "{r}"
     );
     drop(g);
@@ -225,10 +233,9 @@ async fn overrides_bypasses_and_failures() {
     let before = socks.log().len();
     let r = imap_login(&g).await;
     assert!(
-        r.starts_with(&format!(
-            "a NO [UNAVAILABLE] Cannot log in now: the proxy socks5://{} refused or failed the request to the token endpoint 127.0.0.1",
-            socks.addr
-        )) && r.contains("proxy settings"),
+        r.starts_with(
+            "a NO [UNAVAILABLE] Cannot log in now: the gateway's outbound proxy refused or failed the request to the token endpoint; the administrator must check the gateway's proxy settings"
+        ) && !r.contains(&socks.addr.to_string()),
         "{r}"
     );
     assert_eq!(

@@ -136,6 +136,22 @@ async fn a_damaged_key_or_a_lost_redis_spoils_only_what_it_must() {
     assert!(r.starts_with("a NO"), "{r}");
     assert!(login(&g, USER, PASSWORD).await.starts_with("a OK"));
 
+    // Argon2 parameters planted in a record (600 passes: seconds of CPU a
+    // login) are a damaged record, not work to do.
+    let key = format!("t:account:{THIRD}");
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&redis.hget(&key, "file").await.unwrap()).unwrap();
+    let original = file.clone();
+    file["kdf"]["t_cost"] = 600.into();
+    redis
+        .hset(&key, "file", &serde_json::to_vec(&file).unwrap())
+        .await;
+    let r = login(&g, THIRD, PASSWORD).await;
+    assert!(r.starts_with("a NO") && r.contains("is damaged"), "{r}");
+    redis
+        .hset(&key, "file", &serde_json::to_vec(&original).unwrap())
+        .await;
+
     // Redis goes away: a login whose key and fresh token are in memory goes
     // on; one that would need Redis is told the service is unavailable.
     redis.stop();

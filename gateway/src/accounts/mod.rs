@@ -109,9 +109,10 @@ pub enum Unavailable {
     AppToken(String),
     #[error("the service account of {0} has no domain-wide delegation for this mailbox")]
     NotDelegated(String),
-    /// The outbound proxy refused or failed a token request (its words).
-    #[error("{0}")]
-    Proxy(String),
+    /// The outbound proxy refused or failed a token request (its words
+    /// are in the log, not here: they name the proxy and its user).
+    #[error("the gateway's outbound proxy refused or failed the request to the token endpoint")]
+    Proxy,
 }
 
 /// A successful local authentication with a fresh access token.
@@ -151,12 +152,28 @@ pub const MAX_USER: usize = 320;
 /// The lower-cased account name of a login name, or `None` when it cannot
 /// be one: empty, longer than [`MAX_USER`], or with control characters
 /// (they would reach the XOAUTH2 `user=` field, file names and logs).
+///
+/// This name, never the login as typed, is what the tokens, the backoff
+/// and the provider see. Full Unicode lower-casing can turn a character
+/// into another one (the Kelvin sign `K` into `k`): a login whose folding
+/// changes a non-ASCII character is accepted only when its compatibility
+/// form (NFKC) folds to the same name, so that two spellings never name
+/// two accounts nor one account under two names.
 pub fn account_name(login: &str) -> Option<String> {
+    use unicode_normalization::UnicodeNormalization as _;
     let user = login.trim();
     if user.is_empty() || user.len() > MAX_USER || user.chars().any(char::is_control) {
         return None;
     }
-    Some(user.to_lowercase())
+    let folded = user.to_lowercase();
+    let changes_non_ascii = user
+        .chars()
+        .any(|c| !c.is_ascii() && c.to_lowercase().ne(std::iter::once(c)));
+    if changes_non_ascii && user.nfkc().collect::<String>().to_lowercase() != folded {
+        info!("a login name whose lower-casing is not its compatibility form's was refused");
+        return None;
+    }
+    Some(folded)
 }
 
 /// The token service.
@@ -283,7 +300,8 @@ impl Accounts {
         self.config()
             .find_account(login)
             .and_then(|a| a.upstream_user.clone())
-            .unwrap_or_else(|| login.trim().to_owned())
+            .or_else(|| account_name(login))
+            .unwrap_or_default()
     }
 
     pub fn backoff(&self) -> &Backoff {
@@ -535,10 +553,12 @@ impl Accounts {
             self.failure(&user, peer, true);
             return Err(LoginError::BadCredentials);
         }
+        // The configured name, else the folded one: never the login as
+        // typed (the string authorised is the string sent).
         let upstream_user = account
             .upstream_user
             .clone()
-            .unwrap_or_else(|| login.trim().to_owned());
+            .unwrap_or_else(|| user.clone());
         if provider.is_app_only() {
             // App-only access: the password_hash (required by the
             // configuration) was the password check. Client credentials:
@@ -717,7 +737,7 @@ impl Accounts {
                     OAuthError::NotDelegated { .. } => {
                         Unavailable::NotDelegated(provider.name.clone())
                     }
-                    OAuthError::Proxy(why) => Unavailable::Proxy(why),
+                    OAuthError::Proxy(_) => Unavailable::Proxy,
                     _ => Unavailable::AppToken(provider.name.clone()),
                 }))
             }
@@ -1033,8 +1053,8 @@ impl Accounts {
                     })
                 } else if matches!(e, OAuthError::InvalidClient(_)) {
                     Err(LoginError::Unavailable(Unavailable::ClientRejected))
-                } else if let OAuthError::Proxy(why) = e {
-                    Err(LoginError::Unavailable(Unavailable::Proxy(why)))
+                } else if let OAuthError::Proxy(_) = e {
+                    Err(LoginError::Unavailable(Unavailable::Proxy))
                 } else {
                     Err(LoginError::Unavailable(Unavailable::TokenEndpoint(
                         provider.name.clone(),
@@ -1156,6 +1176,27 @@ fn verify_hash(hash: &str, password: &SecretString) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_names_fold_to_one_spelling() {
+        let cases = [
+            ("  Alice@Example.TEST ", Some("alice@example.test")),
+            // The Kelvin sign folds to an ASCII k, as its NFKC form does.
+            ("\u{212A}im@example.test", Some("kim@example.test")),
+            (
+                "M\u{00DC}ller@example.test",
+                Some("m\u{00FC}ller@example.test"),
+            ),
+            // A titlecase digraph folds to one character, its NFKC form to
+            // two: two spellings, refused.
+            ("\u{01C5}ana@example.test", None),
+            ("", None),
+            ("a\rb@example.test", None),
+        ];
+        for (login, name) in cases {
+            assert_eq!(account_name(login).as_deref(), name, "{login:?}");
+        }
+    }
 
     fn hash_of(pw: &str) -> String {
         use argon2::PasswordHasher;

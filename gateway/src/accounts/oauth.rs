@@ -3,7 +3,9 @@
 //! checked `state`, the device authorization grant (RFC 8628) and the client
 //! credentials grant. One HTTP client for the process, with redirects
 //! disabled (a token endpoint that redirects is misconfigured, and following
-//! it could hand a secret elsewhere).
+//! it could hand a secret elsewhere), and every answer read up to
+//! [`MAX_ANSWER`] bytes only: a hostile or broken endpoint cannot make the
+//! gateway hold an answer of any size.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +17,10 @@ use oauth2::basic::{
 };
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    DeviceAuthorizationUrl, DeviceCodeErrorResponseType, EndpointNotSet, EndpointSet,
-    ExtraDeviceAuthorizationFields, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
-    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+    DeviceAuthorizationUrl, EndpointNotSet, EndpointSet, ExtraDeviceAuthorizationFields,
+    ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardErrorResponse, StandardRevocableToken, StandardTokenResponse,
+    TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -265,7 +267,7 @@ impl OAuth {
             request = request.add_extra_param(k, v);
         }
         let response = request
-            .request_async(&self.http(provider)?)
+            .request_async(&Capped(self.http(provider)?))
             .await
             .map_err(|e| Self::via(provider, convert(e)))?;
         Ok(grant(&response))
@@ -332,7 +334,7 @@ impl OAuth {
             exchange = exchange.add_extra_param(k, v);
         }
         let response = exchange
-            .request_async(&self.http(provider)?)
+            .request_async(&Capped(self.http(provider)?))
             .await
             .map_err(|e| Self::via(provider, convert(e)))?;
         Ok(grant(&response))
@@ -354,33 +356,80 @@ impl OAuth {
             .set_device_authorization_url(DeviceAuthorizationUrl::from_url(url))
             .exchange_device_code()
             .add_scopes(Self::sign_in_scopes(provider))
-            .request_async(&self.http(provider)?)
+            .request_async(&Capped(self.http(provider)?))
             .await
             .map_err(|e| Self::via(provider, convert(e)))
     }
 
     /// Polls the token endpoint until the user approves, declines or the
-    /// code expires, honouring `interval` and `slow_down`.
+    /// code expires, honouring `interval` and `slow_down` (RFC 8628 §3.5).
     pub async fn poll_device(
         &self,
         provider: &Provider,
         details: &DeviceAuthorization,
     ) -> Result<Grant, OAuthError> {
-        // One assertion serves every poll: it lives as long as the code.
-        let lifetime = details
-            .expires_in()
-            .saturating_add(Duration::from_secs(60))
-            .clamp(ASSERTION_LIFETIME, Duration::from_secs(3600));
-        let client = Self::client(provider);
-        let mut poll = client.exchange_device_access_token(details);
-        for (k, v) in client_assertion(provider, lifetime)? {
-            poll = poll.add_extra_param(k, v);
+        let deadline = tokio::time::Instant::now() + details.expires_in();
+        let mut interval = details.interval().max(Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.poll_device_once(provider, details).await? {
+                Poll::Granted(grant) => return Ok(grant),
+                Poll::Pending => {}
+                Poll::SlowDown => interval += Duration::from_secs(5),
+            }
+            if tokio::time::Instant::now() + interval >= deadline {
+                return Err(OAuthError::Expired);
+            }
         }
-        let response = poll
-            .request_async(&self.http(provider)?, tokio::time::sleep, None)
+    }
+
+    /// One device token request (RFC 8628 §3.4), with a fresh client
+    /// assertion when the provider authenticates with a certificate: an
+    /// assertion is never sent twice (a recorded poll cannot be replayed,
+    /// and Entra refuses a `jti` it has seen).
+    pub async fn poll_device_once(
+        &self,
+        provider: &Provider,
+        details: &DeviceAuthorization,
+    ) -> Result<Poll, OAuthError> {
+        let mut form = vec![
+            ("grant_type", DEVICE_GRANT.to_owned()),
+            ("device_code", details.device_code().secret().clone()),
+            ("client_id", provider.client_id.clone()),
+        ];
+        if let Some(secret) = &provider.client_secret {
+            form.push(("client_secret", secret.expose_secret().to_owned()));
+        }
+        form.extend(client_assertion(provider, ASSERTION_LIFETIME)?);
+        match self.post_form(provider, &form).await {
+            Ok(grant) => Ok(Poll::Granted(grant)),
+            Err(OAuthError::Other { code, .. }) if code == "authorization_pending" => {
+                Ok(Poll::Pending)
+            }
+            Err(OAuthError::Other { code, .. }) if code == "slow_down" => Ok(Poll::SlowDown),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// POSTs `form` to the provider's token endpoint and reads the token
+    /// response (at most [`MAX_ANSWER`] bytes).
+    async fn post_form(
+        &self,
+        provider: &Provider,
+        form: &[(&str, String)],
+    ) -> Result<Grant, OAuthError> {
+        let response = self
+            .http(provider)?
+            .post(provider.token_url.clone())
+            .form(form)
+            .send()
             .await
-            .map_err(|e| Self::via(provider, convert_device(e)))?;
-        Ok(grant(&response))
+            .map_err(|e| Self::via(provider, OAuthError::Unreachable(chain(&e))))?;
+        let status = response.status();
+        let body = read_capped(response)
+            .await
+            .map_err(|e| Self::via(provider, e.into()))?;
+        token_answer(status, &body)
     }
 
     /// The JWT bearer grant (RFC 7523) of a service account for `subject`
@@ -399,55 +448,26 @@ impl OAuth {
         let scopes = provider.scopes.join(" ");
         let assertion =
             service_account_assertion(sa, subject, &scopes, provider.token_url.as_str())?;
-        let response = self
-            .http(provider)?
-            .post(provider.token_url.clone())
-            .form(&[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                ("assertion", assertion.expose_secret()),
-            ])
-            .send()
-            .await
-            .map_err(|e| Self::via(provider, OAuthError::Unreachable(chain(&e))))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| Self::via(provider, OAuthError::Unreachable(chain(&e))))?;
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-            error: Option<String>,
-            error_description: Option<String>,
-        }
-        // The body is not logged: a malformed success could still hold a token.
-        let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
-            OAuthError::BadResponse(format!("HTTP {status}, not an OAuth JSON response"))
-        })?;
-        match (answer.access_token, answer.error) {
-            (Some(token), None) if status.is_success() => Ok(Grant {
-                access_token: SecretString::from(token),
-                refresh_token: None,
-                expires_in: answer.expires_in.map(Duration::from_secs),
-                id_token: None,
-            }),
-            (_, Some(code)) if code == "unauthorized_client" => Err(OAuthError::NotDelegated {
-                email: sa.client_email.clone(),
-                client_id: sa
-                    .client_id
-                    .clone()
-                    .unwrap_or_else(|| "(the key's client_id)".into()),
-                scopes: scopes.replace(' ', ","),
-                description: answer.error_description.unwrap_or_default(),
-            }),
-            (_, Some(code)) => Err(convert_code(
-                &code,
-                answer.error_description.unwrap_or_default(),
-            )),
-            _ => Err(OAuthError::BadResponse(format!(
-                "HTTP {status} without an access token"
-            ))),
+        let form = [
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
+            ),
+            ("assertion", assertion.expose_secret().to_owned()),
+        ];
+        match self.post_form(provider, &form).await {
+            Err(OAuthError::Other { code, description }) if code == "unauthorized_client" => {
+                Err(OAuthError::NotDelegated {
+                    email: sa.client_email.clone(),
+                    client_id: sa
+                        .client_id
+                        .clone()
+                        .unwrap_or_else(|| "(the key's client_id)".into()),
+                    scopes: scopes.replace(' ', ","),
+                    description,
+                })
+            }
+            other => other,
         }
     }
 
@@ -461,10 +481,129 @@ impl OAuth {
             request = request.add_extra_param(k, v);
         }
         let response = request
-            .request_async(&self.http(provider)?)
+            .request_async(&Capped(self.http(provider)?))
             .await
             .map_err(|e| Self::via(provider, convert(e)))?;
         Ok(grant(&response))
+    }
+}
+
+/// The device grant's `grant_type`.
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Where a device sign-in stands after one poll.
+#[derive(Debug)]
+pub enum Poll {
+    Granted(Grant),
+    /// `authorization_pending`: ask again after the interval.
+    Pending,
+    /// `slow_down`: ask again, 5 s more apart.
+    SlowDown,
+}
+
+/// The most of a token endpoint's answer that is read. Real answers (an
+/// access token, a refresh token and an ID token) are a few KiB; a
+/// larger one is refused as not an OAuth answer.
+pub const MAX_ANSWER: usize = 256 * 1024;
+
+/// Why an HTTP exchange with a token endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{}", chain(.0))]
+    Request(#[from] reqwest::Error),
+    #[error("the answer is larger than {} KiB", MAX_ANSWER / 1024)]
+    TooLarge,
+    #[error("{0}")]
+    Http(#[from] oauth2::http::Error),
+}
+
+impl From<HttpError> for OAuthError {
+    fn from(e: HttpError) -> OAuthError {
+        match e {
+            HttpError::TooLarge => OAuthError::BadResponse(e.to_string()),
+            e => OAuthError::Unreachable(e.to_string()),
+        }
+    }
+}
+
+/// Reads a response's body, refusing one over [`MAX_ANSWER`] bytes
+/// (announced or not) without reading further.
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, HttpError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER as u64)
+    {
+        return Err(HttpError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(HttpError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The `oauth2` crate's HTTP client: reqwest, with answers capped at
+/// [`MAX_ANSWER`] bytes.
+struct Capped(reqwest::Client);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Capped {
+    type Error = HttpError;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request)?;
+            let response = self.0.execute(request).await?;
+            let mut builder = oauth2::http::Response::builder()
+                .status(response.status())
+                .version(response.version());
+            for (name, value) in response.headers() {
+                builder = builder.header(name, value);
+            }
+            let body = read_capped(response).await?;
+            Ok(builder.body(body)?)
+        })
+    }
+}
+
+/// A token endpoint's JSON answer: the grant, or its OAuth error. The
+/// body is never logged: a malformed success could still hold a token.
+fn token_answer(status: reqwest::StatusCode, body: &[u8]) -> Result<Grant, OAuthError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        access_token: Option<String>,
+        refresh_token: Option<String>,
+        id_token: Option<String>,
+        expires_in: Option<serde_json::Value>,
+        error: Option<String>,
+        error_description: Option<String>,
+    }
+    let answer: Answer = serde_json::from_slice(body).map_err(|_| {
+        OAuthError::BadResponse(format!("HTTP {status}, not an OAuth JSON response"))
+    })?;
+    match (answer.access_token, answer.error) {
+        (Some(token), None) if status.is_success() => Ok(Grant {
+            access_token: SecretString::from(token),
+            refresh_token: answer.refresh_token.map(SecretString::from),
+            // A number, or (Microsoft's v1 endpoints) a string of one.
+            expires_in: answer
+                .expires_in
+                .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+                .map(Duration::from_secs),
+            id_token: answer.id_token.map(SecretString::from),
+        }),
+        (_, Some(code)) => Err(convert_code(
+            &code,
+            answer.error_description.unwrap_or_default(),
+        )),
+        _ => Err(OAuthError::BadResponse(format!(
+            "HTTP {status} without an access token"
+        ))),
     }
 }
 
@@ -496,14 +635,12 @@ fn convert_code(code: &str, description: String) -> OAuthError {
     }
 }
 
-fn convert_transport<RE: std::error::Error + 'static, T>(
-    err: RequestTokenError<RE, T>,
-) -> OAuthError
+fn convert_transport<T>(err: RequestTokenError<HttpError, T>) -> OAuthError
 where
     T: oauth2::ErrorResponse,
 {
     match err {
-        RequestTokenError::Request(e) => OAuthError::Unreachable(chain(&e)),
+        RequestTokenError::Request(e) => e.into(),
         // The body is not logged: a malformed success could still hold a token.
         RequestTokenError::Parse(e, _body) => {
             OAuthError::BadResponse(format!("not an OAuth JSON response (at {})", e.path()))
@@ -513,20 +650,8 @@ where
     }
 }
 
-fn convert<RE: std::error::Error + 'static>(
-    err: RequestTokenError<RE, StandardErrorResponse<BasicErrorResponseType>>,
-) -> OAuthError {
-    match err {
-        RequestTokenError::ServerResponse(r) => convert_code(
-            r.error().as_ref(),
-            r.error_description().cloned().unwrap_or_default(),
-        ),
-        other => convert_transport(other),
-    }
-}
-
-fn convert_device<RE: std::error::Error + 'static>(
-    err: RequestTokenError<RE, StandardErrorResponse<DeviceCodeErrorResponseType>>,
+fn convert(
+    err: RequestTokenError<HttpError, StandardErrorResponse<BasicErrorResponseType>>,
 ) -> OAuthError {
     match err {
         RequestTokenError::ServerResponse(r) => convert_code(

@@ -93,7 +93,36 @@ pub struct Kdf {
     pub salt: String,
 }
 
+/// The costliest Argon2id parameters a stored record may name: anything
+/// beyond is a damaged (or planted) record, never a reason to spend
+/// seconds of CPU or gigabytes of memory on one login. Four times the
+/// memory and the passes the gateway itself seals with, two lanes.
+pub const MAX_M_COST: u32 = 4 * M_COST;
+pub const MAX_T_COST: u32 = 4 * T_COST;
+pub const MAX_P_COST: u32 = 2;
+
 impl Kdf {
+    /// Whether the parameters are within what a record of this gateway can
+    /// name (see [`MAX_M_COST`]); the reason when not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.algorithm != "argon2id" {
+            return Err(format!("unknown key derivation {}", self.algorithm));
+        }
+        if !(8..=MAX_M_COST).contains(&self.m_cost)
+            || !(1..=MAX_T_COST).contains(&self.t_cost)
+            || !(1..=MAX_P_COST).contains(&self.p_cost)
+        {
+            return Err(format!(
+                "its Argon2id parameters (m={}, t={}, p={}) are outside what this gateway seals with",
+                self.m_cost, self.t_cost, self.p_cost
+            ));
+        }
+        if !(16..=88).contains(&self.salt.len()) {
+            return Err("its salt has an impossible length".into());
+        }
+        Ok(())
+    }
+
     /// Fresh parameters with a random salt.
     pub fn generate() -> Kdf {
         let mut salt = [0u8; 16];
@@ -139,12 +168,7 @@ impl SealingKey {
     /// Derives the key (Argon2id; tens of milliseconds: call off the async
     /// threads).
     pub fn derive(password: &SecretString, kdf: &Kdf) -> Result<SealingKey, StoreError> {
-        if kdf.algorithm != "argon2id" {
-            return Err(StoreError::Kdf(format!(
-                "unknown algorithm {}",
-                kdf.algorithm
-            )));
-        }
+        kdf.check().map_err(StoreError::Kdf)?;
         let salt = STANDARD
             .decode(&kdf.salt)
             .map_err(|_| StoreError::Kdf("salt is not base64".into()))?;
@@ -435,6 +459,10 @@ pub(crate) fn decode(bytes: &[u8], at: &Path) -> Result<TokenFile, StoreError> {
             reason: format!("unknown format version {}", file.version),
         });
     }
+    file.kdf.check().map_err(|reason| StoreError::Corrupt {
+        path: at.to_path_buf(),
+        reason,
+    })?;
     Ok(file)
 }
 

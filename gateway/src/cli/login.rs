@@ -4,17 +4,25 @@
 use super::*;
 
 /// The local password: `$MAILGATE_PASSWORD`, or a prompt (twice when
-/// `confirm`).
+/// `confirm`, which is when a password is being set: it then has the one
+/// minimum length that `passwd` and the portal ask for too).
 pub(super) fn read_password(prompt: &str, confirm: bool) -> Result<SecretString, CliError> {
-    if let Ok(p) = std::env::var("MAILGATE_PASSWORD") {
-        if p.is_empty() {
+    let password = match std::env::var("MAILGATE_PASSWORD") {
+        Ok(p) if p.is_empty() => {
             return Err(CliError::User(
                 "MAILGATE_PASSWORD is empty; set a non-empty password".into(),
             ));
         }
-        return Ok(SecretString::from(p));
+        Ok(p) => SecretString::from(p),
+        Err(_) => prompt_password(prompt, confirm)?,
+    };
+    let min = crate::accounts::flows::MIN_PASSWORD;
+    if confirm && password.expose_secret().chars().count() < min {
+        return Err(CliError::User(format!(
+            "the local password must have at least {min} characters; choose a longer one"
+        )));
     }
-    prompt_password(prompt, confirm)
+    Ok(password)
 }
 
 /// Asks for a password on the terminal (twice when `confirm`).
@@ -227,6 +235,9 @@ pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResu
         ));
     }
     let rt = SecretString::from(rt.to_owned());
+    // The password first: a refused one must not cost the token (a
+    // provider that rotates spends the imported one on the refresh).
+    let password = read_password(&format!("Local password for {user}"), true)?;
     let runtime = super::serve::runtime()?;
     let store = super::open_store(&runtime, cfg)?;
     let grant = if no_verify {
@@ -248,7 +259,6 @@ pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResu
         .as_ref()
         .and_then(|g| g.refresh_token.clone())
         .unwrap_or(rt);
-    let password = read_password(&format!("Local password for {user}"), true)?;
     let file = crate::accounts::flows::seal_tokens(
         &user,
         &provider.name,

@@ -83,7 +83,7 @@ impl Failure {
                     U::Store | U::AppToken(_) => "; see the gateway's log",
                     U::TooManyAtOnce | U::Busy => "; try again shortly",
                     U::TokenEndpoint(_) => "; try again later",
-                    U::Proxy(_) => "; the administrator must check the gateway's proxy settings",
+                    U::Proxy => "; the administrator must check the gateway's proxy settings",
                     U::NotDelegated(_) => {
                         "; the administrator must grant it in the Google Admin console (Security → API controls → Domain-wide delegation; the gateway's log names the client ID and scopes)"
                     }
@@ -278,7 +278,10 @@ async fn in_band(
     })
 }
 
+/// The client is told what happened and what to do, in one line; the
+/// detail (server and proxy names, certificate names, error chains) is
+/// for the administrator, in the log.
 fn unavailable(e: UpstreamError) -> Failure {
     warn!(error = %e, "upstream login failed");
-    Failure::Unavailable(format!("{}: {e}", e.summary()))
+    Failure::Unavailable(format!("{}; {}", e.summary(), e.advice()))
 }

@@ -81,6 +81,28 @@ impl UpstreamError {
     }
 }
 
+impl UpstreamError {
+    /// What the client should do about it (the summary's second half).
+    pub fn advice(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Closed { .. }
+            | UpstreamError::Io { .. }
+            | UpstreamError::Unavailable { .. } => {
+                "try again later; if it persists, tell the administrator (the gateway's log says why)"
+            }
+            UpstreamError::Tls { .. } | UpstreamError::Protocol { .. } => {
+                "the administrator must check the provider's server settings (the gateway's log says why)"
+            }
+            UpstreamError::Rejected { .. } => "check that the mailbox allows this protocol",
+            UpstreamError::Proxy(_) => {
+                "the administrator must check the gateway's proxy settings (the gateway's log says why)"
+            }
+        }
+    }
+}
+
 /// Opens a TCP connection (TCP_NODELAY set, keepalive on), through the
 /// server's proxy when it has one.
 pub async fn connect_tcp(up: &Upstream) -> Result<TcpStream, UpstreamError> {
