@@ -383,33 +383,6 @@ async fn headers_cookies_hosts_and_forms_without_a_session() {
     assert!(r.text().await.unwrap().contains("AADSTS"));
 }
 
-/// A sign-in started in band (from a mail client) comes back through the
-/// portal, which holds the redirect URI's port.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_band_sign_ins_come_back_through_the_portal() {
-    let p = Portal::start().await;
-    let first = p.imap_login(PASSWORD).await;
-    assert!(first.starts_with("a NO [ALERT] To authorise"), "{first}");
-    let url = mailgate_tests::browser::url_in(&first);
-    let portal = p.gateway.address("portal listening", None);
-    let sent = url::Url::parse(&url).unwrap();
-    let redirect = sent
-        .query_pairs()
-        .find(|(k, _)| k == "redirect_uri")
-        .map(|(_, v)| v.into_owned())
-        .unwrap();
-    assert_eq!(redirect, format!("http://{portal}/"));
-    mailgate_tests::browser::sign_in(&url).await;
-    for _ in 0..200 {
-        if p.token_file().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let r = p.imap_login(PASSWORD).await;
-    assert!(r.starts_with("a OK"), "{r}");
-}
-
 /// Over TLS the cookie is `__Host-` and `Secure`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_over_tls() {

@@ -385,7 +385,7 @@ impl Accounts {
 
     /// A keyed hash of a password (memory only), to compare passwords in
     /// constant time without keeping them.
-    pub fn check_of(&self, password: &SecretString) -> [u8; 32] {
+    fn check_of(&self, password: &SecretString) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.salt);
         h.update(password.expose_secret().as_bytes());

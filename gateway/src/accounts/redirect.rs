@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -24,9 +23,6 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-
-use crate::accounts::redis::RedisStore;
-use crate::accounts::shared::{self, Sealer};
 
 /// What the redirect brought.
 #[derive(Debug, thiserror::Error)]
@@ -58,23 +54,6 @@ pub struct RedirectServer {
     /// The redirect URI to send to the provider (with the real port).
     pub redirect_uri: url::Url,
     stop: CancellationToken,
-    /// The fleet's store, through which a redirect that reached another
-    /// instance comes back here (see [`RedirectServer::sharing`]).
-    relay: Option<RedisStore>,
-}
-
-/// How often a sign-in started here looks for a redirect that reached
-/// another instance.
-const RELAY_POLL: Duration = Duration::from_millis(300);
-/// The longest a sign-in waits for its redirect through the fleet.
-const RELAY_WAIT: Duration = Duration::from_secs(20 * 60);
-
-/// What a redirect brought, as relayed to the instance that started it.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Relayed {
-    code: Option<String>,
-    error: Option<String>,
-    description: Option<String>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -169,72 +148,7 @@ impl RedirectServer {
             shared,
             redirect_uri,
             stop,
-            relay: None,
         })
-    }
-
-    /// A receiver without a listener of its own, for `redirect_uri`: the
-    /// web portal serves that path and hands the redirects that are not its
-    /// own sign-ins to [`RedirectServer::deliver`].
-    pub fn mounted(redirect_uri: url::Url) -> RedirectServer {
-        RedirectServer {
-            shared: Arc::new(Shared::default()),
-            redirect_uri,
-            stop: CancellationToken::new(),
-            relay: None,
-        }
-    }
-
-    /// Shares the sign-ins through the fleet's Redis: the redirect of a
-    /// sign-in started here may reach any instance (behind a load
-    /// balancer), which relays it here. Redis sees only names and blobs
-    /// derived from each sign-in's `state` (see [`crate::accounts::shared`]).
-    pub fn sharing(mut self, store: Option<RedisStore>) -> RedirectServer {
-        self.relay = store;
-        self
-    }
-
-    /// Delivers a redirect that arrived elsewhere (see
-    /// [`RedirectServer::mounted`]): to a sign-in waiting here, else,
-    /// relayed through the fleet's store, to the instance that started it.
-    /// The page to show, or `None` when no instance expects its `state`.
-    pub async fn deliver(
-        &self,
-        query: &HashMap<String, String>,
-    ) -> Option<(StatusCode, Html<String>)> {
-        let state = query.get("state").map(String::as_str).unwrap_or("");
-        if self.expects(state) {
-            return Some(deliver(&self.shared, query));
-        }
-        let redis = self.relay.as_ref()?;
-        if state.is_empty() {
-            return None;
-        }
-        let marker = Sealer::new("redirect", state.as_bytes());
-        match shared::get::<bool>(redis, &marker, false).await {
-            Ok(Some(true)) => {}
-            Ok(_) => return None,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up a redirect in the shared store");
-                return Some(store_down());
-            }
-        }
-        let relayed = Relayed {
-            code: query.get("code").cloned(),
-            error: query.get("error").cloned(),
-            description: query.get("error_description").cloned(),
-        };
-        let code = Sealer::new("redirect-code", state.as_bytes());
-        match shared::put(redis, &code, &relayed, RELAY_WAIT, true).await {
-            Ok(_) => {
-                tracing::info!("redirect relayed to the instance that started the sign-in");
-                Some(reply_for(&outcome(query)))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot relay a redirect through the shared store");
-                Some(store_down())
-            }
-        }
     }
 
     /// Whether a sign-in with this `state` is waiting here.
@@ -262,13 +176,6 @@ impl RedirectServer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             pending.insert(state.expose_secret().to_owned(), tx);
-        }
-        if let Some(redis) = &self.relay {
-            tokio::spawn(relay(
-                redis.clone(),
-                self.shared.clone(),
-                state.expose_secret().to_owned(),
-            ));
         }
         rx
     }
@@ -324,50 +231,6 @@ fn take_waiter(shared: &Shared, state: &str) -> Option<Waiter> {
     pending.remove(&key?)
 }
 
-/// Announces the sign-in of `state` to the fleet and waits for a redirect
-/// that another instance relays; gives up when the sign-in is over here
-/// (delivered, forgotten, or timed out).
-async fn relay(redis: RedisStore, shared: Arc<Shared>, state: String) {
-    let marker = Sealer::new("redirect", state.as_bytes());
-    let code = Sealer::new("redirect-code", state.as_bytes());
-    if let Err(e) = shared::put(&redis, &marker, &true, RELAY_WAIT, false).await {
-        tracing::warn!(error = %e, "the sign-in is not shared: its redirect must come back to this instance");
-        return;
-    }
-    let waiting = |shared: &Shared| {
-        shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&state)
-            .is_some_and(|w| !w.is_closed())
-    };
-    let deadline = tokio::time::Instant::now() + RELAY_WAIT;
-    while waiting(&shared) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(RELAY_POLL).await;
-        match shared::get::<Relayed>(&redis, &code, true).await {
-            Ok(Some(r)) => {
-                let q: HashMap<String, String> = [
-                    ("code", r.code),
-                    ("error", r.error),
-                    ("error_description", r.description),
-                ]
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.to_owned(), v?)))
-                .collect();
-                if let Some(w) = take_waiter(&shared, &state) {
-                    tracing::info!("a redirect relayed by another instance arrived");
-                    let _ = w.send(outcome(&q));
-                }
-                break;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "polling the shared store for a redirect"),
-        }
-    }
-    let _ = redis.forget(marker.name()).await;
-}
-
 /// What a redirect's query brought.
 fn outcome(q: &HashMap<String, String>) -> Result<SecretString, RedirectError> {
     if let Some(error) = q.get("error") {
@@ -380,17 +243,6 @@ fn outcome(q: &HashMap<String, String>) -> Result<SecretString, RedirectError> {
     } else {
         Err(RedirectError::NoCode)
     }
-}
-
-/// The page shown when the fleet's store cannot be used.
-fn store_down() -> (StatusCode, Html<String>) {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        page(
-            "Try again",
-            "The gateway cannot reach its shared store now. Reload this page in a moment; if it keeps failing, tell your administrator (the error is in the gateway's log).",
-        ),
-    )
 }
 
 /// The page shown for a redirect's outcome.
@@ -418,7 +270,7 @@ fn deliver(shared: &Shared, q: &HashMap<String, String>) -> (StatusCode, Html<St
             StatusCode::BAD_REQUEST,
             page(
                 "Sign-in not recognised",
-                "This sign-in is unknown or expired. Start again from your mail client or with mailgate login.",
+                "This sign-in is unknown or expired. Start again with mailgate login.",
             ),
         );
     };

@@ -52,18 +52,6 @@ impl Sealer {
         }
     }
 
-    /// The sealer of `kind` for a name that is not secret (`named`, e.g. an
-    /// account) and a key derived from a secret.
-    pub fn named(kind: &str, named: &str, key: &[u8; 32]) -> Sealer {
-        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"mailgate-shared-v1"), key);
-        let mut k = Zeroizing::new([0u8; 32]);
-        let _ = hk.expand(format!("{kind}/key").as_bytes(), k.as_mut());
-        Sealer {
-            key: k,
-            name: name_of(kind, named),
-        }
-    }
-
     /// Its Redis name (below the store's prefix).
     pub fn name(&self) -> &str {
         &self.name
@@ -109,15 +97,6 @@ impl Sealer {
             .ok()
             .map(Zeroizing::new)
     }
-}
-
-/// The Redis name of `kind` for a name that is not secret: hashed, so that
-/// no account name is spelt out in a key and any name fits.
-pub fn name_of(kind: &str, named: &str) -> String {
-    use sha2::Digest as _;
-    let h = sha2::Sha256::digest(named.as_bytes());
-    let hex: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{kind}:{hex}")
 }
 
 /// Seals `value` (as JSON) and stores it for `ttl`; with `only_new`, only
@@ -219,16 +198,5 @@ mod tests {
         assert!(a.open(&blob[..10]).is_none());
         // The name reveals nothing of the secret.
         assert!(!a.name().contains("state"));
-    }
-
-    #[test]
-    fn named_sealers_share_a_name_but_not_a_key() {
-        let a = Sealer::named("inband", "carine@example.com", &[1; 32]);
-        let b = Sealer::named("inband", "carine@example.com", &[2; 32]);
-        assert_eq!(a.name(), b.name());
-        assert!(!a.name().contains("carine"));
-        let blob = a.seal(b"x").expect("sealed");
-        assert!(b.open(&blob).is_none());
-        assert!(a.open(&blob).is_some());
     }
 }

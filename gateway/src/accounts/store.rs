@@ -150,12 +150,6 @@ impl SealingKey {
     pub fn kdf(&self) -> &Kdf {
         &self.kdf
     }
-
-    /// The key itself, for deriving the keys of shared state
-    /// ([`crate::accounts::shared::Sealer::named`]).
-    pub(crate) fn bytes(&self) -> &[u8; 32] {
-        &self.key
-    }
 }
 
 impl std::fmt::Debug for SealingKey {

@@ -226,7 +226,7 @@ pub(super) async fn authorize_again(
     let Some((user, provider, _)) = signed_in(&app, &h) else {
         return not_signed_in();
     };
-    start_sign_in(&app, &h, user, provider, true)
+    start_sign_in(&app, &h, user, provider, true).await
 }
 
 pub(super) async fn forget(

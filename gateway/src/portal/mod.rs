@@ -8,8 +8,10 @@
 //! HttpOnly, SameSite=Lax cookies (Secure over HTTPS); `state` and `nonce`
 //! are checked in constant time and used once; nothing secret is put in a
 //! URL or a log. The portal also serves the provider's redirect at the path
-//! of each `redirect_uri` that points at it, and hands the redirects of
-//! in-band sign-ins (started from a mail client) to them.
+//! of each `redirect_uri` that points at it. A mail client told to
+//! authorise an account (in-band, SPEC §4) is given a link to the address
+//! form filled in with it: the sign-in then runs here, bound to the
+//! browser that opens the link.
 
 mod account;
 pub mod pages;
@@ -36,12 +38,11 @@ use tracing::{info, warn};
 
 use crate::accounts::flows::{FlowError, PasswordError};
 use crate::accounts::identity::{self, IdentityError};
-use crate::accounts::redirect::RedirectServer;
 use crate::accounts::store::{StoreError, TokenFile};
 use crate::session::context::Context;
 use crate::session::tls::ListenerTls;
 use pages::{MIN, Setting, advice, message, render};
-use sessions::{Handle, PendingSignIn, Sessions, SignedIn, Unsealed};
+use sessions::{Handle, PendingDevice, PendingSignIn, Sessions, SignedIn, Unsealed};
 
 /// Connections the portal serves at once.
 const MAX_CONNECTIONS: usize = 256;
@@ -71,8 +72,6 @@ struct App {
     listeners: Vec<ListenerInfo>,
     /// Host headers the portal answers to.
     hosts: Vec<String>,
-    /// In-band sign-ins' receivers mounted here, by redirect path.
-    inband: Vec<(String, Arc<RedirectServer>)>,
 }
 
 impl std::fmt::Debug for App {
@@ -139,22 +138,7 @@ pub async fn start(
             hosts.push(format!("{h}:{}", bound.port()));
         }
     }
-    let mut inband = Vec::new();
-    for p in gateway.providers.values() {
-        if p.flow == Flow::AuthorizationCode
-            && let Some(uri) = effective_redirect(&config, bound, p)
-            && !inband
-                .iter()
-                .any(|(path, _): &(String, _)| *path == uri.path())
-        {
-            let server = Arc::new(
-                RedirectServer::mounted(uri.clone())
-                    .sharing(ctx.accounts.store().shared().cloned()),
-            );
-            ctx.inband.adopt(&p.redirect_uri, server.clone()).await;
-            inband.push((uri.path().to_owned(), server));
-        }
-    }
+    ctx.set_portal_url(base.clone());
     let app = Arc::new(App {
         sessions: Sessions::new(base.scheme() == "https")
             .sharing(ctx.accounts.store().shared().cloned()),
@@ -165,7 +149,6 @@ pub async fn start(
         base: base.clone(),
         listeners,
         hosts,
-        inband,
     });
     info!(address = %bound, url = %base, tls = tls.is_some(), "portal listening");
     let router = router(app);
@@ -206,6 +189,7 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/sign-in", post(signin::sign_in))
+        .route("/device", get(signin::device))
         .route(
             "/password",
             get(signin::password_form).post(signin::password_save),
@@ -520,11 +504,14 @@ async fn index(
     let redirect = ["state", "code", "error"]
         .iter()
         .any(|k| q.contains_key(*k));
-    if redirect && app.inband_or_portal_path("/") {
-        return signin::callback(&app, &headers, "/", q).await;
+    if redirect && app.redirect_path("/") {
+        return signin::callback(&app, &headers, q).await;
     }
+    // A link from a mail client's in-band message fills the form in; the
+    // person still sends it (a form with this session's CSRF token).
+    let address = one_line(q.get("address").map_or("", |a| a.trim()), 320);
     let h = app.sessions.find_or_create(&headers);
-    index_page(&app, &h, StatusCode::OK, "", None)
+    index_page(&app, &h, StatusCode::OK, &address, None)
 }
 
 async fn fallback(
@@ -533,8 +520,8 @@ async fn fallback(
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if app.inband_or_portal_path(uri.path()) {
-        return signin::callback(&app, &headers, uri.path(), q).await;
+    if app.redirect_path(uri.path()) {
+        return signin::callback(&app, &headers, q).await;
     }
     message(
         StatusCode::NOT_FOUND,
@@ -545,7 +532,7 @@ async fn fallback(
 
 impl App {
     /// Whether `path` is where a provider sends its redirects to the portal.
-    fn inband_or_portal_path(&self, path: &str) -> bool {
+    fn redirect_path(&self, path: &str) -> bool {
         self.ctx.config().providers.values().any(|p| {
             effective_redirect(&self.config, self.bound, p).is_some_and(|u| u.path() == path)
         })

@@ -43,6 +43,17 @@ pub struct ProviderError<'a> {
     pub advice: String,
 }
 
+/// A device sign-in's code, while the person enters it at the provider.
+#[derive(Debug, Template)]
+#[template(path = "portal/device.html")]
+pub struct Device<'a> {
+    pub user: &'a str,
+    pub verification_uri: &'a str,
+    pub code: &'a str,
+    /// Seconds until the page reloads (and asks the provider again).
+    pub refresh: u64,
+}
+
 #[derive(Debug, Template)]
 #[template(path = "portal/password.html")]
 pub struct Password<'a> {

@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::oauth::{AuthorizationRequest, Grant};
+use crate::accounts::oauth::{AuthorizationRequest, DeviceAuthorization, Grant};
 use crate::accounts::redis::RedisStore;
 use crate::accounts::shared::{self, Sealer};
 use crate::accounts::store::{StoreError, TokenFile, now_ms};
@@ -55,6 +55,24 @@ pub struct PendingSignIn {
     pub started: Instant,
 }
 
+/// A device sign-in (RFC 8628) started here: the person enters its code
+/// at the provider while this browser's page asks the provider, once per
+/// interval, whether they did.
+#[derive(Debug)]
+pub struct PendingDevice {
+    pub details: DeviceAuthorization,
+    /// The account's lower-cased name.
+    pub user: String,
+    pub provider: Arc<Provider>,
+    /// Started from the account page ("authorise again").
+    pub again: bool,
+    pub started: Instant,
+    /// The provider is not asked again before this (its `interval`, plus
+    /// 5 s for each `slow_down`).
+    pub next_poll: Instant,
+    pub interval: Duration,
+}
+
 /// Tokens from a confirmed sign-in that wait for the password that will
 /// seal them.
 #[derive(Debug)]
@@ -79,6 +97,7 @@ pub struct Session {
     created: Instant,
     seen: Instant,
     pub pending: Option<PendingSignIn>,
+    pub device: Option<PendingDevice>,
     pub signed_in: Option<SignedIn>,
 }
 
@@ -89,6 +108,7 @@ impl Session {
             created: now,
             seen: now,
             pending: None,
+            device: None,
             signed_in: None,
         }
     }
@@ -134,7 +154,20 @@ struct Stored {
     created: u64,
     seen: u64,
     pending: Option<StoredPending>,
+    #[serde(default)]
+    device: Option<StoredDevice>,
     signed_in: Option<StoredSignedIn>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredDevice {
+    details: DeviceAuthorization,
+    user: String,
+    provider: String,
+    again: bool,
+    started: u64,
+    next_poll: u64,
+    interval: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -173,14 +206,22 @@ struct StoredUnsealed {
     at: u64,
 }
 
-/// `i` as Unix milliseconds.
+/// `i` as Unix milliseconds (past or to come).
 fn unix_ms(i: Instant) -> u64 {
-    now_ms().saturating_sub(i.elapsed().as_millis() as u64)
+    let now = Instant::now();
+    match i.checked_duration_since(now) {
+        Some(ahead) => now_ms().saturating_add(ahead.as_millis() as u64),
+        None => now_ms().saturating_sub(now.duration_since(i).as_millis() as u64),
+    }
 }
 
-/// The instant of Unix milliseconds `ms` (now, for a time to come).
+/// The instant of Unix milliseconds `ms` (past or to come).
 fn instant(ms: u64) -> Instant {
-    let ago = Duration::from_millis(now_ms().saturating_sub(ms));
+    let now = now_ms();
+    if ms > now {
+        return Instant::now() + Duration::from_millis(ms - now);
+    }
+    let ago = Duration::from_millis(now - ms);
     Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
@@ -200,6 +241,15 @@ impl Stored {
                 provider: p.provider.name.clone(),
                 again: p.again,
                 started: unix_ms(p.started),
+            }),
+            device: s.device.as_ref().map(|d| StoredDevice {
+                details: d.details.clone(),
+                user: d.user.clone(),
+                provider: d.provider.name.clone(),
+                again: d.again,
+                started: unix_ms(d.started),
+                next_poll: unix_ms(d.next_poll),
+                interval: d.interval.as_secs(),
             }),
             signed_in: s.signed_in.as_ref().map(|si| StoredSignedIn {
                 user: si.user.clone(),
@@ -236,6 +286,17 @@ impl Stored {
                     user: p.user,
                     again: p.again,
                     started: instant(p.started),
+                })
+            }),
+            device: self.device.and_then(|d| {
+                Some(PendingDevice {
+                    details: d.details,
+                    provider: provider(&d.provider)?,
+                    user: d.user,
+                    again: d.again,
+                    started: instant(d.started),
+                    next_poll: instant(d.next_poll),
+                    interval: Duration::from_secs(d.interval),
                 })
             }),
             signed_in: self.signed_in.and_then(|si| {

@@ -53,11 +53,12 @@ pub(super) async fn sign_in(
             )),
         );
     };
-    start_sign_in(&app, &h, user, provider, false)
+    start_sign_in(&app, &h, user, provider, false).await
 }
 
-/// Sends the browser to the provider's sign-in for `user`.
-pub(super) fn start_sign_in(
+/// Sends the browser to the provider's sign-in for `user` (or, for a
+/// device-code provider, to the page with the code to enter there).
+pub(super) async fn start_sign_in(
     app: &App,
     h: &Handle,
     user: String,
@@ -66,15 +67,7 @@ pub(super) fn start_sign_in(
 ) -> Response {
     match provider.flow {
         Flow::AuthorizationCode => {}
-        Flow::DeviceCode => {
-            return message(
-                StatusCode::BAD_REQUEST,
-                "Authorised with a code",
-                format!(
-                    "{user} is authorised with a device code, not in the browser: log in from your mail program with the password you want, and follow its instructions, or ask your administrator."
-                ),
-            );
-        }
+        Flow::DeviceCode => return start_device(app, h, user, provider, again).await,
         Flow::ClientCredentials | Flow::ServiceAccount => {
             return message(
                 StatusCode::BAD_REQUEST,
@@ -136,11 +129,10 @@ pub(super) fn start_sign_in(
 }
 
 /// The provider's redirect: the session's own sign-in (its `state`, once),
-/// else an in-band sign-in's, else nothing.
+/// else nothing.
 pub(super) async fn callback(
     app: &App,
     headers: &HeaderMap,
-    path: &str,
     q: HashMap<String, String>,
 ) -> Response {
     let state = q.get("state").map(String::as_str).unwrap_or("");
@@ -163,11 +155,6 @@ pub(super) async fn callback(
         })
         .flatten();
     let (Some(h), Some(pending)) = (h, pending) else {
-        if let Some((_, server)) = app.inband.iter().find(|(p, _)| p == path)
-            && let Some(reply) = server.deliver(&q).await
-        {
-            return reply.into_response();
-        }
         app.ctx.metrics.portal_sign_in("unknown_state");
         info!("portal: a redirect for no sign-in of this browser was ignored");
         return message(
@@ -244,6 +231,34 @@ pub(super) async fn callback(
             );
         }
     };
+    finish(
+        app,
+        &h,
+        &user,
+        provider,
+        grant,
+        Some(&pending.request.nonce),
+        pending.again,
+    )
+    .await
+}
+
+/// A sign-in's grant, back from the provider (a redirect's code, or an
+/// approved device code): checks that it is the account's identity, then
+/// either asks for the password that will seal it or, when the account's
+/// stored tokens are still good and nobody asked to authorise again, goes
+/// to the account page.
+async fn finish(
+    app: &App,
+    h: &Handle,
+    user: &str,
+    provider: Arc<Provider>,
+    grant: crate::accounts::oauth::Grant,
+    nonce: Option<&SecretString>,
+    again: bool,
+) -> Response {
+    let user = user.to_owned();
+    let csrf = csrf_of(app, h);
     let upstream_user = app.ctx.accounts.upstream_user_of(&user);
     let checked = identity::confirm(
         &provider,
@@ -251,7 +266,7 @@ pub(super) async fn callback(
         identity::Expected {
             user: &user,
             upstream_user: &upstream_user,
-            nonce: Some(&pending.request.nonce),
+            nonce,
         },
         &app.prover(),
     )
@@ -279,10 +294,10 @@ pub(super) async fn callback(
             return message(StatusCode::FORBIDDEN, "Sign-in not accepted", e.to_string());
         }
     };
-    if pending.again {
+    if again {
         let same = app
             .sessions
-            .with(&h, |s| {
+            .with(h, |s| {
                 s.signed_in.as_ref().is_some_and(|si| si.user == user)
             })
             .unwrap_or(false);
@@ -307,8 +322,8 @@ pub(super) async fn callback(
             );
         }
     };
-    let wants_password = pending.again || !usable;
-    let Some(h) = app.sessions.renew(&h) else {
+    let wants_password = again || !usable;
+    let Some(h) = app.sessions.renew(h) else {
         return not_signed_in();
     };
     app.sessions.with(&h, |s| {
@@ -332,6 +347,160 @@ pub(super) async fn callback(
         } else {
             "/account"
         }),
+    )
+}
+
+/// Starts a device sign-in for `user` and sends the browser to its page.
+async fn start_device(
+    app: &App,
+    h: &Handle,
+    user: String,
+    provider: Arc<Provider>,
+    again: bool,
+) -> Response {
+    let details = match app.ctx.accounts.oauth().start_device(&provider).await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(user = %user, error = %e, "portal: cannot start the device sign-in");
+            return advice(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in unavailable",
+                format!("The provider did not start a sign-in for {user}."),
+                "Try again in a moment; if it keeps failing, tell your administrator (the error is in the gateway's log).".into(),
+            );
+        }
+    };
+    let interval = details.interval().max(Duration::from_secs(1));
+    let now = Instant::now();
+    let stored = app.sessions.with(h, |s| {
+        s.pending = None;
+        s.device = Some(PendingDevice {
+            details,
+            user: user.clone(),
+            provider,
+            again,
+            started: now,
+            next_poll: now + interval,
+            interval,
+        })
+    });
+    if stored.is_none() {
+        return not_signed_in();
+    }
+    info!(user = %user, again, "portal: device sign-in started");
+    with_cookie(app, h, see_other("/device"))
+}
+
+/// The device sign-in's page: the code to enter at the provider. Each
+/// view asks the provider once (no more often than it allows) whether the
+/// person entered it; the page reloads itself until then.
+pub(super) async fn device(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(h) = app.sessions.find(&headers) else {
+        return not_signed_in();
+    };
+    let now = Instant::now();
+    let due = app
+        .sessions
+        .with(&h, |s| {
+            s.device.as_ref().map(|d| {
+                (
+                    d.next_poll <= now,
+                    d.started.elapsed() >= d.details.expires_in(),
+                    d.user.clone(),
+                    d.provider.clone(),
+                    d.again,
+                )
+            })
+        })
+        .flatten();
+    let Some((due, expired, user, provider, again)) = due else {
+        return not_signed_in();
+    };
+    if expired {
+        app.sessions.with(&h, |s| s.device = None);
+        app.ctx.metrics.portal_sign_in("failed");
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Sign-in expired",
+            "The code expired before it was entered. Start again from the first page.",
+        );
+    }
+    if due {
+        let Some(details) = app
+            .sessions
+            .with(&h, |s| s.device.as_ref().map(|d| d.details.clone()))
+            .flatten()
+        else {
+            return not_signed_in();
+        };
+        let polled = app
+            .ctx
+            .accounts
+            .oauth()
+            .poll_device_once(&provider, &details)
+            .await;
+        let slow_down = matches!(polled, Ok(crate::accounts::oauth::Poll::SlowDown));
+        match polled {
+            Ok(crate::accounts::oauth::Poll::Granted(grant)) => {
+                app.sessions.with(&h, |s| s.device = None);
+                return finish(&app, &h, &user, provider, grant, None, again).await;
+            }
+            Ok(_) => {
+                app.sessions.with(&h, |s| {
+                    if let Some(d) = s.device.as_mut() {
+                        if slow_down {
+                            d.interval += Duration::from_secs(5);
+                        }
+                        d.next_poll = Instant::now() + d.interval;
+                    }
+                });
+            }
+            Err(e) => {
+                app.sessions.with(&h, |s| s.device = None);
+                app.ctx.metrics.portal_sign_in("provider_error");
+                warn!(user = %user, error = %e, "portal: the device sign-in failed");
+                let (code, detail) = match &e {
+                    crate::accounts::oauth::OAuthError::Declined(d) => {
+                        ("access_denied", d.as_str())
+                    }
+                    crate::accounts::oauth::OAuthError::Expired => ("expired_token", ""),
+                    crate::accounts::oauth::OAuthError::Other { code, description } => {
+                        (code.as_str(), description.as_str())
+                    }
+                    _ => ("", ""),
+                };
+                return advice(
+                    StatusCode::BAD_GATEWAY,
+                    "Sign-in failed",
+                    e.to_string(),
+                    pages::provider_advice(code, detail),
+                );
+            }
+        }
+    }
+    let Some((uri, code, wait)) = app
+        .sessions
+        .with(&h, |s| {
+            s.device.as_ref().map(|d| {
+                (
+                    d.details.verification_uri().to_string(),
+                    d.details.user_code().secret().clone(),
+                    d.next_poll.saturating_duration_since(Instant::now()),
+                )
+            })
+        })
+        .flatten()
+    else {
+        return not_signed_in();
+    };
+    render(
+        StatusCode::OK,
+        &pages::Device {
+            user: &user,
+            verification_uri: &uri,
+            code: &code,
+            refresh: wait.as_secs().max(1),
+        },
     )
 }
 

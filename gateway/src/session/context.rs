@@ -1,5 +1,5 @@
 //! What every session shares: the configuration in force, the metrics, the
-//! accounts, the in-band flows and the upstream TLS settings.
+//! accounts, where the web portal is, and the upstream TLS settings.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,9 @@ pub struct Context {
     config: std::sync::RwLock<Arc<Config>>,
     pub metrics: Arc<crate::observe::metrics::Metrics>,
     pub accounts: Accounts,
-    pub inband: crate::accounts::inband::InBand,
+    /// How browsers reach the web portal, once it listens (the in-band
+    /// message names it).
+    portal: std::sync::OnceLock<url::Url>,
     /// The upstream proof login of the identity check (made by the layer
     /// that knows the protocols).
     pub prove: crate::accounts::identity::Prove,
@@ -40,7 +42,7 @@ impl Context {
         Ok(Context {
             config: std::sync::RwLock::new(config.clone()),
             metrics: metrics.clone(),
-            inband: crate::accounts::inband::InBand::new(oauth.clone(), store.clone()),
+            portal: std::sync::OnceLock::new(),
             accounts: Accounts::new(config, store, oauth, metrics),
             prove,
             tls: Mutex::new(HashMap::new()),
@@ -53,6 +55,16 @@ impl Context {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The web portal's address as browsers use it, when it runs.
+    pub fn portal_url(&self) -> Option<&url::Url> {
+        self.portal.get()
+    }
+
+    /// Records where the portal listens (once, when it starts).
+    pub fn set_portal_url(&self, url: url::Url) {
+        let _ = self.portal.set(url);
     }
 
     /// Switches to a reloaded configuration for new sessions and logins.

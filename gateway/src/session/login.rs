@@ -159,7 +159,7 @@ where
         Ok(auth) => auth,
         Err(LoginError::NoToken) => {
             if client.in_band {
-                return Err(in_band(ctx, user, password, peer, None).await);
+                return Err(in_band(ctx, user));
             }
             // Nothing can check this password: the client is told what a
             // wrong password is told (the log says why).
@@ -171,10 +171,8 @@ where
             }
             return Err(Failure::BadCredentials);
         }
-        Err(LoginError::NeedsAuthorization {
-            file: Some(file), ..
-        }) if client.in_band => {
-            return Err(in_band(ctx, user, password, peer, Some(*file)).await);
+        Err(LoginError::NeedsAuthorization { file: Some(_), .. }) if client.in_band => {
+            return Err(in_band(ctx, user));
         }
         Err(e) => return Err(Failure::of(e, user)),
     };
@@ -230,52 +228,24 @@ where
     }
 }
 
-/// Starts or finds the in-band flow of `user` for this attempt; what to
-/// tell the client. Every outcome but seeing one's own pending flow again
-/// counts as a failed attempt (backoff).
-async fn in_band(
-    ctx: &Context,
-    user: &str,
-    password: &SecretString,
-    peer: std::net::IpAddr,
-    replaces: Option<crate::accounts::store::TokenFile>,
-) -> Failure {
-    let accounts = &ctx.accounts;
+/// What a client is told of an account that needs authorisation, on a
+/// listener with in-band authorisation: where to authorise it
+/// ([`crate::accounts::inband`]). Nothing is started; the attempt counts
+/// against this connection's failures only, never against the account or
+/// the address (it is not a wrong password).
+fn in_band(ctx: &Context, user: &str) -> Failure {
     let (Some(name), Some(provider)) = (
         crate::accounts::account_name(user),
-        accounts.provider_of(user),
+        ctx.accounts.provider_of(user),
     ) else {
         return Failure::BadCredentials;
     };
-    let config = ctx.config();
-    let upstream_user = accounts.upstream_user_of(user);
-    let outcome = ctx
-        .inband
-        .authorize(crate::accounts::inband::Request {
-            user: &name,
-            upstream_user: &upstream_user,
-            provider,
-            password,
-            check: accounts.check_of(password),
-            peer,
-            replaces,
-            prover: crate::accounts::identity::Prover {
-                timeout: config.gateway.upstream_timeout,
-                hostname: config.gateway.hostname.clone(),
-                prove: ctx.prove,
-            },
-        })
-        .await;
-    use crate::accounts::inband::Outcome;
-    if !matches!(outcome, Outcome::Shown(_)) {
-        accounts.failed(&name, peer);
-    }
-    Failure::NeedsAuthorization(match outcome {
-        Outcome::Started(t) | Outcome::Shown(t) | Outcome::Failed(t) | Outcome::Refused(t) => t,
-        Outcome::OtherClient => format!(
-            "An authorisation of {name} is already pending from another client; finish it there, or wait until it expires (at most 15 minutes) and log in again"
-        ),
-    })
+    info!("the account needs authorisation; the client is told where to do it");
+    Failure::NeedsAuthorization(crate::accounts::inband::instructions(
+        ctx.portal_url(),
+        &name,
+        &provider,
+    ))
 }
 
 /// The client is told what happened and what to do, in one line; the
