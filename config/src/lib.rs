@@ -276,6 +276,10 @@ pub struct Provider {
     pub client_id: String,
     pub client_secret: Option<SecretString>,
     pub tenant: Option<String>,
+    /// Microsoft with `tenant` common/organizations: the tenant IDs whose
+    /// users may claim this provider's accounts (lower-cased GUIDs; empty:
+    /// any tenant, pinned per account by its first sign-in).
+    pub allowed_tenants: Vec<String>,
     pub flow: Flow,
     pub redirect_uri: url::Url,
     pub authorize_url: Option<url::Url>,
@@ -313,7 +317,50 @@ pub struct ServiceAccount {
     pub private_key: SecretString,
 }
 
+/// Microsoft's tenant of personal accounts (`consumers`).
+pub const CONSUMERS_TENANT: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+
 impl Provider {
+    /// Whether this is a Microsoft provider (Entra ID tokens, tenants).
+    pub fn is_microsoft(&self) -> bool {
+        matches!(self.preset, Preset::Office365 | Preset::Outlook)
+    }
+
+    /// The tenants whose users may claim this provider's accounts, when
+    /// the configuration pins them: `allowed_tenants`, else a `tenant`
+    /// given as an ID (`consumers`: the personal accounts' tenant). A
+    /// domain pins a tenant too, but by name: the token endpoint serves
+    /// only that tenant, so it is `None` here with [`Self::tenant_open`]
+    /// false. `None` for other providers.
+    pub fn pinned_tenants(&self) -> Option<Vec<String>> {
+        if !self.is_microsoft() {
+            return None;
+        }
+        if !self.allowed_tenants.is_empty() {
+            return Some(self.allowed_tenants.clone());
+        }
+        let t = self.tenant.as_deref()?.to_ascii_lowercase();
+        if t == "consumers" {
+            return Some(vec![CONSUMERS_TENANT.to_owned()]);
+        }
+        resolve::is_guid(&t).then(|| vec![t])
+    }
+
+    /// Whether users of any Microsoft tenant can sign in to this provider
+    /// (`tenant` common or organizations without `allowed_tenants`): an
+    /// account is then pinned to the tenant of its first sign-in only.
+    pub fn tenant_open(&self) -> bool {
+        self.is_microsoft()
+            && self.allowed_tenants.is_empty()
+            && matches!(
+                self.tenant
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .as_deref(),
+                None | Some("common" | "organizations")
+            )
+    }
+
     /// Whether one app-level credential serves the provider's mailboxes
     /// (client credentials, service accounts): accounts then need a
     /// `password_hash`, and there is nothing to seal per user.
@@ -405,6 +452,22 @@ pub struct Account {
 }
 
 impl Config {
+    /// What `check` and `run` warn about in the configuration's choices
+    /// (not errors: it works, but less safely than it could).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in self.providers.values() {
+            if p.tenant_open() && !p.is_app_only() {
+                out.push(format!(
+                    "provider.{}: tenant = \"{}\" lets users of any Microsoft tenant sign in; each account is pinned to the tenant of its first sign-in only. Set allowed_tenants = [\"<your tenant ID>\"] (or tenant to your tenant ID or domain) so that nobody from another organisation can claim an account",
+                    p.name,
+                    p.tenant.as_deref().unwrap_or("common")
+                ));
+            }
+        }
+        out
+    }
+
     /// The secret files that every user of the machine may read (mode
     /// `o+r`), with the key that names each and its mode.
     pub fn readable_secret_files(&self) -> Vec<(String, PathBuf, u32)> {
@@ -587,6 +650,9 @@ impl Config {
             }
             if let Some(t) = &p.tenant {
                 let _ = writeln!(s, "    tenant         {t}");
+            }
+            if !p.allowed_tenants.is_empty() {
+                let _ = writeln!(s, "    allowed tenants {}", p.allowed_tenants.join(", "));
             }
             if let Some(sa) = &p.service_account {
                 let _ = writeln!(

@@ -84,6 +84,7 @@ pub(crate) struct RawProvider {
     pub client_secret: Option<String>,
     pub client_secret_file: Option<String>,
     pub tenant: Option<String>,
+    pub allowed_tenants: Option<Vec<String>>,
     pub flow: Option<String>,
     pub redirect_uri: Option<String>,
     pub authorize_url: Option<String>,

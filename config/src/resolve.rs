@@ -511,6 +511,16 @@ fn providers(
     out
 }
 
+/// Whether `s` is a GUID in its usual form (8-4-4-4-12 hexadecimal).
+pub(crate) fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 fn is_loopback_host(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -711,6 +721,24 @@ fn provider(
             );
         }
     }
+    let mut allowed_tenants = Vec::new();
+    for (i, t) in p.allowed_tenants.unwrap_or_default().iter().enumerate() {
+        let t = t.trim().to_ascii_lowercase();
+        if !is_microsoft {
+            errs.push(
+                key("allowed_tenants"),
+                "only the office365 and outlook presets have tenants",
+            );
+            break;
+        }
+        if !is_guid(&t) {
+            errs.push(
+                format!("{}[{i}]", key("allowed_tenants")),
+                format!("`{t}` is not a tenant ID (a GUID, as Entra's overview page shows it)"),
+            );
+        }
+        allowed_tenants.push(t);
+    }
     let pv = presets::values(preset, p.tenant.as_deref(), flow);
     let tenant = is_microsoft.then(|| {
         p.tenant
@@ -862,6 +890,7 @@ fn provider(
         client_id,
         client_secret,
         tenant,
+        allowed_tenants,
         flow,
         redirect_uri: redirect_uri?,
         authorize_url,

@@ -68,6 +68,19 @@ pub enum DeviceMode {
     Expire,
 }
 
+/// The tenant an Entra-like ID token comes from, and what its directory
+/// says of the user.
+#[derive(Debug, Clone, Default)]
+pub struct Entra {
+    /// The tenant ID (`tid`).
+    pub tid: String,
+    /// The user's mail attribute, which that tenant's administrators set
+    /// to anything (`email`); `None`: the sign-in name.
+    pub mail: Option<String>,
+    /// `xms_edov`: the tenant verified the mail's domain.
+    pub email_domain_verified: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Code {
     user: String,
@@ -121,6 +134,9 @@ struct Inner {
     /// Every client assertion's `jti` seen: one used twice is a replay
     /// (RFC 7523 §3), which Entra refuses.
     client_jtis: std::collections::HashSet<String>,
+    /// ID tokens as Entra issues them: from this tenant (`tid`, issuer
+    /// `{issuer}/{tid}/v2.0`), without `email_verified`.
+    entra: Option<Entra>,
 }
 
 #[derive(Debug)]
@@ -170,6 +186,7 @@ impl FakeOAuth {
                 client_certificate: None,
                 client_assertions: Vec::new(),
                 client_jtis: std::collections::HashSet::new(),
+                entra: None,
                 authorize_mode: AuthorizeMode::Approve,
                 device_mode: DeviceMode::ApproveAfter(1),
                 default_user: "alice@example.test".into(),
@@ -220,6 +237,12 @@ impl FakeOAuth {
     /// them, or they sit in socket buffers).
     pub fn huge_sent(&self) -> u64 {
         self.shared.huge_sent.load(Ordering::SeqCst)
+    }
+
+    /// ID tokens as Entra issues them, from `entra`'s tenant (`None`: the
+    /// plain OpenID Connect ones).
+    pub fn set_entra(&self, entra: Option<Entra>) {
+        self.inner().entra = entra;
     }
 
     pub fn set_authorize_mode(&self, m: AuthorizeMode) {
@@ -766,6 +789,17 @@ fn id_token_for(inner: &Inner, scope: &str, user: &str, nonce: Option<&str>) -> 
         "email_verified": true,
         "preferred_username": user,
     });
+    if let Some(e) = &inner.entra {
+        claims["iss"] = json!(format!("{}/{}/v2.0", inner.issuer, e.tid));
+        claims["tid"] = json!(e.tid);
+        claims["email"] = json!(e.mail.as_deref().unwrap_or(user));
+        if let Some(o) = claims.as_object_mut() {
+            o.remove("email_verified");
+        }
+        if e.email_domain_verified {
+            claims["xms_edov"] = json!(true);
+        }
+    }
     if let Some(n) = nonce {
         claims["nonce"] = json!(n);
     }

@@ -2,7 +2,7 @@
 //! appear in any log at any level. The real binary runs at TRACE (its own
 //! crates and every dependency) through every login path — success, wrong
 //! password, unknown user, refresh, rotation, upstream rejection and retry,
-//! dead refresh token, in-band authorisation with a browser sign-in, over
+//! dead refresh token, in-band authorisation and the portal's sign-in, over
 //! IMAP, SMTP and POP3 — and its whole output is searched for each secret.
 
 #![allow(clippy::unwrap_used)]
@@ -15,17 +15,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mailgate_config::Protocol;
+use mailgate_tests::browser::PortalVisit;
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{Env, PASSWORD, USER, mailgate_bin};
 use mailgate_tests::oauth::Mode;
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_at_trace() {
@@ -46,7 +40,7 @@ async fn no_secret_reaches_the_logs_at_trace() {
         "",
         &format!("\n[[account]]\nuser = \"{other}\"\nprovider = \"test\"\n"),
     );
-    let cfg = env.write_config(&text);
+    let cfg = env.write_config(&format!("{text}\n[portal]\naddress = \"127.0.0.1:0\"\n"));
     let mut child = Command::new(mailgate_bin())
         .args(["-c", cfg.to_str().unwrap(), "run"])
         .env("RUST_LOG", "trace")
@@ -72,7 +66,7 @@ async fn no_secret_reaches_the_logs_at_trace() {
         });
     }
     let mut addrs = std::collections::HashMap::new();
-    while addrs.len() < 3 {
+    while addrs.len() < 4 {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("listening lines");
@@ -80,7 +74,7 @@ async fn no_secret_reaches_the_logs_at_trace() {
             let proto = ["imap", "smtp", "pop3"]
                 .into_iter()
                 .find(|p| line.contains(&format!("protocol={p}")))
-                .unwrap();
+                .unwrap_or("portal");
             let a = line[line.find("address=").unwrap() + 8..]
                 .split_whitespace()
                 .next()
@@ -131,38 +125,16 @@ async fn no_secret_reaches_the_logs_at_trace() {
     p.send(format!("USER {USER}\r\nPASS {PASSWORD}\r\n")).await;
     p.line().await;
     assert!(p.line().await.starts_with("+OK"));
-    // In-band authorisation for another user, with a browser sign-in.
+    // In-band authorisation for another user: the link to the portal, and
+    // the sign-in there (the code, and the password chosen in the form).
     let mut c = LineClient::greeted(addrs["imap"]).await;
     let r = c.login("f", other, "bob local pw").await;
     secrets.push("bob local pw".into());
-    let url = r[r.find("http://").unwrap()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let to = http().get(&url).send().await.unwrap().headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let code = url::Url::parse(&to)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .to_string();
+    assert!(r.contains("?address=bob%40example.test"), "{r}");
+    let code = PortalVisit::new(&format!("http://{}/", addrs["portal"]))
+        .sign_in(other, "bob local pw")
+        .await;
     secrets.push(code);
-    http().get(&to).send().await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !env
-        .state_dir()
-        .join("tokens")
-        .join(format!("{other}.json"))
-        .exists()
-    {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let mut c = LineClient::greeted(addrs["imap"]).await;
     assert!(
         c.login("g", other, "bob local pw")

@@ -112,6 +112,13 @@ async fn missing_delegation_says_where_to_grant_it() {
         "{r}"
     );
     assert!(r.contains("Google Admin console"), "{r}");
+    // The log line may reach the pipe just after the client's answer.
+    for _ in 0..100 {
+        if g.log().contains("Manage domain-wide delegation") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let log = g.log();
     assert!(
         log.contains("Manage domain-wide delegation")

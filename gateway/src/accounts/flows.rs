@@ -85,8 +85,9 @@ pub fn seal_tokens(
     }
     let key = SealingKey::derive(password, &Kdf::generate())?;
     let mut file = TokenFile::seal(user, provider, &key, &tokens)?;
-    if grant.is_some() {
+    if let Some(g) = grant {
         file.last_refresh = Some(now());
+        file.tenant = crate::accounts::identity::tenant_of(g);
     }
     Ok(file)
 }

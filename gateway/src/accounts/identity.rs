@@ -6,9 +6,19 @@
 //! the issuer is the provider's, and for browser flows it echoes our
 //! `nonce`. Its signature is not checked: the ID token came straight from
 //! the token endpoint over verified TLS, which OpenID Connect Core §3.1.3.7
-//! allows in place of the signature. The identity it names (Microsoft
-//! `preferred_username` or `email`, Google `email` with `email_verified`)
-//! must be the account's user or its `upstream_user`.
+//! allows in place of the signature. The identity it names must be the
+//! account's user or its `upstream_user`, and it is read only where the
+//! provider verified it (SPEC §4):
+//!
+//! - Microsoft: `preferred_username` (the sign-in name, whose domain the
+//!   tenant has verified); `email` only with `xms_edov = true` (Entra's
+//!   mail attribute is set by each tenant's administrators, to anything:
+//!   the "nOAuth" class). The token's tenant (`tid`) must be one the
+//!   configuration pins (`allowed_tenants`, or `tenant` as an ID), and an
+//!   account's tokens stay in the tenant of its first sign-in: a personal
+//!   account or another organisation with the same address cannot take it
+//!   over.
+//! - Google: `email` with `email_verified`.
 //!
 //! Without an ID token (or without an identity in it), one upstream XOAUTH2
 //! login as the account's upstream user proves that the token opens that
@@ -52,6 +62,15 @@ pub enum IdentityError {
     /// The ID token is not acceptable.
     #[error("the provider's ID token is not acceptable ({0}); nothing was stored")]
     BadIdToken(String),
+    /// Signed in from an organisation (tenant) that may not claim it.
+    #[error(
+        "the sign-in came from the Microsoft organisation {tid}, which may not claim {expected}{why}; nothing was stored. Sign in with the account of {expected}'s own organisation"
+    )]
+    Tenant {
+        tid: String,
+        expected: String,
+        why: &'static str,
+    },
     /// No way to check the identity right now.
     #[error(
         "the identity of the sign-in cannot be checked now ({0}); nothing was stored; try again"
@@ -75,6 +94,20 @@ struct Claims {
     preferred_username: Option<String>,
     #[serde(default)]
     tid: Option<String>,
+    /// Microsoft: whether the `email` claim's domain is verified by the
+    /// tenant that issued the token.
+    #[serde(default)]
+    xms_edov: Option<serde_json::Value>,
+}
+
+/// A boolean claim (`true`, or Microsoft's and Google's `"true"`).
+fn claim_true(v: Option<&serde_json::Value>) -> Option<bool> {
+    match v? {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::String(s) => Some(s.eq_ignore_ascii_case("true") || s == "1"),
+        serde_json::Value::Number(n) => Some(n.as_u64() == Some(1)),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,28 +177,66 @@ fn issuer_ok(provider: &Provider, claims: &Claims) -> bool {
     true
 }
 
-/// The identities an ID token vouches for.
+/// The identities an ID token vouches for (see the module's notes).
 fn identities(provider: &Provider, claims: &Claims) -> Vec<String> {
-    let verified = match &claims.email_verified {
-        Some(serde_json::Value::Bool(b)) => Some(*b),
-        Some(serde_json::Value::String(s)) => Some(s == "true"),
-        _ => None,
-    };
+    let verified = claim_true(claims.email_verified.as_ref());
     let mut out = Vec::new();
     let email_ok = match provider.preset {
         // Google: only a verified address names the account.
         Preset::Gmail => verified == Some(true),
+        // Microsoft: only an address whose domain the tenant verified.
+        Preset::Office365 | Preset::Outlook => claim_true(claims.xms_edov.as_ref()) == Some(true),
         _ => verified != Some(false),
     };
-    if email_ok && let Some(e) = &claims.email {
-        out.push(e.clone());
-    }
     if provider.preset != Preset::Gmail
         && let Some(u) = &claims.preferred_username
     {
         out.push(u.clone());
     }
+    if email_ok && let Some(e) = &claims.email {
+        out.push(e.clone());
+    }
     out
+}
+
+/// Microsoft: whether the token's tenant may claim the account: one the
+/// configuration pins, and the tenant its tokens were first sealed from
+/// (`recorded`), when known.
+fn tenant_ok(
+    provider: &Provider,
+    claims: &Claims,
+    expected: &Expected<'_>,
+) -> Result<(), IdentityError> {
+    if !provider.is_microsoft() {
+        return Ok(());
+    }
+    let tid = claims.tid.as_deref().unwrap_or("").to_ascii_lowercase();
+    let refuse = |why| {
+        warn!(tid = %one_line(&tid), expected = %expected.user, "the sign-in came from a tenant that may not claim the account; nothing stored");
+        Err(IdentityError::Tenant {
+            tid: one_line(&tid),
+            expected: expected.user.to_owned(),
+            why,
+        })
+    };
+    if let Some(pinned) = provider.pinned_tenants()
+        && !pinned.iter().any(|t| *t == tid)
+    {
+        return refuse(" (the gateway allows only its own tenants)");
+    }
+    if let Some(recorded) = expected.tenant
+        && !recorded.eq_ignore_ascii_case(&tid)
+    {
+        return refuse(" (its tokens come from another organisation)");
+    }
+    Ok(())
+}
+
+/// The tenant (`tid`) of a grant's ID token, when it has one: recorded
+/// with the account's tokens so that later sign-ins stay in it.
+pub fn tenant_of(grant: &Grant) -> Option<String> {
+    let claims = decode_claims(grant.id_token.as_ref()?.expose_secret()).ok()?;
+    claims.tid.map(|t| t.to_ascii_lowercase())
 }
 
 /// What the sign-in must prove.
@@ -177,6 +248,9 @@ pub struct Expected<'a> {
     pub upstream_user: &'a str,
     /// The nonce of a browser flow's authorization request.
     pub nonce: Option<&'a SecretString>,
+    /// Microsoft: the tenant the account's stored tokens came from, if
+    /// known; a sign-in from another one is refused.
+    pub tenant: Option<&'a str>,
 }
 
 /// One upstream XOAUTH2 login to be made as proof that a token opens a
@@ -248,6 +322,7 @@ pub async fn confirm(
                 ));
             }
         }
+        tenant_ok(provider, &claims, &expected)?;
         let names = identities(provider, &claims);
         if let Some(first) = names.first() {
             let matches = |n: &String| {
@@ -351,6 +426,7 @@ mod tests {
             service_account: None,
             client_certificate: None,
             proxy: None,
+            allowed_tenants: Vec::new(),
         }
     }
 
@@ -368,6 +444,15 @@ mod tests {
         claims: serde_json::Value,
         nonce: Option<&str>,
     ) -> Result<String, IdentityError> {
+        check_in(p, claims, nonce, None).await
+    }
+
+    async fn check_in(
+        p: Provider,
+        claims: serde_json::Value,
+        nonce: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<String, IdentityError> {
         let nonce = nonce.map(SecretString::from);
         confirm(
             &Arc::new(p),
@@ -376,6 +461,7 @@ mod tests {
                 user: "alice@x.test",
                 upstream_user: "alice@x.test",
                 nonce: nonce.as_ref(),
+                tenant,
             },
             &Prover {
                 timeout: Duration::from_secs(1),
@@ -434,9 +520,51 @@ mod tests {
         let mut pinned = ms.clone();
         pinned.tenant = Some("00000000-0000-0000-0000-000000000001".into());
         assert!(matches!(
-            check(pinned, ok, Some("n1")).await,
+            check(pinned, ok.clone(), Some("n1")).await,
             Err(IdentityError::BadIdToken(_))
         ));
+
+        // nOAuth: another tenant's user whose (unverified) mail attribute
+        // is the victim's address is that user, not the victim.
+        let mut forged = ok.clone();
+        forged["preferred_username"] = "mallory@evil.test".into();
+        forged["email"] = "alice@x.test".into();
+        assert!(matches!(
+            check(ms.clone(), forged.clone(), Some("n1")).await,
+            Err(IdentityError::Mismatch { .. })
+        ));
+        // With xms_edov the tenant verified the address's domain.
+        forged["xms_edov"] = true.into();
+        assert_eq!(
+            check(ms.clone(), forged, Some("n1")).await.expect("ok"),
+            "alice@x.test"
+        );
+        // allowed_tenants: only those tenants' users.
+        let mut allowed = ms.clone();
+        allowed.allowed_tenants = vec!["00000000-0000-0000-0000-000000000001".into()];
+        assert!(matches!(
+            check(allowed.clone(), ok.clone(), Some("n1")).await,
+            Err(IdentityError::Tenant { .. })
+        ));
+        allowed.allowed_tenants.push(tid.into());
+        assert!(check(allowed, ok.clone(), Some("n1")).await.is_ok());
+        // The tenant of the account's tokens: a sign-in from another one
+        // (the same address as a personal account) is refused.
+        assert!(matches!(
+            check_in(
+                ms.clone(),
+                ok.clone(),
+                Some("n1"),
+                Some("00000000-0000-0000-0000-000000000002")
+            )
+            .await,
+            Err(IdentityError::Tenant { .. })
+        ));
+        assert!(
+            check_in(ms.clone(), ok, Some("n1"), Some(tid))
+                .await
+                .is_ok()
+        );
 
         let g = provider(Preset::Gmail, "https://oauth2.googleapis.com/token");
         let gok = serde_json::json!({

@@ -229,6 +229,11 @@ pub struct TokenFile {
     /// dead and the user must authorise again.
     #[serde(default)]
     pub needs_authorization: bool,
+    /// Microsoft: the tenant (`tid`) the tokens were signed in from; a
+    /// later sign-in from another one is refused (see
+    /// [`crate::accounts::identity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub kdf: Kdf,
     /// base64, 24 bytes
     pub nonce: String,
@@ -258,6 +263,7 @@ impl TokenFile {
             generation: 0,
             expires_at: None,
             needs_authorization: false,
+            tenant: None,
             kdf: key.kdf.clone(),
             nonce: String::new(),
             ciphertext: String::new(),

@@ -170,9 +170,18 @@ pub(super) fn sign_in(
         }
     })
     .map_err(failed)?;
-    let identity = confirm_identity(&rt, cfg, &provider, &user, &grant, nonce.as_ref())
-        .map_err(|e| failed(e.into()))?;
     let store = super::open_store(&rt, cfg)?;
+    let recorded = recorded_tenant(&rt, &store, &user);
+    let identity = confirm_identity(
+        &rt,
+        cfg,
+        &provider,
+        &user,
+        &grant,
+        nonce.as_ref(),
+        recorded.as_deref(),
+    )
+    .map_err(|e| failed(e.into()))?;
     rt.block_on(crate::accounts::flows::store_grant(
         &store,
         &user,
@@ -188,6 +197,15 @@ pub(super) fn sign_in(
     )
 }
 
+/// The tenant the stored tokens of `user` came from (Microsoft), if any.
+fn recorded_tenant(
+    rt: &tokio::runtime::Runtime,
+    store: &crate::accounts::store::Store,
+    user: &str,
+) -> Option<String> {
+    rt.block_on(store.load(user)).ok().flatten()?.tenant
+}
+
 /// Checks that `grant` is `user`'s account (its ID token, else one
 /// upstream login as its upstream user); the identity that signed in.
 fn confirm_identity(
@@ -197,6 +215,7 @@ fn confirm_identity(
     user: &str,
     grant: &crate::accounts::oauth::Grant,
     nonce: Option<&SecretString>,
+    tenant: Option<&str>,
 ) -> Result<String, crate::accounts::identity::IdentityError> {
     let upstream_user = cfg
         .find_account(user)
@@ -209,6 +228,7 @@ fn confirm_identity(
             user,
             upstream_user: &upstream_user,
             nonce,
+            tenant,
         },
         &crate::accounts::identity::Prover {
             timeout: cfg.gateway.upstream_timeout,
@@ -250,8 +270,17 @@ pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResu
             .map_err(|e| {
                 CliError::User(format!("the token does not work: {e}; nothing was stored"))
             })?;
-        confirm_identity(&runtime, cfg, &provider, &user, &grant, None)
-            .map_err(|e| CliError::User(e.to_string()))?;
+        let recorded = recorded_tenant(&runtime, &store, &user);
+        confirm_identity(
+            &runtime,
+            cfg,
+            &provider,
+            &user,
+            &grant,
+            None,
+            recorded.as_deref(),
+        )
+        .map_err(|e| CliError::User(e.to_string()))?;
         Some(grant)
     };
     // A provider that rotated the token on the refresh gave a new one.

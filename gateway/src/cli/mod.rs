@@ -264,7 +264,7 @@ fn run(cli: Cli) -> CliResult {
             match mailgate_config::load(&path) {
                 Ok(cfg) => {
                     emit(cfg.describe().as_bytes())?;
-                    for w in permission_warnings(&cfg) {
+                    for w in permission_warnings(&cfg).into_iter().chain(cfg.warnings()) {
                         eprintln!("warning: {w}");
                     }
                     for w in crate::server::certificate_warnings(&cfg, std::time::SystemTime::now())

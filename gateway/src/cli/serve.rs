@@ -37,7 +37,7 @@ fn raise_fd_limit(configured: Option<usize>) {
 pub(super) async fn serve(cfg: Config) -> CliResult {
     use tokio::signal::unix::{SignalKind, signal};
     raise_fd_limit(cfg.gateway.max_connections);
-    for w in permission_warnings(&cfg) {
+    for w in permission_warnings(&cfg).into_iter().chain(cfg.warnings()) {
         tracing::warn!("{w}");
     }
     let gateway = crate::server::start(Arc::new(cfg))

@@ -259,6 +259,22 @@ async fn finish(
 ) -> Response {
     let user = user.to_owned();
     let csrf = csrf_of(app, h);
+    let (replaces, usable) = match app.ctx.accounts.store().load(&user).await {
+        Ok(Some(f)) => {
+            let usable = !f.needs_authorization;
+            (Some(f), usable)
+        }
+        Ok(None) => (None, false),
+        Err(e) => {
+            app.ctx.metrics.portal_sign_in("failed");
+            warn!(user = %user, error = %e, "portal: cannot read the account's tokens");
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Account unavailable",
+                "The gateway cannot read this account's stored access now. Tell your administrator (the error is in the gateway's log).",
+            );
+        }
+    };
     let upstream_user = app.ctx.accounts.upstream_user_of(&user);
     let checked = identity::confirm(
         &provider,
@@ -267,6 +283,7 @@ async fn finish(
             user: &user,
             upstream_user: &upstream_user,
             nonce,
+            tenant: replaces.as_ref().and_then(|f| f.tenant.as_deref()),
         },
         &app.prover(),
     )
@@ -306,22 +323,6 @@ async fn finish(
             return not_signed_in();
         }
     }
-    let (replaces, usable) = match app.ctx.accounts.store().load(&user).await {
-        Ok(Some(f)) => {
-            let usable = !f.needs_authorization;
-            (Some(f), usable)
-        }
-        Ok(None) => (None, false),
-        Err(e) => {
-            app.ctx.metrics.portal_sign_in("failed");
-            warn!(user = %user, error = %e, "portal: cannot read the account's tokens");
-            return message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Account unavailable",
-                "The gateway cannot read this account's stored access now. Tell your administrator (the error is in the gateway's log).",
-            );
-        }
-    };
     let wants_password = again || !usable;
     let Some(h) = app.sessions.renew(h) else {
         return not_signed_in();
