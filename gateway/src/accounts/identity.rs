@@ -220,7 +220,7 @@ fn tenant_ok(
         })
     };
     if let Some(pinned) = provider.pinned_tenants()
-        && !pinned.iter().any(|t| *t == tid)
+        && !pinned.contains(&tid)
     {
         return refuse(" (the gateway allows only its own tenants)");
     }
