@@ -11,10 +11,17 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     _dir: tempfile::TempDir,
+    /// More `redis-server` arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        Self::start_with(&[]).await
+    }
+
+    /// A Redis started with `extra` arguments too (e.g. `--maxmemory`).
+    pub async fn start_with(extra: &[&str]) -> Redis {
         let bin = "/usr/bin/redis-server";
         assert!(
             std::path::Path::new(bin).exists(),
@@ -26,6 +33,7 @@ impl Redis {
             child: None,
             port,
             _dir: dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         r.spawn().await;
         r
@@ -47,6 +55,7 @@ impl Redis {
                 "--dir",
                 self._dir.path().to_str().unwrap(),
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

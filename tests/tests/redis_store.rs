@@ -92,9 +92,13 @@ async fn the_gateway_keeps_sealed_tokens_in_redis() {
         .await
         .unwrap();
     assert_eq!(
-        generation, b"2",
-        "sealed, then written once after the refresh"
+        generation, b"3",
+        "sealed, written once after the refresh, once to remember the owner's address"
     );
+    let file: serde_json::Value = serde_json::from_slice(&raw.into_bytes()).unwrap_or_default();
+    let familiar = store.load(USER).await.unwrap().unwrap().familiar;
+    assert_eq!(familiar.len(), 1, "{file}");
+    assert!(!familiar[0].contains("127.0.0.1"), "hashed, not spelt out");
     assert!(
         !env.state_dir()
             .join("tokens")
@@ -112,10 +116,11 @@ async fn the_gateway_keeps_sealed_tokens_in_redis() {
     assert!(store.remove(USER).await.unwrap());
     let r = login(&g, USER, PASSWORD).await;
     assert!(!r.starts_with("a OK"), "{r}");
-    // Generations never repeat: after 1 (sealed), 2 (refreshed) and 3 (the
-    // write above), the new first file is 4, not 1.
+    // Generations never repeat: after 1 (sealed), 2 (refreshed), 3 (the
+    // familiar address) and 4 (the write above), the new first file is 5,
+    // not 1.
     seal(&env, &store, USER, PASSWORD).await;
-    assert_eq!(store.load(USER).await.unwrap().unwrap().generation, 4);
+    assert_eq!(store.load(USER).await.unwrap().unwrap().generation, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,14 +293,18 @@ async fn backoff_counts_the_failures_of_every_instance() {
     for i in 0..5 {
         let g = if i % 2 == 0 { &a } else { &b };
         let r = login(g, USER, "wrong password").await;
-        assert!(r.starts_with("a NO [AUTHENTICATIONFAILED]"), "{r}");
+        assert!(
+            r.starts_with("a NO [AUTHENTICATIONFAILED]")
+                || r.starts_with("a NO [UNAVAILABLE] Too many failed logins"),
+            "{r}"
+        );
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // B has seen two failures itself; the fleet has seen five: locked.
     let r = login(&b, USER, PASSWORD).await;
     assert!(
-        r.starts_with("a NO"),
-        "refused during the fleet's backoff: {r}"
+        r.starts_with("a NO [UNAVAILABLE] Too many failed logins for alice@example.test or from this address; try again in "),
+        "refused during the fleet's backoff, and told so: {r}"
     );
     assert!(
         redis

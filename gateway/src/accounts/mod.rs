@@ -72,6 +72,10 @@ pub enum LoginError {
     /// login now.
     #[error("{0}")]
     Unavailable(Unavailable),
+    /// Refused without a check: too many wrong passwords for this account
+    /// or from this address, for this long still.
+    #[error("too many failed logins; try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
 }
 
 /// Why an account's stored token cannot serve a login.
@@ -318,10 +322,11 @@ impl Accounts {
         &self.store
     }
 
-    /// Changes `user`'s local password (the portal's form): refused without
-    /// a check while the user or `peer` is in backoff, run within the
-    /// gateway's bound on Argon2 work, and a wrong old password counts as a
-    /// failed login.
+    /// Changes `user`'s local password (the portal's form, in a session
+    /// signed in at the provider as the account: its owner): refused
+    /// without a check while the owner's own failures hold it back, run
+    /// within the gateway's bound on Argon2 work, and a wrong old password
+    /// counts as the owner's failed login.
     pub async fn change_password(
         &self,
         user: &str,
@@ -338,12 +343,12 @@ impl Accounts {
             self.store.location(user),
         );
         let next = self
-            .gated(user, peer, "checked", move || rekey(&f, &o, &n, &at))
+            .gated(user, peer, true, "checked", move || rekey(&f, &o, &n, &at))
             .await
             .map_err(PasswordError::Refused)?;
         match &next {
-            Ok(_) => self.success(user, peer, true),
-            Err(PasswordError::WrongPassword) => self.failure(user, peer, true),
+            Ok(_) => self.success(user, peer, true, true),
+            Err(PasswordError::WrongPassword) => self.failure(user, peer, true, true),
             Err(_) => {}
         }
         self.store
@@ -406,20 +411,16 @@ impl Accounts {
         map.entry(user.to_owned()).or_default().clone()
     }
 
-    /// Records a failed attempt that [`Accounts::authenticate`] did not record
-    /// itself (an in-band flow started or refused).
-    pub fn failed(&self, user: &str, peer: IpAddr) {
-        self.failure(user, peer, true);
-    }
-
-    /// Records a failed attempt here and, with a shared store, for the
+    /// Records a wrong password here and, with a shared store, for the
     /// whole fleet (spreading attempts over instances gains nothing).
-    pub fn failure(&self, user: &str, peer: IpAddr, known: bool) {
-        self.backoff.failure(user, peer, known);
+    /// Only wrong passwords (and unknown names, which answer like one)
+    /// count: an account without tokens counts against no one.
+    pub fn failure(&self, user: &str, peer: IpAddr, known: bool, familiar: bool) {
+        self.backoff.failure(user, peer, known, familiar);
         if let Store::Redis(r) = &self.store {
             let (r, user) = (r.clone(), user.to_owned());
             tokio::spawn(async move {
-                if let Err(e) = r.backoff_failure(&user, peer).await {
+                if let Err(e) = r.backoff_failure(&user, peer, familiar).await {
                     warn!(error = %e, "cannot record a failed attempt in the shared store");
                 }
             });
@@ -429,31 +430,33 @@ impl Accounts {
     /// Records a success. The fleet's counters are cleared only after a
     /// password check (`checked`): a login whose key is cached costs Redis
     /// nothing, and is not slowed by the fleet's backoff either.
-    fn success(&self, user: &str, peer: IpAddr, checked: bool) {
-        self.backoff.success(user, peer);
+    fn success(&self, user: &str, peer: IpAddr, checked: bool, familiar: bool) {
+        self.backoff.success(user, peer, familiar);
         if !checked {
             return;
         }
         if let Store::Redis(r) = &self.store {
             let (r, user) = (r.clone(), user.to_owned());
             tokio::spawn(async move {
-                let _ = r.backoff_success(&user, peer).await;
+                let _ = r.backoff_success(&user, peer, familiar).await;
             });
         }
     }
 
-    /// How much longer `user` or `peer` is locked, here or, with a shared
-    /// store, anywhere in the fleet (when Redis cannot say, what this
-    /// instance knows decides).
-    pub async fn locked(&self, user: &str, peer: IpAddr) -> Duration {
-        let here = self.backoff.locked(user, peer);
+    /// How much longer an attempt of `user` from `peer` (an address the
+    /// account knows, or not) is held back, here or, with a shared store,
+    /// anywhere in the fleet (when Redis cannot say, what this instance
+    /// knows decides).
+    pub async fn locked(&self, user: &str, peer: IpAddr, familiar: bool) -> Duration {
+        let here = self.backoff.locked(user, peer, familiar);
         match &self.store {
-            Store::Redis(r) if here.is_zero() => {
-                r.backoff_locked(user, peer).await.unwrap_or_else(|e| {
+            Store::Redis(r) if here.is_zero() => r
+                .backoff_locked(user, peer, familiar)
+                .await
+                .unwrap_or_else(|e| {
                     warn!(error = %e, "cannot read the fleet's backoff");
                     Duration::ZERO
-                })
-            }
+                }),
             _ => here,
         }
     }
@@ -468,6 +471,7 @@ impl Accounts {
         &self,
         user: &str,
         peer: IpAddr,
+        familiar: bool,
         kind: &'static str,
         f: F,
     ) -> Result<T, LoginError>
@@ -475,16 +479,17 @@ impl Accounts {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let locked = self.locked(user, peer).await;
+        let locked = self.locked(user, peer, familiar).await;
         if !locked.is_zero() {
             self.metrics.password_check("refused_backoff");
             info!(
                 locked_ms = locked.as_millis() as u64,
+                familiar,
                 "refused without a check: this user or address is in backoff after failed logins"
             );
-            return Err(LoginError::BadCredentials);
+            return Err(LoginError::Throttled(locked));
         }
-        let Some(_pending) = self.backoff.begin(user, peer) else {
+        let Some(_pending) = self.backoff.begin(user, peer, familiar) else {
             self.metrics.password_check("refused_busy");
             warn!("refused: too many logins for this user or from this address are being checked");
             return Err(LoginError::Unavailable(Unavailable::TooManyAtOnce));
@@ -509,14 +514,14 @@ impl Accounts {
     ) -> LoginError {
         let (pw, kdf) = (password.clone(), self.argon.dummy_kdf().clone());
         let dummy = self
-            .gated(user, peer, "dummy", move || {
+            .gated(user, peer, false, "dummy", move || {
                 drop(SealingKey::derive(&pw, &kdf))
             })
             .await;
         match dummy {
             Ok(_) => {
                 if !known {
-                    self.failure(user, peer, false);
+                    self.failure(user, peer, false, false);
                 }
                 LoginError::BadCredentials
             }
@@ -550,7 +555,7 @@ impl Accounts {
             && !self.check_hash(&user, hash, password, peer).await?
         {
             info!("wrong local password (password_hash)");
-            self.failure(&user, peer, true);
+            self.failure(&user, peer, true, false);
             return Err(LoginError::BadCredentials);
         }
         // The configured name, else the folded one: never the login as
@@ -564,7 +569,7 @@ impl Accounts {
             // configuration) was the password check. Client credentials:
             // one token serves every mailbox of the provider; a service
             // account: one token per mailbox.
-            self.success(&user, peer, false);
+            self.success(&user, peer, false, false);
             let access_token = self
                 .app_token(&provider, app_subject(&provider, &upstream_user), None)
                 .await?;
@@ -637,7 +642,7 @@ impl Accounts {
         }
         let (h, pw) = (hash.to_owned(), password.clone());
         let ok = self
-            .gated(user, peer, "checked", move || verify_hash(&h, &pw))
+            .gated(user, peer, false, "checked", move || verify_hash(&h, &pw))
             .await?;
         if ok {
             let mut map = self.hash_checks.lock().unwrap_or_else(|e| e.into_inner());
@@ -815,15 +820,20 @@ impl Accounts {
             }
             Err(_) => *st = AccountState::default(),
         }
+        let here = crate::accounts::backoff::familiar_id(user, peer);
+        let familiar = matches!(&loaded, Ok(Some(f)) if f.familiar.contains(&here));
         let cached_ok = st
             .key
             .as_ref()
             .is_some_and(|k| bool::from(k.check.ct_eq(&check)))
             && st.tokens.is_some();
         if cached_ok {
-            self.success(user, peer, false);
+            self.success(user, peer, false, familiar);
             if st.unsaved {
                 self.persist(user, provider, st, None).await;
+            }
+            if !familiar {
+                self.remember_address(st, here).await;
             }
             return self.check_usable(st);
         }
@@ -852,7 +862,7 @@ impl Accounts {
         let sealed = file.clone();
         let path = self.store.location(user);
         let opened = self
-            .gated(user, peer, "checked", move || {
+            .gated(user, peer, familiar, "checked", move || {
                 let key = SealingKey::derive(&pw, &sealed.kdf)?;
                 let tokens = sealed.open(&key, &path)?;
                 Ok::<_, StoreError>((key, tokens))
@@ -860,16 +870,19 @@ impl Accounts {
             .await?;
         match opened {
             Ok((key, tokens)) => {
-                self.success(user, peer, true);
+                self.success(user, peer, true, familiar);
                 st.key = Some(CachedKey { key, check });
                 st.tokens = Some(tokens);
                 st.disk = Some(file);
                 st.unsaved = false;
+                if !familiar {
+                    self.remember_address(st, here).await;
+                }
                 self.check_usable(st)
             }
             Err(StoreError::WrongPassword) => {
-                info!("wrong local password");
-                self.failure(user, peer, true);
+                info!(familiar, "wrong local password");
+                self.failure(user, peer, true, familiar);
                 Err(LoginError::BadCredentials)
             }
             Err(e) => {
@@ -879,6 +892,29 @@ impl Accounts {
                     file: None,
                 })
             }
+        }
+    }
+
+    /// Remembers, with the account's tokens, that its owner logged in from
+    /// the address named `id` ([`crate::accounts::backoff::familiar_id`]):
+    /// the newest first, at most [`crate::accounts::backoff::MAX_FAMILIAR`].
+    /// A compare-and-swap on the file the login opened: when another write
+    /// came first, the next login from here tries again.
+    async fn remember_address(&self, st: &mut AccountState, id: String) {
+        let Some(disk) = st.disk.clone() else {
+            return;
+        };
+        let mut next = disk.clone();
+        next.familiar.retain(|f| *f != id);
+        next.familiar.insert(0, id);
+        next.familiar
+            .truncate(crate::accounts::backoff::MAX_FAMILIAR);
+        match self.store.save(&next, Expect::Same(&disk)).await {
+            Ok(saved) => {
+                info!("the owner's address is remembered as familiar");
+                st.disk = Some(saved);
+            }
+            Err(e) => debug!(error = %e, "the familiar address was not recorded this time"),
         }
     }
 

@@ -126,6 +126,29 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(|e| unavailable(&shown, "talk to", &e))?;
+        // Accounts and short-lived data must never share an eviction fate.
+        match redis::cmd("INFO")
+            .arg("memory")
+            .query_async::<String>(&mut conn)
+            .await
+        {
+            Ok(info) => {
+                let policy = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("maxmemory_policy:"))
+                    .map(|p| p.trim().to_owned());
+                if let Some(policy) = policy.filter(|p| p != "noeviction") {
+                    return Err(StoreError::Evicting {
+                        store: format!("Redis at {shown}"),
+                        policy,
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot ask Redis for its maxmemory-policy (INFO memory); make sure it is noeviction"
+            ),
+        }
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),
@@ -309,13 +332,16 @@ impl RedisStore {
         }))
     }
 
-    /// The fleet's backoff keys of a user (hashed) and of an address.
-    fn backoff_keys(&self, user: &str, addr: std::net::IpAddr) -> [String; 2] {
+    /// The fleet's backoff keys of a user (hashed; its failures from
+    /// familiar addresses apart, see [`crate::accounts::backoff`]) and of
+    /// an address.
+    fn backoff_keys(&self, user: &str, addr: std::net::IpAddr, familiar: bool) -> [String; 2] {
         use sha2::Digest as _;
         let h = sha2::Sha256::digest(user.as_bytes());
         let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        let class = if familiar { ":familiar" } else { "" };
         [
-            format!("{}backoff:user:{hex}", self.prefix),
+            format!("{}backoff:user:{hex}{class}", self.prefix),
             format!("{}backoff:addr:{}", self.prefix, addr.to_canonical()),
         ]
     }
@@ -325,8 +351,9 @@ impl RedisStore {
         &self,
         user: &str,
         addr: std::net::IpAddr,
+        familiar: bool,
     ) -> Result<(), StoreError> {
-        let [u, a] = self.backoff_keys(user, addr);
+        let [u, a] = self.backoff_keys(user, addr, familiar);
         let _: i64 = self
             .invoke(
                 "write to",
@@ -340,34 +367,35 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Clears both counters after a success.
+    /// Clears the counters of a success's class and address.
     pub async fn backoff_success(
         &self,
         user: &str,
         addr: std::net::IpAddr,
+        familiar: bool,
     ) -> Result<(), StoreError> {
-        let [u, a] = self.backoff_keys(user, addr);
+        let [u, a] = self.backoff_keys(user, addr, familiar);
         let _: i64 = self
             .query("write to", redis::cmd("DEL").arg(u).arg(a))
             .await?;
         Ok(())
     }
 
-    /// How much longer the user or the address is locked, counting the
-    /// failures of every instance.
+    /// How much longer an attempt is held back, counting the failures of
+    /// every instance (a familiar address: by its class's failures only).
     pub async fn backoff_locked(
         &self,
         user: &str,
         addr: std::net::IpAddr,
+        familiar: bool,
     ) -> Result<Duration, StoreError> {
         let now = crate::accounts::store::now_ms();
         let mut longest = Duration::ZERO;
-        for k in self.backoff_keys(user, addr) {
+        let keys = self.backoff_keys(user, addr, familiar);
+        let held = if familiar { &keys[..1] } else { &keys[..] };
+        for k in held {
             let (n, last): (Option<u32>, Option<u64>) = self
-                .query(
-                    "read from",
-                    redis::cmd("HMGET").arg(&k).arg("n").arg("last"),
-                )
+                .query("read from", redis::cmd("HMGET").arg(k).arg("n").arg("last"))
                 .await?;
             if let (Some(n), Some(last)) = (n, last) {
                 let since = Duration::from_millis(now.saturating_sub(last));

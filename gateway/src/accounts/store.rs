@@ -64,6 +64,12 @@ pub enum StoreError {
     Changed { user: String },
     #[error("cannot encode {what}: {reason}")]
     Encode { what: &'static str, reason: String },
+    /// The shared store would drop keys when full: accounts' sealed tokens
+    /// among them (SPEC §9).
+    #[error(
+        "{store} evicts keys when its memory is full (maxmemory-policy {policy}): it would drop accounts' sealed tokens to make room for sessions and sign-ins. Set maxmemory-policy noeviction (in redis.conf, and `CONFIG SET maxmemory-policy noeviction` to apply it now), or give mailgate a Redis of its own"
+    )]
+    Evicting { store: String, policy: String },
 }
 
 /// Milliseconds since the Unix epoch.
@@ -234,6 +240,11 @@ pub struct TokenFile {
     /// [`crate::accounts::identity`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The addresses the owner logged in from with the right password
+    /// (hashed, newest first; see [`crate::accounts::backoff`]): strangers'
+    /// failures do not hold the owner back there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub familiar: Vec<String>,
     pub kdf: Kdf,
     /// base64, 24 bytes
     pub nonce: String,
@@ -264,6 +275,7 @@ impl TokenFile {
             expires_at: None,
             needs_authorization: false,
             tenant: None,
+            familiar: Vec::new(),
             kdf: key.kdf.clone(),
             nonce: String::new(),
             ciphertext: String::new(),

@@ -14,6 +14,7 @@
 //! browser that opens the link.
 
 mod account;
+mod limits;
 pub mod pages;
 pub mod sessions;
 mod signin;
@@ -46,10 +47,22 @@ use sessions::{Handle, PendingDevice, PendingSignIn, Sessions, SignedIn, Unseale
 
 /// Connections the portal serves at once.
 const MAX_CONNECTIONS: usize = 256;
+/// Connections one client address may hold (a trusted reverse proxy, which
+/// carries many clients, is held only to the total).
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// Largest form body.
 const MAX_BODY: usize = 8 * 1024;
 /// Time a browser has to send its request headers (and the TLS handshake).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a whole request may take, body included (a form is a few hundred
+/// bytes; a body that trickles in holds nothing longer than this).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection is kept: after it, the connection is closed once
+/// its request under way (if any) is answered, so that an idle keep-alive
+/// connection holds no place.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Sign-ins one client may start a minute (the address form), and at once.
+const SIGN_INS_PER_MINUTE: u32 = 10;
 
 /// A gateway listener, as the settings page describes it.
 #[derive(Debug, Clone)]
@@ -72,6 +85,8 @@ struct App {
     listeners: Vec<ListenerInfo>,
     /// Host headers the portal answers to.
     hosts: Vec<String>,
+    /// Sign-ins started per client.
+    sign_ins: limits::Budget,
 }
 
 impl std::fmt::Debug for App {
@@ -149,13 +164,24 @@ pub async fn start(
         base: base.clone(),
         listeners,
         hosts,
+        sign_ins: limits::Budget::new(SIGN_INS_PER_MINUTE, SIGN_INS_PER_MINUTE),
     });
     info!(address = %bound, url = %base, tls = tls.is_some(), "portal listening");
-    let router = router(app);
+    let router = router(app.clone());
+    let per_address = limits::PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let limits = (permits, per_address);
     if let Some(l) = v6 {
-        tokio::spawn(serve(l, tls.clone(), router.clone(), stop.clone()));
+        tokio::spawn(serve(
+            l,
+            tls.clone(),
+            router.clone(),
+            app.clone(),
+            limits.clone(),
+            stop.clone(),
+        ));
     }
-    tokio::spawn(serve(listener, tls, router, stop));
+    tokio::spawn(serve(listener, tls, router, app, limits, stop));
     Ok(Portal { address: bound })
 }
 
@@ -212,15 +238,18 @@ fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Accepts connections (at most [`MAX_CONNECTIONS`] at once) and serves
-/// HTTP/1.1 on each, over TLS when configured.
+/// Accepts connections (at most [`MAX_CONNECTIONS`] at once, and
+/// [`MAX_CONNECTIONS_PER_ADDRESS`] from one address) and serves HTTP/1.1 on
+/// each, over TLS when configured: each request within
+/// [`REQUEST_TIMEOUT`], each connection for [`CONNECTION_LIFETIME`].
 async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<ListenerTls>>,
     router: Router,
+    app: Arc<App>,
+    (permits, per_address): (Arc<tokio::sync::Semaphore>, limits::PerAddress),
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -233,17 +262,44 @@ async fn serve(
                 }
             },
         };
+        let held = if app.ctx.config().gateway.trusts_proxy(peer.ip()) {
+            None
+        } else {
+            match per_address.hold(peer.ip()) {
+                Some(h) => Some(h),
+                None => {
+                    info!(peer = %peer, "portal: too many connections from this address; closed");
+                    continue;
+                }
+            }
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             info!(peer = %peer, "portal: too many connections; closed");
             continue;
         };
         let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, held);
             let svc = hyper::service::service_fn(move |mut req: axum::http::Request<_>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 let mut r = router.clone();
-                async move { tower_service::Service::call(&mut r, req).await }
+                async move {
+                    match tokio::time::timeout(
+                        REQUEST_TIMEOUT,
+                        tower_service::Service::call(&mut r, req),
+                    )
+                    .await
+                    {
+                        Ok(done) => done,
+                        Err(_) => {
+                            info!(peer = %peer, "portal: a request took too long; closed");
+                            let mut late = StatusCode::REQUEST_TIMEOUT.into_response();
+                            late.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                            Ok(late)
+                        }
+                    }
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
@@ -251,10 +307,7 @@ async fn serve(
             let done = match tls {
                 None => {
                     let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-                    tokio::select! {
-                        r = conn => r,
-                        _ = stop.cancelled() => Ok(()),
-                    }
+                    served(conn, &stop).await
                 }
                 Some(t) => {
                     let s = match tokio::time::timeout(HEADER_TIMEOUT, t.acceptor().accept(stream))
@@ -268,16 +321,40 @@ async fn serve(
                         Err(_) => return,
                     };
                     let conn = http.serve_connection(hyper_util::rt::TokioIo::new(s), svc);
-                    tokio::select! {
-                        r = conn => r,
-                        _ = stop.cancelled() => Ok(()),
-                    }
+                    served(conn, &stop).await
                 }
             };
             if let Err(e) = done {
                 tracing::debug!(peer = %peer, error = %e, "portal connection ended");
             }
         });
+    }
+}
+
+/// Serves one connection until it ends, the gateway stops, or its
+/// [`CONNECTION_LIFETIME`] is over (then it closes after the request under
+/// way, which [`REQUEST_TIMEOUT`] bounds).
+async fn served<I, S>(
+    conn: hyper::server::conn::http1::Connection<I, S>,
+    stop: &CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = stop.cancelled() => return Ok(()),
+        () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    match tokio::time::timeout(REQUEST_TIMEOUT, conn).await {
+        Ok(r) => r,
+        Err(_) => Ok(()),
     }
 }
 
@@ -290,7 +367,9 @@ async fn shared_sessions(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if !app.sessions.shared() {
+    // The stylesheet and the help page need no session: no Redis round
+    // trip (let alone a write) for them.
+    if !app.sessions.shared() || matches!(req.uri().path(), "/style.css" | "/help") {
         return next.run(req).await;
     }
     let unavailable = |e: StoreError| {
@@ -329,9 +408,18 @@ async fn shared_sessions(
 /// security headers.
 async fn guard(
     State(app): State<Arc<App>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // The client: the peer, or whom a trusted reverse proxy names.
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        let config = app.ctx.config();
+        let client = limits::client_of(peer.ip(), req.headers(), |ip| {
+            config.gateway.trusts_proxy(ip)
+        });
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(client, peer.port())));
+    }
     let host = req
         .headers()
         .get(header::HOST)
@@ -474,26 +562,29 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
+/// The address form, with `csrf` its token (the session's, or the
+/// pre-session form cookie's); `form_cookie` sets that cookie.
 fn index_page(
-    app: &App,
-    h: &Handle,
+    csrf: &str,
+    form_cookie: Option<String>,
     status: StatusCode,
     address: &str,
     error: Option<String>,
 ) -> Response {
-    let csrf = csrf_of(app, h);
-    with_cookie(
-        app,
-        h,
-        render(
-            status,
-            &pages::Index {
-                csrf: &csrf,
-                address,
-                error,
-            },
-        ),
-    )
+    let mut r = render(
+        status,
+        &pages::Index {
+            csrf,
+            address,
+            error,
+        },
+    );
+    if let Some(c) = form_cookie
+        && let Ok(v) = HeaderValue::from_str(&c)
+    {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 async fn index(
@@ -508,10 +599,15 @@ async fn index(
         return signin::callback(&app, &headers, q).await;
     }
     // A link from a mail client's in-band message fills the form in; the
-    // person still sends it (a form with this session's CSRF token).
+    // person still sends it. A visit makes no session: the form's token is
+    // a cookie of its own until a sign-in starts.
     let address = one_line(q.get("address").map_or("", |a| a.trim()), 320);
-    let h = app.sessions.find_or_create(&headers);
-    index_page(&app, &h, StatusCode::OK, &address, None)
+    if let Some(h) = app.sessions.find(&headers) {
+        return index_page(&csrf_of(&app, &h), None, StatusCode::OK, &address, None);
+    }
+    let token = sessions::random_token();
+    let cookie = app.sessions.set_form_cookie(&token);
+    index_page(&token, Some(cookie), StatusCode::OK, &address, None)
 }
 
 async fn fallback(

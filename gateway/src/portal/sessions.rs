@@ -40,7 +40,10 @@ pub const ABSOLUTE: Duration = Duration::from_secs(60 * 60);
 pub const SIGN_IN: Duration = Duration::from_secs(10 * 60);
 /// The tokens of a sign-in wait this long for their password.
 pub const UNSEALED: Duration = Duration::from_secs(10 * 60);
-/// Sessions held at once; past it the least recently used goes.
+/// Sessions held at once; past it the least recently used one that holds
+/// nothing under way goes, and when every one does, no new session is
+/// made until some expire (a sign-in or unsealed tokens are never lost to
+/// newcomers).
 pub const MAX_SESSIONS: usize = 10_000;
 
 /// A sign-in sent to the provider, waiting for its redirect.
@@ -111,6 +114,17 @@ impl Session {
             device: None,
             signed_in: None,
         }
+    }
+
+    /// Whether the session holds a sign-in under way or tokens waiting
+    /// for their password.
+    fn busy(&self) -> bool {
+        self.pending.is_some()
+            || self.device.is_some()
+            || self
+                .signed_in
+                .as_ref()
+                .is_some_and(|s| s.unsealed.is_some())
     }
 
     fn expired(&self, now: Instant) -> bool {
@@ -497,12 +511,10 @@ impl Sessions {
         }
     }
 
-    /// The request's session, or a new one.
-    pub fn find_or_create(&self, headers: &HeaderMap) -> Handle {
-        self.find(headers).unwrap_or_else(|| self.create())
-    }
-
-    fn create(&self) -> Handle {
+    /// A new session (made only when a sign-in starts: a visit alone
+    /// makes none); `None` when the portal holds as many as it may and
+    /// each has something under way.
+    pub fn create(&self) -> Option<Handle> {
         let cookie = random_token();
         let key = key_of(&cookie);
         let now = Instant::now();
@@ -510,16 +522,58 @@ impl Sessions {
         if map.len() >= MAX_SESSIONS {
             map.retain(|_, s| !s.expired(now));
         }
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.seen).map(|(k, _)| *k)
-        {
-            map.remove(&oldest);
+        if map.len() >= MAX_SESSIONS {
+            let idle = map
+                .iter()
+                .filter(|(_, s)| !s.busy())
+                .min_by_key(|(_, s)| s.seen)
+                .map(|(k, _)| *k);
+            map.remove(&idle?);
         }
         map.insert(key, Session::new(now));
-        Handle {
+        Some(Handle {
             key,
             new_cookie: Some(cookie),
+        })
+    }
+
+    /// The name of the cookie that carries the address form's token
+    /// before any session exists.
+    pub fn form_cookie_name(&self) -> &'static str {
+        if self.secure {
+            "__Host-mailgate-form"
+        } else {
+            "mailgate-form"
         }
+    }
+
+    /// The `Set-Cookie` value of the address form's token: the form
+    /// carries the same value back (a double-submit token: no server
+    /// state, and a page elsewhere can neither read nor set it).
+    pub fn set_form_cookie(&self, value: &str) -> String {
+        let mut c = cookie::Cookie::build((self.form_cookie_name(), value.to_owned()))
+            .path("/")
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(ABSOLUTE.as_secs() as i64));
+        if self.secure {
+            c = c.secure(true);
+        }
+        c.build().to_string()
+    }
+
+    /// Whether `token` (a form's) is the request's form cookie.
+    pub fn form_token_ok(&self, headers: &HeaderMap, token: &str) -> bool {
+        headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(cookie::Cookie::split_parse)
+            .filter_map(Result::ok)
+            .find(|c| c.name() == self.form_cookie_name())
+            .is_some_and(|c| {
+                !token.is_empty() && bool::from(c.value().as_bytes().ct_eq(token.as_bytes()))
+            })
     }
 
     /// Runs `f` on the session (`None` when it is gone meanwhile).
@@ -571,7 +625,7 @@ mod tests {
     #[test]
     fn a_cookie_finds_its_session_and_nothing_else() {
         let s = Sessions::new(false);
-        let h = s.create();
+        let h = s.create().expect("room");
         let cookie = h.new_cookie.clone().expect("a new cookie");
         assert!(s.find(&with_cookie("mailgate", &cookie)).is_some());
         assert!(s.find(&with_cookie("mailgate", "forged")).is_none());
@@ -604,11 +658,46 @@ mod tests {
     }
 
     #[test]
-    fn the_number_of_sessions_is_capped() {
+    fn the_number_of_sessions_is_capped_without_losing_sign_ins() {
         let s = Sessions::new(false);
+        let first = s.create().expect("room");
         for _ in 0..MAX_SESSIONS + 5 {
-            s.create();
+            s.create().expect("idle sessions make room");
         }
         assert_eq!(s.count(), MAX_SESSIONS);
+        assert!(s.with(&first, |_| ()).is_none(), "the oldest idle one went");
+        // Every session busy: no new one, none lost.
+        let mut map = s.lock();
+        for v in map.values_mut() {
+            v.signed_in = Some(SignedIn {
+                user: "a@x.test".into(),
+                provider: Arc::new(test_provider()),
+                unsealed: Some(Unsealed {
+                    grant: Grant {
+                        access_token: SecretString::from("at"),
+                        refresh_token: None,
+                        expires_in: None,
+                        id_token: None,
+                    },
+                    replaces: None,
+                    at: Instant::now(),
+                }),
+            });
+        }
+        drop(map);
+        assert!(s.create().is_none());
+        assert_eq!(s.count(), MAX_SESSIONS);
+    }
+
+    fn test_provider() -> Provider {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n[provider.p]\npreset = \"gmail\"\nclient_id = \"x\"\n[[account]]\nuser = \"a@x.test\"\nprovider = \"p\"\n",
+        )
+        .expect("write");
+        let config = mailgate_config::load_with_env(&file, Vec::new()).expect("config");
+        config.provider("p").expect("p").as_ref().clone()
     }
 }

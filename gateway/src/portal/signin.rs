@@ -10,29 +10,41 @@ pub(super) struct AddressForm {
     address: String,
 }
 
+/// The address form: from a session (its CSRF token) or before one (the
+/// form cookie's token). Each client may start [`SIGN_INS_PER_MINUTE`]
+/// sign-ins a minute; no password is checked here, so password backoff
+/// plays no part. The session is made now, when a sign-in starts.
 pub(super) async fn sign_in(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Posted { session: h, form }: Posted<AddressForm>,
+    headers: HeaderMap,
+    Form(form): Form<WithCsrf<AddressForm>>,
 ) -> Response {
-    let address = one_line(form.address.trim(), 320);
+    let session = app.sessions.find(&headers).filter(|h| {
+        app.sessions
+            .with(h, |s| s.csrf_ok(&form.csrf))
+            .unwrap_or(false)
+    });
+    if session.is_none() && !app.sessions.form_token_ok(&headers, &form.csrf) {
+        return csrf_refused();
+    }
+    let page = |status, address: &str, error: String| {
+        index_page(&form.csrf, None, status, address, Some(error))
+    };
+    let address = one_line(form.rest.address.trim(), 320);
     let Some(user) = crate::accounts::account_name(&address).filter(|u| u.contains('@')) else {
-        return index_page(
-            &app,
-            &h,
+        return page(
             StatusCode::BAD_REQUEST,
             &address,
-            Some("Enter your whole e-mail address, e.g. name@example.com.".into()),
+            "Enter your whole e-mail address, e.g. name@example.com.".into(),
         );
     };
-    if !app.ctx.accounts.locked(&user, peer.ip()).await.is_zero() {
-        info!(user = %user, "portal: address form refused during backoff");
-        return index_page(
-            &app,
-            &h,
+    if !app.sign_ins.take(peer.ip()) {
+        info!(client = %peer.ip(), "portal: too many sign-ins started by this client");
+        return page(
             StatusCode::TOO_MANY_REQUESTS,
             &address,
-            Some("Too many attempts from here. Wait a minute, then try again.".into()),
+            "Too many sign-ins were started from here. Wait a minute, then try again.".into(),
         );
     }
     let config = app.ctx.config();
@@ -42,16 +54,27 @@ pub(super) async fn sign_in(
         .cloned()
     else {
         info!(user = %user, "portal: an address that no account matches");
-        app.ctx.accounts.failure(&user, peer.ip(), false);
-        return index_page(
-            &app,
-            &h,
+        return page(
             StatusCode::NOT_FOUND,
             &address,
-            Some(format!(
+            format!(
                 "{user} is not served by this gateway. Check the address, or ask your administrator."
-            )),
+            ),
         );
+    };
+    let h = match session {
+        Some(h) => h,
+        None => match app.sessions.create() {
+            Some(h) => h,
+            None => {
+                warn!("portal: every session is under way; no new one now");
+                return message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Busy",
+                    "The gateway has too many sign-ins under way. Try again in a few minutes.",
+                );
+            }
+        },
     };
     start_sign_in(&app, &h, user, provider, false).await
 }

@@ -25,6 +25,9 @@ pub enum Failure {
     Refused(String),
     /// The provider or its token endpoint cannot be reached or used now.
     Unavailable(String),
+    /// Refused without a check after too many wrong passwords (backoff);
+    /// the text says for how long.
+    Throttled(String),
 }
 
 impl Failure {
@@ -35,6 +38,7 @@ impl Failure {
             Failure::NeedsAuthorization(_) => "needs_authorization",
             Failure::Refused(_) => "refused",
             Failure::Unavailable(_) => "unavailable",
+            Failure::Throttled(_) => "throttled",
         }
     }
 
@@ -44,7 +48,7 @@ impl Failure {
     pub fn counts(&self) -> bool {
         matches!(
             self,
-            Failure::BadCredentials | Failure::NeedsAuthorization(_)
+            Failure::BadCredentials | Failure::NeedsAuthorization(_) | Failure::Throttled(_)
         )
     }
 
@@ -52,7 +56,10 @@ impl Failure {
     pub fn text(&self) -> &str {
         match self {
             Failure::BadCredentials => "Invalid credentials",
-            Failure::NeedsAuthorization(t) | Failure::Refused(t) | Failure::Unavailable(t) => t,
+            Failure::NeedsAuthorization(t)
+            | Failure::Refused(t)
+            | Failure::Unavailable(t)
+            | Failure::Throttled(t) => t,
         }
     }
 }
@@ -67,6 +74,10 @@ impl Failure {
         let run_login = format!("on the gateway run `mailgate login {user}`");
         match e {
             LoginError::BadCredentials | LoginError::NoToken => Failure::BadCredentials,
+            LoginError::Throttled(d) => Failure::Throttled(format!(
+                "Too many failed logins for {user} or from this address; try again in {} s",
+                d.as_secs().max(1)
+            )),
             LoginError::NeedsAuthorization { why, .. } => Failure::NeedsAuthorization(match why {
                 Unusable::Damaged => format!("The stored token of {user} is damaged; {run_login}"),
                 Unusable::Unopenable => {
@@ -162,13 +173,11 @@ where
                 return Err(in_band(ctx, user));
             }
             // Nothing can check this password: the client is told what a
-            // wrong password is told (the log says why).
+            // wrong password is told (the log says why). It counts against
+            // no one: it is not a wrong password.
             info!(
                 "login refused: the account has no token and in-band authorisation is off on this listener; run `mailgate login USER` on the gateway"
             );
-            if let Some(name) = crate::accounts::account_name(user) {
-                accounts.failed(&name, peer);
-            }
             return Err(Failure::BadCredentials);
         }
         Err(LoginError::NeedsAuthorization { file: Some(_), .. }) if client.in_band => {

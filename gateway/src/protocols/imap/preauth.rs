@@ -283,7 +283,7 @@ impl PreAuth for ImapPreAuth {
         let code = match failure {
             Failure::BadCredentials | Failure::Refused(_) => "AUTHENTICATIONFAILED",
             Failure::NeedsAuthorization(_) => "ALERT",
-            Failure::Unavailable(_) => "UNAVAILABLE",
+            Failure::Unavailable(_) | Failure::Throttled(_) => "UNAVAILABLE",
         };
         self.fail(code, failure.text(), failure.counts());
     }

@@ -178,6 +178,8 @@ impl PreAuth for Pop3PreAuth {
     fn login_failed(&mut self, failure: &Failure) {
         let reply = match failure {
             Failure::Unavailable(_) => "-ERR [SYS/TEMP]",
+            // RFC 2449: the user is logging in too often.
+            Failure::Throttled(_) => "-ERR [LOGIN-DELAY]",
             _ => "-ERR [AUTH]",
         };
         self.core

@@ -256,7 +256,7 @@ impl PreAuth for SmtpPreAuth {
 
     fn login_failed(&mut self, failure: &Failure) {
         let reply = match failure {
-            Failure::Unavailable(_) => "454 4.7.0",
+            Failure::Unavailable(_) | Failure::Throttled(_) => "454 4.7.0",
             _ => "535 5.7.8",
         };
         self.core.login_failed(

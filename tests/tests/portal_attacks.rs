@@ -1,0 +1,280 @@
+//! The portal under anonymous load, against the real binary (issue 23):
+//!
+//! - visits make no sessions: 10,050 cookie-less `GET /` leave a person's
+//!   sign-in under way intact, and write nothing to the fleet's Redis;
+//! - a Redis that would evict keys when full is refused at start;
+//! - behind a trusted reverse proxy each client has its own budget of
+//!   sign-ins (one person's unknown addresses cost nobody else anything),
+//!   and the forwarded address of an untrusted peer is not believed;
+//! - connections are capped per address, so a slow-body flood from one
+//!   address leaves the portal to everyone else, and each request has a
+//!   deadline, body included.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mailgate_tests::browser::PortalVisit;
+use mailgate_tests::fake::FakeServer;
+use mailgate_tests::harness::{Env, PASSWORD, Running, USER, run_mailgate};
+use mailgate_tests::redis::Redis;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Portal {
+    env: Env,
+    _imap: FakeServer,
+    gateway: Running,
+    base: String,
+}
+
+impl Portal {
+    async fn start(extra_gateway: &str, extra: &str) -> Portal {
+        let env = Env::new().await;
+        let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+        let text = format!(
+            "{}\n[portal]\naddress = \"127.0.0.1:0\"\n{extra}",
+            env.config_text(
+                &imap.url(false),
+                &format!("log_format = \"json\"\n{extra_gateway}"),
+                "",
+                ""
+            )
+        );
+        let config = env.write_config(&text);
+        let gateway = Running::start(&config, "portal listening");
+        let base = format!("http://{}/", gateway.address("portal listening", None));
+        Portal {
+            env,
+            _imap: imap,
+            gateway,
+            base,
+        }
+    }
+}
+
+/// A client whose connections come from `from` (a loopback address).
+fn client_from(from: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(from.parse::<IpAddr>().unwrap())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// `n` cookie-less visits of the first page, 16 at a time; how many set a
+/// session cookie.
+async fn anonymous_visits(base: &str, n: usize) -> usize {
+    let http = client_from("127.0.0.3");
+    let mut sessions = 0;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let replies =
+            futures_util::future::join_all(chunk.iter().map(|_| http.get(base).send())).await;
+        for r in replies {
+            let r = r.unwrap();
+            assert_eq!(r.status(), 200);
+            sessions += r
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter(|c| c.to_str().unwrap().starts_with("mailgate="))
+                .count();
+        }
+    }
+    sessions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visits_make_no_sessions_and_evict_no_sign_in() {
+    let p = Portal::start("", "").await;
+    // A person starts a sign-in (the provider's page is open)...
+    let mut person = PortalVisit::new(&p.base);
+    let csrf = person.csrf(&format!("?address={USER}")).await;
+    let r = person
+        .post("sign-in", &[("csrf", &csrf), ("address", USER)])
+        .await;
+    assert_eq!(r.status().as_u16(), 303);
+    let authorize = r.headers()["location"].to_str().unwrap().to_owned();
+    // ...while anonymous requests flood the first page.
+    assert_eq!(
+        anonymous_visits(&p.base, 10_050).await,
+        0,
+        "no visit made a session"
+    );
+    // The sign-in completes.
+    let back = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&authorize)
+        .send()
+        .await
+        .unwrap()
+        .headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let r = person.get(&back).await;
+    assert_eq!(r.headers()["location"], "/password", "the sign-in was kept");
+    let csrf = person.csrf("password").await;
+    let r = person
+        .post(
+            "password",
+            &[
+                ("csrf", &csrf),
+                ("password", PASSWORD),
+                ("confirm", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 303);
+    assert!(
+        p.env
+            .state_dir()
+            .join("tokens")
+            .join(format!("{USER}.json"))
+            .exists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_visits_write_nothing_and_an_evicting_redis_is_refused() {
+    // noeviction (Redis's default), a small memory: visits write nothing.
+    let redis = Redis::start_with(&["--maxmemory", "4mb"]).await;
+    let store = format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"t:\"\n",
+        redis.url()
+    );
+    let p = Portal::start("", &store).await;
+    let before = redis.everything().await.len();
+    assert_eq!(anonymous_visits(&p.base, 500).await, 0);
+    assert_eq!(redis.everything().await.len(), before, "no key per visit");
+    drop(p);
+
+    // A Redis that evicts keys when full could drop sealed tokens: `run`
+    // and `check`'s store commands refuse it.
+    let lru = Redis::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"]).await;
+    let env = Env::new().await;
+    let text = format!(
+        "{}\n[store]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        env.config_text("imaps://127.0.0.1:1", "", "", ""),
+        lru.url()
+    );
+    let cfg = env.write_config(&text);
+    let out = run_mailgate(&cfg, &["run"], "", None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("maxmemory-policy allkeys-lru") && err.contains("noeviction"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_behind_a_trusted_proxy_has_its_own_budget() {
+    let p = Portal::start("trusted_proxies = [\"127.0.0.1/32\"]", "").await;
+    // The reverse proxy (127.0.0.1) forwards for two people.
+    let proxy = client_from("127.0.0.1");
+    let start = |visitor: &str, address: &str| {
+        let (proxy, base) = (proxy.clone(), p.base.clone());
+        let (visitor, address) = (visitor.to_owned(), address.to_owned());
+        async move {
+            let page = proxy
+                .get(&base)
+                .header("x-forwarded-for", &visitor)
+                .send()
+                .await
+                .unwrap();
+            let cookie = page.headers()["set-cookie"].to_str().unwrap();
+            let cookie = cookie.split(';').next().unwrap().to_owned();
+            let token = cookie.split_once('=').unwrap().1.to_owned();
+            proxy
+                .post(format!("{base}sign-in"))
+                .header("x-forwarded-for", &visitor)
+                .header("cookie", cookie)
+                .form(&[("csrf", token.as_str()), ("address", address.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // One person mistypes their address again and again, then runs out.
+    for i in 0..10 {
+        assert_eq!(
+            start("198.51.100.1", &format!("typo{i}@nowhere.test")).await,
+            404
+        );
+    }
+    assert_eq!(start("198.51.100.1", USER).await, 429);
+    // Another person behind the same proxy is not held back.
+    assert_eq!(start("198.51.100.2", USER).await, 303);
+    // A peer that is not a trusted proxy cannot choose its address: its
+    // own budget is spent whatever it claims to forward for.
+    let direct = client_from("127.0.0.2");
+    let mut last = 0;
+    for i in 0..11 {
+        let page = direct
+            .get(&p.base)
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
+            .send()
+            .await
+            .unwrap();
+        let cookie = page.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let token = cookie.split_once('=').unwrap().1.to_owned();
+        last = direct
+            .post(format!("{}sign-in", p.base))
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
+            .header("cookie", cookie)
+            .form(&[("csrf", token.as_str()), ("address", USER)])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429);
+    // No password check ran, and nothing was counted against the account.
+    assert!(!p.gateway.log().contains("backoff"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_flood_from_one_address_leaves_the_portal_to_others() {
+    let p = Portal::start("", "").await;
+    let addr = p.gateway.address("portal listening", None);
+    let host = format!("Host: {addr}\r\n");
+    // 300 POSTs from one address whose bodies never come.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        let _ = s
+            .write_all(
+                format!("POST /sign-in HTTP/1.1\r\n{host}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\na").as_bytes(),
+            )
+            .await;
+        slow.push(s);
+    }
+    // Someone else is served.
+    let r = client_from("127.0.0.5").get(&p.base).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        p.gateway
+            .log()
+            .contains("too many connections from this address")
+    );
+    // Each slow request ends at its deadline (the body never came).
+    let mut first = slow.swap_remove(0);
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), first.read_to_end(&mut reply)).await;
+    assert!(read.is_ok(), "the slow request was not ended");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "{reply}"
+    );
+}
