@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mailgate::accounts::store::{Expect, FileStore, Tokens};
-use secrecy::SecretString;
 use mailgate_tests::client::{LineClient, quote};
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, start};
+use secrecy::SecretString;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn status_kib(field: &str) -> u64 {
@@ -148,8 +148,7 @@ async fn main() {
     // does): the gateway's cached key no longer opens them.
     let reseal = || {
         let file = store.load(USER).unwrap().unwrap();
-        let next =
-            mailgate::accounts::flows::rekey(&file, &pw, &pw, &store.path(USER)).unwrap();
+        let next = mailgate::accounts::flows::rekey(&file, &pw, &pw, &store.path(USER)).unwrap();
         store.save(&next, Expect::Same(&file)).unwrap();
     };
     let rss_before = status_kib("VmRSS:");

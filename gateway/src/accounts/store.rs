@@ -64,6 +64,9 @@ pub enum StoreError {
     Changed { user: String },
     #[error("cannot encode {what}: {reason}")]
     Encode { what: &'static str, reason: String },
+    /// The state directory (or its `tokens`) is not safely ours.
+    #[error("{path} {reason}")]
+    Unsafe { path: PathBuf, reason: String },
     /// The shared store would drop keys when full: accounts' sealed tokens
     /// among them (SPEC §9).
     #[error(
@@ -364,6 +367,9 @@ impl Store {
     /// The configured store; for Redis, connected and answering (within
     /// `timeout`), or a clear error.
     pub async fn open(config: &mailgate_config::Config) -> Result<Store, StoreError> {
+        for w in secure_dirs(&config.gateway.state_dir)? {
+            tracing::warn!("{w}");
+        }
         match &config.store {
             mailgate_config::Store::File => Ok(Store::files(&config.gateway.state_dir)),
             mailgate_config::Store::Redis { url, prefix } => Ok(Store::Redis(
@@ -514,14 +520,21 @@ impl FileStore {
         self.dir.join(format!("{name}.json"))
     }
 
-    /// Reads a user's file; `None` when there is none.
+    /// Reads a user's file; `None` when there is none. A file that names
+    /// another account (copied or planted under this name) is damaged.
     pub fn load(&self, user: &str) -> Result<Option<TokenFile>, StoreError> {
         let path = self.path(user);
-        self.load_path(&path)
+        match self.load_path(&path)? {
+            Some(f) if f.user != user => Err(StoreError::Corrupt {
+                path,
+                reason: "it is another account's".into(),
+            }),
+            found => Ok(found),
+        }
     }
 
     fn load_path(&self, path: &Path) -> Result<Option<TokenFile>, StoreError> {
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_no_follow(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -634,6 +647,86 @@ pub enum Expect<'a> {
     /// Whatever is there: an explicit command (`mailgate login`, `token
     /// import`) that replaces the account's tokens on purpose.
     Any,
+}
+
+/// Reads a file, never through a symbolic link (a link planted in place of
+/// a token file is an error, not a redirection).
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NOFOLLOW);
+    }
+    let mut bytes = Vec::new();
+    o.open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Checks that the state directory and its `tokens` (where they exist)
+/// are real directories of the gateway's own user that no other user may
+/// write to: a directory that others may write is tightened to 0700 (the
+/// warnings say so); a symbolic link, another user's directory or not a
+/// directory at all is refused. With both ours and closed, nobody else
+/// can swap a path under the store, so its files are opened by path (and
+/// never through a link: see [`read_no_follow`]).
+pub fn secure_dirs(state_dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut warnings = Vec::new();
+    for dir in [state_dir.to_path_buf(), state_dir.join("tokens")] {
+        let unsafe_dir = |reason: String| StoreError::Unsafe {
+            path: dir.clone(),
+            reason,
+        };
+        let meta = match std::fs::symlink_metadata(&dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "inspect",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        if meta.file_type().is_symlink() {
+            return Err(unsafe_dir(
+                "is a symbolic link: the gateway keeps its state only in a real directory of its own; replace the link with a directory (or point state_dir at the target)".into(),
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(unsafe_dir(
+                "is not a directory; remove it or choose another state_dir".into(),
+            ));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let me = nix::unistd::geteuid().as_raw();
+            if meta.uid() != me {
+                return Err(unsafe_dir(format!(
+                    "belongs to user {}, not to the gateway's user {me}: another user could read or replace the tokens; give it to the gateway's user (chown) or choose another state_dir",
+                    meta.uid()
+                )));
+            }
+            let mode = meta.mode() & 0o7777;
+            if mode & 0o022 != 0 {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                    |source| StoreError::Io {
+                        action: "restrict the permissions of",
+                        path: dir.clone(),
+                        source,
+                    },
+                )?;
+                warnings.push(format!(
+                    "{} was writable by other users (mode {mode:04o}); its mode is now 0700",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    Ok(warnings)
 }
 
 /// Opens (creating) the store's lock file, never through a symbolic link.

@@ -240,6 +240,11 @@ fn migrate(cfg: &Config, to: StoreKind) -> CliResult {
 
 /// The configured token store (connected, for Redis).
 fn open_store(runtime: &tokio::runtime::Runtime, cfg: &Config) -> Result<Store, CliError> {
+    let warnings = crate::accounts::store::secure_dirs(&cfg.gateway.state_dir)
+        .map_err(|e| CliError::User(e.to_string()))?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
     runtime
         .block_on(Store::open(cfg))
         .map_err(|e| CliError::User(e.to_string()))
