@@ -37,6 +37,54 @@ systemd-analyze verify "$unit"
 systemd-analyze verify /usr/lib/systemd/user/mailgate.service
 man -w mailgate >/dev/null
 
+echo "== a 0600 secret reaches the service's user as a systemd credential, and only so"
+# The unit runs as a dynamic user, which cannot read root's 0600 files.
+# systemd is not PID 1 here, so the service itself cannot be started: the
+# credential is handed over as systemd does it (a directory of the
+# service's user, the file 0400 in it, $CREDENTIALS_DIRECTORY), and the
+# installed binary runs as another unprivileged user (nobody).
+secret=/etc/mailgate/client_secret
+dropin=/etc/systemd/system/mailgate.service.d
+work="$(mktemp -d)"
+chmod 0755 "$work"
+printf 'verify-deb-secret\n' | $SUDO install -m 0600 /dev/stdin "$secret"
+conf() {
+  cat > "$work/mailgate.toml" <<EOF
+[gateway]
+state_dir = "$work/state"
+[[listener]]
+protocol = "imap"
+address = "127.0.0.1:1143"
+[provider.o]
+preset = "office365"
+client_id = "00000000-0000-0000-0000-000000000000"
+tenant = "contoso.com"
+client_secret_file = "$1"
+[[account]]
+user = "a@contoso.com"
+provider = "o"
+EOF
+  chmod 0644 "$work/mailgate.toml"
+}
+as_service() { $SUDO setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+conf "$secret"
+if as_service /usr/bin/mailgate -c "$work/mailgate.toml" check >"$work/out" 2>&1; then
+  echo "the service's user read a 0600 secret directly"; cat "$work/out"; exit 1
+fi
+grep -q "Permission denied" "$work/out" || { cat "$work/out"; exit 1; }
+creds="$work/credentials"
+$SUDO install -d -m 0500 -o 65534 -g 65534 "$creds"
+$SUDO install -m 0400 -o 65534 -g 65534 "$secret" "$creds/client_secret"
+conf "credential:client_secret"
+as_service env CREDENTIALS_DIRECTORY="$creds" /usr/bin/mailgate -c "$work/mailgate.toml" check >"$work/out" 2>&1 \
+  || { echo "the credential was not read"; cat "$work/out"; exit 1; }
+if grep -q "verify-deb-secret" "$work/out"; then echo "check printed the secret"; exit 1; fi
+# The unit with the drop-in an administrator writes (systemctl edit).
+$SUDO mkdir -p "$dropin"
+printf '[Service]\nLoadCredential=client_secret:%s\n' "$secret" | $SUDO tee "$dropin/credentials.conf" >/dev/null
+systemd-analyze verify "$unit"
+$SUDO rm -rf "$dropin" "$secret" "$work"
+
 echo "== dpkg --purge"
 $SUDO dpkg --purge mailgate
 left=()

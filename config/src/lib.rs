@@ -794,7 +794,25 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Resolves `p` against the directory of the configuration file.
+/// A path of the configuration: absolute, relative to the file, or
+/// `credential:NAME`, a systemd credential of the service (its unit's
+/// `LoadCredential=NAME:/path`, which systemd hands to the service's user
+/// alone, in `$CREDENTIALS_DIRECTORY`: the way to give a `DynamicUser`
+/// service a secret that no other user can read).
 pub(crate) fn relative_to(file: &Path, p: &str) -> PathBuf {
+    if let Some(name) = p.strip_prefix(CREDENTIAL_PREFIX) {
+        let name = name.trim();
+        let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        return match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) if plain => PathBuf::from(dir).join(name),
+            _ if !plain => PathBuf::from(format!(
+                "(credential:{name}: a credential's name is a plain file name)"
+            )),
+            _ => PathBuf::from(format!(
+                "(credential:{name}: the gateway was not given it, CREDENTIALS_DIRECTORY is not set; add LoadCredential={name}:/etc/mailgate/{name} to its unit with `systemctl edit mailgate`)"
+            )),
+        };
+    }
     let p = PathBuf::from(p);
     if p.is_absolute() {
         p
@@ -802,6 +820,9 @@ pub(crate) fn relative_to(file: &Path, p: &str) -> PathBuf {
         file.parent().unwrap_or(Path::new(".")).join(p)
     }
 }
+
+/// How a path names a systemd credential (see [`relative_to`]).
+pub const CREDENTIAL_PREFIX: &str = "credential:";
 
 impl Gateway {
     /// Connections allowed at once from `ip`.

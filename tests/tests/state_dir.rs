@@ -108,3 +108,45 @@ async fn planted_and_copied_token_files_open_nothing() {
     let r = c.login("c", "bob@example.test", "bobs-password").await;
     assert!(r.starts_with("c OK"), "{r}");
 }
+
+/// A secret handed over as a systemd credential (`LoadCredential=`): a
+/// `*_file` key names it as `credential:NAME`, read from
+/// `$CREDENTIALS_DIRECTORY`; without one, `check` says what to add to
+/// the unit.
+#[test]
+fn secrets_come_from_systemd_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mailgate.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\nstate_dir = \"state\"\n[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n[provider.o]\npreset = \"office365\"\nclient_id = \"x\"\ntenant = \"contoso.com\"\nclient_secret_file = \"credential:client_secret\"\n[[account]]\nuser = \"a@contoso.com\"\nprovider = \"o\"\n",
+    )
+    .unwrap();
+    let out = run_mailgate(&cfg, &["check"], "", None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out);
+    assert!(
+        said.contains("provider.o.client_secret_file")
+            && said.contains("CREDENTIALS_DIRECTORY is not set; add LoadCredential=client_secret:/etc/mailgate/client_secret"),
+        "{said}"
+    );
+    // What systemd does: the credential, readable by the service's user
+    // alone, in a directory of its own.
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("client_secret"), "s3cr3t-from-credential\n").unwrap();
+    std::fs::set_permissions(
+        creds.join("client_secret"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
+    let out = run_mailgate(
+        &cfg,
+        &["check"],
+        "",
+        None,
+        &[("CREDENTIALS_DIRECTORY", creds.as_path())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("s3cr3t"), "{}", text(&out));
+}
