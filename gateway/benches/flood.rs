@@ -147,9 +147,16 @@ async fn main() {
     // Re-seals the owner's tokens under a new salt (what `mailgate passwd`
     // does): the gateway's cached key no longer opens them.
     let reseal = || {
-        let file = store.load(USER).unwrap().unwrap();
-        let next = mailgate::accounts::flows::rekey(&file, &pw, &pw, &store.path(USER)).unwrap();
-        store.save(&next, Expect::Same(&file)).unwrap();
+        let file = store
+            .load(USER)
+            .ok()
+            .flatten()
+            .expect("the owner's token file");
+        let next = mailgate::accounts::flows::rekey(&file, &pw, &pw, &store.path(USER))
+            .expect("re-sealed");
+        store
+            .save(&next, Expect::Same(&file))
+            .expect("written back");
     };
     let rss_before = status_kib("VmRSS:");
 

@@ -12,6 +12,7 @@
 //! - [`browser`]: playing the browser on a sign-in URL;
 //! - [`chrome`]: a real headless Chromium driven through ChromeDriver;
 //! - [`harness::Running`]: the real binary, its addresses read from its log;
+//! - [`portal`]: the binary with its web portal, and a browser's steps on it;
 //! - [`redis`]: a real Redis server;
 //! - [`proxies`]: test HTTP (CONNECT) and SOCKS5 proxies that log what they forward;
 //! - [`rsa`]: RSA keys and client certificates (Entra certificate credentials).
@@ -30,6 +31,7 @@ pub mod imap_server;
 pub mod login;
 pub mod oauth;
 pub mod pop3_server;
+pub mod portal;
 pub mod proxies;
 pub mod redis;
 pub mod relay_sink;

@@ -12,9 +12,9 @@
 #![allow(clippy::unwrap_used)]
 
 use mailgate_tests::chrome::{Browser, Driver};
-use mailgate_tests::fake::FakeServer;
-use mailgate_tests::harness::{Env, PASSWORD, Running, USER, run_mailgate};
+use mailgate_tests::harness::{PASSWORD, USER, run_mailgate};
 use mailgate_tests::oauth::Entra;
+use mailgate_tests::portal::{Portal, choose_password, sign_in};
 
 const HOME: &str = "11111111-2222-3333-4444-555555555555";
 const OTHER: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
@@ -27,65 +27,30 @@ fn entra(tid: &str, mail: Option<&str>) -> Option<Entra> {
     })
 }
 
-struct Portal {
-    env: Env,
-    _imap: FakeServer,
-    gateway: Running,
-    base: String,
+/// The portal with an Office 365 provider on `tenant = "common"`.
+async fn portal(extra_provider: &str) -> Portal {
+    Portal::with(
+        "",
+        &format!("preset = \"office365\"\ntenant = \"common\"\n{extra_provider}"),
+        "",
+    )
+    .await
 }
 
-impl Portal {
-    async fn start(extra_provider: &str) -> Portal {
-        let env = Env::new().await;
-        let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
-        let text = format!(
-            "{}\n[portal]\naddress = \"127.0.0.1:0\"\n",
-            env.config_text(
-                &imap.url(false),
-                "log_format = \"json\"",
-                &format!("preset = \"office365\"\ntenant = \"common\"\n{extra_provider}"),
-                ""
-            )
-        );
-        let config = env.write_config(&text);
-        let gateway = Running::start(&config, "portal listening");
-        let base = format!("http://{}/", gateway.address("portal listening", None));
-        Portal {
-            env,
-            _imap: imap,
-            gateway,
-            base,
-        }
-    }
-
-    fn token_file(&self) -> Option<Vec<u8>> {
-        std::fs::read(
-            self.env
-                .state_dir()
-                .join("tokens")
-                .join(format!("{USER}.json")),
-        )
-        .ok()
-    }
-
-    async fn sign_in(&self, b: &Browser) {
-        b.goto(&self.base).await;
-        b.expect_page("address").await;
-        b.fill("#address", USER).await;
-        b.click("button[type=submit]").await;
-    }
+async fn sign_in_as_user(p: &Portal, b: &Browser) {
+    sign_in(b, &p.base, USER).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_verified_claims_of_the_right_tenant_claim_an_account() {
-    let p = Portal::start("").await;
+    let p = portal("").await;
     let driver = Driver::start().await;
 
     // nOAuth: mallory's tenant says his mail is alice's address.
     p.env.oauth.set_entra(entra(OTHER, Some(USER)));
     p.env.oauth.set_sign_in_as(Some("mallory@evil.test"));
     let b = driver.browser().await;
-    p.sign_in(&b).await;
+    sign_in_as_user(&p, &b).await;
     b.expect_page("wrong-identity").await;
     assert_eq!(b.text("#signed-in").await, "mallory@evil.test");
     assert!(p.token_file().is_none(), "nothing stored");
@@ -95,12 +60,8 @@ async fn only_verified_claims_of_the_right_tenant_claim_an_account() {
     p.env.oauth.set_entra(entra(HOME, None));
     p.env.oauth.set_sign_in_as(None);
     let b = driver.browser().await;
-    p.sign_in(&b).await;
-    b.expect_page("password").await;
-    b.fill("#password", PASSWORD).await;
-    b.fill("#confirm", PASSWORD).await;
-    b.click("button[type=submit]").await;
-    b.expect_page("settings").await;
+    sign_in_as_user(&p, &b).await;
+    choose_password(&b, PASSWORD).await;
     b.close().await;
     let before = p.token_file().unwrap();
     let file: serde_json::Value = serde_json::from_slice(&before).unwrap();
@@ -110,7 +71,7 @@ async fn only_verified_claims_of_the_right_tenant_claim_an_account() {
     // named after it): refused, the tokens unchanged.
     p.env.oauth.set_entra(entra(OTHER, None));
     let b = driver.browser().await;
-    p.sign_in(&b).await;
+    sign_in_as_user(&p, &b).await;
     b.expect_page("message").await;
     let text = b.text("main").await;
     assert!(
@@ -128,7 +89,7 @@ async fn only_verified_claims_of_the_right_tenant_claim_an_account() {
     }));
     p.env.oauth.set_sign_in_as(Some("alice.smith@example.test"));
     let b = driver.browser().await;
-    p.sign_in(&b).await;
+    sign_in_as_user(&p, &b).await;
     b.expect_page("account").await;
     b.close().await;
     assert!(!p.gateway.log().contains(PASSWORD));
@@ -153,11 +114,11 @@ async fn only_verified_claims_of_the_right_tenant_claim_an_account() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_tenants_refuse_every_other_tenant() {
-    let p = Portal::start(&format!("allowed_tenants = [\"{HOME}\"]")).await;
+    let p = portal(&format!("allowed_tenants = [\"{HOME}\"]")).await;
     let driver = Driver::start().await;
     p.env.oauth.set_entra(entra(OTHER, None));
     let b = driver.browser().await;
-    p.sign_in(&b).await;
+    sign_in_as_user(&p, &b).await;
     b.expect_page("message").await;
     assert!(b.text("main").await.contains("allows only its own tenants"));
     assert!(p.token_file().is_none());
@@ -165,7 +126,7 @@ async fn allowed_tenants_refuse_every_other_tenant() {
 
     p.env.oauth.set_entra(entra(HOME, None));
     let b = driver.browser().await;
-    p.sign_in(&b).await;
+    sign_in_as_user(&p, &b).await;
     b.expect_page("password").await;
     b.close().await;
 

@@ -24,6 +24,7 @@ use mailgate_tests::harness::{
     Env, PASSWORD, Running, USER, imap_addr, logs, pop3_addr, smtp_addr, start,
 };
 use mailgate_tests::oauth::DeviceMode;
+use mailgate_tests::portal::choose_password;
 
 const ATTACKER_PW: &str = "attacker-password";
 
@@ -60,14 +61,6 @@ async fn open_link(b: &Browser, link: &str) {
         .to_owned();
     assert_eq!(filled, USER);
     b.click("button[type=submit]").await;
-}
-
-async fn choose_password(b: &Browser, password: &str) {
-    b.expect_page("password").await;
-    b.fill("#password", password).await;
-    b.fill("#confirm", password).await;
-    b.click("button[type=submit]").await;
-    b.expect_page("settings").await;
 }
 
 /// The attack of the review, as it now goes: the attacker's link opens the

@@ -9,95 +9,14 @@
 
 use std::time::Duration;
 
-use mailgate_tests::chrome::{Browser, Driver};
-use mailgate_tests::client::LineClient;
+use mailgate_tests::chrome::Driver;
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{Env, PASSWORD, Running, USER};
 use mailgate_tests::oauth::AuthorizeMode;
+use mailgate_tests::portal::{Portal, choose_password, sign_in};
 
 const NEW_PASSWORD: &str = "lamp river quiet orange";
 const THIRD_PASSWORD: &str = "seven blue herons at dawn";
-
-struct Portal {
-    env: Env,
-    _imap: FakeServer,
-    gateway: Running,
-    base: String,
-}
-
-impl Portal {
-    async fn start() -> Portal {
-        let env = Env::new().await;
-        let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
-        let text = format!(
-            "{}\n[portal]\naddress = \"127.0.0.1:0\"\n",
-            env.config_text(
-                &imap.url(false),
-                "log_format = \"json\"\nmetrics = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"",
-                "",
-                ""
-            )
-        );
-        let config = env.write_config(&text);
-        let gateway = Running::start(&config, "portal listening");
-        let base = format!("http://{}/", gateway.address("portal listening", None));
-        Portal {
-            env,
-            _imap: imap,
-            gateway,
-            base,
-        }
-    }
-
-    fn imap(&self) -> std::net::SocketAddr {
-        self.gateway.address("listening", Some("imap"))
-    }
-
-    async fn imap_login(&self, password: &str) -> String {
-        let mut c = LineClient::greeted(self.imap()).await;
-        c.login("a", USER, password).await
-    }
-
-    async fn metric(&self, line: &str) -> bool {
-        let addr = self
-            .gateway
-            .address("metrics on /metrics and /healthz", None);
-        let body = reqwest::get(format!("http://{addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        body.lines().any(|l| l == line)
-    }
-
-    fn token_file(&self) -> Option<Vec<u8>> {
-        std::fs::read(
-            self.env
-                .state_dir()
-                .join("tokens")
-                .join(format!("{USER}.json")),
-        )
-        .ok()
-    }
-}
-
-/// The address form, filled and sent: the browser goes to the provider and
-/// comes back.
-async fn sign_in(b: &Browser, base: &str, address: &str) {
-    b.goto(base).await;
-    b.expect_page("address").await;
-    b.fill("#address", address).await;
-    b.click("button[type=submit]").await;
-}
-
-async fn choose_password(b: &Browser, password: &str) {
-    b.expect_page("password").await;
-    b.fill("#password", password).await;
-    b.fill("#confirm", password).await;
-    b.click("button[type=submit]").await;
-    b.expect_page("settings").await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sign_in_password_settings_imap_change_again_forget() {

@@ -16,42 +16,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use mailgate_tests::browser::PortalVisit;
-use mailgate_tests::fake::FakeServer;
-use mailgate_tests::harness::{Env, PASSWORD, Running, USER, run_mailgate};
+use mailgate_tests::harness::{Env, PASSWORD, USER, run_mailgate};
+use mailgate_tests::portal::Portal;
 use mailgate_tests::redis::Redis;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Portal {
-    env: Env,
-    _imap: FakeServer,
-    gateway: Running,
-    base: String,
-}
-
-impl Portal {
-    async fn start(extra_gateway: &str, extra: &str) -> Portal {
-        let env = Env::new().await;
-        let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
-        let text = format!(
-            "{}\n[portal]\naddress = \"127.0.0.1:0\"\n{extra}",
-            env.config_text(
-                &imap.url(false),
-                &format!("log_format = \"json\"\n{extra_gateway}"),
-                "",
-                ""
-            )
-        );
-        let config = env.write_config(&text);
-        let gateway = Running::start(&config, "portal listening");
-        let base = format!("http://{}/", gateway.address("portal listening", None));
-        Portal {
-            env,
-            _imap: imap,
-            gateway,
-            base,
-        }
-    }
-}
 
 /// A client whose connections come from `from` (a loopback address).
 fn client_from(from: &str) -> reqwest::Client {
@@ -87,7 +55,7 @@ async fn anonymous_visits(base: &str, n: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visits_make_no_sessions_and_evict_no_sign_in() {
-    let p = Portal::start("", "").await;
+    let p = Portal::with("", "", "").await;
     // A person starts a sign-in (the provider's page is open)...
     let mut person = PortalVisit::new(&p.base);
     let csrf = person.csrf(&format!("?address={USER}")).await;
@@ -146,7 +114,7 @@ async fn redis_visits_write_nothing_and_an_evicting_redis_is_refused() {
         "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"t:\"\n",
         redis.url()
     );
-    let p = Portal::start("", &store).await;
+    let p = Portal::with("", "", &store).await;
     let before = redis.everything().await.len();
     assert_eq!(anonymous_visits(&p.base, 500).await, 0);
     assert_eq!(redis.everything().await.len(), before, "no key per visit");
@@ -173,7 +141,7 @@ async fn redis_visits_write_nothing_and_an_evicting_redis_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_behind_a_trusted_proxy_has_its_own_budget() {
-    let p = Portal::start("trusted_proxies = [\"127.0.0.1/32\"]", "").await;
+    let p = Portal::with("trusted_proxies = [\"127.0.0.1/32\"]", "", "").await;
     // The reverse proxy (127.0.0.1) forwards for two people.
     let proxy = client_from("127.0.0.1");
     let start = |visitor: &str, address: &str| {
@@ -243,7 +211,7 @@ async fn each_client_behind_a_trusted_proxy_has_its_own_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_flood_from_one_address_leaves_the_portal_to_others() {
-    let p = Portal::start("", "").await;
+    let p = Portal::with("", "", "").await;
     let addr = p.gateway.address("portal listening", None);
     let host = format!("Host: {addr}\r\n");
     // 300 POSTs from one address whose bodies never come.

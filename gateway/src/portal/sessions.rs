@@ -151,6 +151,18 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
+/// The value of the request's cookie `name`, if it has one.
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
 /// All sessions of the portal.
 #[derive(Debug)]
 pub struct Sessions {
@@ -450,7 +462,13 @@ impl Sessions {
 
     /// The `Set-Cookie` value for a session cookie.
     pub fn set_cookie(&self, value: &str) -> String {
-        let mut c = cookie::Cookie::build((self.cookie_name(), value.to_owned()))
+        self.cookie(self.cookie_name(), value)
+    }
+
+    /// A cookie of the portal: for `/`, `HttpOnly`, `SameSite=Lax`, for a
+    /// session's longest life, `Secure` over HTTPS.
+    fn cookie(&self, name: &'static str, value: &str) -> String {
+        let mut c = cookie::Cookie::build((name, value.to_owned()))
             .path("/")
             .http_only(true)
             .same_site(cookie::SameSite::Lax)
@@ -476,14 +494,7 @@ impl Sessions {
 
     /// The session cookie a request carries.
     pub fn cookie_in(&self, headers: &HeaderMap) -> Option<String> {
-        headers
-            .get_all(axum::http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(cookie::Cookie::split_parse)
-            .filter_map(Result::ok)
-            .find(|c| c.name() == self.cookie_name())
-            .map(|c| c.value().to_owned())
+        cookie_named(headers, self.cookie_name())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Session>> {
@@ -551,29 +562,13 @@ impl Sessions {
     /// carries the same value back (a double-submit token: no server
     /// state, and a page elsewhere can neither read nor set it).
     pub fn set_form_cookie(&self, value: &str) -> String {
-        let mut c = cookie::Cookie::build((self.form_cookie_name(), value.to_owned()))
-            .path("/")
-            .http_only(true)
-            .same_site(cookie::SameSite::Lax)
-            .max_age(cookie::time::Duration::seconds(ABSOLUTE.as_secs() as i64));
-        if self.secure {
-            c = c.secure(true);
-        }
-        c.build().to_string()
+        self.cookie(self.form_cookie_name(), value)
     }
 
     /// Whether `token` (a form's) is the request's form cookie.
     pub fn form_token_ok(&self, headers: &HeaderMap, token: &str) -> bool {
-        headers
-            .get_all(axum::http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(cookie::Cookie::split_parse)
-            .filter_map(Result::ok)
-            .find(|c| c.name() == self.form_cookie_name())
-            .is_some_and(|c| {
-                !token.is_empty() && bool::from(c.value().as_bytes().ct_eq(token.as_bytes()))
-            })
+        cookie_named(headers, self.form_cookie_name())
+            .is_some_and(|c| !token.is_empty() && bool::from(c.as_bytes().ct_eq(token.as_bytes())))
     }
 
     /// Runs `f` on the session (`None` when it is gone meanwhile).

@@ -236,22 +236,7 @@ pub(super) async fn callback(
         Err(e) => {
             app.ctx.metrics.portal_sign_in("failed");
             warn!(user = %user, error = %e, "portal: the authorization code exchange failed");
-            let (code, detail) = match &e {
-                crate::accounts::oauth::OAuthError::InvalidGrant(d) => {
-                    ("invalid_grant", d.as_str())
-                }
-                crate::accounts::oauth::OAuthError::Declined(d) => ("access_denied", d.as_str()),
-                crate::accounts::oauth::OAuthError::Other { code, description } => {
-                    (code.as_str(), description.as_str())
-                }
-                _ => ("", ""),
-            };
-            return advice(
-                StatusCode::BAD_GATEWAY,
-                "Sign-in failed",
-                e.to_string(),
-                pages::provider_advice(code, detail),
-            );
+            return sign_in_failed(&e);
         }
     };
     finish(
@@ -374,6 +359,25 @@ async fn finish(
     )
 }
 
+/// The page of a sign-in the token endpoint refused: what it said, and
+/// what to do about it.
+fn sign_in_failed(e: &crate::accounts::oauth::OAuthError) -> Response {
+    use crate::accounts::oauth::OAuthError as E;
+    let (code, detail) = match e {
+        E::InvalidGrant(d) => ("invalid_grant", d.as_str()),
+        E::Declined(d) => ("access_denied", d.as_str()),
+        E::Expired => ("expired_token", ""),
+        E::Other { code, description } => (code.as_str(), description.as_str()),
+        _ => ("", ""),
+    };
+    advice(
+        StatusCode::BAD_GATEWAY,
+        "Sign-in failed",
+        e.to_string(),
+        pages::provider_advice(code, detail),
+    )
+}
+
 /// Starts a device sign-in for `user` and sends the browser to its page.
 async fn start_device(
     app: &App,
@@ -483,22 +487,7 @@ pub(super) async fn device(State(app): State<Arc<App>>, headers: HeaderMap) -> R
                 app.sessions.with(&h, |s| s.device = None);
                 app.ctx.metrics.portal_sign_in("provider_error");
                 warn!(user = %user, error = %e, "portal: the device sign-in failed");
-                let (code, detail) = match &e {
-                    crate::accounts::oauth::OAuthError::Declined(d) => {
-                        ("access_denied", d.as_str())
-                    }
-                    crate::accounts::oauth::OAuthError::Expired => ("expired_token", ""),
-                    crate::accounts::oauth::OAuthError::Other { code, description } => {
-                        (code.as_str(), description.as_str())
-                    }
-                    _ => ("", ""),
-                };
-                return advice(
-                    StatusCode::BAD_GATEWAY,
-                    "Sign-in failed",
-                    e.to_string(),
-                    pages::provider_advice(code, detail),
-                );
+                return sign_in_failed(&e);
             }
         }
     }
