@@ -184,6 +184,9 @@ pub struct Portal {
     /// How browsers reach the portal, when not its address (a reverse
     /// proxy, a DNS name).
     pub public_url: Option<url::Url>,
+    /// A PROXY v1/v2 header from a `trusted_proxies` address comes first
+    /// on each connection and names the browser (a TCP load balancer).
+    pub proxy_protocol: bool,
 }
 
 impl Portal {

@@ -40,6 +40,7 @@ pub(crate) struct RawPortal {
     pub key: Option<String>,
     pub insecure_plaintext: Option<bool>,
     pub public_url: Option<String>,
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -52,6 +52,12 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
     let providers = providers(file, raw.provider, &gateway, &mut errs);
     let accounts = accounts(raw.account, &providers, &mut errs);
     let portal = raw.portal.map(|p| portal(file, p, &mut errs));
+    if portal.as_ref().is_some_and(|p| p.proxy_protocol) && gateway.trusted_proxies.is_empty() {
+        errs.push(
+            "portal.proxy_protocol",
+            "needs [gateway] trusted_proxies: the load balancers whose PROXY headers are believed",
+        );
+    }
     let store = store(file, raw.store.unwrap_or_default(), &mut errs);
     if errs.list.is_empty() {
         let keys = listeners
@@ -493,6 +499,7 @@ fn portal(file: &Path, p: RawPortal, errs: &mut Errors<'_>) -> Portal {
         key: p.key.map(|k| relative_to(file, &k)),
         insecure_plaintext,
         public_url,
+        proxy_protocol: p.proxy_protocol.unwrap_or(false),
     }
 }
 

@@ -247,3 +247,65 @@ async fn a_slow_body_flood_from_one_address_leaves_the_portal_to_others() {
         "{reply}"
     );
 }
+
+/// The portal behind a TCP load balancer: the PROXY header names the
+/// browser (believed from trusted_proxies only), and each browser has its
+/// own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_tcp_balancer_the_proxy_header_names_the_browser() {
+    let p = Portal::with(
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        "",
+        "proxy_protocol = true\n",
+    )
+    .await;
+    let addr = p.gateway.address("portal listening", None);
+    // One exchange on a connection from 127.0.0.1 (the balancer) for
+    // `browser`: the answer's head.
+    let exchange = |browser: &'static str, request: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("PROXY TCP4 {browser} 127.0.0.1 40000 443\r\n{request}").as_bytes())
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply)).await;
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    let host = format!("Host: {addr}\r\nConnection: close\r\n");
+    let start = |browser: &'static str| {
+        let host = host.clone();
+        async move {
+            let page = exchange(browser, format!("GET / HTTP/1.1\r\n{host}\r\n")).await;
+            assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+            let token = page
+                .lines()
+                .find_map(|l| l.strip_prefix("set-cookie: mailgate-form="))
+                .and_then(|v| v.split(';').next())
+                .unwrap()
+                .to_owned();
+            let body = format!("csrf={token}&address=typo%40nowhere.test");
+            let r = exchange(
+                browser,
+                format!(
+                    "POST /sign-in HTTP/1.1\r\n{host}Cookie: mailgate-form={token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ),
+            )
+            .await;
+            r.lines().next().unwrap_or_default().to_owned()
+        }
+    };
+    for _ in 0..10 {
+        assert!(start("198.51.100.1").await.starts_with("HTTP/1.1 404"));
+    }
+    assert!(start("198.51.100.1").await.starts_with("HTTP/1.1 429"));
+    assert!(start("198.51.100.2").await.starts_with("HTTP/1.1 404"));
+    // Without a header: closed unanswered.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\n{host}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut reply)).await;
+    assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
+}

@@ -262,23 +262,46 @@ async fn serve(
                 }
             },
         };
-        let held = if app.ctx.config().gateway.trusts_proxy(peer.ip()) {
-            None
-        } else {
-            match per_address.hold(peer.ip()) {
-                Some(h) => Some(h),
-                None => {
-                    info!(peer = %peer, "portal: too many connections from this address; closed");
-                    continue;
-                }
-            }
-        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             info!(peer = %peer, "portal: too many connections; closed");
             continue;
         };
         let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
+        let (app, per_address) = (app.clone(), per_address.clone());
         tokio::spawn(async move {
+            let mut stream = stream;
+            let config = app.ctx.config();
+            // Behind a TCP load balancer the browser is whom its PROXY
+            // header names (believed from trusted_proxies only).
+            let peer = if app.config.proxy_protocol {
+                if !config.gateway.trusts_proxy(peer.ip()) {
+                    info!(peer = %peer, "portal: closed: PROXY headers are believed from trusted_proxies only");
+                    return;
+                }
+                match crate::session::proxy::read_header(&mut stream, peer, HEADER_TIMEOUT).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        info!(proxy = %peer, error = %e, "portal: closed: no valid PROXY header");
+                        return;
+                    }
+                }
+            } else {
+                peer
+            };
+            // A trusted reverse proxy carries many clients: held to the
+            // total only.
+            let held = if config.gateway.trusts_proxy(peer.ip()) {
+                None
+            } else {
+                match per_address.hold(peer.ip()) {
+                    Some(h) => Some(h),
+                    None => {
+                        info!(peer = %peer, "portal: too many connections from this address; closed");
+                        return;
+                    }
+                }
+            };
+            drop(config);
             let _held = (permit, held);
             let svc = hyper::service::service_fn(move |mut req: axum::http::Request<_>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
