@@ -12,7 +12,8 @@
 //! | `mailgate_password_checks_total` | counter | `result` (`checked`, `dummy`, `refused_backoff`, `refused_busy`) |
 //!
 //! `result` of a login is `ok`, `bad_credentials`, `needs_authorization`,
-//! `refused` (the upstream refused a fresh token) or `unavailable`.
+//! `refused` (the upstream refused a fresh token), `unavailable` or
+//! `throttled` (refused during backoff, without a password check).
 //! A password check is an Argon2 computation (a login whose key is cached
 //! costs none): `checked` against a token file or `password_hash`, `dummy`
 //! for a name without a file (so it costs what a wrong password costs), or
