@@ -110,12 +110,18 @@ async fn the_gateway_keeps_sealed_tokens_in_redis() {
     // A stale write is refused (compare-and-swap on the generation).
     let stale = store.load(USER).await.unwrap().unwrap();
     store.save(&stale, Expect::Same(&stale)).await.unwrap();
-    assert!(store.save(&stale, Expect::Same(&stale)).await.is_err());
+    assert!(matches!(
+        store.save(&stale, Expect::Same(&stale)).await,
+        Err(mailgate::accounts::store::StoreError::Changed { .. })
+    ));
 
     // Forgotten in Redis: the next login of the running gateway sees it.
     assert!(store.remove(USER).await.unwrap());
     let r = login(&g, USER, PASSWORD).await;
-    assert!(!r.starts_with("a OK"), "{r}");
+    assert!(
+        r.starts_with("a NO [ALERT] alice@example.test is not authorised yet"),
+        "the account has no tokens any more: {r}"
+    );
     // Generations never repeat: after 1 (sealed), 2 (refreshed), 3 (the
     // familiar address) and 4 (the write above), the new first file is 5,
     // not 1.

@@ -394,7 +394,10 @@ impl Store {
     /// Reads a user's file; `None` when there is none.
     pub async fn load(&self, user: &str) -> Result<Option<TokenFile>, StoreError> {
         match self {
-            Store::File(f) => f.load(user),
+            Store::File(f) => {
+                let user = user.to_owned();
+                off_worker(f, move |f| f.load(&user)).await
+            }
             Store::Redis(r) => r.load(user).await,
         }
     }
@@ -408,7 +411,10 @@ impl Store {
         expected: Expect<'_>,
     ) -> Result<TokenFile, StoreError> {
         match self {
-            Store::File(f) => f.save(file, expected),
+            Store::File(f) => {
+                let (file, expected) = (file.clone(), expected.owned());
+                off_worker(f, move |f| f.save(&file, expected.borrowed())).await
+            }
             Store::Redis(r) => r.save(file, expected).await,
         }
     }
@@ -416,7 +422,10 @@ impl Store {
     /// Deletes a user's tokens; `Ok(false)` when there were none.
     pub async fn remove(&self, user: &str) -> Result<bool, StoreError> {
         match self {
-            Store::File(f) => f.remove(user),
+            Store::File(f) => {
+                let user = user.to_owned();
+                off_worker(f, move |f| f.remove(&user)).await
+            }
             Store::Redis(r) => r.remove(user).await,
         }
     }
@@ -447,8 +456,58 @@ impl Store {
     /// Every readable account, with the errors of unreadable ones.
     pub async fn list(&self) -> (Vec<TokenFile>, Vec<StoreError>) {
         match self {
-            Store::File(f) => f.list(),
+            Store::File(f) => match off_worker(f, |f| Ok(f.list())).await {
+                Ok(listed) => listed,
+                Err(e) => (Vec::new(), vec![e]),
+            },
             Store::Redis(r) => r.list().await,
+        }
+    }
+}
+
+/// Runs a file-store operation on tokio's blocking threads: its `fs`
+/// calls, `flock` and `fsync` never hold one of the async workers that
+/// every session shares.
+async fn off_worker<T: Send + 'static>(
+    store: &FileStore,
+    op: impl FnOnce(&FileStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let f = store.clone();
+    tokio::task::spawn_blocking(move || op(&f))
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Unavailable {
+                action: "use",
+                store: format!("the token files in {}", store.dir().display()),
+                reason: e.to_string(),
+            })
+        })
+}
+
+/// An [`Expect`] that owns its file, to cross into a blocking task.
+#[derive(Debug)]
+enum OwnedExpect {
+    Absent,
+    Same(Box<TokenFile>),
+    Any,
+}
+
+impl Expect<'_> {
+    fn owned(self) -> OwnedExpect {
+        match self {
+            Expect::Absent => OwnedExpect::Absent,
+            Expect::Same(f) => OwnedExpect::Same(Box::new(f.clone())),
+            Expect::Any => OwnedExpect::Any,
+        }
+    }
+}
+
+impl OwnedExpect {
+    fn borrowed(&self) -> Expect<'_> {
+        match self {
+            OwnedExpect::Absent => Expect::Absent,
+            OwnedExpect::Same(f) => Expect::Same(f),
+            OwnedExpect::Any => Expect::Any,
         }
     }
 }

@@ -1,0 +1,155 @@
+//! From the raw file to the validated [`Config`]: presets filled in, paths
+//! made relative to the file, and every problem collected with its key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::presets;
+use crate::raw::{
+    RawAccount, RawConfig, RawGateway, RawListener, RawPortal, RawProvider, RawStore,
+};
+mod accounts;
+mod credentials;
+mod provider;
+mod sections;
+
+use accounts::accounts;
+use credentials::{client_certificate, service_account_key};
+pub(crate) use provider::is_guid;
+use provider::providers;
+use sections::{gateway, listeners, portal, store};
+
+use crate::{
+    Account, AssertionAlg, Choice, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener,
+    LogFormat, Portal, Preset, Protocol, Provider, ServiceAccount, Store, TlsMode, Upstream,
+    UpstreamSecurity, UserPattern, relative_to,
+};
+
+struct Errors<'a> {
+    file: &'a Path,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors {
+        file,
+        list: Vec::new(),
+    };
+    let gateway = gateway(file, raw.gateway, &mut errs);
+    let listeners = listeners(file, raw.listener, &mut errs);
+    for (i, l) in listeners.iter().enumerate() {
+        if l.proxy_protocol && gateway.trusted_proxies.is_empty() {
+            errs.push(
+                format!("listener[{i}].proxy_protocol"),
+                "needs [gateway] trusted_proxies: the load balancers whose PROXY headers are believed",
+            );
+        }
+    }
+    let providers = providers(file, raw.provider, &gateway, &mut errs);
+    let accounts = accounts(raw.account, &providers, &mut errs);
+    let portal = raw.portal.map(|p| portal(file, p, &mut errs));
+    if portal.as_ref().is_some_and(|p| p.proxy_protocol) && gateway.trusted_proxies.is_empty() {
+        errs.push(
+            "portal.proxy_protocol",
+            "needs [gateway] trusted_proxies: the load balancers whose PROXY headers are believed",
+        );
+    }
+    let store = store(file, raw.store.unwrap_or_default(), &mut errs);
+    if errs.list.is_empty() {
+        let keys = listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.key.clone().map(|k| (format!("listener[{i}].key"), k)))
+            .chain(
+                portal
+                    .as_ref()
+                    .and_then(|p| p.key.clone())
+                    .map(|k| ("portal.key".to_owned(), k)),
+            );
+        Ok(Config {
+            file: file.to_path_buf(),
+            gateway,
+            portal,
+            store,
+            secret_files: keys.collect(),
+            listeners,
+            providers,
+            accounts,
+        })
+    } else {
+        Err(ConfigErrors(errs.list))
+    }
+}
+
+/// Parses a [`Choice`] value; `None` when absent or invalid (then reported).
+fn choice<T: Choice>(errs: &mut Errors<'_>, key: &str, value: Option<String>) -> Option<T> {
+    let v = value?;
+    let found = T::CHOICES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(v.trim()))
+        .map(|(_, c)| *c);
+    if found.is_none() {
+        let names: Vec<&str> = T::CHOICES.iter().map(|(n, _)| *n).collect();
+        errs.push(key, format!("`{v}` is not one of: {}", names.join(", ")));
+    }
+    found
+}
+
+fn duration(
+    errs: &mut Errors<'_>,
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(s) => match humantime::parse_duration(s.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                errs.push(key, "must be longer than zero");
+                default
+            }
+            Err(e) => {
+                errs.push(
+                    key,
+                    format!("`{s}` is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"1h\""),
+                );
+                default
+            }
+        },
+    }
+}
+
+/// A whole-number setting within `min..=max`.
+fn bounded(
+    errs: &mut Errors<'_>,
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> u64 {
+    match value {
+        None => default,
+        Some(v) if (min..=max).contains(&v) => v,
+        Some(v) => {
+            errs.push(key, format!("{v} is out of range; use {min} to {max}"));
+            default
+        }
+    }
+}
