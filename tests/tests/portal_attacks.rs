@@ -140,70 +140,50 @@ async fn redis_visits_write_nothing_and_an_evicting_redis_is_refused() {
     );
 }
 
+/// The address form as a browser sends it through `client`, saying it
+/// forwards for `visitor`: the page (its form cookie), then the form; the
+/// status of the answer.
+async fn start_as(client: &reqwest::Client, base: &str, visitor: &str, address: &str) -> u16 {
+    let page = client
+        .get(base)
+        .header("x-forwarded-for", visitor)
+        .send()
+        .await
+        .unwrap();
+    let cookie = page.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let token = cookie.split_once('=').unwrap().1.to_owned();
+    client
+        .post(format!("{base}sign-in"))
+        .header("x-forwarded-for", visitor)
+        .header("cookie", cookie)
+        .form(&[("csrf", token.as_str()), ("address", address)])
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_behind_a_trusted_proxy_has_its_own_budget() {
     let p = Portal::with("trusted_proxies = [\"127.0.0.1/32\"]", "", "").await;
     // The reverse proxy (127.0.0.1) forwards for two people.
     let proxy = client_from("127.0.0.1");
-    let start = |visitor: &str, address: &str| {
-        let (proxy, base) = (proxy.clone(), p.base.clone());
-        let (visitor, address) = (visitor.to_owned(), address.to_owned());
-        async move {
-            let page = proxy
-                .get(&base)
-                .header("x-forwarded-for", &visitor)
-                .send()
-                .await
-                .unwrap();
-            let cookie = page.headers()["set-cookie"].to_str().unwrap();
-            let cookie = cookie.split(';').next().unwrap().to_owned();
-            let token = cookie.split_once('=').unwrap().1.to_owned();
-            proxy
-                .post(format!("{base}sign-in"))
-                .header("x-forwarded-for", &visitor)
-                .header("cookie", cookie)
-                .form(&[("csrf", token.as_str()), ("address", address.as_str())])
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
     // One person mistypes their address again and again, then runs out.
     for i in 0..10 {
-        assert_eq!(
-            start("198.51.100.1", &format!("typo{i}@nowhere.test")).await,
-            404
-        );
+        let typo = format!("typo{i}@nowhere.test");
+        assert_eq!(start_as(&proxy, &p.base, "198.51.100.1", &typo).await, 404);
     }
-    assert_eq!(start("198.51.100.1", USER).await, 429);
+    assert_eq!(start_as(&proxy, &p.base, "198.51.100.1", USER).await, 429);
     // Another person behind the same proxy is not held back.
-    assert_eq!(start("198.51.100.2", USER).await, 303);
+    assert_eq!(start_as(&proxy, &p.base, "198.51.100.2", USER).await, 303);
     // A peer that is not a trusted proxy cannot choose its address: its
     // own budget is spent whatever it claims to forward for.
     let direct = client_from("127.0.0.2");
     let mut last = 0;
     for i in 0..11 {
-        let page = direct
-            .get(&p.base)
-            .header("x-forwarded-for", format!("203.0.113.{i}"))
-            .send()
-            .await
-            .unwrap();
-        let cookie = page.headers()["set-cookie"].to_str().unwrap();
-        let cookie = cookie.split(';').next().unwrap().to_owned();
-        let token = cookie.split_once('=').unwrap().1.to_owned();
-        last = direct
-            .post(format!("{}sign-in", p.base))
-            .header("x-forwarded-for", format!("203.0.113.{i}"))
-            .header("cookie", cookie)
-            .form(&[("csrf", token.as_str()), ("address", USER)])
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        last = start_as(&direct, &p.base, &format!("203.0.113.{i}"), USER).await;
     }
     assert_eq!(last, 429);
     // No password check ran, and nothing was counted against the account.
