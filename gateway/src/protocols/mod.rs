@@ -2,6 +2,7 @@
 //! its client-side pre-auth machine and its upstream login machine.
 
 pub mod imap;
+pub mod line;
 pub mod pop3;
 pub mod smtp;
 

@@ -14,9 +14,10 @@ use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
 use mailgate_proto::{DecodeError, SecretString};
 
 use super::capabilities;
+use crate::protocols::line::{PlainError, plain_credentials};
 pub use crate::session::Event;
 use crate::session::login::Failure;
-use crate::session::{Options, PlainError, PreAuth, one_line, plain_credentials};
+use crate::session::{Options, PreAuth, one_line};
 
 #[derive(Debug, Clone)]
 enum Phase {
@@ -116,7 +117,7 @@ impl ImapPreAuth {
         };
         let message: Vec<u8> = self.buf.drain(..n).collect();
         self.framer.reset();
-        if crate::session::looks_like_http(&message) {
+        if crate::protocols::line::looks_like_http(&message) {
             tracing::info!("closing without an answer: the client sent HTTP (a web page?)");
             self.buf.clear();
             self.phase = Phase::Closed;

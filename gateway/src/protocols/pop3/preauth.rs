@@ -8,8 +8,9 @@ use mailgate_proto::SecretString;
 use mailgate_proto::pop3::{Command, decode_command, encode_multiline};
 use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
 
+use crate::protocols::line::{LineCore, PlainError, plain_credentials};
 use crate::session::login::Failure;
-use crate::session::{Event, LineCore, Options, PlainError, PreAuth, plain_credentials};
+use crate::session::{Event, Options, PreAuth};
 
 /// The one place where the gateway's CAPA list is written: `USER` and
 /// `SASL` only while logins are accepted, `STLS` while offered.

@@ -10,8 +10,9 @@ use mailgate_proto::sasl::{SaslLine, decode_base64, decode_sasl_line};
 use mailgate_proto::smtp::{Command, decode_command};
 use mailgate_proto::{ExposeSecret, SecretString};
 
+use crate::protocols::line::{LineCore, PlainError, plain_credentials};
 use crate::session::login::Failure;
-use crate::session::{Event, LineCore, Options, PlainError, PreAuth, plain_credentials};
+use crate::session::{Event, Options, PreAuth};
 
 /// The one place where the gateway's EHLO keywords are written: `AUTH`
 /// only while logins are accepted, `STARTTLS` while offered.
