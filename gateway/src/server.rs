@@ -95,6 +95,13 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Binds every listener and starts serving.
 pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
+    // The state directory is the gateway's own, or it does not start (the
+    // commands check it the same way before they open the store).
+    for w in crate::accounts::store::secure_dirs(&config.gateway.state_dir)
+        .context("the state directory")?
+    {
+        tracing::warn!("{w}");
+    }
     let store = crate::accounts::store::Store::open(&config)
         .await
         .context("the token store")?;

@@ -117,6 +117,14 @@ fn check_examples_and_errors() {
     assert!(text(&out.stderr).contains("does not exist"));
 }
 
+/// Whether USER has a token file.
+fn stored(env: &Env) -> bool {
+    env.state_dir()
+        .join("tokens")
+        .join(format!("{USER}.json"))
+        .exists()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_import_accounts_forget() {
     logs();
@@ -137,12 +145,7 @@ async fn token_import_accounts_forget() {
         "{}",
         text(&out.stderr)
     );
-    assert!(
-        !env.state_dir()
-            .join("tokens")
-            .join(format!("{USER}.json"))
-            .exists()
-    );
+    assert!(!stored(&env), "nothing is stored");
 
     // A user not in the configuration is refused.
     let out = mailgate(
@@ -170,12 +173,7 @@ async fn token_import_accounts_forget() {
         "{}",
         text(&out.stderr)
     );
-    assert!(
-        !env.state_dir()
-            .join("tokens")
-            .join(format!("{USER}.json"))
-            .exists()
-    );
+    assert!(!stored(&env), "nothing is stored");
     let out = mailgate(&cfg, &["hash-password"], "", Some("short"));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
 

@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use mailgate_tests::chrome::{Browser, Driver};
+use mailgate_tests::chrome::Driver;
 use mailgate_tests::harness::{PASSWORD, USER, run_mailgate};
 use mailgate_tests::oauth::Entra;
 use mailgate_tests::portal::{Portal, choose_password, sign_in};
@@ -37,8 +37,17 @@ async fn portal(extra_provider: &str) -> Portal {
     .await
 }
 
-async fn sign_in_as_user(p: &Portal, b: &Browser) {
-    sign_in(b, &p.base, USER).await;
+/// `mailgate check`: whether it passed, its output and its warnings.
+fn check(p: &Portal) -> (bool, String, String) {
+    let out = run_mailgate(
+        &p.env.path().join("mailgate.toml"),
+        &["check"],
+        "",
+        None,
+        &[],
+    );
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +59,7 @@ async fn only_verified_claims_of_the_right_tenant_claim_an_account() {
     p.env.oauth.set_entra(entra(OTHER, Some(USER)));
     p.env.oauth.set_sign_in_as(Some("mallory@evil.test"));
     let b = driver.browser().await;
-    sign_in_as_user(&p, &b).await;
+    sign_in(&b, &p.base, USER).await;
     b.expect_page("wrong-identity").await;
     assert_eq!(b.text("#signed-in").await, "mallory@evil.test");
     assert!(p.token_file().is_none(), "nothing stored");
@@ -60,7 +69,7 @@ async fn only_verified_claims_of_the_right_tenant_claim_an_account() {
     p.env.oauth.set_entra(entra(HOME, None));
     p.env.oauth.set_sign_in_as(None);
     let b = driver.browser().await;
-    sign_in_as_user(&p, &b).await;
+    sign_in(&b, &p.base, USER).await;
     choose_password(&b, PASSWORD).await;
     b.close().await;
     let before = p.token_file().unwrap();
@@ -71,7 +80,7 @@ async fn only_verified_claims_of_the_right_tenant_claim_an_account() {
     // named after it): refused, the tokens unchanged.
     p.env.oauth.set_entra(entra(OTHER, None));
     let b = driver.browser().await;
-    sign_in_as_user(&p, &b).await;
+    sign_in(&b, &p.base, USER).await;
     b.expect_page("message").await;
     let text = b.text("main").await;
     assert!(
@@ -89,21 +98,14 @@ async fn only_verified_claims_of_the_right_tenant_claim_an_account() {
     }));
     p.env.oauth.set_sign_in_as(Some("alice.smith@example.test"));
     let b = driver.browser().await;
-    sign_in_as_user(&p, &b).await;
+    sign_in(&b, &p.base, USER).await;
     b.expect_page("account").await;
     b.close().await;
     assert!(!p.gateway.log().contains(PASSWORD));
 
     // `check` warns that common is not pinned.
-    let out = run_mailgate(
-        &p.env.path().join("mailgate.toml"),
-        &["check"],
-        "",
-        None,
-        &[],
-    );
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = check(&p);
+    assert!(ok, "{err}");
     assert!(
         err.contains(
             "provider.test: tenant = \"common\" lets users of any Microsoft tenant sign in"
@@ -118,7 +120,7 @@ async fn allowed_tenants_refuse_every_other_tenant() {
     let driver = Driver::start().await;
     p.env.oauth.set_entra(entra(OTHER, None));
     let b = driver.browser().await;
-    sign_in_as_user(&p, &b).await;
+    sign_in(&b, &p.base, USER).await;
     b.expect_page("message").await;
     assert!(b.text("main").await.contains("allows only its own tenants"));
     assert!(p.token_file().is_none());
@@ -126,18 +128,12 @@ async fn allowed_tenants_refuse_every_other_tenant() {
 
     p.env.oauth.set_entra(entra(HOME, None));
     let b = driver.browser().await;
-    sign_in_as_user(&p, &b).await;
+    sign_in(&b, &p.base, USER).await;
     b.expect_page("password").await;
     b.close().await;
 
-    let out = run_mailgate(
-        &p.env.path().join("mailgate.toml"),
-        &["check"],
-        "",
-        None,
-        &[],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, shown, err) = check(&p);
+    assert!(ok, "{err}");
     assert!(!err.contains("lets users of any Microsoft tenant"), "{err}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(HOME));
+    assert!(shown.contains(HOME), "{shown}");
 }

@@ -367,9 +367,6 @@ impl Store {
     /// The configured store; for Redis, connected and answering (within
     /// `timeout`), or a clear error.
     pub async fn open(config: &mailgate_config::Config) -> Result<Store, StoreError> {
-        for w in secure_dirs(&config.gateway.state_dir)? {
-            tracing::warn!("{w}");
-        }
         match &config.store {
             mailgate_config::Store::File => Ok(Store::files(&config.gateway.state_dir)),
             mailgate_config::Store::Redis { url, prefix } => Ok(Store::Redis(
