@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mailgate::accounts::store::{Expect, FileStore, Tokens};
+use mailgate::accounts::store::file::FileStore;
+use mailgate::accounts::store::{Tokens, Want};
 use mailgate_tests::client::{LineClient, quote};
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, start};
@@ -109,8 +110,7 @@ async fn main() {
     // Accounts with tokens, for the wrong-password side of the comparison.
     for i in 0..samples {
         let user = format!("bob{i}@example.test");
-        let mut t = Tokens::default();
-        t.refresh_token = Some(env.oauth.issue_refresh_token(&user));
+        let t = Tokens::refreshable(env.oauth.issue_refresh_token(&user).into());
         env.seal(&user, PASSWORD, t);
     }
 
@@ -155,7 +155,7 @@ async fn main() {
         let next = mailgate::accounts::flows::rekey(&file, &pw, &pw, &store.path(USER))
             .expect("re-sealed");
         store
-            .save(&next, Expect::Same(&file))
+            .save(&next, Want::Generation(file.generation))
             .expect("written back");
     };
     let rss_before = status_kib("VmRSS:");

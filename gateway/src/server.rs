@@ -102,13 +102,11 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     {
         tracing::warn!("{w}");
     }
-    let store = crate::accounts::store::Store::open(&config)
+    let (store, fleet) = crate::accounts::store::open(&config)
         .await
         .context("the token store")?;
-    if let crate::accounts::store::Store::Redis(r) = &store {
-        info!(store = ?r, "token store on Redis");
-    }
-    let ctx = Arc::new(Context::new(config.clone(), store, prove)?);
+    info!(store = ?store, shared = fleet.shared(), "token store");
+    let ctx = Arc::new(Context::new(config.clone(), (store, fleet), prove)?);
     let stop_accepting = CancellationToken::new();
     let kill = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -391,7 +389,7 @@ async fn publish_backoff(ctx: Arc<Context>, stop: CancellationToken) {
             _ = tick.tick() => false,
             _ = stop.cancelled() => true,
         };
-        if let Some(snap) = ctx.accounts.backoff().snapshot_if_changed() {
+        if let Some(snap) = ctx.accounts.backoff_snapshot() {
             let dir = ctx.config().gateway.state_dir.clone();
             let Ok(body) = serde_json::to_vec(&snap) else {
                 continue;

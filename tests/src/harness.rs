@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mailgate::accounts::store::{FileStore, Kdf, SealingKey, TokenFile, Tokens};
+use mailgate::accounts::store::file::FileStore;
+use mailgate::accounts::store::{Kdf, SealingKey, TokenFile, Tokens};
 use mailgate_config::{Config, Protocol};
 use secrecy::SecretString;
 
@@ -149,7 +150,7 @@ provider = "test"
         let file = TokenFile::seal(&user.to_lowercase(), "test", &key, &tokens).unwrap();
         let store = FileStore::new(&self.state_dir());
         store
-            .save(&file, mailgate::accounts::store::Expect::Any)
+            .save(&file, mailgate::accounts::store::Want::Any)
             .unwrap();
         store.path(&user.to_lowercase())
     }
@@ -157,8 +158,7 @@ provider = "test"
     /// A fresh refresh token for USER, sealed with PASSWORD.
     pub fn seal_new_user_token(&self) -> (String, PathBuf) {
         let rt = self.oauth.issue_refresh_token(USER);
-        let mut t = Tokens::default();
-        t.refresh_token = Some(rt.clone());
+        let t = Tokens::refreshable(rt.clone().into());
         let p = self.seal(USER, PASSWORD, t);
         (rt, p)
     }

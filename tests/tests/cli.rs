@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use secrecy::ExposeSecret as _;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -202,8 +203,15 @@ async fn token_import_accounts_forget() {
     assert!(text(&out.stdout).contains("verified with one refresh"));
     assert_eq!(env.oauth.refresh_count(), 1);
     let tokens = env.open(USER, PASSWORD);
-    assert_eq!(tokens.refresh_token.as_deref(), Some(rt.as_str()));
-    assert!(tokens.access_token.is_some());
+    assert_eq!(
+        tokens.refresh_token.as_ref().map(|t| t.expose_secret()),
+        Some(rt.as_str())
+    );
+    assert!(
+        tokens
+            .access(mailgate::accounts::store::Audience::Mail)
+            .is_some()
+    );
 
     // The secret never appears in the listing or the file's clear part.
     let out = mailgate(&cfg, &["accounts"], "", None);
@@ -275,8 +283,8 @@ async fn hash_password_as_password_hash() {
     let hash = text(&out.stdout).trim().to_string();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
 
-    let mut t = mailgate::accounts::store::Tokens::default();
-    t.refresh_token = Some(env.oauth.issue_refresh_token(USER));
+    let t =
+        mailgate::accounts::store::Tokens::refreshable(env.oauth.issue_refresh_token(USER).into());
     env.seal(USER, "hashed pw", t);
     let g = start(env.load(&env.config_text(
         &imap.url(false),

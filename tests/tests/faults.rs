@@ -8,6 +8,7 @@ use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start};
 use mailgate_tests::imap_server::{Fault, Options};
+use secrecy::ExposeSecret as _;
 
 async fn with_fault(fault: Fault) -> (Env, FakeServer, mailgate::Gateway) {
     logs();
@@ -83,8 +84,8 @@ async fn corrupted_or_truncated_token_file() {
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Options::default()).await;
     let (_, path) = env.seal_new_user_token();
     let other = "bob@example.test";
-    let mut t = mailgate::accounts::store::Tokens::default();
-    t.refresh_token = Some(env.oauth.issue_refresh_token(other));
+    let t =
+        mailgate::accounts::store::Tokens::refreshable(env.oauth.issue_refresh_token(other).into());
     env.seal(other, "bob pw", t);
     let text = env.config_text(
         &imap.url(false),
@@ -173,7 +174,7 @@ async fn unwritable_state_dir_keeps_logins_working() {
     assert!(c.login("e", USER, PASSWORD).await.starts_with("e OK"));
     let stored = env.open(USER, PASSWORD).refresh_token.clone().unwrap();
     assert!(
-        env.oauth.refresh_token_valid(&stored),
+        env.oauth.refresh_token_valid(stored.expose_secret()),
         "the newest refresh token was persisted"
     );
 }

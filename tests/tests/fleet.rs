@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use mailgate::accounts::store::{Expect, Kdf, SealingKey, Store, TokenFile, Tokens};
+use mailgate::accounts::store::{Expect, Kdf, SealingKey, TokenFile, Tokens};
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{Env, PASSWORD, Running, USER};
 use mailgate_tests::redis::Redis;
+use secrecy::ExposeSecret as _;
 use secrecy::SecretString;
 
 const CLIENTS: usize = 30;
@@ -39,9 +40,8 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
     );
     // The account's first tokens, sealed into Redis.
     let cfg = env.load(&text);
-    let store = Store::open(&cfg).await.unwrap();
-    let mut t = Tokens::default();
-    t.refresh_token = Some(env.oauth.issue_refresh_token(USER));
+    let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
+    let t = Tokens::refreshable(env.oauth.issue_refresh_token(USER).into());
     let key = SealingKey::derive(&SecretString::from(PASSWORD), &Kdf::generate()).unwrap();
     store
         .save(
@@ -159,7 +159,7 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
     let tokens = file.open(&key, &store.location(USER)).unwrap();
     assert!(
         env.oauth
-            .refresh_token_valid(tokens.refresh_token.as_deref().unwrap())
+            .refresh_token_valid(tokens.refresh_token.as_ref().unwrap().expose_secret())
     );
     assert!(!file.needs_authorization);
 }

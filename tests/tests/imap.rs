@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use mailgate::accounts::store::Tokens;
+use mailgate::accounts::store::{Audience, Tokens};
 use mailgate_tests::client::{LineClient, quote};
 use mailgate_tests::harness::{
     Env, PASSWORD, USER, imap_addr, logs, start, unused_port, without_in_band,
 };
 use mailgate_tests::imap_server::{FailureStyle, FakeImap, Options};
 use mailgate_tests::oauth::Mode;
+use secrecy::ExposeSecret as _;
 
 fn xoauth2(user: &str, token: &str) -> String {
     STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
@@ -422,10 +423,12 @@ async fn expired_access_token_is_refreshed_and_min_token_life_honoured() {
     // A stored access token that expires in 10 s: below min_token_life (60 s).
     let rt = env.oauth.issue_refresh_token(USER);
     let at = env.oauth.issue_access_token(USER);
-    let mut t = Tokens::default();
-    t.refresh_token = Some(rt);
-    t.access_token = Some(at.clone());
-    t.expires_at = Some(mailgate::accounts::store::now() + 10);
+    let mut t = Tokens::refreshable(rt.into());
+    t.set_access(
+        Audience::Mail,
+        at.clone().into(),
+        mailgate::accounts::store::now() + 10,
+    );
     env.seal(USER, PASSWORD, t);
     let g = env.gateway(&imap.url(false)).await;
     let login = |tag: &'static str| {
@@ -452,14 +455,18 @@ async fn expired_access_token_is_refreshed_and_min_token_life_honoured() {
     );
     // The refreshed token was persisted.
     let stored = env.open(USER, PASSWORD);
-    assert_eq!(stored.access_token.as_deref(), Some(fresh.as_str()));
+    assert_eq!(
+        stored
+            .access(Audience::Mail)
+            .map(|a| a.token.expose_secret().to_owned()),
+        Some(fresh)
+    );
     assert!(env.token_file(USER).last_refresh.is_some());
 
     // Tokens that live less than min_token_life are refreshed at every login.
     env.oauth.set_lifetime(Duration::from_secs(30));
     g.shutdown().await;
-    let mut t = Tokens::default();
-    t.refresh_token = Some(env.oauth.issue_refresh_token(USER));
+    let t = Tokens::refreshable(env.oauth.issue_refresh_token(USER).into());
     env.seal(USER, PASSWORD, t);
     let g = env.gateway(&imap.url(false)).await;
     let addr = imap_addr(&g);
@@ -478,9 +485,17 @@ async fn expired_access_token_is_refreshed_and_min_token_life_honoured() {
 async fn rotated_refresh_tokens_are_persisted() {
     let s = Setup::new().await;
     s.env.oauth.set_rotate(true);
-    let old = s.env.open(USER, PASSWORD).refresh_token.clone().unwrap();
+    let refresh_token = || {
+        s.env
+            .open(USER, PASSWORD)
+            .refresh_token
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    };
+    let old = refresh_token();
     let _c = s.logged_in().await;
-    let new = s.env.open(USER, PASSWORD).refresh_token.clone().unwrap();
+    let new = refresh_token();
     assert_ne!(old, new);
     assert!(!s.env.oauth.refresh_token_valid(&old));
     assert!(

@@ -127,8 +127,8 @@ async fn reload_applies_to_new_sessions_only() {
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
     env.seal_new_user_token();
     let bob = "bob@example.test";
-    let mut t = mailgate::accounts::store::Tokens::default();
-    t.refresh_token = Some(env.oauth.issue_refresh_token(bob));
+    let t =
+        mailgate::accounts::store::Tokens::refreshable(env.oauth.issue_refresh_token(bob).into());
     env.seal(bob, "bob pw", t);
     let before = env.config_text(&imap.url(false), "", "", "");
     let g = start(env.load(&before)).await;

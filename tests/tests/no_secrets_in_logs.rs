@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use secrecy::ExposeSecret as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -153,9 +154,17 @@ async fn no_secret_reaches_the_logs_at_trace() {
     }
     for (user, pw) in [(USER, PASSWORD), (other, "bob local pw")] {
         let tokens = env.open(user, pw);
-        secrets.extend(tokens.refresh_token.clone());
-        secrets.extend(tokens.access_token.clone());
-        for t in [tokens.access_token.clone()].into_iter().flatten() {
+        secrets.extend(
+            tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned()),
+        );
+        let access = tokens
+            .access(mailgate::accounts::store::Audience::Mail)
+            .map(|a| a.token.expose_secret().to_owned());
+        secrets.extend(access.clone());
+        if let Some(t) = access {
             secrets.push(STANDARD.encode(format!("user={user}\x01auth=Bearer {t}\x01\x01")));
         }
     }

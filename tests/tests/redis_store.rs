@@ -9,9 +9,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use secrecy::ExposeSecret as _;
 use std::path::Path;
 
-use mailgate::accounts::store::{Expect, Kdf, SealingKey, Store, TokenFile, Tokens};
+use mailgate::accounts::store::{Audience, Expect, Kdf, SealingKey, Store, TokenFile, Tokens};
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, run_mailgate, start};
@@ -32,8 +33,7 @@ fn config(env: &Env, imap: &FakeServer, redis: &Redis) -> String {
 /// Seals a fresh refresh token for `user` with `password` into the store.
 async fn seal(env: &Env, store: &Store, user: &str, password: &str) -> String {
     let rt = env.oauth.issue_refresh_token(user);
-    let mut t = Tokens::default();
-    t.refresh_token = Some(rt.clone());
+    let t = Tokens::refreshable(rt.clone().into());
     let key =
         SealingKey::derive(&SecretString::from(password.to_owned()), &Kdf::generate()).unwrap();
     let file = TokenFile::seal(user, "test", &key, &t).unwrap();
@@ -54,7 +54,7 @@ async fn setup() -> (Redis, Env, FakeServer, mailgate_config::Config, Store) {
     let env = Env::new().await;
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
     let cfg = env.load(&config(&env, &imap, &redis));
-    let store = Store::open(&cfg).await.unwrap();
+    let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
     (redis, env, imap, cfg, store)
 }
 
@@ -81,10 +81,21 @@ async fn the_gateway_keeps_sealed_tokens_in_redis() {
         .unwrap();
     let raw = String::from_utf8(raw).unwrap();
     let now = open(&store, USER, PASSWORD).await;
-    let rotated = now.refresh_token.clone().unwrap();
+    let rotated = now
+        .refresh_token
+        .as_ref()
+        .unwrap()
+        .expose_secret()
+        .to_owned();
     assert_ne!(rotated, first, "the provider rotated it");
     assert!(env.oauth.refresh_token_valid(&rotated));
-    for secret in [&first, &rotated, now.access_token.as_ref().unwrap()] {
+    let access = now
+        .access(Audience::Mail)
+        .unwrap()
+        .token
+        .expose_secret()
+        .to_owned();
+    for secret in [&first, &rotated, &access] {
         assert!(!raw.contains(secret.as_str()), "a plaintext token in Redis");
     }
     let generation = redis
@@ -192,7 +203,7 @@ async fn the_cli_works_against_redis_and_migrates_both_ways() {
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
     let path = env.write_config(&config(&env, &imap, &redis));
     let cfg = env.load(&config(&env, &imap, &redis));
-    let store = Store::open(&cfg).await.unwrap();
+    let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
     let mg = |args: &[&str], stdin: &str, pw: Option<&str>, extra: &[(&str, &Path)]| {
         run_mailgate(&path, args, stdin, pw, extra)
     };
@@ -231,7 +242,8 @@ async fn the_cli_works_against_redis_and_migrates_both_ways() {
         open(&store, USER, new.to_str().unwrap())
             .await
             .refresh_token
-            .as_deref(),
+            .as_ref()
+            .map(|t| t.expose_secret()),
         Some(rt.as_str())
     );
 

@@ -87,8 +87,7 @@ async fn planted_and_copied_token_files_open_nothing() {
     );
     let g = start(env.load(&text)).await;
     // Bob's tokens, sealed with bob's password...
-    let mut t = Tokens::default();
-    t.refresh_token = Some(env.oauth.issue_refresh_token("bob@example.test"));
+    let t = Tokens::refreshable(env.oauth.issue_refresh_token("bob@example.test").into());
     let bob = env.seal("bob@example.test", "bobs-password", t);
     // ...copied under alice's name: logging in as alice with bob's
     // password opens nothing.

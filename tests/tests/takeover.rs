@@ -15,6 +15,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use secrecy::ExposeSecret as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -211,7 +212,7 @@ async fn forget_and_new_password_take_effect_in_a_running_gateway() {
     let stored = env.open(USER, "a-new-password");
     assert!(
         env.oauth
-            .refresh_token_valid(stored.refresh_token.as_deref().unwrap())
+            .refresh_token_valid(stored.refresh_token.as_ref().unwrap().expose_secret())
     );
 }
 

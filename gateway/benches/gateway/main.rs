@@ -339,15 +339,15 @@ async fn run(plan: Plan, fds: u64) -> anyhow::Result<()> {
     let rt = env.oauth.issue_refresh_token(USER);
     let at = env.oauth.issue_access_token(USER);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    env.seal(
-        USER,
-        PASSWORD,
-        Tokens {
-            refresh_token: Some(rt),
-            access_token: Some(at.clone()),
-            expires_at: Some(now.as_secs() + 3 * 3600),
-        },
-    );
+    env.seal(USER, PASSWORD, {
+        let mut t = Tokens::refreshable(rt.into());
+        t.set_access(
+            mailgate::accounts::store::Audience::Mail,
+            at.clone().into(),
+            now.as_secs() + 3 * 3600,
+        );
+        t
+    });
     let upstream = Upstream::spawn(&env, plan.transfer, &at)?;
     let up = upstream.addrs;
     let tls = env.ca.client_config();
@@ -798,8 +798,7 @@ async fn kill_during_refresh(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
             redis.url()
         );
         // A refresh token and no access token: the first login refreshes.
-        let mut tokens = Tokens::default();
-        tokens.refresh_token = Some(b.env.oauth.issue_refresh_token(USER));
+        let tokens = Tokens::refreshable(b.env.oauth.issue_refresh_token(USER).into());
         let file = TokenFile::seal(&USER.to_lowercase(), "test", &key, &tokens)?;
         open_store(&b.env, &format!("kill{i}"), &extra)
             .await?
@@ -882,7 +881,7 @@ async fn open_store(
     )?;
     let cfg =
         mailgate_config::load_with_env(&path, Vec::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(mailgate::accounts::store::Store::open(&cfg).await?)
+    Ok(mailgate::accounts::store::open(&cfg).await?.0)
 }
 
 async fn idle_session(target: Target) -> std::io::Result<Conn> {

@@ -2,12 +2,24 @@
 //! service account's token per mailbox, cached, renewed before
 //! `min_token_life`, and shared by the fleet (sealed) with the Redis store.
 
-use super::*;
+use std::time::Duration;
+
+use mailgate_config::{Flow, Provider};
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use tracing::{debug, info, warn};
+
+use crate::accounts::errors::{LoginError, Unavailable};
+use crate::accounts::fleet::Lease;
+use crate::accounts::fleet::sealed::{self as shared, Sealer};
+use crate::accounts::oauth::OAuthError;
+use crate::accounts::service::Accounts;
+use crate::accounts::store::{StoreError, now};
 
 /// An app-only token as the fleet shares it (sealed, see [`app_sealer`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct AppToken {
-    #[serde(with = "shared::secret")]
+    #[serde(with = "crate::accounts::store::serde_secret")]
     token: SecretString,
     expires_at: u64,
 }
@@ -16,7 +28,7 @@ pub(super) struct AppToken {
 /// mailbox of a service account): keyed by its client secret, its client
 /// certificate's key or its service account's private key, which every
 /// instance has and Redis does not (`None` without any: nothing is shared).
-pub(super) fn app_sealer(provider: &Provider, subject: Option<&str>) -> Option<shared::Sealer> {
+pub(super) fn app_sealer(provider: &Provider, subject: Option<&str>) -> Option<Sealer> {
     let secret = match (&provider.service_account, &provider.client_certificate) {
         (Some(sa), _) => &sa.private_key,
         (None, Some(cert)) => &cert.private_key,
@@ -34,14 +46,12 @@ pub(super) fn app_sealer(provider: &Provider, subject: Option<&str>) -> Option<s
         material.extend_from_slice(part.as_bytes());
     }
     let material = zeroize::Zeroizing::new(material);
-    Some(shared::Sealer::new("app-token", &material))
+    Some(Sealer::new("app-token", &material))
 }
-
-pub(super) type AppTokenSlot = Arc<tokio::sync::Mutex<Option<(SecretString, u64)>>>;
 
 /// The mailbox a service account's token is for (`None`: the provider's
 /// one client-credentials token serves every mailbox).
-pub(super) fn app_subject<'a>(provider: &Provider, upstream_user: &'a str) -> Option<&'a str> {
+pub fn app_subject<'a>(provider: &Provider, upstream_user: &'a str) -> Option<&'a str> {
     (provider.flow == Flow::ServiceAccount).then_some(upstream_user)
 }
 
@@ -78,15 +88,12 @@ impl Accounts {
             return Ok(tok.clone());
         }
         let min_life = provider.min_token_life.as_secs();
-        let shared = self.store.shared().zip(app_sealer(provider, subject));
+        let shared = app_sealer(provider, subject).filter(|_| self.fleet.shared());
         let mut lease = None;
-        if let Some((redis, sealer)) = &shared {
+        if let Some(sealer) = &shared {
             // One token for the fleet: another instance's, else ours,
             // obtained under the fleet's lease.
-            match self
-                .shared_app_token(redis, sealer, rejected, min_life)
-                .await
-            {
+            match self.shared_app_token(sealer, rejected, min_life).await {
                 Ok((Some(t), _)) => {
                     debug!(provider = %provider.name, "app-only token from the shared store");
                     *cur = Some((t.token.clone(), t.expires_at));
@@ -102,13 +109,13 @@ impl Accounts {
             Some(mailbox) => self.oauth.jwt_bearer(provider, mailbox).await,
             None => self.oauth.client_credentials(provider).await,
         };
-        if let (Ok(grant), Some((redis, sealer))) = (&result, &shared) {
+        if let (Ok(grant), Some(sealer)) = (&result, &shared) {
             let life = grant.expires_in.unwrap_or(Duration::from_secs(3600));
             let shared_token = AppToken {
                 token: grant.access_token.clone(),
                 expires_at: now().saturating_add(life.as_secs()),
             };
-            if let Err(e) = shared::put(redis, sealer, &shared_token, life, false).await {
+            if let Err(e) = shared::put(&self.fleet, sealer, &shared_token, life, false).await {
                 warn!(error = %e, "the app-only token could not be shared with the other instances");
             }
         }
@@ -149,11 +156,10 @@ impl Accounts {
     /// (`None` when another instance held it past a wait for its token).
     pub(super) async fn shared_app_token(
         &self,
-        redis: &crate::accounts::redis::RedisStore,
-        sealer: &shared::Sealer,
+        sealer: &Sealer,
         rejected: Option<&SecretString>,
         min_life: u64,
-    ) -> Result<(Option<AppToken>, Option<crate::accounts::redis::RedisLease>), StoreError> {
+    ) -> Result<(Option<AppToken>, Option<Lease>), StoreError> {
         let usable = |t: &AppToken| {
             t.expires_at >= now().saturating_add(min_life)
                 && !rejected.is_some_and(|r| {
@@ -167,11 +173,11 @@ impl Accounts {
         let ttl = Duration::from_secs(5).max(self.config().gateway.upstream_timeout * 2);
         let deadline = tokio::time::Instant::now() + ttl;
         loop {
-            let token: Option<AppToken> = shared::get(redis, sealer, false).await?;
+            let token: Option<AppToken> = shared::get(&self.fleet, sealer, false).await?;
             if let Some(t) = token.filter(usable) {
                 return Ok((Some(t), None));
             }
-            if let Some(l) = redis.try_shared_lease(sealer.name(), ttl).await? {
+            if let Some(l) = self.fleet.try_lease(sealer.name(), ttl).await? {
                 return Ok((None, Some(l)));
             }
             if tokio::time::Instant::now() >= deadline {

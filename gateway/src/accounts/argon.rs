@@ -5,6 +5,7 @@
 //! number of cores), at most `queue` more wait; past that an attempt is
 //! refused at once as "busy".
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Semaphore;
@@ -24,6 +25,14 @@ pub struct Limiter {
     max_admitted: usize,
     /// Parameters of the derivation that stands in for a missing file.
     dummy: Kdf,
+}
+
+/// The process's one limiter: every Argon2 derivation or verification of
+/// the gateway (logins, password changes, sealing a sign-in, the CLI's
+/// commands) runs through it.
+pub fn limiter() -> &'static Limiter {
+    static LIMITER: OnceLock<Limiter> = OnceLock::new();
+    LIMITER.get_or_init(Limiter::default)
 }
 
 impl Default for Limiter {

@@ -243,7 +243,7 @@ impl Backoff {
             }
             e.failures = e.failures.saturating_add(1);
             e.last = now;
-            e.last_unix = crate::accounts::store::now();
+            e.last_unix = crate::accounts::store::error::now();
             if name.is_some() {
                 e.name = name;
             }
@@ -271,7 +271,7 @@ impl Backoff {
         let now = Instant::now();
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut snap = Snapshot {
-            written: crate::accounts::store::now(),
+            written: crate::accounts::store::error::now(),
             ..Snapshot::default()
         };
         for (k, e) in map

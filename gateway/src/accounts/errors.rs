@@ -1,7 +1,9 @@
 //! Why a login could not be completed, as the account layer says it (the
 //! session's login policy turns these into what a client is told).
 
-use super::*;
+use std::time::Duration;
+
+use crate::accounts::store::TokenFile;
 
 /// Why a login could not be completed: what failed. What the user is told
 /// to do about it is written where the failure reaches them (the session's

@@ -9,9 +9,14 @@ use mailgate_config::Provider;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
+use crate::accounts::changes::{AccountEvent, Changes};
+use crate::accounts::errors::{LoginError, Unavailable};
+use crate::accounts::identity::ConfirmedGrant;
 use crate::accounts::oauth::{AuthorizationRequest, DeviceAuthorization, Grant, OAuth, OAuthError};
 use crate::accounts::redirect::{BindError, RedirectError, RedirectServer};
-use crate::accounts::store::{Expect, Kdf, SealingKey, Store, StoreError, TokenFile, Tokens, now};
+use crate::accounts::store::{
+    Access, Audience, Expect, Kdf, SealingKey, Store, StoreError, TokenFile, Tokens, now,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -25,6 +30,9 @@ pub enum FlowError {
     Timeout { waited: Duration, uri: url::Url },
     #[error("{0}")]
     Input(String),
+    /// The process's Argon2 bound is full.
+    #[error("the gateway is busy; try again in a moment")]
+    Busy,
     #[error(
         "the provider granted no refresh token; check the scopes (offline_access for Microsoft) and, for Google, that access_type=offline is sent"
     )]
@@ -35,60 +43,40 @@ pub enum FlowError {
     Identity(#[from] crate::accounts::identity::IdentityError),
 }
 
-/// Seals what a flow granted for `user` with `password` and stores it, if
-/// the store still holds what `expect` says (see [`Store::save`]). The
-/// grant's identity must have been confirmed first
-/// ([`crate::accounts::identity::confirm`]).
-pub async fn store_grant(
-    store: &Store,
-    user: &str,
-    provider: &str,
-    grant: &Grant,
-    password: &SecretString,
-    expect: Expect<'_>,
-) -> Result<(), FlowError> {
-    let file = seal_grant(user, provider, grant, password)?;
-    store.save(&file, expect).await?;
-    Ok(())
-}
-
-/// Seals what a flow granted (blocking: one Argon2 derivation).
-pub fn seal_grant(
-    user: &str,
-    provider: &str,
-    grant: &Grant,
+/// Seals a confirmed grant with `password` (blocking: one Argon2
+/// derivation; run it through [`crate::accounts::argon::limiter`]).
+pub fn seal_confirmed(
+    confirmed: &ConfirmedGrant,
     password: &SecretString,
 ) -> Result<TokenFile, FlowError> {
+    let grant = confirmed.grant();
     let rt = grant
         .refresh_token
         .as_ref()
         .ok_or(FlowError::NoRefreshToken)?;
-    seal_tokens(user, provider, rt, Some(grant), password)
-}
-
-/// Seals a refresh token, and the access token of `grant` when there is
-/// one (a verified import; none for `token import --no-verify`), with
-/// `password` (blocking: one Argon2 derivation).
-pub fn seal_tokens(
-    user: &str,
-    provider: &str,
-    refresh_token: &SecretString,
-    grant: Option<&Grant>,
-    password: &SecretString,
-) -> Result<TokenFile, FlowError> {
-    let mut tokens = Tokens::default();
-    tokens.refresh_token = Some(refresh_token.expose_secret().to_owned());
-    if let Some(g) = grant {
-        tokens.access_token = Some(g.access_token.expose_secret().to_owned());
-        let life = g.expires_in.map(|d| d.as_secs()).unwrap_or(3600);
-        tokens.expires_at = Some(now().saturating_add(life));
+    let mut tokens = Tokens {
+        refresh_token: Some(rt.clone()),
+        ..Tokens::default()
+    };
+    // An asserted import carries no access token: the first login
+    // refreshes.
+    let verified = !grant.access_token.expose_secret().is_empty();
+    if verified {
+        let life = grant.expires_in.map(|d| d.as_secs()).unwrap_or(3600);
+        tokens.access.insert(
+            Audience::Mail,
+            Access {
+                token: grant.access_token.clone(),
+                expires_at: now().saturating_add(life),
+            },
+        );
     }
     let key = SealingKey::derive(password, &Kdf::generate())?;
-    let mut file = TokenFile::seal(user, provider, &key, &tokens)?;
-    if let Some(g) = grant {
+    let mut file = TokenFile::seal(confirmed.user(), confirmed.provider(), &key, &tokens)?;
+    if verified {
         file.last_refresh = Some(now());
-        file.tenant = crate::accounts::identity::tenant_of(g);
     }
+    file.tenant = confirmed.tenant().map(str::to_owned);
     Ok(file)
 }
 
@@ -105,7 +93,7 @@ pub enum PasswordError {
     Store(StoreError),
     /// Refused without a check (backoff, or too many checks at once).
     #[error("{0}")]
-    Refused(crate::accounts::LoginError),
+    Refused(LoginError),
 }
 
 /// The shortest local password that may seal an account's tokens.
@@ -148,11 +136,13 @@ pub fn rekey(
     Ok(next)
 }
 
-/// Re-seals `user`'s tokens under `new` after opening them with `old`. The
-/// write is a compare-and-swap on the file that was opened, so a running
-/// gateway takes the new password from its next login on and nothing
-/// written meanwhile is lost.
+/// Re-seals `user`'s tokens under `new` after opening them with `old`
+/// (`mailgate passwd`; the two derivations run within the process's one
+/// Argon2 bound). The write is a compare-and-swap on the file that was
+/// opened, so a running gateway takes the new password from its next login
+/// on and nothing written meanwhile is lost.
 pub async fn change_password(
+    changes: &Changes,
     store: &Store,
     user: &str,
     old: &SecretString,
@@ -160,11 +150,18 @@ pub async fn change_password(
 ) -> Result<(), PasswordError> {
     let file = file_to_rekey(store, user, new).await?;
     let (f, o, n, at) = (file.clone(), old.clone(), new.clone(), store.location(user));
-    let next = tokio::task::spawn_blocking(move || rekey(&f, &o, &n, &at))
+    let next = crate::accounts::argon::limiter()
+        .run(move || rekey(&f, &o, &n, &at))
         .await
-        .map_err(|e| PasswordError::Store(StoreError::Kdf(e.to_string())))??;
-    store
-        .save(&next, Expect::Same(&file))
+        .map_err(|_| PasswordError::Refused(LoginError::Unavailable(Unavailable::Busy)))??;
+    changes
+        .save(
+            &next,
+            Expect::Same(&file),
+            Some(AccountEvent::PasswordChanged {
+                user: user.to_owned(),
+            }),
+        )
         .await
         .map_err(PasswordError::Store)?;
     Ok(())
@@ -288,7 +285,7 @@ pub fn open_browser(url: &url::Url, state_dir: &std::path::Path) -> std::io::Res
     let body = format!(
         "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\"><meta http-equiv=\"refresh\" content=\"0;url={escaped}\"><title>mailgate sign-in</title><p><a href=\"{escaped}\">Continue to the sign-in</a></p>\n"
     );
-    crate::accounts::store::write_atomic(&dir, &path, body.as_bytes())
+    crate::accounts::store::file::write_atomic(&dir, &path, body.as_bytes())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let page = SignInPage(path);
     let file_url = url::Url::from_file_path(&page.0)

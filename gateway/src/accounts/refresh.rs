@@ -2,14 +2,27 @@
 //! with a lease on Redis), the refresh itself, newer tokens from the store
 //! adopted, and every change persisted with a compare-and-swap.
 
-use super::*;
+use std::time::Duration;
+
+use mailgate_config::Provider;
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use tracing::{debug, info, warn};
+
+use crate::accounts::changes::AccountEvent;
+use crate::accounts::errors::{LoginError, Unavailable, Unusable};
+use crate::accounts::fleet::Lease;
+use crate::accounts::oauth::OAuthError;
+use crate::accounts::service::Accounts;
+use crate::accounts::state::AccountState;
+use crate::accounts::store::{Access, Audience, Expect, StoreError, TokenFile, now};
 
 /// How waiting for the refresh lease ended.
 pub(super) enum Leased {
     /// Another instance's new tokens are fresh.
     Fresh(SecretString),
     /// The lease is ours: refresh.
-    Held(crate::accounts::store::Lease),
+    Held(Lease),
 }
 
 /// The cached access token when it lives at least `min_life` seconds more
@@ -25,19 +38,20 @@ pub(super) fn usable_token(
             file: st.disk.clone().map(Box::new),
         });
     };
-    if let (Some(bad), Some(cur)) = (rejected, tokens.access_token.as_deref())
-        && bool::from(bad.expose_secret().as_bytes().ct_eq(cur.as_bytes()))
+    if let (Some(bad), Some(cur)) = (rejected, tokens.access(Audience::Mail))
+        && bool::from(
+            bad.expose_secret()
+                .as_bytes()
+                .ct_eq(cur.token.expose_secret().as_bytes()),
+        )
     {
         debug!("dropping the access token the upstream rejected");
-        tokens.access_token = None;
-        tokens.expires_at = None;
+        tokens.access.remove(&Audience::Mail);
     }
-    if let (Some(at), Some(exp)) = (&tokens.access_token, tokens.expires_at)
-        && exp >= now().saturating_add(min_life)
-    {
-        return Ok(Some(SecretString::from(at.clone())));
-    }
-    Ok(None)
+    Ok(tokens
+        .access(Audience::Mail)
+        .filter(|a| a.expires_at >= now().saturating_add(min_life))
+        .map(|a| a.token.clone()))
 }
 
 impl Accounts {
@@ -77,7 +91,7 @@ impl Accounts {
         let ttl = Duration::from_secs(5).max(self.config().gateway.upstream_timeout * 2);
         let deadline = tokio::time::Instant::now() + ttl * 2;
         loop {
-            let held = self.store.try_lease(user, ttl).await.map_err(|e| {
+            let held = self.fleet.try_lease(user, ttl).await.map_err(|e| {
                 warn!(error = %e, "cannot take the refresh lease");
                 LoginError::Unavailable(Unavailable::Store)
             })?;
@@ -153,7 +167,6 @@ impl Accounts {
                 file: st.disk.clone().map(Box::new),
             });
         };
-        let rt = SecretString::from(rt);
         debug!(provider = %provider.name, "refreshing the access token");
         let result = self.oauth.refresh(provider, &rt).await;
         match result {
@@ -170,10 +183,15 @@ impl Accounts {
                     );
                 }
                 let rotated = grant.refresh_token.is_some();
-                tokens.access_token = Some(grant.access_token.expose_secret().to_owned());
-                tokens.expires_at = Some(now().saturating_add(lifetime));
+                tokens.access.insert(
+                    Audience::Mail,
+                    Access {
+                        token: grant.access_token.clone(),
+                        expires_at: now().saturating_add(lifetime),
+                    },
+                );
                 if let Some(new_rt) = &grant.refresh_token {
-                    tokens.refresh_token = Some(new_rt.expose_secret().to_owned());
+                    tokens.refresh_token = Some(new_rt.clone());
                 }
                 info!(rotated, lifetime_s = lifetime, "access token refreshed");
                 self.metrics.refresh("ok");
@@ -259,7 +277,19 @@ impl Accounts {
             Some(d) => Expect::Same(d),
             None => Expect::Absent,
         };
-        match self.store.save(&file, expect).await {
+        let user = user.to_owned();
+        let event = match &file.last_error {
+            None => AccountEvent::Refreshed { user },
+            Some(reason) if file.needs_authorization => AccountEvent::NeedsSignIn {
+                user,
+                reason: reason.clone(),
+            },
+            Some(reason) => AccountEvent::RefreshFailed {
+                user,
+                reason: reason.clone(),
+            },
+        };
+        match self.changes.save(&file, expect, Some(event)).await {
             Ok(written) => {
                 st.disk = Some(written);
                 st.unsaved = false;

@@ -1,7 +1,15 @@
 //! What stands between a password and an Argon2 check: the backoff (here
 //! and in the fleet), the attempts under way, the process's one limiter.
 
-use super::*;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tracing::{info, warn};
+
+use crate::accounts::errors::{LoginError, Unavailable};
+use crate::accounts::service::Accounts;
+use crate::accounts::store::SealingKey;
 
 impl Accounts {
     /// Records a wrong password here and, with a shared store, for the
@@ -10,10 +18,10 @@ impl Accounts {
     /// count: an account without tokens counts against no one.
     pub fn failure(&self, user: &str, peer: IpAddr, known: bool, familiar: bool) {
         self.backoff.failure(user, peer, known, familiar);
-        if let Store::Redis(r) = &self.store {
-            let (r, user) = (r.clone(), user.to_owned());
+        if self.fleet.shared() {
+            let (fleet, user) = (self.fleet.clone(), user.to_owned());
             tokio::spawn(async move {
-                if let Err(e) = r.backoff_failure(&user, peer, familiar).await {
+                if let Err(e) = fleet.failure(&user, peer, familiar).await {
                     warn!(error = %e, "cannot record a failed attempt in the shared store");
                 }
             });
@@ -28,10 +36,10 @@ impl Accounts {
         if !checked {
             return;
         }
-        if let Store::Redis(r) = &self.store {
-            let (r, user) = (r.clone(), user.to_owned());
+        if self.fleet.shared() {
+            let (fleet, user) = (self.fleet.clone(), user.to_owned());
             tokio::spawn(async move {
-                let _ = r.backoff_success(&user, peer, familiar).await;
+                let _ = fleet.success(&user, peer, familiar).await;
             });
         }
     }
@@ -42,16 +50,16 @@ impl Accounts {
     /// knows decides).
     pub async fn locked(&self, user: &str, peer: IpAddr, familiar: bool) -> Duration {
         let here = self.backoff.locked(user, peer, familiar);
-        match &self.store {
-            Store::Redis(r) if here.is_zero() => r
-                .backoff_locked(user, peer, familiar)
-                .await
-                .unwrap_or_else(|e| {
-                    warn!(error = %e, "cannot read the fleet's backoff");
-                    Duration::ZERO
-                }),
-            _ => here,
+        if !here.is_zero() || !self.fleet.shared() {
+            return here;
         }
+        self.fleet
+            .locked(user, peer, familiar)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the fleet's backoff");
+                Duration::ZERO
+            })
     }
 
     /// Runs Argon2 work for an attempt by `user` from `peer` that no cache
@@ -87,11 +95,14 @@ impl Accounts {
             warn!("refused: too many logins for this user or from this address are being checked");
             return Err(LoginError::Unavailable(Unavailable::TooManyAtOnce));
         };
-        let done = self.argon.run(f).await.map_err(|_| {
-            self.metrics.password_check("refused_busy");
-            warn!("refused: the gateway's password checks are all busy");
-            LoginError::Unavailable(Unavailable::Busy)
-        })?;
+        let done = crate::accounts::argon::limiter()
+            .run(f)
+            .await
+            .map_err(|_| {
+                self.metrics.password_check("refused_busy");
+                warn!("refused: the gateway's password checks are all busy");
+                LoginError::Unavailable(Unavailable::Busy)
+            })?;
         self.metrics.password_check(kind);
         Ok(done)
     }
@@ -105,7 +116,10 @@ impl Accounts {
         peer: IpAddr,
         known: bool,
     ) -> LoginError {
-        let (pw, kdf) = (password.clone(), self.argon.dummy_kdf().clone());
+        let (pw, kdf) = (
+            password.clone(),
+            crate::accounts::argon::limiter().dummy_kdf().clone(),
+        );
         let dummy = self
             .gated(user, peer, false, "dummy", move || {
                 drop(SealingKey::derive(&pw, &kdf))

@@ -172,21 +172,20 @@ pub(super) fn sign_in(
     .map_err(failed)?;
     let store = super::open_store(&rt, cfg)?;
     let recorded = recorded_tenant(&rt, &store, &user);
-    let identity = confirm_identity(
+    let confirmed = confirm_identity(
         &rt,
         cfg,
         &provider,
         &user,
-        &grant,
+        grant,
         nonce.as_ref(),
         recorded.as_deref(),
     )
     .map_err(|e| failed(e.into()))?;
-    rt.block_on(crate::accounts::flows::store_grant(
-        &store,
-        &user,
-        &provider.name,
-        &grant,
+    let identity = confirmed.identity().to_owned();
+    rt.block_on(crate::accounts::grants::store_confirmed(
+        &crate::accounts::changes::Changes::new(store),
+        confirmed,
         &password,
         crate::accounts::store::Expect::Any,
     ))
@@ -213,10 +212,10 @@ fn confirm_identity(
     cfg: &Config,
     provider: &Arc<mailgate_config::Provider>,
     user: &str,
-    grant: &crate::accounts::oauth::Grant,
+    grant: crate::accounts::oauth::Grant,
     nonce: Option<&SecretString>,
     tenant: Option<&str>,
-) -> Result<String, crate::accounts::identity::IdentityError> {
+) -> Result<crate::accounts::identity::ConfirmedGrant, crate::accounts::identity::IdentityError> {
     let upstream_user = cfg
         .find_account(user)
         .and_then(|a| a.upstream_user.clone())
@@ -260,44 +259,37 @@ pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResu
     let password = read_password(&format!("Local password for {user}"), true)?;
     let runtime = super::serve::runtime()?;
     let store = super::open_store(&runtime, cfg)?;
-    let grant = if no_verify {
-        None
+    let confirmed = if no_verify {
+        crate::accounts::identity::asserted(&user, &provider.name, rt)
     } else {
         let oauth = OAuth::new(cfg.gateway.upstream_timeout)
             .map_err(|e| CliError::Internal(e.to_string()))?;
-        let grant = runtime
+        let mut grant = runtime
             .block_on(oauth.refresh(&provider, &rt))
             .map_err(|e| {
                 CliError::User(format!("the token does not work: {e}; nothing was stored"))
             })?;
+        // A provider that rotated the token on the refresh gave a new one.
+        grant.refresh_token = grant.refresh_token.or(Some(rt));
         let recorded = recorded_tenant(&runtime, &store, &user);
         confirm_identity(
             &runtime,
             cfg,
             &provider,
             &user,
-            &grant,
+            grant,
             None,
             recorded.as_deref(),
         )
-        .map_err(|e| CliError::User(e.to_string()))?;
-        Some(grant)
+        .map_err(|e| CliError::User(e.to_string()))?
     };
-    // A provider that rotated the token on the refresh gave a new one.
-    let newest = grant
-        .as_ref()
-        .and_then(|g| g.refresh_token.clone())
-        .unwrap_or(rt);
-    let file = crate::accounts::flows::seal_tokens(
-        &user,
-        &provider.name,
-        &newest,
-        grant.as_ref(),
-        &password,
-    )
-    .map_err(|e| CliError::User(e.to_string()))?;
     runtime
-        .block_on(store.save(&file, crate::accounts::store::Expect::Any))
+        .block_on(crate::accounts::grants::store_confirmed(
+            &crate::accounts::changes::Changes::new(store),
+            confirmed,
+            &password,
+            crate::accounts::store::Expect::Any,
+        ))
         .map_err(|e| CliError::User(e.to_string()))?;
     out!(
         "stored the tokens of {user} (provider {}){}",
@@ -337,8 +329,9 @@ pub(super) fn passwd(cfg: &Config, user: &str) -> CliResult {
         }
         Err(_) => prompt_password(&format!("New local password for {name}"), true)?,
     };
+    let changes = crate::accounts::changes::Changes::new(store.clone());
     match runtime.block_on(crate::accounts::flows::change_password(
-        &store, &name, &old, &new,
+        &changes, &store, &name, &old, &new,
     )) {
         Ok(()) => out!(
             "the local password of {name} is changed; mail clients must use the new one from their next login"

@@ -207,7 +207,7 @@ fn migrate(cfg: &Config, to: StoreKind) -> CliResult {
     }
     let runtime = serve::runtime()?;
     let redis = open_store(&runtime, cfg)?;
-    let files = Store::files(&cfg.gateway.state_dir);
+    let files = crate::accounts::store::files(&cfg.gateway.state_dir);
     let (from, into, names) = match to {
         StoreKind::Redis => (&files, &redis, ("the files", "Redis")),
         StoreKind::File => (&redis, &files, ("Redis", "the files")),
@@ -246,7 +246,8 @@ fn open_store(runtime: &tokio::runtime::Runtime, cfg: &Config) -> Result<Store, 
         eprintln!("warning: {w}");
     }
     runtime
-        .block_on(Store::open(cfg))
+        .block_on(crate::accounts::store::open(cfg))
+        .map(|(store, _fleet)| store)
         .map_err(|e| CliError::User(e.to_string()))
 }
 
@@ -316,7 +317,7 @@ fn run(cli: Cli) -> CliResult {
             let user = user.trim().to_lowercase();
             let runtime = serve::runtime()?;
             let store = open_store(&runtime, &cfg)?;
-            match runtime.block_on(store.remove(&user)) {
+            match runtime.block_on(crate::accounts::changes::Changes::new(store).forget(&user)) {
                 Ok(true) => {
                     out!("deleted the stored tokens of {user}")
                 }

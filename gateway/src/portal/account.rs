@@ -106,7 +106,7 @@ pub(super) async fn account_page(
     let Some((user, _, csrf)) = signed_in(app, h) else {
         return not_signed_in();
     };
-    let file: Option<TokenFile> = app.ctx.accounts.store().load(&user).await.ok().flatten();
+    let file: Option<TokenFile> = app.ctx.accounts.record(&user).await.ok().flatten();
     let state = match &file {
         None => "No access stored: authorise again to set it up",
         Some(f) if f.needs_authorization => {
@@ -236,7 +236,7 @@ pub(super) async fn forget(
     let Some((user, _, _)) = signed_in(&app, &h) else {
         return not_signed_in();
     };
-    if let Err(e) = app.ctx.accounts.store().remove(&user).await {
+    if let Err(e) = app.ctx.accounts.forget(&user).await {
         warn!(user = %user, error = %e, "portal: forgetting the account failed");
         return account_page(
             &app,

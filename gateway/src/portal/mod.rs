@@ -155,8 +155,11 @@ pub async fn start(
     }
     ctx.set_portal_url(base.clone());
     let app = Arc::new(App {
-        sessions: Sessions::new(base.scheme() == "https")
-            .sharing(ctx.accounts.store().shared().cloned()),
+        sessions: Sessions::new(base.scheme() == "https").sharing(
+            ctx.accounts
+                .fleet_shared()
+                .then(|| ctx.accounts.fleet().clone()),
+        ),
         hostname: gateway.gateway.hostname.clone(),
         ctx,
         config,

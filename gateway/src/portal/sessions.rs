@@ -4,7 +4,7 @@
 //! signed in as. Sessions are short-lived: an idle limit and an absolute
 //! one, and a cap on how many exist at once.
 //!
-//! With the Redis store, sessions are the fleet's: each request loads its
+//! With a shared fleet (the Redis store), sessions are the fleet's: each request loads its
 //! session from Redis and writes it back after ([`Sessions::load_shared`],
 //! [`Sessions::store_shared`]), sealed under a key derived from the
 //! cookie, which Redis never sees (see [`crate::accounts::shared`]), so a
@@ -17,20 +17,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mailgate_config::Provider;
-use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::oauth::{AuthorizationRequest, DeviceAuthorization, Grant};
-use crate::accounts::redis::RedisStore;
-use crate::accounts::shared::{self, Sealer};
-use crate::accounts::store::{StoreError, TokenFile, now_ms};
+use crate::accounts::fleet::Fleet;
+use crate::accounts::fleet::sealed::{self as shared, Sealer};
+use crate::accounts::oauth::{AuthorizationRequest, DeviceAuthorization};
+use crate::accounts::store::serde_secret;
+use crate::accounts::store::{StoreError, now_ms};
 
 /// A session unused this long is gone.
 pub const IDLE: Duration = Duration::from_secs(15 * 60);
@@ -76,13 +74,12 @@ pub struct PendingDevice {
     pub interval: Duration,
 }
 
-/// Tokens from a confirmed sign-in that wait for the password that will
-/// seal them.
+/// A confirmed sign-in that waits for the password that will seal it: the
+/// accounts hold it ([`crate::accounts::Accounts::hold`]); the session has
+/// its ticket.
 #[derive(Debug)]
 pub struct Unsealed {
-    pub grant: Grant,
-    /// The file the new tokens replace (compare-and-swap), if any.
-    pub replaces: Option<TokenFile>,
+    pub ticket: SecretString,
     pub at: Instant,
 }
 
@@ -144,12 +141,7 @@ fn key_of(cookie: &str) -> Key {
     Sha256::digest(cookie.as_bytes()).into()
 }
 
-/// 32 random bytes, URL-safe base64.
-pub fn random_token() -> String {
-    let mut b = [0u8; 32];
-    OsRng.fill_bytes(&mut b);
-    URL_SAFE_NO_PAD.encode(b)
-}
+pub use crate::accounts::random::random_token;
 
 /// The value of the request's cookie `name`, if it has one.
 fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -170,7 +162,7 @@ pub struct Sessions {
     /// Cookies carry `Secure` (the portal is reached over HTTPS).
     secure: bool,
     /// The fleet's store, which holds the sessions of every instance.
-    shared: Option<RedisStore>,
+    shared: Option<Fleet>,
 }
 
 /// A session as the fleet stores it (sealed; times in Unix milliseconds).
@@ -199,11 +191,11 @@ struct StoredDevice {
 #[derive(Serialize, Deserialize)]
 struct StoredPending {
     url: url::Url,
-    #[serde(with = "shared::secret")]
+    #[serde(with = "serde_secret")]
     state: SecretString,
-    #[serde(with = "shared::secret")]
+    #[serde(with = "serde_secret")]
     verifier: SecretString,
-    #[serde(with = "shared::secret")]
+    #[serde(with = "serde_secret")]
     nonce: SecretString,
     redirect_uri: url::Url,
     user: String,
@@ -221,14 +213,8 @@ struct StoredSignedIn {
 
 #[derive(Serialize, Deserialize)]
 struct StoredUnsealed {
-    #[serde(with = "shared::secret")]
-    access_token: SecretString,
-    #[serde(with = "shared::secret_opt")]
-    refresh_token: Option<SecretString>,
-    expires_in: Option<u64>,
-    #[serde(with = "shared::secret_opt")]
-    id_token: Option<SecretString>,
-    replaces: Option<TokenFile>,
+    #[serde(with = "serde_secret")]
+    ticket: SecretString,
     at: u64,
 }
 
@@ -281,11 +267,7 @@ impl Stored {
                 user: si.user.clone(),
                 provider: si.provider.name.clone(),
                 unsealed: si.unsealed.as_ref().map(|u| StoredUnsealed {
-                    access_token: u.grant.access_token.clone(),
-                    refresh_token: u.grant.refresh_token.clone(),
-                    expires_in: u.grant.expires_in.map(|d| d.as_secs()),
-                    id_token: u.grant.id_token.clone(),
-                    replaces: u.replaces.clone(),
+                    ticket: u.ticket.clone(),
                     at: unix_ms(u.at),
                 }),
             }),
@@ -330,13 +312,7 @@ impl Stored {
                     provider: provider(&si.provider)?,
                     user: si.user,
                     unsealed: si.unsealed.map(|u| Unsealed {
-                        grant: Grant {
-                            access_token: u.access_token,
-                            refresh_token: u.refresh_token,
-                            expires_in: u.expires_in.map(Duration::from_secs),
-                            id_token: u.id_token,
-                        },
-                        replaces: u.replaces,
+                        ticket: u.ticket,
                         at: instant(u.at),
                     }),
                 })
@@ -365,7 +341,7 @@ impl Sessions {
     }
 
     /// Keeps the sessions in the fleet's store (see the module's notes).
-    pub fn sharing(mut self, store: Option<RedisStore>) -> Sessions {
+    pub fn sharing(mut self, store: Option<Fleet>) -> Sessions {
         self.shared = store;
         self
     }
@@ -394,11 +370,11 @@ impl Sessions {
         cookie: &str,
         provider: &(dyn Fn(&str) -> Option<Arc<Provider>> + Sync),
     ) -> Result<(), StoreError> {
-        let Some(redis) = &self.shared else {
+        let Some(fleet) = &self.shared else {
             return Ok(());
         };
         let sealer = Sealer::new("session", cookie.as_bytes());
-        let stored: Option<Stored> = shared::get(redis, &sealer, false).await?;
+        let stored: Option<Stored> = shared::get(fleet, &sealer, false).await?;
         let key = key_of(cookie);
         let mut map = self.lock();
         match stored {
@@ -415,7 +391,7 @@ impl Sessions {
     /// Writes the session of `cookie` to the fleet's store, for as long as
     /// it may live; a session that is gone here is deleted there.
     pub async fn store_shared(&self, cookie: &str) -> Result<(), StoreError> {
-        let Some(redis) = &self.shared else {
+        let Some(fleet) = &self.shared else {
             return Ok(());
         };
         let sealer = Sealer::new("session", cookie.as_bytes());
@@ -431,9 +407,9 @@ impl Sessions {
         };
         match stored {
             Some((st, life)) if !life.is_zero() => {
-                shared::put(redis, &sealer, &st, life, false).await?;
+                shared::put(fleet, &sealer, &st, life, false).await?;
             }
-            _ => redis.forget(sealer.name()).await?,
+            _ => fleet.forget(sealer.name()).await?,
         }
         Ok(())
     }
@@ -442,8 +418,8 @@ impl Sessions {
     pub async fn drop_shared(&self, cookie: &str) -> Result<(), StoreError> {
         self.lock().remove(&key_of(cookie));
         match &self.shared {
-            Some(redis) => {
-                redis
+            Some(fleet) => {
+                fleet
                     .forget(Sealer::new("session", cookie.as_bytes()).name())
                     .await
             }
@@ -668,13 +644,7 @@ mod tests {
                 user: "a@x.test".into(),
                 provider: Arc::new(test_provider()),
                 unsealed: Some(Unsealed {
-                    grant: Grant {
-                        access_token: SecretString::from("at"),
-                        refresh_token: None,
-                        expires_in: None,
-                        id_token: None,
-                    },
-                    replaces: None,
+                    ticket: SecretString::from("ticket"),
                     at: Instant::now(),
                 }),
             });

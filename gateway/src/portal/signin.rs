@@ -121,7 +121,7 @@ pub(super) async fn start_sign_in(
     let request = match app
         .ctx
         .accounts
-        .oauth()
+        .sign_in()
         .authorization_request(&provider, &redirect, &user)
     {
         Ok(r) => r,
@@ -224,7 +224,7 @@ pub(super) async fn callback(
     let grant = match app
         .ctx
         .accounts
-        .oauth()
+        .sign_in()
         .exchange_code(
             &provider,
             &pending.request,
@@ -267,7 +267,7 @@ async fn finish(
 ) -> Response {
     let user = user.to_owned();
     let csrf = csrf_of(app, h);
-    let (replaces, usable) = match app.ctx.accounts.store().load(&user).await {
+    let (replaces, usable) = match app.ctx.accounts.record(&user).await {
         Ok(Some(f)) => {
             let usable = !f.needs_authorization;
             (Some(f), usable)
@@ -286,7 +286,7 @@ async fn finish(
     let upstream_user = app.ctx.accounts.upstream_user_of(&user);
     let checked = identity::confirm(
         &provider,
-        &grant,
+        grant,
         identity::Expected {
             user: &user,
             upstream_user: &upstream_user,
@@ -296,8 +296,8 @@ async fn finish(
         &app.prover(),
     )
     .await;
-    let who = match checked {
-        Ok(who) => who,
+    let confirmed = match checked {
+        Ok(c) => c,
         Err(IdentityError::Mismatch {
             signed_in,
             expected,
@@ -332,6 +332,24 @@ async fn finish(
         }
     }
     let wants_password = again || !usable;
+    // The confirmed tokens wait with the accounts (sealed in the fleet's
+    // shared state); this session holds only their ticket.
+    let ticket = if wants_password {
+        match app.ctx.accounts.hold(&confirmed, replaces.as_ref()).await {
+            Ok(t) => Some(SecretString::from(t)),
+            Err(e) => {
+                app.ctx.metrics.portal_sign_in("failed");
+                warn!(user = %user, error = %e, "portal: the sign-in cannot wait for its password");
+                return message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again",
+                    "The gateway cannot keep this sign-in now. Try again in a moment.",
+                );
+            }
+        }
+    } else {
+        None
+    };
     let Some(h) = app.sessions.renew(h) else {
         return not_signed_in();
     };
@@ -339,15 +357,14 @@ async fn finish(
         s.signed_in = Some(SignedIn {
             user: user.clone(),
             provider,
-            unsealed: wants_password.then(|| Unsealed {
-                grant,
-                replaces,
+            unsealed: ticket.map(|ticket| Unsealed {
+                ticket,
                 at: Instant::now(),
             }),
         })
     });
     app.ctx.metrics.portal_sign_in("ok");
-    info!(user = %user, identity = %who, "portal: signed in as the account's identity");
+    info!(user = %user, identity = %confirmed.identity(), "portal: signed in as the account's identity");
     with_cookie(
         app,
         &h,
@@ -386,7 +403,7 @@ async fn start_device(
     provider: Arc<Provider>,
     again: bool,
 ) -> Response {
-    let details = match app.ctx.accounts.oauth().start_device(&provider).await {
+    let details = match app.ctx.accounts.sign_in().start_device(&provider).await {
         Ok(d) => d,
         Err(e) => {
             warn!(user = %user, error = %e, "portal: cannot start the device sign-in");
@@ -464,7 +481,7 @@ pub(super) async fn device(State(app): State<Arc<App>>, headers: HeaderMap) -> R
         let polled = app
             .ctx
             .accounts
-            .oauth()
+            .sign_in()
             .poll_device_once(&provider, &details)
             .await;
         let slow_down = matches!(polled, Ok(crate::accounts::oauth::Poll::SlowDown));
@@ -612,16 +629,15 @@ pub(super) async fn password_save(
     let sealed = app
         .ctx
         .accounts
-        .seal_grant(
-            &user,
-            &provider.name,
-            unsealed.grant,
-            &password,
-            unsealed.replaces,
-        )
+        .seal_held(unsealed.ticket.expose_secret(), &user, &password)
         .await;
     match sealed {
-        Ok(()) => {
+        Ok(false) => message(
+            StatusCode::BAD_REQUEST,
+            "Sign in again",
+            "This sign-in is no longer waiting for a password. Start again from the first page.",
+        ),
+        Ok(true) => {
             info!(user = %user, "portal: tokens stored, sealed with the password the owner chose");
             see_other("/settings?saved=1")
         }

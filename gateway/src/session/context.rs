@@ -33,7 +33,7 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub fn new(
         config: Arc<Config>,
-        store: crate::accounts::store::Store,
+        stores: (crate::accounts::store::Store, crate::accounts::fleet::Fleet),
         prove: crate::accounts::identity::Prove,
     ) -> anyhow::Result<Context> {
         let oauth =
@@ -43,7 +43,7 @@ impl Context {
             config: std::sync::RwLock::new(config.clone()),
             metrics: metrics.clone(),
             portal: std::sync::OnceLock::new(),
-            accounts: Accounts::new(config, store, oauth, metrics),
+            accounts: Accounts::new(config, stores, oauth, metrics),
             prove,
             tls: Mutex::new(HashMap::new()),
         })

@@ -1,14 +1,13 @@
-//! Short-lived state that several gateways share through the Redis store,
-//! beside the accounts (SPEC §9): pending sign-ins, the portal's sessions
-//! and the app-only tokens of `client_credentials` providers.
+//! Short-lived state that the gateways of a fleet share beside the accounts
+//! (SPEC §9): the portal's sessions and the app-only tokens of
+//! `client_credentials` providers, as sealed blobs of the [`Fleet`].
 //!
 //! Each blob is sealed (XChaCha20-Poly1305) under a key derived (HKDF-SHA256)
-//! from a secret that Redis never holds: a sign-in's `state`, a browser's
-//! session cookie, a provider's client secret, or a key derived from a
-//! password (Argon2id, as for token files). Its Redis name is derived from
-//! the same secret, and is the AEAD's associated data, so reading Redis
-//! gives neither the secret nor what it guards, and a blob moved to another
-//! name does not open.
+//! from a secret that the fleet's store never holds: a browser's session
+//! cookie, or a provider's client secret. Its name is derived from the same
+//! secret, and is the AEAD's associated data, so reading the store gives
+//! neither the secret nor what it guards, and a blob moved to another name
+//! does not open.
 
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::accounts::redis::RedisStore;
+use super::contract::Fleet;
 use crate::accounts::store::StoreError;
 
 /// The key and the Redis name of one shared blob.
@@ -52,7 +51,7 @@ impl Sealer {
         }
     }
 
-    /// Its Redis name (below the store's prefix).
+    /// Its name in the fleet's store.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -102,7 +101,7 @@ impl Sealer {
 /// Seals `value` (as JSON) and stores it for `ttl`; with `only_new`, only
 /// when nothing is stored under that name (whether it was stored).
 pub async fn put<T: Serialize>(
-    redis: &RedisStore,
+    fleet: &Fleet,
     sealer: &Sealer,
     value: &T,
     ttl: Duration,
@@ -113,66 +112,31 @@ pub async fn put<T: Serialize>(
         reason: e.to_string(),
     })?);
     let blob = sealer.seal(&plain)?;
-    redis.put(sealer.name(), &blob, ttl, only_new).await
+    fleet.put(sealer.name(), blob, ttl, only_new).await
 }
 
 /// Reads and opens a blob (`take`: and deletes it). `Ok(None)` when there
 /// is none, or it does not open or parse (logged: a blob that is not ours
 /// is not an error of the caller's).
 pub async fn get<T: DeserializeOwned>(
-    redis: &RedisStore,
+    fleet: &Fleet,
     sealer: &Sealer,
     take: bool,
 ) -> Result<Option<T>, StoreError> {
-    let blob = if take {
-        redis.take(sealer.name()).await?
-    } else {
-        redis.get(sealer.name()).await?
-    };
+    let blob = fleet.get(sealer.name(), take).await?;
     let Some(blob) = blob else {
         return Ok(None);
     };
     let Some(plain) = sealer.open(&blob) else {
-        tracing::warn!(name = %sealer.name(), "shared state in Redis that does not open; ignored");
+        tracing::warn!(name = %sealer.name(), "shared state that does not open; ignored");
         return Ok(None);
     };
     match serde_json::from_slice(&plain) {
         Ok(v) => Ok(Some(v)),
         Err(e) => {
-            tracing::warn!(name = %sealer.name(), error = %e, "shared state in Redis that does not parse; ignored");
+            tracing::warn!(name = %sealer.name(), error = %e, "shared state that does not parse; ignored");
             Ok(None)
         }
-    }
-}
-
-/// Serde for a secret inside a sealed blob.
-pub mod secret {
-    use secrecy::{ExposeSecret, SecretString};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
-        ser.serialize_str(s.expose_secret())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SecretString, D::Error> {
-        String::deserialize(de).map(SecretString::from)
-    }
-}
-
-/// Serde for an optional secret inside a sealed blob.
-pub mod secret_opt {
-    use secrecy::{ExposeSecret, SecretString};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(s: &Option<SecretString>, ser: S) -> Result<S::Ok, S::Error> {
-        match s {
-            Some(s) => ser.serialize_some(s.expose_secret()),
-            None => ser.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SecretString>, D::Error> {
-        Option::<String>::deserialize(de).map(|o| o.map(SecretString::from))
     }
 }
 

@@ -39,6 +39,9 @@ use tracing::{info, warn};
 
 use crate::accounts::oauth::Grant;
 
+mod confirmed;
+pub use confirmed::{ConfirmedGrant, HeldGrant, asserted};
+
 /// Seconds of clock difference tolerated on `exp`.
 const SKEW: u64 = 120;
 
@@ -290,9 +293,26 @@ pub struct Prover {
     pub prove: Prove,
 }
 
-/// Checks that `grant` belongs to the account `expected` names; returns the
-/// identity that signed in. Nothing is stored here.
+/// Checks that `grant` belongs to the account `expected` names; the grant,
+/// confirmed, names the identity that signed in. Nothing is stored here.
 pub async fn confirm(
+    provider: &Arc<Provider>,
+    grant: Grant,
+    expected: Expected<'_>,
+    prover: &Prover,
+) -> Result<ConfirmedGrant, IdentityError> {
+    let identity = check(provider, &grant, expected, prover).await?;
+    Ok(ConfirmedGrant::new(
+        expected.user,
+        &provider.name,
+        identity,
+        tenant_of(&grant),
+        grant,
+    ))
+}
+
+/// The identity that signed in, when it is the account's.
+async fn check(
     provider: &Arc<Provider>,
     grant: &Grant,
     expected: Expected<'_>,
@@ -456,7 +476,7 @@ mod tests {
         let nonce = nonce.map(SecretString::from);
         confirm(
             &Arc::new(p),
-            &grant(Some(jwt(claims))),
+            grant(Some(jwt(claims))),
             Expected {
                 user: "alice@x.test",
                 upstream_user: "alice@x.test",
@@ -470,6 +490,7 @@ mod tests {
             },
         )
         .await
+        .map(|c| c.identity().to_owned())
     }
 
     #[tokio::test]

@@ -1,0 +1,43 @@
+//! The token store's contract (SPEC §4, §9): what an account record is,
+//! what a write expects to replace, and what can go wrong. Two backends
+//! implement it: [`file`] (one JSON file per account under
+//! `state_dir/tokens/`, the default) and [`redis`] (a server shared by a
+//! fleet). Nothing outside this module and [`crate::accounts::fleet`] names
+//! a backend: the rest of the gateway holds a [`Store`].
+//!
+//! The contract:
+//! - a record is a sealed [`TokenFile`] (see [`record`]): the tokens are
+//!   sealed under a key derived from the local password, so the store never
+//!   holds a plaintext token or key;
+//! - every record has a generation; [`Store::save`] is a compare-and-swap
+//!   on it ([`Expect`]) and returns the record with its new generation. A
+//!   generation is never given twice to one account, not even after the
+//!   account was removed and authorised again, so a writer that read an
+//!   older record can never overwrite a newer one nor bring a removed one
+//!   back;
+//! - nothing here deletes or rewrites a record because a password was
+//!   wrong;
+//! - a backend's blocking work (the file store's `fs` calls, `flock` and
+//!   `fsync`) runs off the async workers.
+
+pub mod contract;
+pub mod error;
+pub mod file;
+mod opened;
+pub mod record;
+pub mod redis;
+pub mod serde_secret;
+
+pub use contract::{Backend, Expect, Pending, Store, Want};
+pub use error::{StoreError, now, now_ms};
+pub use file::{secure_dirs, write_atomic};
+pub use record::{
+    Access, Audience, Kdf, MAX_M_COST, MAX_P_COST, MAX_T_COST, SealingKey, TokenFile, Tokens,
+};
+
+pub use opened::open;
+
+/// The file store under `state_dir`.
+pub fn files(state_dir: &std::path::Path) -> Store {
+    Store::new(file::FileStore::new(state_dir))
+}
