@@ -154,7 +154,7 @@ fn drive<M: PreAuth>(mut m: M, data: &[u8]) {
                     break;
                 }
                 Some(Event::Write(w)) => assert!(w.ends_with(b"\r\n"), "reply without CRLF"),
-                Some(Event::Close) => return,
+                Some(Event::Close(_)) => return,
                 Some(Event::StartTls) => m.tls_started(),
                 Some(Event::Login { .. }) => {
                     let f = match choices.next().unwrap_or(0) % 4 {

@@ -12,9 +12,16 @@
 //!   check;
 //! - [`protocols`]: IMAP, SMTP and POP3, each a dialect: its client-side
 //!   pre-auth machine and its upstream login machine (from `mailgate-proto`);
+//! - [`context`]: the application's root state (configuration in force,
+//!   metrics, accounts, the portal's address, upstream TLS settings),
+//!   shared by the sessions and the portal;
+//! - [`portal`]: the web portal (sign-in, accounts, passwords);
 //! - [`session`]: the one session of every dialect (pre-auth driver, login
-//!   policy, relay), client TLS, the upstream connection and login driver,
-//!   and the context every session shares;
+//!   policy, the step after the login: relay), its end reasons, and the
+//!   upstream login driver;
+//! - [`net`]: sockets, the one upgradeable stream of both legs and its
+//!   on-demand buffer, listeners' certificates, the PROXY header, and
+//!   outbound proxy tunnels;
 //! - [`accounts`]: accounts, the sealed store, backoff, bounded password
 //!   checks, OAuth, sign-in flows, in-band authorisation, the identity
 //!   check (which is handed its upstream proof login, never a protocol);
@@ -22,6 +29,8 @@
 
 pub mod accounts;
 pub mod cli;
+pub mod context;
+pub mod net;
 pub mod observe;
 pub mod portal;
 pub mod protocols;

@@ -16,20 +16,20 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mailgate_config::{Config, Protocol, TlsMode};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::context::Context;
+use crate::net::stream::Stream;
+use crate::net::tls::{CertSource, ListenerTls};
 use crate::protocols::imap::Imap;
 use crate::protocols::pop3::Pop3;
 use crate::protocols::smtp::Smtp;
 use crate::session::Dialect;
-use crate::session::context::Context;
-use crate::session::tls::{CertSource, ClientStream, ListenerTls};
-
-const BACKLOG: u32 = 4096;
+use crate::session::End;
 
 /// Open connections per client address (`max_connections_per_ip`).
 #[derive(Debug, Default)]
@@ -82,17 +82,6 @@ pub struct Gateway {
 
 static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
-
 /// Binds every listener and starts serving.
 pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     // The state directory is the gateway's own, or it does not start (the
@@ -144,7 +133,7 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
                 Some(t)
             }
         };
-        let listener = bind(l.address).with_context(|| {
+        let listener = crate::net::socket::bind(l.address).with_context(|| {
             format!(
                 "cannot listen on {} ({}); is another program using it?",
                 l.address, l.protocol
@@ -437,7 +426,7 @@ async fn accept_loop<D: Dialect>(
                 continue;
             }
         };
-        crate::session::upstream::tune(&stream);
+        crate::net::socket::tune(&stream);
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
         let protocol = listening.protocol;
         if listening.proxy_protocol && !ctx.config().gateway.trusts_proxy(peer.ip()) {
@@ -456,7 +445,7 @@ async fn accept_loop<D: Dialect>(
             // Behind a load balancer the client is the one its header names.
             let client = if listening.proxy_protocol {
                 let limit = Duration::from_secs(10).min(ctx.config().gateway.preauth_timeout);
-                match crate::session::proxy::read_header(&mut stream, peer, limit).await {
+                match crate::net::proxy_header::read_header(&mut stream, peer, limit).await {
                     Ok(c) => c,
                     Err(e) => {
                         info!(id, proto = %protocol, proxy = %peer, error = %e, "closed: no valid PROXY header");
@@ -495,18 +484,22 @@ async fn accept_loop<D: Dialect>(
 
 async fn session<D: Dialect>(stream: TcpStream, peer: SocketAddr, l: Listening, ctx: Arc<Context>) {
     tracing::debug!("connected");
-    let plain = ClientStream::plain(stream);
+    let plain = Stream::plain(stream);
     let (client, starttls, tls) = match (l.mode, &l.tls) {
         (TlsMode::Implicit, Some(t)) => {
             let limit = ctx.config().gateway.preauth_timeout;
-            match tokio::time::timeout(limit, plain.start_tls(&t.acceptor())).await {
+            match tokio::time::timeout(limit, plain.accept_tls(&t.acceptor())).await {
                 Ok(Ok(c)) => (c, None, true),
                 Ok(Err(e)) => {
                     info!(error = %e, "TLS handshake failed");
+                    ctx.metrics
+                        .session_ended(l.protocol, End::TlsFailed.label());
                     return;
                 }
                 Err(_) => {
                     info!("TLS handshake timed out");
+                    ctx.metrics
+                        .session_ended(l.protocol, End::TlsFailed.label());
                     return;
                 }
             }

@@ -27,16 +27,10 @@ const KNOWN_CIRCLES: &[&[&str]] = &[
         "cli/serve.rs",
     ],
     &["portal/account.rs", "portal/mod.rs", "portal/signin.rs"],
-    &["session/relay.rs", "session/tls.rs"],
-    &["session/tunnel.rs", "session/upstream.rs"],
 ];
 
 /// Arrows still going up the layers.
-const KNOWN_ARROWS: &[&str] = &[
-    "portal/mod.rs -> session/context.rs",
-    "portal/mod.rs -> session/proxy.rs",
-    "portal/mod.rs -> session/tls.rs",
-];
+const KNOWN_ARROWS: &[&str] = &[];
 
 /// Files outside the store that still name a backend: `mailgate store
 /// migrate --to redis|file` picks the two backends by name (to move into

@@ -200,3 +200,68 @@ async fn password_checks_are_counted_and_refused_during_backoff() {
     let (_, _, m) = scrape(&url).await;
     assert_eq!(checks(&m, "dummy"), 1.0, "an unknown name costs a check");
 }
+
+/// Every session's dialogue before the login ends with a reason, counted
+/// by protocol: logged in, the client leaving (LOGOUT or hanging up), too
+/// many failures, the pre-auth timeout, and a refused HTTP request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_ends_with_a_counted_reason() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    env.seal_new_user_token();
+    let text = without_in_band(&env.config_text(
+        &imap.url(false),
+        "metrics = \"127.0.0.1:0\"\npreauth_timeout = \"1s\"",
+        "",
+        "",
+    ));
+    let g = start(env.load(&text)).await;
+    let url = format!("http://{}/metrics", g.metrics_address().unwrap());
+    let ended = |text: &str, reason: &str| {
+        value(
+            text,
+            &format!("mailgate_sessions_ended_total{{protocol=\"imap\",reason=\"{reason}\"}}"),
+        )
+    };
+
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));
+    let mut quits = LineClient::greeted(imap_addr(&g)).await;
+    quits.send("q LOGOUT\r\n").await;
+    assert!(quits.response_text("q").await.contains("q OK"));
+    drop(LineClient::greeted(imap_addr(&g)).await);
+    let mut fails = LineClient::greeted(imap_addr(&g)).await;
+    for tag in ["b", "c", "d"] {
+        let r = fails.login(tag, "nobody@example.test", "wrong").await;
+        assert!(r.starts_with(&format!("{tag} NO")), "{r}");
+    }
+    assert!(fails.closed().await, "closed after three failures");
+    let mut web = LineClient::greeted(imap_addr(&g)).await;
+    web.send("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    assert!(web.closed().await, "an HTTP request is closed");
+    let mut silent = LineClient::greeted(imap_addr(&g)).await;
+    assert!(silent.closed().await, "closed by the pre-auth timeout");
+
+    let want = [
+        ("logged_in", 1.0),
+        ("client_closed", 2.0),
+        ("too_many_failures", 1.0),
+        ("refused", 1.0),
+        ("timeout", 1.0),
+        ("tls_failed", 0.0),
+    ];
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = scrape(&url).await.2;
+        if want.iter().all(|(r, n)| ended(&m, r) == *n) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for (reason, n) in want {
+        assert_eq!(ended(&m, reason), n, "{reason}: {m}");
+    }
+    drop(c);
+    g.shutdown().await;
+}

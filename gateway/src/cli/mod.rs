@@ -376,28 +376,25 @@ fn certificates(cfg: &Config) -> CliResult {
         .filter(|l| l.tls != mailgate_config::TlsMode::None)
     {
         let what = format!("{} {}", l.protocol, l.address);
-        let source = crate::session::tls::CertSource::for_listener(l, &cfg.gateway)
+        let source = crate::net::tls::CertSource::for_listener(l, &cfg.gateway)
             .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
-        let tls = crate::session::tls::ListenerTls::load(source)
+        let tls = crate::net::tls::ListenerTls::load(source)
             .map_err(|e| CliError::User(format!("TLS certificate for {what}: {e}")))?;
         print_certificate(&what, &tls)?;
     }
     if let Some(p) = cfg.portal.as_ref().filter(|p| p.tls) {
         let what = format!("portal {}", p.address);
-        let source = crate::session::tls::CertSource::new(
-            p.certificate.as_ref(),
-            p.key.as_ref(),
-            &cfg.gateway,
-        )
-        .map_err(|e| CliError::User(format!("TLS certificate for the {what}: {e}")))?;
-        let tls = crate::session::tls::ListenerTls::load(source)
+        let source =
+            crate::net::tls::CertSource::new(p.certificate.as_ref(), p.key.as_ref(), &cfg.gateway)
+                .map_err(|e| CliError::User(format!("TLS certificate for the {what}: {e}")))?;
+        let tls = crate::net::tls::ListenerTls::load(source)
             .map_err(|e| CliError::User(format!("TLS certificate for the {what}: {e}")))?;
         print_certificate(&what, &tls)?;
     }
     Ok(())
 }
 
-fn print_certificate(what: &str, tls: &crate::session::tls::ListenerTls) -> CliResult {
+fn print_certificate(what: &str, tls: &crate::net::tls::ListenerTls) -> CliResult {
     out!(
         "tls {what}: {}{} sha256 {}",
         tls.source.cert.display(),

@@ -52,6 +52,12 @@ struct ByResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByReason {
+    protocol: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefreshResult {
     result: &'static str,
 }
@@ -70,6 +76,7 @@ pub struct Metrics {
     connections_total: Family<ByProtocol, Counter>,
     connections: Family<ByState, Gauge>,
     logins: Family<ByResult, Counter>,
+    sessions_ended: Family<ByReason, Counter>,
     refreshes: Family<RefreshResult, Counter>,
     password_checks: Family<RefreshResult, Counter>,
     portal_sign_ins: Family<RefreshResult, Counter>,
@@ -131,6 +138,12 @@ impl Metrics {
         );
         let logins = Family::<ByResult, Counter>::default();
         registry.register("logins", "Client logins by result", logins.clone());
+        let sessions_ended = Family::<ByReason, Counter>::default();
+        registry.register(
+            "sessions_ended",
+            "Client sessions by how their dialogue before the login ended",
+            sessions_ended.clone(),
+        );
         let refreshes = Family::<RefreshResult, Counter>::default();
         registry.register(
             "token_refreshes",
@@ -162,6 +175,7 @@ impl Metrics {
             connections_total,
             connections,
             logins,
+            sessions_ended,
             refreshes,
             password_checks,
             portal_sign_ins,
@@ -198,6 +212,17 @@ impl Metrics {
             .get_or_create(&ByResult {
                 protocol: protocol.to_string(),
                 result,
+            })
+            .inc();
+    }
+
+    /// A session's dialogue before the login ended, for `reason` (a
+    /// session's `End`: `logged_in`, `timeout`, ...).
+    pub fn session_ended(&self, protocol: Protocol, reason: &'static str) {
+        self.sessions_ended
+            .get_or_create(&ByReason {
+                protocol: protocol.to_string(),
+                reason,
             })
             .inc();
     }

@@ -40,8 +40,8 @@ use tracing::{info, warn};
 use crate::accounts::flows::{FlowError, PasswordError};
 use crate::accounts::identity::{self, IdentityError};
 use crate::accounts::store::{StoreError, TokenFile};
-use crate::session::context::Context;
-use crate::session::tls::ListenerTls;
+use crate::context::Context;
+use crate::net::tls::ListenerTls;
 use pages::{MIN, Setting, advice, message, render};
 use sessions::{Handle, PendingDevice, PendingSignIn, Sessions, SignedIn, Unsealed};
 
@@ -281,7 +281,8 @@ async fn serve(
                     info!(peer = %peer, "portal: closed: PROXY headers are believed from trusted_proxies only");
                     return;
                 }
-                match crate::session::proxy::read_header(&mut stream, peer, HEADER_TIMEOUT).await {
+                match crate::net::proxy_header::read_header(&mut stream, peer, HEADER_TIMEOUT).await
+                {
                     Ok(client) => client,
                     Err(e) => {
                         info!(proxy = %peer, error = %e, "portal: closed: no valid PROXY header");

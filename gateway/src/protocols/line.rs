@@ -6,7 +6,7 @@ use secrecy::SecretString;
 use tracing::info;
 
 use crate::session::login::Failure;
-use crate::session::{Event, one_line};
+use crate::session::{End, Event, one_line};
 
 /// The plumbing shared by the line-based machines (SMTP, POP3): the
 /// client's unparsed bytes, the queued events, the failed-login count, and
@@ -37,12 +37,12 @@ impl LineCore {
         self.out.push_back(Event::Write(s.into().into_bytes()));
     }
 
-    /// Writes `reply` and closes.
-    pub fn close(&mut self, reply: &str) {
+    /// Writes `reply` and closes, for `why`.
+    pub fn close(&mut self, reply: &str, why: End) {
         if !reply.is_empty() {
             self.write(reply);
         }
-        self.out.push_back(Event::Close);
+        self.out.push_back(Event::Close(why));
         self.wait = Wait::Closed;
     }
 
@@ -80,7 +80,7 @@ impl LineCore {
             self.failures += 1;
             if self.failures >= max {
                 info!("closing: too many failed logins");
-                self.close(too_many);
+                self.close(too_many, End::TooManyFailures);
             }
         }
     }
@@ -97,7 +97,7 @@ impl LineCore {
             Line::Incomplete => None,
             Line::TooLong => {
                 info!("closing: client line over the limit");
-                self.close(&too_long(max_line));
+                self.close(&too_long(max_line), End::Refused);
                 None
             }
             Line::Complete(n) => Some(zeroize::Zeroizing::new(self.buf.drain(..n).collect())),
@@ -112,7 +112,7 @@ impl LineCore {
         }
         info!("closing without an answer: the client sent HTTP (a web page?)");
         self.buf.clear();
-        self.close("");
+        self.close("", End::Refused);
         true
     }
 

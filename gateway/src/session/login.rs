@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use tracing::{info, warn};
 
 use crate::accounts::LoginError;
-use crate::session::context::Context;
+use crate::context::Context;
 use crate::session::upstream::{UpstreamError, within};
 
 /// Why a login failed, as each protocol reports it to its client.

@@ -1,28 +1,32 @@
-//! The async glue shared by every protocol's session: feed client bytes to
-//! the protocol's pre-auth state machine under the pre-auth deadline, write
-//! what it says, and hand its login requests to the caller until one
-//! succeeds. The protocol logic itself lives in each `preauth` module.
+//! The one session of every protocol: the driver feeds client bytes to the
+//! dialect's pre-auth state machine under the pre-auth deadline, writes
+//! what it says, runs STARTTLS, and hands its login requests to the login
+//! policy until one succeeds; then the step the dialect chooses after a
+//! login runs (today every dialect relays bytes). Every session ends with
+//! an [`End`], logged and counted. The protocol logic itself lives in each
+//! dialect's `preauth` module.
 
-pub mod context;
+pub mod end;
 pub mod login;
-pub mod proxy;
 pub mod relay;
 pub mod residual;
-pub mod tls;
-pub mod tunnel;
 pub mod upstream;
+
+pub use end::End;
 
 use std::future::Future;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument as _, debug, info};
 
+use crate::context::Context;
+use crate::net::stream::Stream;
 use crate::session::login::Failure;
-use crate::session::tls::ClientStream;
+use crate::session::upstream::LoggedIn;
 
 /// A connection's place in the metrics.
 #[derive(Debug)]
@@ -135,8 +139,9 @@ pub enum Event {
         user: String,
         password: SecretString,
     },
-    /// Close the connection (after writing what came before).
-    Close,
+    /// Close the connection (after writing what came before), for this
+    /// reason.
+    Close(End),
     /// Run the TLS handshake now (STARTTLS/STLS was accepted; the machine
     /// has discarded whatever the client pipelined in clear), then call
     /// [`PreAuth::tls_started`].
@@ -164,16 +169,16 @@ pub trait PreAuth {
 }
 
 /// Runs the pre-auth dialogue on `client` until `login` succeeds (the
-/// stream, possibly upgraded to TLS, and the login's value are returned) or
-/// the client leaves, is closed, or runs out of time (`None`). `starttls` is
-/// the acceptor for STARTTLS when the listener offers it.
+/// stream, possibly upgraded to TLS, and the login's value are returned)
+/// or the dialogue ends otherwise (why is returned, and logged here).
+/// `starttls` is the acceptor for STARTTLS when the listener offers it.
 pub async fn drive<M, T, F, Fut>(
-    mut client: ClientStream,
+    mut client: Stream,
     m: &mut M,
     limit: Duration,
     starttls: Option<TlsAcceptor>,
     mut login: F,
-) -> Option<(ClientStream, T)>
+) -> Result<(Stream, T), End>
 where
     M: PreAuth,
     F: FnMut(&M, String, SecretString) -> Fut,
@@ -182,20 +187,20 @@ where
     let deadline = Instant::now() + limit;
     // Writes run under the same deadline as reads: a client that sends
     // commands and never reads its replies is closed when it runs out.
-    let write = async |client: &mut ClientStream, bytes: &[u8]| match tokio::time::timeout_at(
+    let write = async |client: &mut Stream, bytes: &[u8]| match tokio::time::timeout_at(
         deadline,
-        client.write_all(bytes),
+        client.send(bytes),
     )
     .await
     {
-        Ok(Ok(())) => Some(()),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             debug!(error = %e, "client write failed");
-            None
+            Err(End::ClientClosed)
         }
         Err(_) => {
             info!("closing: the client does not read its replies within the pre-auth timeout");
-            None
+            Err(End::Timeout)
         }
     };
     write(&mut client, &m.greeting()).await?;
@@ -204,25 +209,23 @@ where
         while let Some(event) = m.next_event() {
             match event {
                 Event::Write(bytes) => write(&mut client, &bytes).await?,
-                Event::Close => {
-                    let _ = client.shutdown().await;
-                    return None;
+                Event::Close(why) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
+                    return Err(why);
                 }
                 Event::StartTls => {
-                    let acceptor = starttls.as_ref()?;
-                    tokio::time::timeout_at(deadline, client.flush())
-                        .await
-                        .ok()?
-                        .ok()?;
-                    match tokio::time::timeout_at(deadline, client.start_tls(acceptor)).await {
+                    let Some(acceptor) = starttls.as_ref() else {
+                        return Err(End::Refused);
+                    };
+                    match tokio::time::timeout_at(deadline, client.accept_tls(acceptor)).await {
                         Ok(Ok(upgraded)) => client = upgraded,
                         Ok(Err(e)) => {
                             info!(error = %e, "STARTTLS handshake failed");
-                            return None;
+                            return Err(End::TlsFailed);
                         }
                         Err(_) => {
                             info!("STARTTLS handshake timed out");
-                            return None;
+                            return Err(End::TlsFailed);
                         }
                     }
                     debug!("STARTTLS done");
@@ -248,7 +251,7 @@ where
                     match attempt.await {
                         Ok(t) => {
                             tracing::Span::current().record("user", shown);
-                            return Some((client, t));
+                            return Ok((client, t));
                         }
                         Err(f) => {
                             info!(failure = f.kind(), user = shown, "login failed");
@@ -258,44 +261,59 @@ where
                 }
             }
         }
-        match tokio::time::timeout_at(deadline, client.read(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, client.read_some(&mut buf)).await {
             Err(_) => {
                 info!("closing: no login within the pre-auth timeout");
                 // A short grace for the farewell; a client that reads
                 // nothing does not hold the connection open.
                 let _ = tokio::time::timeout(
                     Duration::from_secs(1),
-                    client.write_all(&m.timeout_reply(limit)),
+                    client.send(&m.timeout_reply(limit)),
                 )
                 .await;
-                return None;
+                return Err(End::Timeout);
             }
             Ok(Ok(0)) => {
                 debug!("client closed before login");
-                return None;
+                return Err(End::ClientClosed);
             }
             Ok(Ok(n)) => m.feed(&buf[..n]),
             Ok(Err(e)) => {
                 debug!(error = %e, "client read failed");
-                return None;
+                return Err(End::ClientClosed);
             }
         }
     }
 }
 
-/// After a successful login: tells the client (`reply`), then relays,
-/// flushing first what each side sent beyond the login.
-pub async fn relay_after_login<U>(
-    tally: Tally,
-    mut client: ClientStream,
-    reply: &[u8],
-    residual: Vec<u8>,
-    upstream: U,
-    leftover: &[u8],
-) where
-    U: tokio::io::AsyncBufRead + tokio::io::AsyncWrite + Unpin,
-{
-    if client.write_all(reply).await.is_err() {
+/// What the step after a login is given: the client (possibly upgraded to
+/// TLS), its pre-auth machine (its state and the bytes it read beyond the
+/// login), the upstream session the login opened, and the connection's
+/// place in the metrics.
+#[derive(Debug)]
+pub struct LoggedInSession<M> {
+    pub client: Stream,
+    pub machine: M,
+    pub upstream: LoggedIn,
+    pub tally: Tally,
+}
+
+/// The step after a login that every dialect takes today: tell the client
+/// (the dialect's success reply, then its replies to refused pipelined
+/// lines), and relay bytes both ways, flushing first what each side sent
+/// beyond the login.
+pub async fn relay_after_login<D: Dialect>(s: LoggedInSession<D::Client>) {
+    let LoggedInSession {
+        mut client,
+        machine,
+        upstream,
+        tally,
+    } = s;
+    let mut reply = D::success(&machine, &upstream);
+    let screened = residual::screen(&machine.into_residual(), D::screen, D::refuse);
+    reply.extend_from_slice(&screened.replies);
+    if let Err(e) = client.send(&reply).await {
+        debug!(error = %e, "the client left before its login reply");
         return;
     }
     info!("logged in upstream; relaying");
@@ -308,17 +326,18 @@ pub async fn relay_after_login<U>(
     let _relaying = metrics.enter(protocol, "relaying");
     crate::session::relay::run(
         client,
-        upstream,
-        &residual,
-        leftover,
+        upstream.stream,
+        &screened.forward,
+        &upstream.leftover,
         metrics.meters(protocol),
     )
     .await;
 }
 
 /// A protocol the gateway serves: its client machine, its upstream login
-/// machine and its replies. [`serve`] is the one session of them all.
-pub trait Dialect: Send + Sync + 'static {
+/// machine, its replies, and the step after a login. [`serve`] is the one
+/// session of them all.
+pub trait Dialect: Send + Sync + Sized + 'static {
     const PROTOCOL: mailgate_config::Protocol;
     /// Sent to a client refused for lack of room, before closing.
     const TOO_BUSY: &'static [u8];
@@ -335,30 +354,33 @@ pub trait Dialect: Send + Sync + 'static {
     fn upstream(hint: &Self::Hint, attempt: &crate::session::login::Attempt) -> Self::Upstream;
     /// The client's success reply, from its state (IMAP: the tag) and the
     /// upstream's result (IMAP: the capabilities).
-    fn success(client: &Self::Client, up: &crate::session::upstream::LoggedIn) -> Vec<u8>;
+    fn success(client: &Self::Client, up: &LoggedIn) -> Vec<u8>;
     /// How a line the client pipelined behind its login is screened
     /// ([`residual`]): is it a login command (never relayed)?
     fn screen(line: &[u8]) -> residual::Line;
     /// The local reply to a refused line of the residual.
     fn refuse(line: &[u8]) -> Vec<u8>;
+    /// What the session does once the client is logged in; the driver
+    /// and the login policy do not change with it. Every dialect relays
+    /// bytes today ([`relay_after_login`]).
+    fn after_login(session: LoggedInSession<Self::Client>) -> impl Future<Output = ()> + Send {
+        relay_after_login::<Self>(session)
+    }
 }
 
 /// One upstream login of dialect `D`.
 pub async fn upstream_login<D: Dialect>(
     hint: &D::Hint,
     a: &crate::session::login::Attempt,
-) -> Result<crate::session::upstream::LoggedIn, crate::session::upstream::UpstreamError> {
+) -> Result<LoggedIn, crate::session::upstream::UpstreamError> {
     crate::session::upstream::log_in(D::upstream(hint, a), &a.server, a.tls.clone()).await
 }
 
 /// One client connection of dialect `D`: the pre-auth dialogue, the login
 /// (local password, token, upstream login with a retry after a rejected
-/// token), the success reply, then the relay.
-pub async fn serve<D: Dialect>(
-    client: ClientStream,
-    setup: Setup,
-    ctx: std::sync::Arc<crate::session::context::Context>,
-) {
+/// token), then the dialect's step after the login. How the dialogue
+/// ended is counted in the metrics.
+pub async fn serve<D: Dialect>(client: Stream, setup: Setup, ctx: std::sync::Arc<Context>) {
     let config = ctx.config();
     let mut m = D::client(Options::new(&config.gateway, &setup));
     let Setup {
@@ -368,7 +390,7 @@ pub async fn serve<D: Dialect>(
         ..
     } = setup;
     let limit = config.gateway.preauth_timeout;
-    let logged_in = drive(client, &mut m, limit, starttls, |m, user, password| {
+    let ended = drive(client, &mut m, limit, starttls, |m, user, password| {
         let ctx = ctx.clone();
         let hint = D::hint(m);
         async move {
@@ -380,20 +402,20 @@ pub async fn serve<D: Dialect>(
         }
     })
     .await;
-    let Some((client, up)) = logged_in else {
+    let end = ended.as_ref().map_or_else(|why| *why, |_| End::LoggedIn);
+    tally.metrics.session_ended(D::PROTOCOL, end.label());
+    if end != End::LoggedIn {
+        info!(end = %end, "closed before a login");
+    }
+    let Ok((client, upstream)) = ended else {
         return;
     };
-    let mut reply = D::success(&m, &up);
-    let screened = residual::screen(&m.into_residual(), D::screen, D::refuse);
-    reply.extend_from_slice(&screened.replies);
-    relay_after_login(
-        tally,
+    D::after_login(LoggedInSession {
         client,
-        &reply,
-        screened.forward,
-        up.stream,
-        &up.leftover,
-    )
+        machine: m,
+        upstream,
+        tally,
+    })
     .await;
 }
 
@@ -436,7 +458,10 @@ pub(crate) mod testing {
         let request = b"POST / HTTP/1.1\r\nHost: 127.0.0.1:1143\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\r\na LOGIN erin pw\r\n";
         let (written, event) = run(&mut m, request);
         assert_eq!(written, "", "no answer to an HTTP request");
-        assert!(matches!(event, Some(super::Event::Close)), "{event:?}");
+        assert!(
+            matches!(event, Some(super::Event::Close(super::End::Refused))),
+            "{event:?}"
+        );
         assert!(m.next_event().is_none(), "nothing after the close");
     }
 

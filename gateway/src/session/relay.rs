@@ -3,7 +3,7 @@
 //! One task drives both directions. Each direction writes straight out of
 //! its source's read buffer ([`AsyncBufRead`]): for a TLS source that is
 //! rustls's own plaintext buffer (no copy of ours); for a plain socket it is
-//! an [`OnDemand`] buffer that exists only while bytes are in flight, so an
+//! an [`OnDemand`](crate::net::buffer::OnDemand) buffer that exists only while bytes are in flight, so an
 //! idle session (IMAP `IDLE`) holds no relay buffer at all. Writes are
 //! flushed when the source has nothing more to give, not after each chunk.
 //!
@@ -18,111 +18,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 
+use crate::net::stream::Stream;
 use crate::observe::metrics::Meters;
-use crate::session::tls::ClientStream;
 use prometheus_client::metrics::counter::Counter;
 
 /// How long the upstream may keep talking after the client closed.
 const DRAIN: Duration = Duration::from_secs(5);
-/// The most an [`OnDemand`] buffer reads at once.
-const READ_SIZE: usize = 64 * 1024;
-
-/// A buffered reader whose buffer is allocated when the source has bytes
-/// and released as soon as they are all consumed and the source would
-/// block.
-#[derive(Debug)]
-pub struct OnDemand<S> {
-    inner: S,
-    buf: Option<BytesMut>,
-}
-
-impl<S> OnDemand<S> {
-    pub fn new(inner: S) -> Self {
-        OnDemand { inner, buf: None }
-    }
-
-    /// The stream; bytes still buffered are dropped (none are while only
-    /// [`AsyncRead`] was used: reads bypass an empty buffer).
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-
-    /// Whether a buffer is held now.
-    pub fn holds_buffer(&self) -> bool {
-        self.buf.is_some()
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncBufRead for OnDemand<S> {
-    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
-        let this = self.get_mut();
-        if this.buf.as_ref().is_none_or(|b| b.is_empty()) {
-            let buf = this
-                .buf
-                .get_or_insert_with(|| BytesMut::with_capacity(READ_SIZE));
-            // Reclaims the space consumed at the front (the buffer is empty).
-            buf.reserve(READ_SIZE);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, buf) {
-                Poll::Pending => {
-                    this.buf = None;
-                    return Poll::Pending;
-                }
-                Poll::Ready(Err(e)) => {
-                    this.buf = None;
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Ready(Ok(_)) => {}
-            }
-        }
-        Poll::Ready(Ok(this.buf.as_deref().unwrap_or_default()))
-    }
-
-    fn consume(self: Pin<&mut Self>, amt: usize) {
-        if let Some(b) = self.get_mut().buf.as_mut() {
-            b.advance(amt.min(b.len()));
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for OnDemand<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.buf.as_ref().is_none_or(|b| b.is_empty()) {
-            // Nothing buffered: read straight into the caller's buffer.
-            return Pin::new(&mut self.get_mut().inner).poll_read(cx, out);
-        }
-        let data = ready!(self.as_mut().poll_fill_buf(cx))?;
-        let n = data.len().min(out.remaining());
-        out.put_slice(&data[..n]);
-        self.consume(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for OnDemand<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 /// One direction of the relay.
 #[derive(Debug)]
 struct Lane {
@@ -233,16 +136,14 @@ where
     result.map(|()| (up.bytes, down.bytes))
 }
 
-/// [`relay`], logging how the session ended.
-pub async fn run<U>(
-    client: ClientStream,
-    upstream: U,
+/// [`relay`] between the two legs of a session, logging how it ended.
+pub async fn run(
+    client: Stream,
+    upstream: Stream,
     to_upstream: &[u8],
     to_client: &[u8],
     meters: Meters,
-) where
-    U: AsyncBufRead + AsyncWrite + Unpin,
-{
+) {
     match relay(client, upstream, to_upstream, to_client, meters).await {
         Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "session closed"),
         Err(e) => tracing::info!(error = %e, "session ended"),
@@ -252,6 +153,7 @@ pub async fn run<U>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::buffer::OnDemand;
     use tokio::io::{AsyncReadExt, DuplexStream, duplex};
 
     type Side = OnDemand<DuplexStream>;
@@ -323,33 +225,5 @@ mod tests {
         client_peer.read_to_end(&mut reply).await.expect("read");
         assert_eq!(reply, b"* BYE\r\na OK\r\n");
         task.await.expect("join").expect("relay");
-    }
-
-    #[tokio::test]
-    async fn on_demand_holds_no_buffer_while_idle() {
-        let (mut r, mut peer) = pair();
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        assert!(Pin::new(&mut r).poll_fill_buf(&mut cx).is_pending());
-        assert!(!r.holds_buffer());
-        peer.write_all(b"hello").await.expect("write");
-        match Pin::new(&mut r).poll_fill_buf(&mut cx) {
-            Poll::Ready(Ok(d)) => assert_eq!(d, b"hello"),
-            other => panic!("expected data, got {other:?}"),
-        }
-        assert!(r.holds_buffer());
-        Pin::new(&mut r).consume(2);
-        match Pin::new(&mut r).poll_fill_buf(&mut cx) {
-            Poll::Ready(Ok(d)) => assert_eq!(d, b"llo"),
-            other => panic!("expected the rest, got {other:?}"),
-        }
-        Pin::new(&mut r).consume(3);
-        assert!(Pin::new(&mut r).poll_fill_buf(&mut cx).is_pending());
-        assert!(!r.holds_buffer(), "the buffer is released once drained");
-        drop(peer);
-        match Pin::new(&mut r).poll_fill_buf(&mut cx) {
-            Poll::Ready(Ok(d)) => assert!(d.is_empty(), "EOF"),
-            other => panic!("expected EOF, got {other:?}"),
-        }
     }
 }

@@ -1,6 +1,7 @@
-//! Connecting to upstream mail servers and logging in: TCP with
-//! TCP_NODELAY, TLS with full verification, and the one driver of every
-//! protocol's login machine ([`log_in`]).
+//! Connecting to upstream mail servers and logging in: TCP (through the
+//! server's outbound proxy when it has one), TLS with full verification,
+//! and the one driver of every protocol's login machine ([`log_in`]), over
+//! the same [`Stream`] and vocabulary as the client leg.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,21 +9,17 @@ use std::time::Duration;
 use mailgate_config::{Upstream, UpstreamSecurity};
 use mailgate_proto::upstream::{Failure, Machine, Note, Step, Success};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
-use crate::session::tunnel::TunnelError;
+use crate::net::stream::Stream;
+use crate::net::tunnel::TunnelError;
 use tracing::{debug, info, warn};
-
-/// The upstream connection after TLS is up.
-pub type UpstreamStream = TlsStream<TcpStream>;
 
 /// A logged-in upstream session, ready for the relay.
 #[derive(Debug)]
 pub struct LoggedIn {
-    pub stream: UpstreamStream,
+    /// Over TLS (a login never ends in clear).
+    pub stream: Stream,
     /// IMAP: the post-login capabilities the client is shown; `None` for
     /// SMTP and POP3.
     pub capabilities: Option<Vec<String>>,
@@ -53,7 +50,7 @@ pub enum UpstreamError {
     Unavailable { server: String, detail: String },
     /// The outbound proxy could not open the tunnel.
     #[error(transparent)]
-    Proxy(#[from] crate::session::tunnel::TunnelError),
+    Proxy(#[from] crate::net::tunnel::TunnelError),
 }
 
 impl UpstreamError {
@@ -107,7 +104,7 @@ impl UpstreamError {
 /// server's proxy when it has one.
 pub async fn connect_tcp(up: &Upstream) -> Result<TcpStream, UpstreamError> {
     let tcp = match &up.proxy {
-        Some(proxy) => crate::session::tunnel::open(proxy, &up.host, up.port).await?,
+        Some(proxy) => crate::net::tunnel::open(proxy, &up.host, up.port).await?,
         None => TcpStream::connect((up.host.as_str(), up.port))
             .await
             .map_err(|e| UpstreamError::Connect {
@@ -115,66 +112,27 @@ pub async fn connect_tcp(up: &Upstream) -> Result<TcpStream, UpstreamError> {
                 reason: e.to_string(),
             })?,
     };
-    tune(&tcp);
+    crate::net::socket::tune(&tcp);
     Ok(tcp)
-}
-
-/// TCP_NODELAY (no Nagle delay against delayed ACKs on small writes) and
-/// keepalive, for either leg.
-pub fn tune(tcp: &TcpStream) {
-    let _ = tcp.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(15));
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
 /// Runs the TLS handshake, verifying the certificate for `up.host`.
 pub async fn handshake(
-    tcp: TcpStream,
+    stream: Stream,
     up: &Upstream,
     config: Arc<rustls::ClientConfig>,
-) -> Result<UpstreamStream, UpstreamError> {
+) -> Result<Stream, UpstreamError> {
     let name = ServerName::try_from(up.host.clone()).map_err(|e| UpstreamError::Tls {
         server: up.to_string(),
         reason: format!("invalid server name: {e}"),
     })?;
-    TlsConnector::from(config)
-        .connect(name, tcp)
+    stream
+        .connect_tls(config, name)
         .await
         .map_err(|e| UpstreamError::Tls {
             server: up.to_string(),
             reason: crate::accounts::oauth::chain(&e),
         })
-}
-
-/// The connection during a login: in clear until TLS starts.
-enum Link {
-    Plain(TcpStream),
-    Tls(Box<UpstreamStream>),
-}
-
-impl Link {
-    async fn read(&mut self, buf: &mut [u8], server: &Upstream) -> Result<usize, UpstreamError> {
-        let n = match self {
-            Link::Plain(s) => s.read(buf).await,
-            Link::Tls(s) => s.read(buf).await,
-        }
-        .map_err(|e| io_error(server, e))?;
-        if n == 0 {
-            return Err(UpstreamError::Closed {
-                server: server.to_string(),
-            });
-        }
-        Ok(n)
-    }
-
-    async fn send(&mut self, data: &[u8], server: &Upstream) -> Result<(), UpstreamError> {
-        match self {
-            Link::Plain(s) => send(s, data, server).await,
-            Link::Tls(s) => send(s, data, server).await,
-        }
-    }
 }
 
 /// Drives a protocol's login machine ([`mailgate_proto::upstream`]) on a
@@ -188,13 +146,10 @@ pub async fn log_in<M: Machine>(
     server: &Upstream,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<LoggedIn, UpstreamError> {
-    let tcp = connect_tcp(server).await?;
-    let mut link = match server.security {
-        UpstreamSecurity::ImplicitTls => {
-            Link::Tls(Box::new(handshake(tcp, server, tls.clone()).await?))
-        }
-        UpstreamSecurity::StartTls => Link::Plain(tcp),
-    };
+    let mut link = Stream::plain(connect_tcp(server).await?);
+    if server.security == UpstreamSecurity::ImplicitTls {
+        link = handshake(link, server, tls.clone()).await?;
+    }
     let protocol = |reason: &str| UpstreamError::Protocol {
         server: server.to_string(),
         reason: reason.to_owned(),
@@ -203,7 +158,7 @@ pub async fn log_in<M: Machine>(
     loop {
         while let Some(step) = m.next() {
             match step {
-                Step::Send(bytes) => link.send(&bytes, server).await?,
+                Step::Send(bytes) => link.send(&bytes).await.map_err(|e| io_error(server, e))?,
                 Step::Note(Note::Challenge(json)) => {
                     info!(%server, challenge = %json, "upstream XOAUTH2 error challenge");
                 }
@@ -216,10 +171,10 @@ pub async fn log_in<M: Machine>(
                             "the server sent data after its STARTTLS reply (possible injection); giving up",
                         ));
                     }
-                    let Link::Plain(tcp) = link else {
+                    if link.is_tls() {
                         return Err(protocol("the server asked for TLS twice"));
-                    };
-                    link = Link::Tls(Box::new(handshake(tcp, server, tls.clone()).await?));
+                    }
+                    link = handshake(link, server, tls.clone()).await?;
                     debug!("upstream STARTTLS done");
                     m.tls_started();
                 }
@@ -227,11 +182,11 @@ pub async fn log_in<M: Machine>(
                     capabilities,
                     leftover,
                 }) => {
-                    let Link::Tls(stream) = link else {
+                    if !link.is_tls() {
                         return Err(protocol("the login ended before TLS"));
-                    };
+                    }
                     return Ok(LoggedIn {
-                        stream: *stream,
+                        stream: link,
                         capabilities,
                         leftover,
                     });
@@ -248,22 +203,17 @@ pub async fn log_in<M: Machine>(
                 }
             }
         }
-        let n = link.read(&mut chunk, server).await?;
+        let n = link
+            .read_some(&mut chunk)
+            .await
+            .map_err(|e| io_error(server, e))?;
+        if n == 0 {
+            return Err(UpstreamError::Closed {
+                server: server.to_string(),
+            });
+        }
         m.feed(&chunk[..n]);
     }
-}
-
-/// Writes all of `data` and flushes (TLS streams buffer).
-pub async fn send<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    data: &[u8],
-    server: &Upstream,
-) -> Result<(), UpstreamError> {
-    stream
-        .write_all(data)
-        .await
-        .map_err(|e| io_error(server, e))?;
-    stream.flush().await.map_err(|e| io_error(server, e))
 }
 
 /// An I/O error on an established connection; an unexpected end (a TLS
@@ -297,23 +247,4 @@ pub async fn within<T>(
             server: server.to_string(),
         })
     })
-}
-
-#[cfg(test)]
-mod tests {
-    /// Both legs get TCP_NODELAY and keepalive.
-    #[tokio::test]
-    async fn tune_sets_nodelay_and_keepalive() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (s, _) = l.accept().await.expect("accept");
-        for sock in [&c, &s] {
-            super::tune(sock);
-            assert!(sock.nodelay().expect("nodelay"));
-            assert!(socket2::SockRef::from(sock).keepalive().expect("keepalive"));
-        }
-    }
 }

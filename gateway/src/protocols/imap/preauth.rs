@@ -17,7 +17,7 @@ use super::capabilities;
 use crate::protocols::line::{PlainError, plain_credentials};
 pub use crate::session::Event;
 use crate::session::login::Failure;
-use crate::session::{Options, PreAuth, one_line};
+use crate::session::{End, Options, PreAuth, one_line};
 
 #[derive(Debug, Clone)]
 enum Phase {
@@ -77,7 +77,7 @@ impl ImapPreAuth {
         if counts {
             self.failures += 1;
             if self.failures >= self.opts.max_failures {
-                self.bye("Too many failed login attempts");
+                self.bye("Too many failed login attempts", End::TooManyFailures);
             }
         }
     }
@@ -86,9 +86,9 @@ impl ImapPreAuth {
         self.out.push_back(Event::Write(s.into_bytes()));
     }
 
-    fn bye(&mut self, text: &str) {
+    fn bye(&mut self, text: &str, why: End) {
         self.write(format!("* BYE {text}\r\n"));
-        self.out.push_back(Event::Close);
+        self.out.push_back(Event::Close(why));
         self.phase = Phase::Closed;
     }
 
@@ -102,7 +102,7 @@ impl ImapPreAuth {
             ),
         };
         tracing::info!(reason = %text, "closing: client input over the limit");
-        self.bye(&text);
+        self.bye(&text, End::Refused);
         self.out.pop_front()
     }
 
@@ -121,7 +121,7 @@ impl ImapPreAuth {
             tracing::info!("closing without an answer: the client sent HTTP (a web page?)");
             self.buf.clear();
             self.phase = Phase::Closed;
-            return Some(Event::Close);
+            return Some(Event::Close(End::Refused));
         }
         match decode_command(&message) {
             Ok((_, cmd)) => self.command(cmd),
@@ -169,7 +169,7 @@ impl ImapPreAuth {
                 self.write(format!(
                     "* BYE Logging out\r\n{tag} OK LOGOUT completed\r\n"
                 ));
-                self.out.push_back(Event::Close);
+                self.out.push_back(Event::Close(End::ClientClosed));
                 self.phase = Phase::Closed;
             }
             CommandBody::StartTls if self.opts.starttls => {
@@ -360,7 +360,7 @@ mod tests {
         assert!(w.ends_with("* BAD Invalid command syntax\r\n"), "{w}");
         let (w, e) = run(&mut m, b"z LOGOUT\r\n");
         assert_eq!(w, "* BYE Logging out\r\nz OK LOGOUT completed\r\n");
-        assert!(matches!(e, Some(Event::Close)));
+        assert!(matches!(e, Some(Event::Close(End::ClientClosed))));
     }
 
     #[test]
@@ -529,7 +529,7 @@ mod tests {
                     w,
                     "a NO [AUTHENTICATIONFAILED] Invalid credentials\r\n* BYE Too many failed login attempts\r\n"
                 );
-                assert!(matches!(e, Some(Event::Close)));
+                assert!(matches!(e, Some(Event::Close(End::TooManyFailures))));
             }
         }
     }
@@ -557,13 +557,13 @@ mod tests {
         let mut m = ImapPreAuth::new(opts.clone());
         let (w, e) = run(&mut m, &[b'x'; 40]);
         assert_eq!(w, "* BYE Line too long (limit 32 bytes)\r\n");
-        assert!(matches!(e, Some(Event::Close)));
+        assert!(matches!(e, Some(Event::Close(End::Refused))));
         assert!(m.next_event().is_none());
 
         let mut m = ImapPreAuth::new(opts);
         let (w, e) = run(&mut m, b"a LOGIN {17}\r\n");
         assert!(w.starts_with("* BYE Command too large"), "{w}");
-        assert!(matches!(e, Some(Event::Close)));
+        assert!(matches!(e, Some(Event::Close(End::Refused))));
     }
 
     /// Byte-by-byte delivery gives the same result as one chunk.

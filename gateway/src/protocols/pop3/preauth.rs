@@ -10,7 +10,7 @@ use mailgate_proto::sasl::{SaslLine, decode_sasl_line};
 
 use crate::protocols::line::{LineCore, PlainError, plain_credentials};
 use crate::session::login::Failure;
-use crate::session::{Event, Options, PreAuth};
+use crate::session::{End, Event, Options, PreAuth};
 
 /// The one place where the gateway's CAPA list is written: `USER` and
 /// `SASL` only while logins are accepted, `STLS` while offered.
@@ -134,9 +134,10 @@ impl Pop3PreAuth {
             }
             Command::Stls if self.opts.tls => self.write("-ERR TLS is already active\r\n"),
             Command::Stls => self.write("-ERR STLS is not offered on this listener\r\n"),
-            Command::Quit => self
-                .core
-                .close(&format!("+OK {} signing off\r\n", self.opts.hostname)),
+            Command::Quit => self.core.close(
+                &format!("+OK {} signing off\r\n", self.opts.hostname),
+                End::ClientClosed,
+            ),
             Command::Apop => {
                 self.write("-ERR APOP is not supported; use USER and PASS or AUTH PLAIN\r\n")
             }
@@ -231,7 +232,7 @@ mod tests {
         );
         let (w, e) = run(&mut m, b"QUIT\r\n");
         assert_eq!(w, "+OK localhost signing off\r\n");
-        assert!(matches!(e, Some(Event::Close)));
+        assert!(matches!(e, Some(Event::Close(End::ClientClosed))));
     }
 
     #[test]
@@ -307,7 +308,10 @@ mod tests {
             m.login_failed(&Failure::BadCredentials);
             let (w, e) = run(&mut m, b"");
             assert_eq!(w, "-ERR [AUTH] Invalid credentials\r\n");
-            assert_eq!(matches!(e, Some(Event::Close)), i == 2);
+            assert_eq!(
+                matches!(e, Some(Event::Close(End::TooManyFailures))),
+                i == 2
+            );
         }
         let mut m = Pop3PreAuth::new(Options::default());
         let (_, e) = run(&mut m, b"USER a\r\nPASS p\r\nSTAT\r\nRETR 1\r\n");
@@ -323,6 +327,6 @@ mod tests {
         });
         let (w, e) = run(&mut m, b"USER aaaaaaaaaaaaaaa");
         assert_eq!(w, "-ERR Line too long (limit 10 bytes)\r\n");
-        assert!(matches!(e, Some(Event::Close)));
+        assert!(matches!(e, Some(Event::Close(End::Refused))));
     }
 }

@@ -12,7 +12,7 @@ use mailgate_proto::{ExposeSecret, SecretString};
 
 use crate::protocols::line::{LineCore, PlainError, plain_credentials};
 use crate::session::login::Failure;
-use crate::session::{Event, Options, PreAuth};
+use crate::session::{End, Event, Options, PreAuth};
 
 /// The one place where the gateway's EHLO keywords are written: `AUTH`
 /// only while logins are accepted, `STARTTLS` while offered.
@@ -228,10 +228,10 @@ impl SmtpPreAuth {
             Command::Help => {
                 self.write("214 2.0.0 Log in with AUTH PLAIN or AUTH LOGIN, then send mail\r\n")
             }
-            Command::Quit => self.core.close(&format!(
-                "221 2.0.0 {} closing connection\r\n",
-                self.opts.hostname
-            )),
+            Command::Quit => self.core.close(
+                &format!("221 2.0.0 {} closing connection\r\n", self.opts.hostname),
+                End::ClientClosed,
+            ),
             Command::Other(verb) => match verb.as_str() {
                 "RCPT" | "DATA" | "BDAT" | "VRFY" | "EXPN" | "ETRN" => {
                     self.write("530 5.7.0 Authentication required\r\n")
@@ -319,7 +319,7 @@ mod tests {
         );
         let (w, e) = run(&mut m, b"QUIT\r\n");
         assert_eq!(w, "221 2.0.0 localhost closing connection\r\n");
-        assert!(matches!(e, Some(Event::Close)));
+        assert!(matches!(e, Some(Event::Close(End::ClientClosed))));
     }
 
     #[test]
@@ -469,7 +469,7 @@ mod tests {
                     w,
                     "535 5.7.8 Invalid credentials\r\n421 4.7.0 Too many failed authentication attempts\r\n"
                 );
-                assert!(matches!(e, Some(Event::Close)));
+                assert!(matches!(e, Some(Event::Close(End::TooManyFailures))));
             }
         }
         let mut m = SmtpPreAuth::new(Options {
@@ -478,7 +478,7 @@ mod tests {
         });
         let (w, e) = run(&mut m, &[b'x'; 20]);
         assert_eq!(w, "500 5.5.6 Line too long (limit 16 bytes)\r\n");
-        assert!(matches!(e, Some(Event::Close)));
+        assert!(matches!(e, Some(Event::Close(End::Refused))));
     }
 
     #[test]

@@ -104,7 +104,7 @@ async fn connect_proxy(proxy: &Proxy) -> Result<TcpStream, TunnelError> {
             reason: e.to_string(),
         })?;
     // The handshake's small writes must not wait for delayed ACKs.
-    crate::session::upstream::tune(&tcp);
+    crate::net::socket::tune(&tcp);
     Ok(tcp)
 }
 
