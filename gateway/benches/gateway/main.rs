@@ -35,8 +35,12 @@ struct Plan {
     kill_trials: usize,
     idle: Vec<usize>,
     /// `--only a,b`: the parts to run (throughput, latency, logins, store,
-    /// proxy, kill, idle).
+    /// proxy, kill, idle, before).
     only: Option<Vec<String>>,
+    /// `--before PATH`: another `mailgate` binary (an older build), run
+    /// beside this one on the same configuration, token and upstream, and
+    /// compared with it in the same run (the part `before`).
+    before: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -55,6 +59,7 @@ impl Plan {
                 kill_trials: 2,
                 idle: vec![50],
                 only: None,
+                before: None,
             }
         } else {
             Plan {
@@ -67,6 +72,7 @@ impl Plan {
                 kill_trials: 24,
                 idle: vec![1_000, 10_000],
                 only: None,
+                before: None,
             }
         };
         // `--idle 1000,20000` overrides the session counts, `--rounds N` the
@@ -89,6 +95,9 @@ impl Plan {
             .and_then(|i| args.get(i + 1)?.parse().ok())
         {
             plan.kill_trials = n;
+        }
+        if let Some(i) = args.iter().position(|a| a == "--before") {
+            plan.before = args.get(i + 1).map(std::path::PathBuf::from);
         }
         if let Some(i) = args.iter().position(|a| a == "--only") {
             plan.only = args
@@ -208,6 +217,25 @@ impl Gateway {
         gateway: &str,
         extra: &str,
     ) -> anyhow::Result<Gateway> {
+        Self::spawn_binary(
+            std::path::Path::new(env!("CARGO_BIN_EXE_mailgate")),
+            env,
+            up,
+            name,
+            gateway,
+            extra,
+        )
+    }
+
+    /// As [`Gateway::spawn_with`], running `binary`.
+    fn spawn_binary(
+        binary: &std::path::Path,
+        env: &Env,
+        up: upstream::Addrs,
+        name: &str,
+        gateway: &str,
+        extra: &str,
+    ) -> anyhow::Result<Gateway> {
         let imap: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
         let smtp: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
         let config = format!(
@@ -255,7 +283,7 @@ provider = "test"
         let path = env.path().join(format!("{name}.toml"));
         std::fs::write(&path, config)?;
         let log = std::fs::File::create(env.path().join(format!("{name}.log")))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_mailgate"))
+        let child = Command::new(binary)
             .arg("-c")
             .arg(&path)
             .arg("run")
@@ -403,6 +431,11 @@ async fn run(plan: Plan, fds: u64) -> anyhow::Result<()> {
     }
     if plan.runs("proxy") {
         proxy_compare(&mut b, &plan, &via_imap).await?;
+    }
+    if let Some(before) = plan.before.clone()
+        && plan.runs("before")
+    {
+        before_after(&mut b, &plan, &before, (&via_imap, &via_smtp)).await?;
     }
     drop(gw);
     if plan.runs("kill") {
@@ -690,6 +723,91 @@ async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow:
 /// gateway whose upstream connections go through the test HTTP proxy
 /// (CONNECT) and one through the test SOCKS5 proxy, alternating with the
 /// direct gateway on the same warm token.
+/// Login latency via mailgate, connect -> tagged OK: `n` samples after
+/// `n / 10` unmeasured, alternating between the targets; sorted samples
+/// of each.
+async fn latencies(targets: &[&Target], n: usize) -> anyhow::Result<Vec<Vec<Duration>>> {
+    let mut all = vec![Vec::with_capacity(n); targets.len()];
+    for i in 0..n + n / 10 {
+        for (t, samples) in targets.iter().zip(all.iter_mut()) {
+            let t0 = Instant::now();
+            let mut c = client::imap_greeted(t, true).await?;
+            client::imap_login(&mut c, t, USER).await?;
+            let took = t0.elapsed();
+            client::imap_logout(c).await?;
+            if i >= n / 10 {
+                samples.push(took);
+            }
+        }
+    }
+    for v in &mut all {
+        v.sort();
+    }
+    Ok(all)
+}
+
+/// An older build (`--before PATH`) against this one, in the same run, on
+/// the same configuration, token, upstream and machine: login latency
+/// (alternating), relay throughput (alternating rounds) and logins/s.
+async fn before_after(
+    b: &mut Bench,
+    plan: &Plan,
+    binary: &std::path::Path,
+    (after_imap, after_smtp): (&Target, &Target),
+) -> anyhow::Result<()> {
+    println!("\n8. before and after: {} against this build", binary.display());
+    let old = Gateway::spawn_binary(binary, &b.env, b.up, "before", "", "")?;
+    let (before_imap, before_smtp) = (b.via(old.imap), b.via(old.smtp));
+    // The first login derives the key.
+    client::imap_logout(client::imap_session(&before_imap, USER, false).await?).await?;
+
+    let n = plan.latency_samples;
+    let lat = latencies(&[&before_imap, after_imap], n).await?;
+    let (b50, b99) = (percentile(&lat[0], 0.5), percentile(&lat[0], 0.99));
+    let (a50, a99) = (percentile(&lat[1], 0.5), percentile(&lat[1], 0.99));
+    b.say(format!(
+        "before/after login, connect -> tagged OK ({n} each, alternating): before p50 {:.0} us p99 {:.0} us; after p50 {:.0} us p99 {:.0} us; after/before p50 {:.3}",
+        us(b50),
+        us(b99),
+        us(a50),
+        us(a99),
+        us(a50) / us(b50)
+    ));
+
+    let size = plan.transfer;
+    let (mut fb, mut fa, mut sb, mut sa) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..plan.transfer_rounds {
+        fb.push(fetch_once(&before_imap).await?);
+        fa.push(fetch_once(after_imap).await?);
+        sb.push(data_once(&before_smtp, &b.chunk, size).await?);
+        sa.push(data_once(after_smtp, &b.chunk, size).await?);
+    }
+    let (fb, fa, sb, sa) = (median(fb), median(fa), median(sb), median(sa));
+    b.say(format!(
+        "before/after IMAP FETCH {}: before {fb:.0} MB/s, after {fa:.0} MB/s, after/before {:.3}",
+        size_text(size),
+        fa / fb
+    ));
+    b.say(format!(
+        "before/after SMTP DATA  {}: before {sb:.0} MB/s, after {sa:.0} MB/s, after/before {:.3}",
+        size_text(size),
+        sa / sb
+    ));
+
+    let (c, secs) = (plan.login_clients, plan.login_seconds);
+    let (bok, bfail, brate) = logins_for(&before_imap, c, secs).await;
+    let (aok, afail, arate) = logins_for(after_imap, c, secs).await;
+    b.say(format!(
+        "before/after logins/s with {c} clients: before {brate:.0} ({bok} ok, {bfail} failed), after {arate:.0} ({aok} ok, {afail} failed), after/before {:.3}",
+        arate / brate
+    ));
+    if afail > 0 {
+        anyhow::bail!("{afail} logins through this build failed");
+    }
+    drop(old);
+    Ok(())
+}
+
 async fn proxy_compare(b: &mut Bench, plan: &Plan, direct: &Target) -> anyhow::Result<()> {
     use mailgate_tests::proxies::TestProxy;
     let http = TestProxy::http(None).await;

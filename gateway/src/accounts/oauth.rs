@@ -107,16 +107,20 @@ fn detail(s: &str) -> String {
     }
 }
 
-/// An authorization request ready to be opened in a browser.
-#[derive(Debug)]
+/// An authorization request ready to be opened in a browser (kept, with
+/// its secrets, in a portal session until the redirect).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthorizationRequest {
     /// The URL to open.
     pub url: url::Url,
     /// The `state` it carries, to be checked on the redirect.
+    #[serde(with = "crate::accounts::store::serde_secret")]
     pub state: SecretString,
     /// The PKCE verifier for the code exchange.
+    #[serde(with = "crate::accounts::store::serde_secret")]
     pub verifier: SecretString,
     /// The OpenID Connect `nonce` it carries, which the ID token must echo.
+    #[serde(with = "crate::accounts::store::serde_secret")]
     pub nonce: SecretString,
     /// The redirect URI it names (the code exchange must repeat it).
     pub redirect_uri: url::Url,

@@ -2,8 +2,38 @@
 //! account page, a password change, authorising again, forgetting the
 //! account, signing out.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use mailgate_config::{Protocol, TlsMode};
+use secrecy::SecretString;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use super::app::{App, see_other};
+use super::error::PortalError;
+use super::extract::{Posted, SignedIn, SignedInPost};
+use super::pages::{self, MIN, Setting, message, render};
 use super::signin::{new_password, start_sign_in};
-use super::*;
+use crate::accounts::flows::PasswordError;
+use crate::accounts::store::TokenFile;
+
+/// The routes of this file.
+pub(super) fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/settings", get(settings))
+        .route("/account", get(account))
+        .route("/account/password", post(change_password))
+        .route("/account/authorize", post(authorize_again))
+        .route("/account/forget", post(forget))
+        .route("/sign-out", post(sign_out))
+}
 
 #[derive(Deserialize)]
 pub(super) struct SavedQuery {
@@ -11,22 +41,16 @@ pub(super) struct SavedQuery {
     saved: Option<String>,
 }
 
-pub(super) async fn settings(
+async fn settings(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    signed: SignedIn,
     Query(q): Query<SavedQuery>,
 ) -> Response {
-    let Some(h) = app.sessions.find(&headers) else {
-        return not_signed_in();
-    };
-    let Some((user, _, _)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
-    let rows = app.settings(&user);
+    let rows = app.settings(&signed.user);
     render(
         StatusCode::OK,
         &pages::Settings {
-            user: &user,
+            user: &signed.user,
             saved: q.saved.is_some(),
             listeners: &rows,
         },
@@ -84,7 +108,7 @@ impl App {
     }
 }
 
-pub(super) fn time(t: Option<u64>) -> String {
+fn time(t: Option<u64>) -> String {
     match t {
         Some(s) => {
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
@@ -96,17 +120,15 @@ pub(super) fn time(t: Option<u64>) -> String {
     }
 }
 
-pub(super) async fn account_page(
+async fn account_page(
     app: &App,
-    h: &Handle,
+    signed: &SignedIn,
     status: StatusCode,
     message: Option<String>,
     error: Option<String>,
 ) -> Response {
-    let Some((user, _, csrf)) = signed_in(app, h) else {
-        return not_signed_in();
-    };
-    let file: Option<TokenFile> = app.ctx.accounts.record(&user).await.ok().flatten();
+    let (user, csrf) = (&signed.user, &signed.csrf);
+    let file: Option<TokenFile> = app.ctx.accounts.record(user).await.ok().flatten();
     let state = match &file {
         None => "No access stored: authorise again to set it up",
         Some(f) if f.needs_authorization => {
@@ -118,8 +140,8 @@ pub(super) async fn account_page(
     render(
         status,
         &pages::Account {
-            csrf: &csrf,
-            user: &user,
+            csrf,
+            user,
             state,
             expires: time(f.and_then(|f| f.expires_at)),
             last_refresh: time(f.and_then(|f| f.last_refresh)),
@@ -134,11 +156,8 @@ pub(super) async fn account_page(
     )
 }
 
-pub(super) async fn account(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(h) = app.sessions.find(&headers) else {
-        return not_signed_in();
-    };
-    account_page(&app, &h, StatusCode::OK, None, None).await
+async fn account(State(app): State<Arc<App>>, signed: SignedIn) -> Response {
+    account_page(&app, &signed, StatusCode::OK, None, None).await
 }
 
 #[derive(Deserialize)]
@@ -151,30 +170,30 @@ pub(super) struct ChangeForm {
     confirm: String,
 }
 
-pub(super) async fn change_password(
+async fn change_password(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Posted { session: h, form }: Posted<ChangeForm>,
+    SignedInPost { signed, form }: SignedInPost<ChangeForm>,
 ) -> Response {
-    let Some((user, _, _)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
+    let user = &signed.user;
     let new = match new_password(&form.new, &form.confirm) {
         Ok(p) => p,
-        Err(e) => return account_page(&app, &h, StatusCode::BAD_REQUEST, None, Some(e)).await,
+        Err(e) => {
+            return account_page(&app, &signed, StatusCode::BAD_REQUEST, None, Some(e)).await;
+        }
     };
     let old = SecretString::from(form.old);
     let done = app
         .ctx
         .accounts
-        .change_password(&user, &old, &new, peer.ip())
+        .change_password(user, &old, &new, peer.ip())
         .await;
     let (status, error) = match done {
         Ok(()) => {
             info!(user = %user, "portal: local password changed");
             return account_page(
                 &app,
-                &h,
+                &signed,
                 StatusCode::OK,
                 Some("Your password is changed. Use the new one in your mail programs.".into()),
                 None,
@@ -212,35 +231,36 @@ pub(super) async fn change_password(
             )
         }
     };
-    account_page(&app, &h, status, None, Some(error)).await
+    account_page(&app, &signed, status, None, Some(error)).await
 }
 
 /// A form with nothing but its CSRF token.
 #[derive(Deserialize)]
 pub(super) struct Nothing {}
 
-pub(super) async fn authorize_again(
+async fn authorize_again(
     State(app): State<Arc<App>>,
-    Posted { session: h, .. }: Posted<Nothing>,
-) -> Response {
-    let Some((user, provider, _)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
-    start_sign_in(&app, &h, user, provider, true).await
+    SignedInPost { signed, .. }: SignedInPost<Nothing>,
+) -> Result<Response, PortalError> {
+    let SignedIn {
+        session,
+        user,
+        provider,
+        ..
+    } = signed;
+    start_sign_in(&app, &session, user, provider, true).await
 }
 
-pub(super) async fn forget(
+async fn forget(
     State(app): State<Arc<App>>,
-    Posted { session: h, .. }: Posted<Nothing>,
+    SignedInPost { signed, .. }: SignedInPost<Nothing>,
 ) -> Response {
-    let Some((user, _, _)) = signed_in(&app, &h) else {
-        return not_signed_in();
-    };
-    if let Err(e) = app.ctx.accounts.forget(&user).await {
+    let user = &signed.user;
+    if let Err(e) = app.ctx.accounts.forget(user).await {
         warn!(user = %user, error = %e, "portal: forgetting the account failed");
         return account_page(
             &app,
-            &h,
+            &signed,
             StatusCode::SERVICE_UNAVAILABLE,
             None,
             Some("The account could not be forgotten now. Try again.".into()),
@@ -248,7 +268,7 @@ pub(super) async fn forget(
         .await;
     }
     info!(user = %user, "portal: the owner forgot the account's tokens");
-    app.sessions.end(&h);
+    app.sessions.end(&signed.session);
     let mut r = message(
         StatusCode::OK,
         "Account forgotten",
@@ -262,11 +282,11 @@ pub(super) async fn forget(
     r
 }
 
-pub(super) async fn sign_out(
+async fn sign_out(
     State(app): State<Arc<App>>,
-    Posted { session: h, .. }: Posted<Nothing>,
+    Posted { session, .. }: Posted<Nothing>,
 ) -> Response {
-    app.sessions.end(&h);
+    app.sessions.end(&session);
     let mut r = see_other("/");
     if let Ok(v) = HeaderValue::from_str(&app.sessions.clear_cookie()) {
         r.headers_mut().append(header::SET_COOKIE, v);

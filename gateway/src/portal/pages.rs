@@ -220,6 +220,31 @@ pub fn provider_advice(error: &str, description: &str) -> String {
     }
 }
 
+/// The address form, with `csrf` its token (the session's, or the
+/// pre-session form cookie's); `form_cookie` sets that cookie.
+pub fn index_page(
+    csrf: &str,
+    form_cookie: Option<String>,
+    status: StatusCode,
+    address: &str,
+    error: Option<String>,
+) -> Response {
+    let mut r = render(
+        status,
+        &Index {
+            csrf,
+            address,
+            error,
+        },
+    );
+    if let Some(c) = form_cookie
+        && let Ok(v) = axum::http::HeaderValue::from_str(&c)
+    {
+        r.headers_mut().append(axum::http::header::SET_COOKIE, v);
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

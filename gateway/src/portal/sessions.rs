@@ -13,11 +13,10 @@
 //! wins.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::http::HeaderMap;
-use mailgate_config::Provider;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -27,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::accounts::fleet::Fleet;
 use crate::accounts::fleet::sealed::{self as shared, Sealer};
 use crate::accounts::oauth::{AuthorizationRequest, DeviceAuthorization};
+use crate::accounts::store::StoreError;
 use crate::accounts::store::serde_secret;
-use crate::accounts::store::{StoreError, now_ms};
 
 /// A session unused this long is gone.
 pub const IDLE: Duration = Duration::from_secs(15 * 60);
@@ -44,65 +43,106 @@ pub const UNSEALED: Duration = Duration::from_secs(10 * 60);
 /// newcomers).
 pub const MAX_SESSIONS: usize = 10_000;
 
+/// A moment as Unix nanoseconds: what a session holds instead of an
+/// `Instant`, so that it is plain data any instance of a fleet can read
+/// (fine enough to order sessions made one after another).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Moment(u64);
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Moment {
+    pub fn now() -> Moment {
+        Moment(now_ns())
+    }
+
+    /// The time since this moment (zero for one to come).
+    pub fn elapsed(self) -> Duration {
+        Duration::from_nanos(now_ns().saturating_sub(self.0))
+    }
+
+    /// The time until this moment (zero for one past).
+    pub fn until(self) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(now_ns()))
+    }
+
+    pub fn after(self, d: Duration) -> Moment {
+        Moment(self.0.saturating_add(d.as_nanos() as u64))
+    }
+}
+
 /// A sign-in sent to the provider, waiting for its redirect.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingSignIn {
     pub request: AuthorizationRequest,
     /// The account's lower-cased name.
     pub user: String,
-    pub provider: Arc<Provider>,
+    /// The provider's name in the configuration.
+    pub provider: String,
     /// Started from the account page ("authorise again").
     pub again: bool,
-    pub started: Instant,
+    pub started: Moment,
 }
 
 /// A device sign-in (RFC 8628) started here: the person enters its code
 /// at the provider while this browser's page asks the provider, once per
 /// interval, whether they did.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingDevice {
     pub details: DeviceAuthorization,
     /// The account's lower-cased name.
     pub user: String,
-    pub provider: Arc<Provider>,
+    /// The provider's name in the configuration.
+    pub provider: String,
     /// Started from the account page ("authorise again").
     pub again: bool,
-    pub started: Instant,
+    pub started: Moment,
     /// The provider is not asked again before this (its `interval`, plus
     /// 5 s for each `slow_down`).
-    pub next_poll: Instant,
-    pub interval: Duration,
+    pub next_poll: Moment,
+    /// Seconds between two polls.
+    pub interval: u64,
 }
 
 /// A confirmed sign-in that waits for the password that will seal it: the
 /// accounts hold it ([`crate::accounts::Accounts::hold`]); the session has
 /// its ticket.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Unsealed {
+    #[serde(with = "serde_secret")]
     pub ticket: SecretString,
-    pub at: Instant,
+    pub at: Moment,
 }
 
 /// The account a session proved it owns, by signing in at the provider.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignedIn {
     pub user: String,
-    pub provider: Arc<Provider>,
+    /// The provider's name in the configuration.
+    pub provider: String,
     pub unsealed: Option<Unsealed>,
 }
 
-#[derive(Debug)]
+/// A browser's session: plain data (Unix times, provider names), held in
+/// memory or, sealed, in the fleet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub csrf: String,
-    created: Instant,
-    seen: Instant,
+    created: Moment,
+    seen: Moment,
     pub pending: Option<PendingSignIn>,
+    #[serde(default)]
     pub device: Option<PendingDevice>,
     pub signed_in: Option<SignedIn>,
 }
 
 impl Session {
-    fn new(now: Instant) -> Session {
+    fn new(now: Moment) -> Session {
         Session {
             csrf: random_token(),
             created: now,
@@ -124,8 +164,8 @@ impl Session {
                 .is_some_and(|s| s.unsealed.is_some())
     }
 
-    fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.seen) > IDLE || now.duration_since(self.created) > ABSOLUTE
+    fn expired(&self) -> bool {
+        self.seen.elapsed() > IDLE || self.created.elapsed() > ABSOLUTE
     }
 
     /// Whether `token` is this session's CSRF token (constant time).
@@ -163,162 +203,6 @@ pub struct Sessions {
     secure: bool,
     /// The fleet's store, which holds the sessions of every instance.
     shared: Option<Fleet>,
-}
-
-/// A session as the fleet stores it (sealed; times in Unix milliseconds).
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    csrf: String,
-    created: u64,
-    seen: u64,
-    pending: Option<StoredPending>,
-    #[serde(default)]
-    device: Option<StoredDevice>,
-    signed_in: Option<StoredSignedIn>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredDevice {
-    details: DeviceAuthorization,
-    user: String,
-    provider: String,
-    again: bool,
-    started: u64,
-    next_poll: u64,
-    interval: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredPending {
-    url: url::Url,
-    #[serde(with = "serde_secret")]
-    state: SecretString,
-    #[serde(with = "serde_secret")]
-    verifier: SecretString,
-    #[serde(with = "serde_secret")]
-    nonce: SecretString,
-    redirect_uri: url::Url,
-    user: String,
-    provider: String,
-    again: bool,
-    started: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSignedIn {
-    user: String,
-    provider: String,
-    unsealed: Option<StoredUnsealed>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredUnsealed {
-    #[serde(with = "serde_secret")]
-    ticket: SecretString,
-    at: u64,
-}
-
-/// `i` as Unix milliseconds (past or to come).
-fn unix_ms(i: Instant) -> u64 {
-    let now = Instant::now();
-    match i.checked_duration_since(now) {
-        Some(ahead) => now_ms().saturating_add(ahead.as_millis() as u64),
-        None => now_ms().saturating_sub(now.duration_since(i).as_millis() as u64),
-    }
-}
-
-/// The instant of Unix milliseconds `ms` (past or to come).
-fn instant(ms: u64) -> Instant {
-    let now = now_ms();
-    if ms > now {
-        return Instant::now() + Duration::from_millis(ms - now);
-    }
-    let ago = Duration::from_millis(now - ms);
-    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
-}
-
-impl Stored {
-    fn of(s: &Session) -> Stored {
-        Stored {
-            csrf: s.csrf.clone(),
-            created: unix_ms(s.created),
-            seen: unix_ms(s.seen),
-            pending: s.pending.as_ref().map(|p| StoredPending {
-                url: p.request.url.clone(),
-                state: p.request.state.clone(),
-                verifier: p.request.verifier.clone(),
-                nonce: p.request.nonce.clone(),
-                redirect_uri: p.request.redirect_uri.clone(),
-                user: p.user.clone(),
-                provider: p.provider.name.clone(),
-                again: p.again,
-                started: unix_ms(p.started),
-            }),
-            device: s.device.as_ref().map(|d| StoredDevice {
-                details: d.details.clone(),
-                user: d.user.clone(),
-                provider: d.provider.name.clone(),
-                again: d.again,
-                started: unix_ms(d.started),
-                next_poll: unix_ms(d.next_poll),
-                interval: d.interval.as_secs(),
-            }),
-            signed_in: s.signed_in.as_ref().map(|si| StoredSignedIn {
-                user: si.user.clone(),
-                provider: si.provider.name.clone(),
-                unsealed: si.unsealed.as_ref().map(|u| StoredUnsealed {
-                    ticket: u.ticket.clone(),
-                    at: unix_ms(u.at),
-                }),
-            }),
-        }
-    }
-
-    /// The session; a part whose provider the configuration no longer has
-    /// is dropped.
-    fn into_session(self, provider: &(dyn Fn(&str) -> Option<Arc<Provider>> + Sync)) -> Session {
-        Session {
-            csrf: self.csrf,
-            created: instant(self.created),
-            seen: instant(self.seen),
-            pending: self.pending.and_then(|p| {
-                Some(PendingSignIn {
-                    provider: provider(&p.provider)?,
-                    request: AuthorizationRequest {
-                        url: p.url,
-                        state: p.state,
-                        verifier: p.verifier,
-                        nonce: p.nonce,
-                        redirect_uri: p.redirect_uri,
-                    },
-                    user: p.user,
-                    again: p.again,
-                    started: instant(p.started),
-                })
-            }),
-            device: self.device.and_then(|d| {
-                Some(PendingDevice {
-                    details: d.details,
-                    provider: provider(&d.provider)?,
-                    user: d.user,
-                    again: d.again,
-                    started: instant(d.started),
-                    next_poll: instant(d.next_poll),
-                    interval: Duration::from_secs(d.interval),
-                })
-            }),
-            signed_in: self.signed_in.and_then(|si| {
-                Some(SignedIn {
-                    provider: provider(&si.provider)?,
-                    user: si.user,
-                    unsealed: si.unsealed.map(|u| Unsealed {
-                        ticket: u.ticket,
-                        at: instant(u.at),
-                    }),
-                })
-            }),
-        }
-    }
 }
 
 /// A session found or made for a request: its cookie value (to set when
@@ -365,21 +249,17 @@ impl Sessions {
 
     /// Loads the session of `cookie` from the fleet's store into this
     /// instance (replacing what it had; none there: none here).
-    pub async fn load_shared(
-        &self,
-        cookie: &str,
-        provider: &(dyn Fn(&str) -> Option<Arc<Provider>> + Sync),
-    ) -> Result<(), StoreError> {
+    pub async fn load_shared(&self, cookie: &str) -> Result<(), StoreError> {
         let Some(fleet) = &self.shared else {
             return Ok(());
         };
         let sealer = Sealer::new("session", cookie.as_bytes());
-        let stored: Option<Stored> = shared::get(fleet, &sealer, false).await?;
+        let stored: Option<Session> = shared::get(fleet, &sealer, false).await?;
         let key = key_of(cookie);
         let mut map = self.lock();
         match stored {
             Some(st) => {
-                map.insert(key, st.into_session(provider));
+                map.insert(key, st);
             }
             None => {
                 map.remove(&key);
@@ -395,15 +275,12 @@ impl Sessions {
             return Ok(());
         };
         let sealer = Sealer::new("session", cookie.as_bytes());
-        let now = Instant::now();
         let stored = {
             let map = self.lock();
-            map.get(&key_of(cookie))
-                .filter(|s| !s.expired(now))
-                .map(|s| {
-                    let life = IDLE.min(ABSOLUTE.saturating_sub(now.duration_since(s.created)));
-                    (Stored::of(s), life)
-                })
+            map.get(&key_of(cookie)).filter(|s| !s.expired()).map(|s| {
+                let life = IDLE.min(ABSOLUTE.saturating_sub(s.created.elapsed()));
+                (s.clone(), life)
+            })
         };
         match stored {
             Some((st, life)) if !life.is_zero() => {
@@ -480,11 +357,10 @@ impl Sessions {
     /// The live session the request's cookie names, if any.
     pub fn find(&self, headers: &HeaderMap) -> Option<Handle> {
         let key = key_of(&self.cookie_in(headers)?);
-        let now = Instant::now();
         let mut map = self.lock();
         match map.get_mut(&key) {
-            Some(s) if !s.expired(now) => {
-                s.seen = now;
+            Some(s) if !s.expired() => {
+                s.seen = Moment::now();
                 Some(Handle {
                     key,
                     new_cookie: None,
@@ -504,10 +380,9 @@ impl Sessions {
     pub fn create(&self) -> Option<Handle> {
         let cookie = random_token();
         let key = key_of(&cookie);
-        let now = Instant::now();
         let mut map = self.lock();
         if map.len() >= MAX_SESSIONS {
-            map.retain(|_, s| !s.expired(now));
+            map.retain(|_, s| !s.expired());
         }
         if map.len() >= MAX_SESSIONS {
             let idle = map
@@ -517,7 +392,7 @@ impl Sessions {
                 .map(|(k, _)| *k);
             map.remove(&idle?);
         }
-        map.insert(key, Session::new(now));
+        map.insert(key, Session::new(Moment::now()));
         Some(Handle {
             key,
             new_cookie: Some(cookie),
@@ -612,7 +487,7 @@ mod tests {
 
     #[test]
     fn csrf_is_compared_exactly() {
-        let s = Session::new(Instant::now());
+        let s = Session::new(Moment::now());
         let t = s.csrf.clone();
         assert!(s.csrf_ok(&t));
         assert!(!s.csrf_ok(""));
@@ -642,27 +517,15 @@ mod tests {
         for v in map.values_mut() {
             v.signed_in = Some(SignedIn {
                 user: "a@x.test".into(),
-                provider: Arc::new(test_provider()),
+                provider: "p".into(),
                 unsealed: Some(Unsealed {
                     ticket: SecretString::from("ticket"),
-                    at: Instant::now(),
+                    at: Moment::now(),
                 }),
             });
         }
         drop(map);
         assert!(s.create().is_none());
         assert_eq!(s.count(), MAX_SESSIONS);
-    }
-
-    fn test_provider() -> Provider {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("m.toml");
-        std::fs::write(
-            &file,
-            "[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:0\"\n[provider.p]\npreset = \"gmail\"\nclient_id = \"x\"\n[[account]]\nuser = \"a@x.test\"\nprovider = \"p\"\n",
-        )
-        .expect("write");
-        let config = mailgate_config::load_with_env(&file, Vec::new()).expect("config");
-        config.provider("p").expect("p").as_ref().clone()
     }
 }
