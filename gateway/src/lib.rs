@@ -8,20 +8,21 @@
 //!
 //! - [`cli`]: the commands (`run`, `login`, `token import`, ...);
 //! - [`server`]: the listeners; the one place that turns a protocol into
-//!   its [`session::Dialect`], and the upstream proof login of the identity
-//!   check;
+//!   its [`session::Dialect`];
+//! - [`tasks`]: the background tasks of a running gateway;
 //! - [`protocols`]: IMAP, SMTP and POP3, each a dialect: its client-side
-//!   pre-auth machine and its upstream login machine (from `mailgate-proto`);
-//! - [`context`]: the application's root state (configuration in force,
-//!   metrics, accounts, the portal's address, upstream TLS settings),
-//!   shared by the sessions and the portal;
+//!   pre-auth machine and its upstream login machine (from
+//!   `mailgate-proto`), and the upstream proof login of the identity check;
 //! - [`portal`]: the web portal (sign-in, accounts, passwords);
 //! - [`session`]: the one session of every dialect (pre-auth driver, login
 //!   policy, the step after the login: relay), its end reasons, and the
 //!   upstream login driver;
+//! - [`context`]: the application's root state (configuration in force,
+//!   metrics, accounts, the portal's address, upstream TLS settings),
+//!   shared by the sessions and the portal;
 //! - [`net`]: sockets, the one upgradeable stream of both legs and its
-//!   on-demand buffer, listeners' certificates, the PROXY header, and
-//!   outbound proxy tunnels;
+//!   on-demand buffer, per-address connection counts, listeners'
+//!   certificates, the PROXY header, and outbound proxy tunnels;
 //! - [`accounts`]: accounts, the sealed store, backoff, bounded password
 //!   checks, OAuth, sign-in flows, in-band authorisation, the identity
 //!   check (which is handed its upstream proof login, never a protocol);
@@ -36,5 +37,6 @@ pub mod portal;
 pub mod protocols;
 pub mod server;
 pub mod session;
+pub mod tasks;
 
 pub use server::{Gateway, start};

@@ -7,10 +7,9 @@
 //! closed. Shutdown stops the accept loops, lets sessions drain for
 //! `shutdown_grace`, then ends the rest.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -30,38 +29,6 @@ use crate::protocols::pop3::Pop3;
 use crate::protocols::smtp::Smtp;
 use crate::session::Dialect;
 use crate::session::End;
-
-/// Open connections per client address (`max_connections_per_ip`).
-#[derive(Debug, Default)]
-struct PerIp(Mutex<HashMap<std::net::IpAddr, usize>>);
-
-/// One connection counted against its address; dropping it ends it.
-#[derive(Debug)]
-struct IpSlot(Arc<PerIp>, std::net::IpAddr);
-
-impl PerIp {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_default();
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot(self.clone(), ip))
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut map = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.1);
-            }
-        }
-    }
-}
 
 /// A running gateway.
 #[derive(Debug)]
@@ -95,14 +62,18 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
         .await
         .context("the token store")?;
     info!(store = ?store, shared = fleet.shared(), "token store");
-    let ctx = Arc::new(Context::new(config.clone(), (store, fleet), prove)?);
+    let ctx = Arc::new(Context::new(
+        config.clone(),
+        (store, fleet),
+        crate::protocols::proof::prove,
+    )?);
     let stop_accepting = CancellationToken::new();
     let kill = CancellationToken::new();
     let tracker = TaskTracker::new();
     let max_connections = config.gateway.max_connections_for(descriptor_limit());
     info!(max_connections, "sessions at once");
     let permits = Arc::new(Semaphore::new(max_connections));
-    let per_ip = Arc::new(PerIp::default());
+    let per_ip = crate::net::per_address::PerAddress::default();
     let mut addresses = Vec::new();
     let mut all_tls = Vec::new();
     let mut described = Vec::new();
@@ -177,8 +148,11 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
             )),
         };
     }
-    tokio::spawn(publish_backoff(ctx.clone(), stop_accepting.clone()));
-    tokio::spawn(watch_client_certificates(
+    tokio::spawn(crate::tasks::publish_backoff(
+        ctx.clone(),
+        stop_accepting.clone(),
+    ));
+    tokio::spawn(crate::tasks::watch_client_certificates(
         ctx.clone(),
         stop_accepting.clone(),
     ));
@@ -340,69 +314,11 @@ pub struct Listening {
     pub proxy_protocol: bool,
 }
 
-/// Writes the wrong-password backoff state to `state_dir/backoff.json` (at
-/// most once a second, only when it changed) so `mailgate accounts` can show
-/// it; a last time when the gateway stops.
-/// Logs a warning for each client certificate that has expired or expires
-/// within 30 days: at start, then daily (a gateway runs for months), for
-/// the configuration in use then.
-async fn watch_client_certificates(ctx: Arc<Context>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(24 * 3600));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        for w in certificate_warnings(&ctx.config(), std::time::SystemTime::now()) {
-            warn!("{w}");
-        }
-    }
-}
-
-/// The expiry warnings of the configuration's client certificates.
-pub fn certificate_warnings(config: &Config, now: std::time::SystemTime) -> Vec<String> {
-    config
-        .providers
-        .values()
-        .filter_map(|p| {
-            let c = p.client_certificate.as_ref()?;
-            Some(format!("provider {}: {}", p.name, c.expiry_warning(now)?))
-        })
-        .collect()
-}
-
-async fn publish_backoff(ctx: Arc<Context>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let stopping = tokio::select! {
-            _ = tick.tick() => false,
-            _ = stop.cancelled() => true,
-        };
-        if let Some(snap) = ctx.accounts.backoff_snapshot() {
-            let dir = ctx.config().gateway.state_dir.clone();
-            let Ok(body) = serde_json::to_vec(&snap) else {
-                continue;
-            };
-            let written = tokio::task::spawn_blocking(move || {
-                crate::accounts::store::write_atomic(
-                    &dir,
-                    &dir.join(crate::accounts::backoff::SNAPSHOT_FILE),
-                    &body,
-                )
-            })
-            .await;
-            if let Ok(Err(e)) = written {
-                warn!(error = %e, "cannot write the backoff state");
-            }
-        }
-        if stopping {
-            return;
-        }
-    }
-}
-
 /// The listener's shared state: the context and the connection limits.
-type Shared = (Arc<Context>, (Arc<Semaphore>, Arc<PerIp>));
+type Shared = (
+    Arc<Context>,
+    (Arc<Semaphore>, crate::net::per_address::PerAddress),
+);
 
 async fn accept_loop<D: Dialect>(
     listener: TcpListener,
@@ -461,7 +377,7 @@ async fn accept_loop<D: Dialect>(
                 info_span!("conn", id, proto = %protocol, peer = %client, user = tracing::field::Empty)
             };
             let max_per_ip = ctx.config().gateway.connections_per_ip(client.ip());
-            let Some(slot) = per_ip.take(client.ip(), max_per_ip) else {
+            let Some(slot) = per_ip.hold(client.ip(), max_per_ip) else {
                 // Refused: it holds no place under max_connections.
                 drop(permit);
                 too_busy::<D>(stream, "too many connections from this address")
@@ -533,65 +449,6 @@ async fn too_busy<D: Dialect>(mut stream: TcpStream, why: &str) {
         let _ = stream.shutdown().await;
     })
     .await;
-}
-
-/// One upstream login over `protocol`, as a client of that protocol would
-/// make it (greeting with `hostname` where a name is said): the proof that
-/// a token opens the account's mailbox ([`crate::accounts::identity`]).
-pub async fn upstream_login_over(
-    protocol: Protocol,
-    a: &crate::session::login::Attempt,
-    hostname: &str,
-) -> Result<crate::session::upstream::LoggedIn, crate::session::upstream::UpstreamError> {
-    use crate::session::upstream_login;
-    match protocol {
-        Protocol::Imap => upstream_login::<Imap>(&(), a).await,
-        Protocol::Smtp => upstream_login::<Smtp>(&hostname.to_owned(), a).await,
-        Protocol::Pop3 => upstream_login::<Pop3>(&(), a).await,
-    }
-}
-
-/// The upstream proof login of [`crate::accounts::identity`]: IMAP, else
-/// POP3, else SMTP, whichever the provider has, under the timeout; the
-/// connection is closed at once.
-pub fn prove(
-    req: crate::accounts::identity::ProofRequest,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::accounts::identity::Proof> + Send>> {
-    use crate::accounts::identity::Proof;
-    Box::pin(async move {
-        let Some((protocol, server)) = [Protocol::Imap, Protocol::Pop3, Protocol::Smtp]
-            .into_iter()
-            .find_map(|p| req.provider.upstream(p).map(|s| (p, s.clone())))
-        else {
-            return Proof::Failed(
-                "the provider sends no ID token and has no mail server to log in to".into(),
-            );
-        };
-        let tls = match mailgate_certs::upstream_client_config(req.provider.ca_file.as_deref()) {
-            Ok(t) => t,
-            Err(e) => return Proof::Failed(e.to_string()),
-        };
-        let attempt = crate::session::login::Attempt {
-            server: server.clone(),
-            tls,
-            user: req.user.clone(),
-            token: req.token.clone(),
-            provider: req.provider.clone(),
-        };
-        let login = upstream_login_over(protocol, &attempt, &req.hostname);
-        match crate::session::upstream::within(req.timeout, &server, login).await {
-            Ok(_) => Proof::Opened {
-                server: server.to_string(),
-            },
-            Err(crate::session::upstream::UpstreamError::Rejected { detail, .. }) => {
-                Proof::Refused {
-                    server: server.to_string(),
-                    detail,
-                }
-            }
-            Err(e) => Proof::Failed(e.to_string()),
-        }
-    })
 }
 
 /// The process's soft descriptor limit (`mailgate run` has raised it to

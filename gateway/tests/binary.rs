@@ -2,12 +2,9 @@
 //! `cargo test --workspace` build the `mailgate` binary that the end-to-end
 //! tests in `tests/` drive.)
 
-use std::process::Command;
-
 fn mailgate(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mailgate"))
+    mailgate_tests::harness::mailgate(None)
         .args(args)
-        .env_remove("MAILGATE_CONFIG")
         .output()
         .expect("run mailgate")
 }
@@ -127,9 +124,8 @@ fn version_names_the_revision_it_was_built_from() {
 fn mailgate_into_closed_pipe(args: &[&str]) -> std::process::Output {
     let (reader, writer) = os_pipe::pipe().expect("pipe");
     drop(reader);
-    let child = Command::new(env!("CARGO_BIN_EXE_mailgate"))
+    let child = mailgate_tests::harness::mailgate(None)
         .args(args)
-        .env_remove("MAILGATE_CONFIG")
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -210,20 +210,38 @@ pub fn unused_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Path of the `mailgate` binary next to the test executable, built on
-/// demand when missing.
-pub fn mailgate_bin() -> PathBuf {
+/// Path of the `mailgate` binary next to the test executable. `cargo
+/// test --workspace` builds it (the gateway package has an integration
+/// test, so its binary is built with the tests, from the same sources);
+/// `cargo test -p mailgate-tests` alone needs `cargo build -p mailgate`
+/// first.
+fn mailgate_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let bin = dir.join("mailgate");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "mailgate", "--bin", "mailgate"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the mailgate binary failed");
-    }
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, or `cargo build -p mailgate` first",
+        bin.display()
+    );
     bin
+}
+
+/// The one way tests run the binary: `mailgate -c CONFIG` (no `-c` when
+/// `None`), with no `MAILGATE_` variable, `RUST_LOG` or `BROWSER` inherited
+/// from the test's environment (each test sets what it means to).
+pub fn mailgate(config: Option<&Path>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(mailgate_bin());
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if name.starts_with("MAILGATE_") || name == "RUST_LOG" || name == "BROWSER" {
+            cmd.env_remove(&k);
+        }
+    }
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    cmd
 }
 
 /// Runs the `mailgate` binary on `config` with `args`, `stdin` as its
@@ -237,11 +255,9 @@ pub fn run_mailgate(
     env: &[(&str, &Path)],
 ) -> std::process::Output {
     use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let mut cmd = Command::new(mailgate_bin());
-    cmd.arg("-c").arg(config).args(args);
-    cmd.env_remove("MAILGATE_PASSWORD")
-        .env_remove("MAILGATE_CONFIG");
+    use std::process::Stdio;
+    let mut cmd = mailgate(Some(config));
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -277,28 +293,36 @@ impl Running {
     /// Starts the binary and waits (up to 20 s) until it logged `ready` (a
     /// log message, e.g. "portal listening").
     pub fn start(config: &Path, ready: &str) -> Running {
-        Self::start_in(std::process::Command::new(mailgate_bin()), config, ready)
+        Self::start_in(mailgate(Some(config)), ready)
     }
 
     /// As [`Running::start`], under a descriptor limit (soft and hard) of
     /// `nofile`, set with util-linux's `prlimit`.
     pub fn start_with_fd_limit(config: &Path, ready: &str, nofile: u64) -> Running {
-        let mut cmd = std::process::Command::new("prlimit");
-        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        let cmd = mailgate(Some(config));
+        let bin = std::path::PathBuf::from(cmd.get_program());
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut limited = std::process::Command::new("prlimit");
+        limited
+            .arg(format!("--nofile={nofile}:{nofile}"))
             .arg("--")
-            .arg(mailgate_bin());
-        Self::start_in(cmd, config, ready)
+            .arg(bin)
+            .args(args);
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => limited.env(k, v),
+                None => limited.env_remove(k),
+            };
+        }
+        Self::start_in(limited, ready)
     }
 
-    fn start_in(mut cmd: std::process::Command, config: &Path, ready: &str) -> Running {
+    /// Runs `cmd`, a [`mailgate`] command with its configuration given.
+    fn start_in(mut cmd: std::process::Command, ready: &str) -> Running {
         use std::io::BufRead as _;
         use std::process::Stdio;
         let mut child = cmd
-            .arg("-c")
-            .arg(config)
             .args(["--log-level", "info", "run"])
-            .env_remove("MAILGATE_CONFIG")
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

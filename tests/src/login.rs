@@ -3,11 +3,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
-use crate::harness::{PASSWORD, mailgate_bin};
+use crate::harness::{PASSWORD, mailgate};
 
 /// A running `mailgate login`, with [`PASSWORD`] as the local password.
 pub struct Login {
@@ -17,9 +17,7 @@ pub struct Login {
 
 impl Login {
     pub fn spawn(config: &Path, args: &[&str]) -> Login {
-        let mut child = Command::new(mailgate_bin())
-            .arg("-c")
-            .arg(config)
+        let mut child = mailgate(Some(config))
             .arg("login")
             .args(args)
             .env("MAILGATE_PASSWORD", PASSWORD)

@@ -6,11 +6,11 @@
 use secrecy::ExposeSecret as _;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use mailgate_tests::client::LineClient;
-use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, mailgate_bin, start};
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, start};
 use mailgate_tests::imap_server::{FakeImap, Options};
 
 fn mailgate(config: &Path, args: &[&str], stdin: &str, password: Option<&str>) -> Output {
@@ -313,9 +313,7 @@ async fn run_serves_until_sigterm() {
     env.seal_new_user_token();
     let cfg =
         env.write_config(&env.config_text(&imap.url(false), "shutdown_grace = \"2s\"", "", ""));
-    let mut child = Command::new(mailgate_bin())
-        .arg("-c")
-        .arg(&cfg)
+    let mut child = mailgate_tests::harness::mailgate(Some(&cfg))
         .arg("run")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

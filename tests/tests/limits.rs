@@ -138,8 +138,8 @@ async fn backoff_is_visible_in_accounts() {
         assert!(std::time::Instant::now() < deadline, "no backoff snapshot");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let out = std::process::Command::new(mailgate_tests::harness::mailgate_bin())
-        .args(["-c", cfg.to_str().unwrap(), "accounts"])
+    let out = mailgate_tests::harness::mailgate(Some(&cfg))
+        .arg("accounts")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

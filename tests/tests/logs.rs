@@ -5,12 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use mailgate_config::Protocol;
 use mailgate_tests::client::LineClient;
-use mailgate_tests::harness::{Env, PASSWORD, USER, mailgate_bin, unused_port};
+use mailgate_tests::harness::{Env, PASSWORD, USER, mailgate, unused_port};
 use mailgate_tests::imap_server::{FakeImap, Options};
 use serde_json::Value;
 
@@ -25,9 +25,8 @@ async fn run_debug(
     std::thread::JoinHandle<Vec<String>>,
     std::net::SocketAddr,
 ) {
-    let mut cmd = Command::new(mailgate_bin());
-    cmd.args(["-c", cfg.to_str().unwrap(), "--log-level", "debug", "run"])
-        .env_remove("RUST_LOG")
+    let mut cmd = mailgate(Some(cfg));
+    cmd.args(["--log-level", "debug", "run"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -130,15 +129,8 @@ fn a_bad_log_level_is_a_user_error() {
     let env_dir = tempfile::tempdir().unwrap();
     let cfg = env_dir.path().join("m.toml");
     std::fs::write(&cfg, "").unwrap();
-    let out = Command::new(mailgate_bin())
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "--log-level",
-            "degub",
-            "login",
-            "x@y",
-        ])
+    let out = mailgate(Some(&cfg))
+        .args(["--log-level", "degub", "login", "x@y"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

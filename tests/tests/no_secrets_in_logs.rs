@@ -9,7 +9,7 @@
 
 use secrecy::ExposeSecret as _;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use mailgate_config::Protocol;
 use mailgate_tests::browser::PortalVisit;
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
-use mailgate_tests::harness::{Env, PASSWORD, USER, mailgate_bin};
+use mailgate_tests::harness::{Env, PASSWORD, USER, mailgate};
 use mailgate_tests::oauth::Mode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,8 +42,8 @@ async fn no_secret_reaches_the_logs_at_trace() {
         &format!("\n[[account]]\nuser = \"{other}\"\nprovider = \"test\"\n"),
     );
     let cfg = env.write_config(&format!("{text}\n[portal]\naddress = \"127.0.0.1:0\"\n"));
-    let mut child = Command::new(mailgate_bin())
-        .args(["-c", cfg.to_str().unwrap(), "run"])
+    let mut child = mailgate(Some(&cfg))
+        .arg("run")
         .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

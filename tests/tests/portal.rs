@@ -344,5 +344,8 @@ async fn portal_over_tls() {
         .timeout(Duration::from_secs(5))
         .send()
         .await;
-    assert!(plain.is_err(), "{plain:?}");
+    // Refused by the TLS layer: connected, then closed without an answer
+    // (not a port that nothing listens on, and not a wait).
+    let e = plain.expect_err("plain HTTP is answered on the TLS port");
+    assert!(!e.is_connect() && !e.is_timeout(), "{e:?}");
 }

@@ -92,8 +92,8 @@ async fn missing_delegation_says_where_to_grant_it() {
     let path = env.write_config(&text);
 
     // `mailgate check` names the service account and its key.
-    let out = std::process::Command::new(mailgate_tests::harness::mailgate_bin())
-        .args(["-c", path.to_str().unwrap(), "check"])
+    let out = mailgate_tests::harness::mailgate(Some(&path))
+        .arg("check")
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);

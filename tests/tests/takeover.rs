@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used)]
 
 use secrecy::ExposeSecret as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use mailgate_config::Protocol;
@@ -24,7 +24,7 @@ use mailgate_tests::browser::sign_in;
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
 use mailgate_tests::harness::{
-    Env, PASSWORD, USER, imap_addr, logs, mailgate_bin, pop3_addr, run_mailgate, smtp_addr, start,
+    Env, PASSWORD, USER, imap_addr, logs, pop3_addr, run_mailgate, smtp_addr, start,
     without_in_band,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,9 +67,7 @@ fn mailgate(cfg: &std::path::Path, args: &[&str], password: &str, stdin: &str) -
 /// `mailgate login` in the browser flow, with the provider signing in
 /// whoever `env.oauth` says; (success, output).
 async fn cli_browser_login(cfg: &std::path::Path) -> (bool, String) {
-    let mut child = tokio::process::Command::new(mailgate_bin())
-        .arg("-c")
-        .arg(cfg)
+    let mut child = tokio::process::Command::from(mailgate_tests::harness::mailgate(Some(cfg)))
         .args(["login", USER, "--no-browser", "--timeout", "20s"])
         .env("MAILGATE_PASSWORD", PASSWORD)
         .stdout(Stdio::piped())
@@ -335,9 +333,7 @@ fn check_never_echoes_a_value_and_warns_about_readable_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("mailgate.toml");
     let run = |args: &[&str]| {
-        let out = Command::new(mailgate_bin())
-            .arg("-c")
-            .arg(&cfg)
+        let out = mailgate_tests::harness::mailgate(Some(&cfg))
             .args(args)
             .output()
             .unwrap();
@@ -414,9 +410,7 @@ async fn the_browser_command_line_carries_no_secret() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut child = tokio::process::Command::new(mailgate_bin())
-        .arg("-c")
-        .arg(&cfg)
+    let mut child = tokio::process::Command::from(mailgate_tests::harness::mailgate(Some(&cfg)))
         .args(["login", USER, "--timeout", "20s"])
         .env("MAILGATE_PASSWORD", PASSWORD)
         .env("BROWSER", format!("{} %s", script.display()))

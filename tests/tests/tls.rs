@@ -411,8 +411,8 @@ async fn generated_certificate_is_reused_across_restarts() {
 
     // `mailgate check` shows that fingerprint.
     let cfg = env.write_config(&text);
-    let out = Command::new(mailgate_tests::harness::mailgate_bin())
-        .args(["-c", cfg.to_str().unwrap(), "check"])
+    let out = mailgate_tests::harness::mailgate(Some(&cfg))
+        .arg("check")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -630,10 +630,14 @@ async fn certificates_reload_without_dropping_sessions() {
     old.send("n NOOP\r\n").await;
     assert_eq!(old.response_text("n").await, "n OK NOOP completed\r\n");
     // New handshakes present the new certificate.
-    assert!(
-        LineClient::connect_tls(imap_addr(&g), env.ca.client_config())
-            .await
-            .is_err()
+    let refused = LineClient::connect_tls(imap_addr(&g), env.ca.client_config())
+        .await
+        .err()
+        .expect("the old certificate's CA still verifies the new one");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::InvalidData,
+        "a certificate error, not a refused connection: {refused}"
     );
     let mut new = LineClient::connect_tls(imap_addr(&g), other.client_config())
         .await

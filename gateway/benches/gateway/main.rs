@@ -149,6 +149,19 @@ fn raise_fd_limit() -> u64 {
     Resource::NOFILE.get().map(|(soft, _)| soft).unwrap_or(0)
 }
 
+/// `cmd` (its arguments and environment) with another program.
+fn with_program(cmd: &Command, program: &std::path::Path) -> Command {
+    let mut other = Command::new(program);
+    other.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => other.env(k, v),
+            None => other.env_remove(k),
+        };
+    }
+    other
+}
+
 /// The benchmark upstream, in a child process (this same executable).
 struct Upstream {
     child: Child,
@@ -217,19 +230,13 @@ impl Gateway {
         gateway: &str,
         extra: &str,
     ) -> anyhow::Result<Gateway> {
-        Self::spawn_binary(
-            std::path::Path::new(env!("CARGO_BIN_EXE_mailgate")),
-            env,
-            up,
-            name,
-            gateway,
-            extra,
-        )
+        Self::spawn_binary(None, env, up, name, gateway, extra)
     }
 
-    /// As [`Gateway::spawn_with`], running `binary`.
+    /// As [`Gateway::spawn_with`], running `binary` (this build's when
+    /// `None`), through the harness's one way to run the binary.
     fn spawn_binary(
-        binary: &std::path::Path,
+        binary: Option<&std::path::Path>,
         env: &Env,
         up: upstream::Addrs,
         name: &str,
@@ -283,9 +290,11 @@ provider = "test"
         let path = env.path().join(format!("{name}.toml"));
         std::fs::write(&path, config)?;
         let log = std::fs::File::create(env.path().join(format!("{name}.log")))?;
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&path)
+        let mut cmd = mailgate_tests::harness::mailgate(Some(&path));
+        if let Some(b) = binary {
+            cmd = with_program(&cmd, b);
+        }
+        let child = cmd
             .arg("run")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -755,8 +764,11 @@ async fn before_after(
     binary: &std::path::Path,
     (after_imap, after_smtp): (&Target, &Target),
 ) -> anyhow::Result<()> {
-    println!("\n8. before and after: {} against this build", binary.display());
-    let old = Gateway::spawn_binary(binary, &b.env, b.up, "before", "", "")?;
+    println!(
+        "\n8. before and after: {} against this build",
+        binary.display()
+    );
+    let old = Gateway::spawn_binary(Some(binary), &b.env, b.up, "before", "", "")?;
     let (before_imap, before_smtp) = (b.via(old.imap), b.via(old.smtp));
     // The first login derives the key.
     client::imap_logout(client::imap_session(&before_imap, USER, false).await?).await?;

@@ -27,6 +27,11 @@ pub enum LoginError {
         why: Unusable,
         file: Option<Box<TokenFile>>,
     },
+    /// The account needs an authorisation and the listener's in-band
+    /// policy says where to get it ([`super::inband`]): the text for the
+    /// client.
+    #[error("{0}")]
+    AuthorizeAt(String),
     /// The provider, its token endpoint or the gateway cannot serve the
     /// login now.
     #[error("{0}")]

@@ -13,7 +13,65 @@
 //! Nothing is pending, so nobody can hold an account's sign-in for
 //! themselves, and the message is the same whatever password was typed.
 
+use std::net::IpAddr;
+
 use mailgate_config::{Flow, Provider};
+use secrecy::SecretString;
+use tracing::info;
+
+use super::errors::LoginError;
+use super::names::account_name;
+use super::service::{Accounts, Authorized};
+
+/// A listener's in-band policy for accounts that need an authorisation.
+#[derive(Debug, Clone, Copy)]
+pub enum InBand<'a> {
+    /// The client is told what a wrong password is told (the log says why).
+    Off,
+    /// The client is told where to authorise the account: the portal's
+    /// address form at `portal` when it runs, else the administrator.
+    On { portal: Option<&'a url::Url> },
+}
+
+impl Accounts {
+    /// A mail client's login ([`Accounts::authenticate`]) under its
+    /// listener's in-band policy: an account without a usable token fails
+    /// with [`LoginError::AuthorizeAt`] (what to do, and where) when the
+    /// policy is on. Such a failure counts against this connection only,
+    /// never against the account or the address: it is not a wrong
+    /// password.
+    pub async fn log_in(
+        &self,
+        login: &str,
+        password: &SecretString,
+        peer: IpAddr,
+        in_band: InBand<'_>,
+    ) -> Result<Authorized, LoginError> {
+        let told = |accounts: &Accounts, portal| {
+            let (Some(name), Some(provider)) = (account_name(login), accounts.provider_of(login))
+            else {
+                return LoginError::BadCredentials;
+            };
+            info!("the account needs authorisation; the client is told where to do it");
+            LoginError::AuthorizeAt(instructions(portal, &name, &provider))
+        };
+        match (self.authenticate(login, password, peer).await, in_band) {
+            (Err(LoginError::NoToken), InBand::Off) => {
+                // Nothing can check this password: it counts against no
+                // one (it is not a wrong password).
+                info!(
+                    "login refused: the account has no token and in-band authorisation is off on this listener; run `mailgate login USER` on the gateway"
+                );
+                Err(LoginError::BadCredentials)
+            }
+            (Err(LoginError::NoToken), InBand::On { portal })
+            | (Err(LoginError::NeedsAuthorization { file: Some(_), .. }), InBand::On { portal }) => {
+                Err(told(self, portal))
+            }
+            (other, _) => other,
+        }
+    }
+}
 
 /// What a mail client is told about an account (`user`, its folded name)
 /// that needs authorisation, with the portal at `portal` (when it runs).

@@ -36,6 +36,7 @@ pub mod random;
 pub mod redirect;
 mod refresh;
 mod service;
+mod sign_in;
 mod state;
 pub mod store;
 mod throttle;

@@ -144,9 +144,8 @@ impl Accounts {
         &self.fleet
     }
 
-    /// The sign-in requests of the provider's OAuth endpoints (the
-    /// portal's flows).
-    pub fn sign_in(&self) -> &OAuth {
+    /// The provider's OAuth endpoints.
+    pub(super) fn oauth(&self) -> &OAuth {
         &self.oauth
     }
 

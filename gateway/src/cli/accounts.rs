@@ -1,7 +1,11 @@
 //! `mailgate accounts`: every account's token state and backoff, as a table
 //! or JSON.
 
-use super::*;
+use mailgate_config::{Config, UserPattern};
+
+use crate::accounts::store::{TokenFile, now};
+
+use super::common::{CliError, CliResult, open_store, out};
 
 fn time(t: Option<u64>) -> String {
     match t {
@@ -103,8 +107,8 @@ impl AccountRow {
 }
 
 pub(super) fn accounts(cfg: &Config, json: bool) -> CliResult {
-    let runtime = super::serve::runtime()?;
-    let store = super::open_store(&runtime, cfg)?;
+    let runtime = super::common::runtime()?;
+    let store = open_store(&runtime, cfg)?;
     let (files, errors) = runtime.block_on(store.list());
     let backoff =
         crate::accounts::backoff::read_snapshot(&cfg.gateway.state_dir).unwrap_or_default();

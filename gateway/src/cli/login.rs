@@ -1,7 +1,16 @@
 //! `mailgate login` and `mailgate token import`: the local password, the
 //! sign-in flows, the identity check and the sealing.
 
-use super::*;
+use std::io::{IsTerminal, Read};
+use std::sync::Arc;
+
+use mailgate_config::Config;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::accounts::oauth::OAuth;
+
+use super::args::LoginFlow;
+use super::common::{CliError, CliResult, open_store, out};
 
 /// The local password: `$MAILGATE_PASSWORD`, or a prompt (twice when
 /// `confirm`, which is when a password is being set: it then has the one
@@ -114,7 +123,7 @@ pub(super) fn sign_in(
             )
         })
     };
-    let rt = super::serve::runtime()?;
+    let rt = super::common::runtime()?;
     let (grant, nonce) = rt.block_on(async {
         match flow {
             LoginFlow::Browser => {
@@ -170,7 +179,7 @@ pub(super) fn sign_in(
         }
     })
     .map_err(failed)?;
-    let store = super::open_store(&rt, cfg)?;
+    let store = open_store(&rt, cfg)?;
     let recorded = recorded_tenant(&rt, &store, &user);
     let confirmed = confirm_identity(
         &rt,
@@ -232,7 +241,7 @@ fn confirm_identity(
         &crate::accounts::identity::Prover {
             timeout: cfg.gateway.upstream_timeout,
             hostname: cfg.gateway.hostname.clone(),
-            prove: crate::server::prove,
+            prove: crate::protocols::proof::prove,
         },
     ))
 }
@@ -257,8 +266,8 @@ pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResu
     // The password first: a refused one must not cost the token (a
     // provider that rotates spends the imported one on the refresh).
     let password = read_password(&format!("Local password for {user}"), true)?;
-    let runtime = super::serve::runtime()?;
-    let store = super::open_store(&runtime, cfg)?;
+    let runtime = super::common::runtime()?;
+    let store = open_store(&runtime, cfg)?;
     let confirmed = if no_verify {
         crate::accounts::identity::asserted(&user, &provider.name, rt)
     } else {
@@ -311,8 +320,8 @@ pub(super) fn passwd(cfg: &Config, user: &str) -> CliResult {
         )));
     };
     account_provider(cfg, &name)?;
-    let runtime = super::serve::runtime()?;
-    let store = super::open_store(&runtime, cfg)?;
+    let runtime = super::common::runtime()?;
+    let store = open_store(&runtime, cfg)?;
     if !matches!(runtime.block_on(store.load(&name)), Ok(Some(_))) {
         return Err(CliError::User(format!(
             "no tokens are stored for {name}; run `mailgate login {name}` first"

@@ -1,6 +1,8 @@
 //! The man page, generated from the CLI definition.
 
-use super::*;
+use std::io::Write;
+
+use super::args::Cli;
 
 /// Writes the man page (roff), generated from the CLI definition: clap's
 /// title, synopsis, description and options for `mailgate`, a list of the

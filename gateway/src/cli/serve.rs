@@ -1,13 +1,10 @@
 //! `mailgate run`: the runtime, the descriptor limit and the signal loop.
 
-use super::*;
+use std::sync::Arc;
 
-pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))
-}
+use mailgate_config::Config;
+
+use super::common::{CliError, CliResult, permission_warnings};
 
 /// Raises the soft descriptor limit to the hard one (often 1,024 against
 /// 500,000+): each relayed session holds two descriptors. An unset

@@ -4,6 +4,7 @@
 //! proxies. Nothing here knows a mail protocol or an account.
 
 pub mod buffer;
+pub mod per_address;
 pub mod proxy_header;
 pub mod socket;
 pub mod stream;

@@ -33,7 +33,7 @@ pub(super) async fn start_device(
     provider: Arc<Provider>,
     again: bool,
 ) -> Result<Response, PortalError> {
-    let details = match app.ctx.accounts.sign_in().start_device(&provider).await {
+    let details = match app.ctx.accounts.start_device(&provider).await {
         Ok(d) => d,
         Err(e) => {
             warn!(user = %user, error = %e, "portal: cannot start the device sign-in");
@@ -111,12 +111,7 @@ async fn device(State(app): State<Arc<App>>, Session(h): Session) -> Result<Resp
         else {
             return Err(PortalError::NotSignedIn);
         };
-        let polled = app
-            .ctx
-            .accounts
-            .sign_in()
-            .poll_device_once(&provider, &details)
-            .await;
+        let polled = app.ctx.accounts.poll_device_once(&provider, &details).await;
         let slow_down = matches!(polled, Ok(crate::accounts::oauth::Poll::SlowDown));
         match polled {
             Ok(crate::accounts::oauth::Poll::Granted(grant)) => {

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::http::HeaderMap;
@@ -136,54 +136,26 @@ impl Budget {
     }
 }
 
-/// Connections held per client address, capped.
+/// The portal's per-address cap on connections (the key is the
+/// address's bucket: an IPv6 client counts by its /64).
 #[derive(Debug, Clone)]
 pub struct PerAddress {
-    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    held: crate::net::per_address::PerAddress,
     max: usize,
-}
-
-/// One held connection; dropping it gives its place back.
-#[derive(Debug)]
-pub struct Held {
-    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
 }
 
 impl PerAddress {
     pub fn new(max: usize) -> PerAddress {
         PerAddress {
-            held: Arc::default(),
+            held: Default::default(),
             max,
         }
     }
 
     /// A place for one more connection from `ip`, if it has fewer than the
     /// cap open.
-    pub fn hold(&self, ip: IpAddr) -> Option<Held> {
-        let ip = bucket_key(ip);
-        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_default();
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(Held {
-            held: self.held.clone(),
-            ip,
-        })
+    pub fn hold(&self, ip: IpAddr) -> Option<crate::net::per_address::Held> {
+        self.held.hold(bucket_key(ip), self.max)
     }
 }
 

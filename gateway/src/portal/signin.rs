@@ -147,7 +147,6 @@ pub(super) async fn start_sign_in(
     let request = match app
         .ctx
         .accounts
-        .sign_in()
         .authorization_request(&provider, &redirect, &user)
     {
         Ok(r) => r,
@@ -253,7 +252,6 @@ pub(super) async fn callback(
     let grant = match app
         .ctx
         .accounts
-        .sign_in()
         .exchange_code(
             &provider,
             &pending.request,

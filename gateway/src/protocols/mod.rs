@@ -4,6 +4,7 @@
 pub mod imap;
 pub mod line;
 pub mod pop3;
+pub mod proof;
 pub mod smtp;
 
 pub use imap::Imap;

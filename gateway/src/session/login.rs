@@ -1,5 +1,6 @@
-//! The login policy shared by every protocol: check the local password, get a
-//! fresh token, log in upstream; when the upstream rejects the token, drop it,
+//! The login shared by every protocol: the account's login under the
+//! listener's in-band policy (account policy, in [`crate::accounts`]), a
+//! fresh token, the upstream login; when the upstream rejects the token, drop it,
 //! refresh once and retry the upstream login once, without dropping the
 //! client (SPEC §5).
 
@@ -74,6 +75,7 @@ impl Failure {
         let run_login = format!("on the gateway run `mailgate login {user}`");
         match e {
             LoginError::BadCredentials | LoginError::NoToken => Failure::BadCredentials,
+            LoginError::AuthorizeAt(text) => Failure::NeedsAuthorization(text),
             LoginError::Throttled(d) => Failure::Throttled(format!(
                 "Too many failed logins for {user} or from this address; try again in {} s",
                 d.as_secs().max(1)
@@ -166,25 +168,17 @@ where
 {
     let accounts = &ctx.accounts;
     let peer = client.peer.ip();
-    let auth = match accounts.authenticate(user, password, peer).await {
-        Ok(auth) => auth,
-        Err(LoginError::NoToken) => {
-            if client.in_band {
-                return Err(in_band(ctx, user));
-            }
-            // Nothing can check this password: the client is told what a
-            // wrong password is told (the log says why). It counts against
-            // no one: it is not a wrong password.
-            info!(
-                "login refused: the account has no token and in-band authorisation is off on this listener; run `mailgate login USER` on the gateway"
-            );
-            return Err(Failure::BadCredentials);
+    let in_band = if client.in_band {
+        crate::accounts::inband::InBand::On {
+            portal: ctx.portal_url(),
         }
-        Err(LoginError::NeedsAuthorization { file: Some(_), .. }) if client.in_band => {
-            return Err(in_band(ctx, user));
-        }
-        Err(e) => return Err(Failure::of(e, user)),
+    } else {
+        crate::accounts::inband::InBand::Off
     };
+    let auth = accounts
+        .log_in(user, password, peer, in_band)
+        .await
+        .map_err(|e| Failure::of(e, user))?;
     let provider = auth.provider.clone();
     let Some(server) = provider.upstream(protocol).cloned() else {
         warn!(provider = %provider.name, %protocol, "the provider has no server for this protocol");
@@ -235,26 +229,6 @@ where
         }
         Err(e) => Err(unavailable(e)),
     }
-}
-
-/// What a client is told of an account that needs authorisation, on a
-/// listener with in-band authorisation: where to authorise it
-/// ([`crate::accounts::inband`]). Nothing is started; the attempt counts
-/// against this connection's failures only, never against the account or
-/// the address (it is not a wrong password).
-fn in_band(ctx: &Context, user: &str) -> Failure {
-    let (Some(name), Some(provider)) = (
-        crate::accounts::account_name(user),
-        ctx.accounts.provider_of(user),
-    ) else {
-        return Failure::BadCredentials;
-    };
-    info!("the account needs authorisation; the client is told where to do it");
-    Failure::NeedsAuthorization(crate::accounts::inband::instructions(
-        ctx.portal_url(),
-        &name,
-        &provider,
-    ))
 }
 
 /// The client is told what happened and what to do, in one line; the

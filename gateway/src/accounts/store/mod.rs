@@ -23,6 +23,7 @@
 pub mod contract;
 pub mod error;
 pub mod file;
+pub mod migrate;
 mod opened;
 pub mod record;
 pub mod redis;
