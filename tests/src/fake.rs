@@ -144,6 +144,41 @@ pub struct FakeServer {
 }
 
 impl FakeServer {
+    /// The one way a fake upstream starts, whatever its protocol: bound on
+    /// `bind`, presenting the test certificate, checking tokens against
+    /// `oauth`, running the protocol's `script` for each connection with
+    /// its options. `schemes`: its URL schemes for implicit TLS and for
+    /// STARTTLS.
+    pub async fn spawn<O, F, Fut>(
+        bind: &str,
+        ca: &TestCa,
+        oauth: FakeOAuth,
+        opts: O,
+        schemes: (&'static str, &'static str),
+        script: F,
+    ) -> FakeServer
+    where
+        O: Send + Sync + 'static,
+        F: Fn(TcpStream, TlsAcceptor, FakeOAuth, Arc<Record>, Arc<O>) -> Fut
+            + Send
+            + Sync
+            + 'static,
+        Fut: std::future::Future<Output = Option<()>> + Send + 'static,
+    {
+        let record = Arc::new(Record::default());
+        let acceptor = acceptor(ca);
+        let opts = Arc::new(opts);
+        let addr = listen(bind, record.clone(), move |tcp, rec| {
+            script(tcp, acceptor.clone(), oauth.clone(), rec, opts.clone())
+        })
+        .await;
+        FakeServer {
+            addr,
+            record,
+            schemes,
+        }
+    }
+
     /// `imaps://127.0.0.1:PORT` (implicit TLS) or `imap://...` (STARTTLS),
     /// and the same for the other protocols.
     pub fn url(&self, starttls: bool) -> String {

@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ca::TestCa;
 pub use crate::fake::{ERROR_CHALLENGE_JSON, FailureStyle, FakeServer};
-use crate::fake::{Lines, Record, acceptor, check_xoauth2, error_challenge, listen, tls};
+use crate::fake::{Lines, Record, check_xoauth2, error_challenge, tls};
 use crate::oauth::FakeOAuth;
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -65,18 +65,7 @@ impl FakeServer {
     }
 
     pub async fn start_on(bind: &str, ca: &TestCa, oauth: FakeOAuth, opts: Options) -> FakeServer {
-        let record = Arc::new(Record::default());
-        let acceptor = acceptor(ca);
-        let opts = Arc::new(opts);
-        let addr = listen(bind, record.clone(), move |tcp, rec| {
-            serve(tcp, acceptor.clone(), oauth.clone(), rec, opts.clone())
-        })
-        .await;
-        FakeServer {
-            addr,
-            record,
-            schemes: ("imaps", "imap"),
-        }
+        FakeServer::spawn(bind, ca, oauth, opts, ("imaps", "imap"), serve).await
     }
 }
 

@@ -10,8 +10,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ca::TestCa;
 use crate::fake::{
-    Conn, FailureStyle, FakeServer, Lines, Record, acceptor, check_xoauth2, error_challenge,
-    listen, tls,
+    Conn, FailureStyle, FakeServer, Lines, Record, check_xoauth2, error_challenge, tls,
 };
 use crate::oauth::FakeOAuth;
 
@@ -38,18 +37,7 @@ impl Default for Options {
 
 impl FakeServer {
     pub async fn pop3(ca: &TestCa, oauth: FakeOAuth, opts: Options) -> FakeServer {
-        let record = Arc::new(Record::default());
-        let acceptor = acceptor(ca);
-        let opts = Arc::new(opts);
-        let addr = listen("127.0.0.1:0", record.clone(), move |tcp, rec| {
-            serve(tcp, acceptor.clone(), oauth.clone(), rec, opts.clone())
-        })
-        .await;
-        FakeServer {
-            addr,
-            record,
-            schemes: ("pop3s", "pop3"),
-        }
+        FakeServer::spawn("127.0.0.1:0", ca, oauth, opts, ("pop3s", "pop3"), serve).await
     }
 }
 

@@ -11,8 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ca::TestCa;
 use crate::fake::{
-    Conn, FailureStyle, FakeServer, Lines, Record, acceptor, check_xoauth2, error_challenge,
-    listen, tls,
+    Conn, FailureStyle, FakeServer, Lines, Record, check_xoauth2, error_challenge, tls,
 };
 use crate::oauth::FakeOAuth;
 
@@ -36,18 +35,7 @@ impl Default for Options {
 
 impl FakeServer {
     pub async fn smtp(ca: &TestCa, oauth: FakeOAuth, opts: Options) -> FakeServer {
-        let record = Arc::new(Record::default());
-        let acceptor = acceptor(ca);
-        let opts = Arc::new(opts);
-        let addr = listen("127.0.0.1:0", record.clone(), move |tcp, rec| {
-            serve(tcp, acceptor.clone(), oauth.clone(), rec, opts.clone())
-        })
-        .await;
-        FakeServer {
-            addr,
-            record,
-            schemes: ("smtps", "smtp"),
-        }
+        FakeServer::spawn("127.0.0.1:0", ca, oauth, opts, ("smtps", "smtp"), serve).await
     }
 }
 
