@@ -49,24 +49,20 @@ pub fn seal_confirmed(
     confirmed: &ConfirmedGrant,
     password: &SecretString,
 ) -> Result<TokenFile, FlowError> {
-    let grant = confirmed.grant();
-    let rt = grant
-        .refresh_token
-        .as_ref()
-        .ok_or(FlowError::NoRefreshToken)?;
+    let rt = confirmed.refresh_token().ok_or(FlowError::NoRefreshToken)?;
     let mut tokens = Tokens {
         refresh_token: Some(rt.clone()),
         ..Tokens::default()
     };
     // An asserted import carries no access token: the first login
     // refreshes.
-    let verified = !grant.access_token.expose_secret().is_empty();
-    if verified {
-        let life = grant.expires_in.map(|d| d.as_secs()).unwrap_or(3600);
+    let verified = confirmed.access().is_some();
+    if let Some((token, life)) = confirmed.access() {
+        let life = life.map(|d| d.as_secs()).unwrap_or(3600);
         tokens.access.insert(
             Audience::Mail,
             Access {
-                token: grant.access_token.clone(),
+                token: token.clone(),
                 expires_at: now().saturating_add(life),
             },
         );

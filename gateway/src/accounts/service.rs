@@ -133,13 +133,8 @@ impl Accounts {
         self.changes.subscribe()
     }
 
-    /// Whether other gateways share this one's state (the Redis store).
-    pub fn fleet_shared(&self) -> bool {
-        self.fleet.shared()
-    }
-
     /// The fleet's shared state (the portal keeps its sessions there when
-    /// the fleet is shared).
+    /// it is shared: other gateways share this one's state).
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
     }

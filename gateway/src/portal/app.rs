@@ -106,6 +106,18 @@ pub(super) fn see_other(to: &str) -> Response {
 }
 
 impl App {
+    /// The provider of this name in the configuration in force; a session
+    /// whose provider is gone is no longer signed in.
+    pub(super) fn provider(&self, name: &str) -> Result<Arc<Provider>, super::error::PortalError> {
+        self.ctx
+            .config()
+            .provider(name)
+            .cloned()
+            .ok_or(super::error::PortalError::NotSignedIn)
+    }
+}
+
+impl App {
     /// Whether `path` is where a provider sends its redirects to the portal.
     pub(super) fn redirect_path(&self, path: &str) -> bool {
         self.ctx.config().providers.values().any(|p| {

@@ -88,12 +88,7 @@ async fn device(State(app): State<Arc<App>>, Session(h): Session) -> Result<Resp
     let Some((due, expired, user, provider, again)) = due else {
         return Err(PortalError::NotSignedIn);
     };
-    let provider = app
-        .ctx
-        .config()
-        .provider(&provider)
-        .cloned()
-        .ok_or(PortalError::NotSignedIn)?;
+    let provider = app.provider(&provider)?;
     if expired {
         app.sessions.with(&h, |s| s.device = None);
         app.ctx.metrics.portal_sign_in("failed");

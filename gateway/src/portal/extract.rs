@@ -63,12 +63,7 @@ impl SignedIn {
             })
             .flatten()
             .ok_or(PortalError::NotSignedIn)?;
-        let provider = app
-            .ctx
-            .config()
-            .provider(&provider)
-            .cloned()
-            .ok_or(PortalError::NotSignedIn)?;
+        let provider = app.provider(&provider)?;
         Ok(SignedIn {
             session: h.clone(),
             user,

@@ -107,7 +107,8 @@ pub async fn start(
     let app = Arc::new(App {
         sessions: Sessions::new(base.scheme() == "https").sharing(
             ctx.accounts
-                .fleet_shared()
+                .fleet()
+                .shared()
                 .then(|| ctx.accounts.fleet().clone()),
         ),
         hostname: gateway.gateway.hostname.clone(),

@@ -245,10 +245,9 @@ pub(super) async fn callback(
             "The provider sent no authorisation. Start again from the first page.",
         ));
     };
-    let Some(provider) = app.ctx.config().provider(&pending.provider).cloned() else {
+    let provider = app.provider(&pending.provider).inspect_err(|_| {
         app.ctx.metrics.portal_sign_in("failed");
-        return Err(PortalError::NotSignedIn);
-    };
+    })?;
     let grant = match app
         .ctx
         .accounts

@@ -143,7 +143,72 @@ where
     F: Fn(Attempt) -> Fut,
     Fut: Future<Output = Result<T, UpstreamError>>,
 {
-    let result = run_once(ctx, protocol, user, password, client, attempt).await;
+    let result = async {
+        let accounts = &ctx.accounts;
+        let peer = client.peer.ip();
+        let in_band = if client.in_band {
+            crate::accounts::inband::InBand::On {
+                portal: ctx.portal_url(),
+            }
+        } else {
+            crate::accounts::inband::InBand::Off
+        };
+        let auth = accounts
+            .log_in(user, password, peer, in_band)
+            .await
+            .map_err(|e| Failure::of(e, user))?;
+        let provider = auth.provider.clone();
+        let Some(server) = provider.upstream(protocol).cloned() else {
+            warn!(provider = %provider.name, %protocol, "the provider has no server for this protocol");
+            return Err(Failure::Unavailable(format!(
+                "The provider of {} has no {protocol} server configured",
+                auth.user
+            )));
+        };
+        let tls = ctx.upstream_tls(&provider.name).map_err(|e| {
+            warn!(error = %e, "upstream TLS configuration");
+            Failure::Unavailable(
+                "The gateway's TLS configuration for the provider is broken; see its log".into(),
+            )
+        })?;
+        let limit = ctx.config().gateway.upstream_timeout;
+        let make = |token: SecretString| Attempt {
+            server: server.clone(),
+            tls: tls.clone(),
+            user: auth.upstream_user.clone(),
+            token,
+            provider: provider.clone(),
+        };
+        let timed = |fut| async {
+            let started = std::time::Instant::now();
+            let r = within(limit, &server, fut).await;
+            ctx.metrics.upstream_login(protocol, started.elapsed());
+            r
+        };
+        let first = timed(attempt(make(auth.access_token.clone()))).await;
+        let rejection = match first {
+            Ok(t) => return Ok(t),
+            Err(UpstreamError::Rejected { detail, .. }) => detail,
+            Err(e) => return Err(unavailable(e)),
+        };
+        info!(detail = %rejection, "upstream rejected the token; refreshing and retrying once");
+        let token = accounts
+            .token_rejected(&auth)
+            .await
+            .map_err(|e| Failure::of(e, user))?;
+        match timed(attempt(make(token))).await {
+            Ok(t) => Ok(t),
+            Err(UpstreamError::Rejected { detail, .. }) => {
+                warn!(%detail, "upstream rejected a freshly refreshed token");
+                Err(Failure::Refused(format!(
+                    "The provider refused the login of {} ({detail}); check that the mailbox allows this protocol",
+                    auth.upstream_user
+                )))
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+    .await;
     ctx.metrics.login_result(
         protocol,
         match &result {
@@ -152,83 +217,6 @@ where
         },
     );
     result
-}
-
-async fn run_once<T, F, Fut>(
-    ctx: &Context,
-    protocol: Protocol,
-    user: &str,
-    password: &SecretString,
-    client: Client,
-    attempt: F,
-) -> Result<T, Failure>
-where
-    F: Fn(Attempt) -> Fut,
-    Fut: Future<Output = Result<T, UpstreamError>>,
-{
-    let accounts = &ctx.accounts;
-    let peer = client.peer.ip();
-    let in_band = if client.in_band {
-        crate::accounts::inband::InBand::On {
-            portal: ctx.portal_url(),
-        }
-    } else {
-        crate::accounts::inband::InBand::Off
-    };
-    let auth = accounts
-        .log_in(user, password, peer, in_band)
-        .await
-        .map_err(|e| Failure::of(e, user))?;
-    let provider = auth.provider.clone();
-    let Some(server) = provider.upstream(protocol).cloned() else {
-        warn!(provider = %provider.name, %protocol, "the provider has no server for this protocol");
-        return Err(Failure::Unavailable(format!(
-            "The provider of {} has no {protocol} server configured",
-            auth.user
-        )));
-    };
-    let tls = ctx.upstream_tls(&provider.name).map_err(|e| {
-        warn!(error = %e, "upstream TLS configuration");
-        Failure::Unavailable(
-            "The gateway's TLS configuration for the provider is broken; see its log".into(),
-        )
-    })?;
-    let limit = ctx.config().gateway.upstream_timeout;
-    let make = |token: SecretString| Attempt {
-        server: server.clone(),
-        tls: tls.clone(),
-        user: auth.upstream_user.clone(),
-        token,
-        provider: provider.clone(),
-    };
-    let timed = |fut| async {
-        let started = std::time::Instant::now();
-        let r = within(limit, &server, fut).await;
-        ctx.metrics.upstream_login(protocol, started.elapsed());
-        r
-    };
-    let first = timed(attempt(make(auth.access_token.clone()))).await;
-    let rejection = match first {
-        Ok(t) => return Ok(t),
-        Err(UpstreamError::Rejected { detail, .. }) => detail,
-        Err(e) => return Err(unavailable(e)),
-    };
-    info!(detail = %rejection, "upstream rejected the token; refreshing and retrying once");
-    let token = accounts
-        .token_rejected(&auth)
-        .await
-        .map_err(|e| Failure::of(e, user))?;
-    match timed(attempt(make(token))).await {
-        Ok(t) => Ok(t),
-        Err(UpstreamError::Rejected { detail, .. }) => {
-            warn!(%detail, "upstream rejected a freshly refreshed token");
-            Err(Failure::Refused(format!(
-                "The provider refused the login of {} ({detail}); check that the mailbox allows this protocol",
-                auth.upstream_user
-            )))
-        }
-        Err(e) => Err(unavailable(e)),
-    }
 }
 
 /// The client is told what happened and what to do, in one line; the

@@ -15,7 +15,10 @@ use crate::accounts::oauth::Grant;
 pub struct ConfirmedGrant {
     user: String,
     provider: String,
-    grant: Grant,
+    refresh_token: Option<SecretString>,
+    /// The access token the provider granted, and for how long; `None`
+    /// for an asserted import (the first login refreshes).
+    access: Option<(SecretString, Option<Duration>)>,
     /// Who signed in (for messages).
     identity: String,
     tenant: Option<String>,
@@ -43,7 +46,8 @@ impl ConfirmedGrant {
         ConfirmedGrant {
             user: user.to_owned(),
             provider: provider.to_owned(),
-            grant,
+            refresh_token: grant.refresh_token,
+            access: Some((grant.access_token, grant.expires_in)),
             identity,
             tenant,
         }
@@ -68,8 +72,14 @@ impl ConfirmedGrant {
         self.tenant.as_deref()
     }
 
-    pub(in crate::accounts) fn grant(&self) -> &Grant {
-        &self.grant
+    /// The refresh token, if the provider sent one.
+    pub(in crate::accounts) fn refresh_token(&self) -> Option<&SecretString> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The access token and its lifetime (`None`: an asserted import).
+    pub(in crate::accounts) fn access(&self) -> Option<&(SecretString, Option<Duration>)> {
+        self.access.as_ref()
     }
 
     /// Its content, to be sealed where it waits for a password
@@ -80,9 +90,12 @@ impl ConfirmedGrant {
             provider: self.provider.clone(),
             identity: self.identity.clone(),
             tenant: self.tenant.clone(),
-            access_token: self.grant.access_token.clone(),
-            refresh_token: self.grant.refresh_token.clone(),
-            expires_in: self.grant.expires_in.map(|d| d.as_secs()),
+            access_token: self.access.as_ref().map(|(t, _)| t.clone()),
+            refresh_token: self.refresh_token.clone(),
+            expires_in: self
+                .access
+                .as_ref()
+                .and_then(|(_, life)| life.map(|d| d.as_secs())),
         }
     }
 
@@ -94,12 +107,10 @@ impl ConfirmedGrant {
             provider: h.provider,
             identity: h.identity,
             tenant: h.tenant,
-            grant: Grant {
-                access_token: h.access_token,
-                refresh_token: h.refresh_token,
-                expires_in: h.expires_in.map(Duration::from_secs),
-                id_token: None,
-            },
+            refresh_token: h.refresh_token,
+            access: h
+                .access_token
+                .map(|t| (t, h.expires_in.map(Duration::from_secs))),
         }
     }
 }
@@ -111,8 +122,8 @@ pub struct HeldGrant {
     provider: String,
     identity: String,
     tenant: Option<String>,
-    #[serde(with = "crate::accounts::store::serde_secret")]
-    access_token: SecretString,
+    #[serde(with = "crate::accounts::store::serde_secret::option")]
+    access_token: Option<SecretString>,
     #[serde(with = "crate::accounts::store::serde_secret::option")]
     refresh_token: Option<SecretString>,
     expires_in: Option<u64>,
@@ -127,12 +138,8 @@ pub fn asserted(user: &str, provider: &str, refresh_token: SecretString) -> Conf
         provider: provider.to_owned(),
         identity: user.to_owned(),
         tenant: None,
-        grant: Grant {
-            access_token: SecretString::from(String::new()),
-            refresh_token: Some(refresh_token),
-            expires_in: None,
-            id_token: None,
-        },
+        refresh_token: Some(refresh_token),
+        access: None,
     }
 }
 

@@ -380,31 +380,9 @@ impl FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::store::{Access, Audience, Kdf, SealingKey, Tokens};
+    use crate::accounts::store::SealingKey;
+    use crate::accounts::store::record::tests::{cheap_kdf, tokens};
     use secrecy::SecretString;
-
-    fn cheap_kdf() -> Kdf {
-        Kdf {
-            m_cost: 64,
-            t_cost: 1,
-            ..Kdf::generate()
-        }
-    }
-
-    fn tokens() -> Tokens {
-        let mut t = Tokens {
-            refresh_token: Some("rt-1".into()),
-            ..Tokens::default()
-        };
-        t.access.insert(
-            Audience::Mail,
-            Access {
-                token: "at-1".into(),
-                expires_at: 123,
-            },
-        );
-        t
-    }
 
     #[test]
     fn atomic_private_files() {

@@ -433,10 +433,11 @@ pub fn decode(bytes: &[u8], at: &Path) -> Result<TokenFile, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cheap_kdf() -> Kdf {
+    /// A key derivation cheap enough for unit tests.
+    pub(crate) fn cheap_kdf() -> Kdf {
         Kdf {
             m_cost: 64,
             t_cost: 1,
@@ -444,7 +445,8 @@ mod tests {
         }
     }
 
-    fn tokens() -> Tokens {
+    /// A refresh token and a mail access token.
+    pub(crate) fn tokens() -> Tokens {
         let mut t = Tokens {
             refresh_token: Some("rt-1".into()),
             ..Tokens::default()
