@@ -239,10 +239,20 @@ impl Gateway {
     /// uses its providers, accounts and gateway settings for new sessions
     /// and logins; then reloads the certificates. Relayed sessions are not
     /// touched. Listener changes need a restart. On errors the running
-    /// configuration stays and the errors are returned.
-    pub fn reload(&self) -> Result<(), mailgate_config::ConfigErrors> {
+    /// configuration stays and the errors are returned. The files are
+    /// read off the async workers.
+    pub async fn reload(&self) -> Result<(), mailgate_config::ConfigErrors> {
         let old = self.ctx.config();
-        let new = mailgate_config::load(&old.file)?;
+        let file = old.file.clone();
+        let new = tokio::task::spawn_blocking(move || mailgate_config::load(&file))
+            .await
+            .map_err(|e| {
+                mailgate_config::ConfigErrors(vec![mailgate_config::ConfigError {
+                    file: old.file.clone(),
+                    key: String::new(),
+                    message: format!("reading the configuration failed: {e}"),
+                }])
+            })??;
         let listeners = |c: &Config| {
             c.listeners
                 .iter()
@@ -259,18 +269,25 @@ impl Gateway {
         }
         self.ctx.set_config(Arc::new(new));
         info!("configuration reloaded: providers and accounts apply to new logins");
-        self.reload_certificates();
+        self.reload_certificates().await;
         Ok(())
     }
 
     /// Reads every listener's certificate and key again (SIGHUP). New
     /// handshakes use the new ones; open sessions are not touched. A file
     /// that fails to load leaves that listener's old certificate in place.
-    pub fn reload_certificates(&self) -> Vec<Result<String, mailgate_certs::CertError>> {
-        self.tls
-            .iter()
-            .map(|t| {
-                let r = t.reload();
+    /// The files are read off the async workers.
+    pub async fn reload_certificates(&self) -> Vec<Result<String, mailgate_certs::CertError>> {
+        let all = self.tls.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            all.iter()
+                .map(|t| (t.clone(), t.reload()))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        done.into_iter()
+            .map(|(t, r)| {
                 match &r {
                     Ok(fp) => info!(certificate = %t.source.cert.display(), sha256 = %fp, "TLS certificate reloaded"),
                     Err(e) => warn!(error = %e, "TLS certificate reload failed; keeping the old one"),

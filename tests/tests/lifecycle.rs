@@ -150,7 +150,7 @@ async fn reload_applies_to_new_sessions_only() {
         &format!("\n[[account]]\nuser = \"{bob}\"\nprovider = \"test\"\n"),
     );
     env.write_config(&after);
-    g.reload().unwrap();
+    g.reload().await.unwrap();
     let mut c = LineClient::connect(imap_addr(&g)).await;
     assert!(c.line().await.contains("gw.example.test mailgate ready"));
     assert!(c.login("c", bob, "bob pw").await.starts_with("c OK"));
@@ -163,7 +163,7 @@ async fn reload_applies_to_new_sessions_only() {
 
     // A broken file is refused; the running configuration stays.
     env.write_config("[gateway]\nbogus = 1\n");
-    let errs = g.reload().unwrap_err();
+    let errs = g.reload().await.unwrap_err();
     assert!(errs.to_string().contains("bogus"), "{errs}");
     let mut c = LineClient::greeted(imap_addr(&g)).await;
     assert!(c.login("d", bob, "bob pw").await.starts_with("d OK"));

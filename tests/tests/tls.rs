@@ -623,7 +623,7 @@ async fn certificates_reload_without_dropping_sessions() {
     let other = TestCa::new(&other_dir);
     std::fs::copy(&other.cert_file, live.join("cert.pem")).unwrap();
     std::fs::copy(&other.key_file, live.join("key.pem")).unwrap();
-    let results = g.reload_certificates();
+    let results = g.reload_certificates().await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
 
     // The open session goes on.
@@ -646,7 +646,7 @@ async fn certificates_reload_without_dropping_sessions() {
 
     // A broken file keeps the current certificate.
     std::fs::write(live.join("key.pem"), "garbage").unwrap();
-    assert!(g.reload_certificates().iter().all(Result::is_err));
+    assert!(g.reload_certificates().await.iter().all(Result::is_err));
     let mut again = LineClient::connect_tls(imap_addr(&g), other.client_config())
         .await
         .unwrap();

@@ -52,7 +52,7 @@ pub(super) async fn serve(cfg: Config) -> CliResult {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration and certificates");
-                if let Err(errs) = gateway.reload() {
+                if let Err(errs) = gateway.reload().await {
                     for e in &errs.0 {
                         tracing::error!(error = %e, "configuration not reloaded");
                     }
