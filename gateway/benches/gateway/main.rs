@@ -788,13 +788,47 @@ async fn before_after(
 
     let size = plan.transfer;
     let (mut fb, mut fa, mut sb, mut sa) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..plan.transfer_rounds {
-        fb.push(fetch_once(&before_imap).await?);
-        fa.push(fetch_once(after_imap).await?);
-        sb.push(data_once(&before_smtp, &b.chunk, size).await?);
-        sa.push(data_once(after_smtp, &b.chunk, size).await?);
+    // CPU time (ms) of each build's process per case: [FETCH, DATA] of
+    // [before, after]; steadier than MB/s on a shared machine.
+    let pids = [old.child.id(), b.gateway_pid];
+    let mut cpu = [[0f64; 2]; 2];
+    // Each round swaps which build goes first, so that neither always
+    // runs on a machine the other just warmed (or tired).
+    for round in 0..plan.transfer_rounds {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let (imap, rates) = if which == 0 {
+                (&before_imap, &mut fb)
+            } else {
+                (after_imap, &mut fa)
+            };
+            let t = cpu_ms(pids[which]);
+            rates.push(fetch_once(imap).await?);
+            cpu[0][which] += cpu_ms(pids[which]) - t;
+        }
+        for which in order {
+            let (smtp, rates) = if which == 0 {
+                (&before_smtp, &mut sb)
+            } else {
+                (after_smtp, &mut sa)
+            };
+            let t = cpu_ms(pids[which]);
+            rates.push(data_once(smtp, &b.chunk, size).await?);
+            cpu[1][which] += cpu_ms(pids[which]) - t;
+        }
     }
+    let rounds = plan.transfer_rounds as f64;
+    let cpu = cpu.map(|c| c.map(|ms| ms / rounds));
     let (fb, fa, sb, sa) = (median(fb), median(fa), median(sb), median(sa));
+    b.say(format!(
+        "before/after mailgate CPU per transfer: FETCH before {:.1} ms, after {:.1} ms ({:.3}); DATA before {:.1} ms, after {:.1} ms ({:.3})",
+        cpu[0][0],
+        cpu[0][1],
+        cpu[0][1] / cpu[0][0],
+        cpu[1][0],
+        cpu[1][1],
+        cpu[1][1] / cpu[1][0]
+    ));
     b.say(format!(
         "before/after IMAP FETCH {}: before {fb:.0} MB/s, after {fa:.0} MB/s, after/before {:.3}",
         size_text(size),
