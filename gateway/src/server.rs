@@ -23,7 +23,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::context::Context;
 use crate::net::stream::Stream;
-use crate::net::tls::{CertSource, ListenerTls};
+use crate::net::tls::ListenerTls;
 use crate::protocols::imap::Imap;
 use crate::protocols::pop3::Pop3;
 use crate::protocols::smtp::Smtp;
@@ -53,9 +53,12 @@ static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
 pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     // The state directory is the gateway's own, or it does not start (the
     // commands check it the same way before they open the store).
-    for w in crate::accounts::store::secure_dirs(&config.gateway.state_dir)
-        .context("the state directory")?
-    {
+    let state_dir = config.gateway.state_dir.clone();
+    let checked =
+        tokio::task::spawn_blocking(move || crate::accounts::store::secure_dirs(&state_dir))
+            .await
+            .context("the state directory")?;
+    for w in checked.context("the state directory")? {
         tracing::warn!("{w}");
     }
     let (store, fleet) = crate::accounts::store::open(&config)
@@ -81,18 +84,15 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
         let tls = match l.tls {
             TlsMode::None => None,
             _ => {
-                let source = CertSource::for_listener(l, &config.gateway).with_context(|| {
-                    format!(
-                        "TLS certificate for the {} listener on {}",
-                        l.protocol, l.address
-                    )
-                })?;
-                let t = Arc::new(ListenerTls::load(source).with_context(|| {
-                    format!(
-                        "TLS certificate for the {} listener on {}",
-                        l.protocol, l.address
-                    )
-                })?);
+                let t =
+                    crate::net::tls::open(l.certificate.clone(), l.key.clone(), &config.gateway)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "TLS certificate for the {} listener on {}",
+                                l.protocol, l.address
+                            )
+                        })?;
                 info!(
                     protocol = %l.protocol,
                     address = %l.address,
@@ -175,11 +175,10 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
     let portal = match &config.portal {
         Some(p) => {
             let tls = if p.tls {
-                let source =
-                    CertSource::new(p.certificate.as_ref(), p.key.as_ref(), &config.gateway)
-                        .context("TLS certificate for the portal")?;
                 let t =
-                    Arc::new(ListenerTls::load(source).context("TLS certificate for the portal")?);
+                    crate::net::tls::open(p.certificate.clone(), p.key.clone(), &config.gateway)
+                        .await
+                        .context("TLS certificate for the portal")?;
                 info!(
                     certificate = %t.source.cert.display(),
                     sha256 = %t.fingerprint(),

@@ -102,3 +102,20 @@ impl ListenerTls {
         Ok(fp)
     }
 }
+
+/// A listener's certificate (`certificate` and `key`, or the self-signed
+/// one under `state_dir/tls/`, generated on first use), read off the async
+/// workers.
+pub async fn open(
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
+    gw: &Gateway,
+) -> anyhow::Result<Arc<ListenerTls>> {
+    let gw = gw.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let source = CertSource::new(certificate.as_ref(), key.as_ref(), &gw)?;
+        ListenerTls::load(source)
+    })
+    .await?;
+    Ok(Arc::new(loaded?))
+}
