@@ -61,6 +61,8 @@ impl Login {
     }
 
     /// Waits for the exit; returns (success, everything printed).
+    /// Waits for the command to end: whether it succeeded, and what it
+    /// printed. A failure must be exit code 1 (checked here).
     pub fn finish(mut self) -> (bool, String) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let status = loop {
@@ -75,6 +77,13 @@ impl Login {
         };
         std::thread::sleep(Duration::from_millis(100));
         let text: Vec<String> = self.out.try_iter().collect();
-        (status.success(), text.join("\n"))
+        let text = text.join("\n");
+        // A failed login is the user's error (exit 1), said in one line:
+        // never a crash, a signal or an internal error.
+        if !status.success() {
+            assert_eq!(status.code(), Some(1), "{text}");
+            assert!(!text.contains("panicked"), "{text}");
+        }
+        (status.success(), text)
     }
 }

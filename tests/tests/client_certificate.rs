@@ -221,6 +221,12 @@ fn check_warns_before_expiry_and_refuses_bad_pairs() {
         )
         .unwrap();
         let out = run_mailgate(&path, &["check"], "", None, &[]);
+        // A refused configuration is the user's error (exit 1).
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -52,7 +52,11 @@ async fn metrics_move_during_a_session() {
     // A wrong password, then a good login and a FETCH, scraped while the
     // session is still relaying.
     let mut bad = LineClient::greeted(imap_addr(&g)).await;
-    assert!(bad.login("b", USER, "wrong").await.starts_with("b NO"));
+    let r = bad.login("b", USER, "wrong").await;
+    assert!(
+        r.starts_with("b NO [AUTHENTICATIONFAILED] Invalid credentials"),
+        "{r}"
+    );
     drop(bad);
     let mut c = LineClient::greeted(imap_addr(&g)).await;
     assert!(c.login("a", USER, PASSWORD).await.starts_with("a OK"));

@@ -106,7 +106,10 @@ async fn first_sign_in_password_settings_imap_change_again_forget() {
     b.expect_page("account").await;
     assert!(b.text(".ok").await.contains("password is changed"));
     let r = p.imap_login(PASSWORD).await;
-    assert!(r.starts_with("a NO"), "the old password is refused: {r}");
+    assert!(
+        r.starts_with("a NO [AUTHENTICATIONFAILED] Invalid credentials"),
+        "the old password is refused: {r}"
+    );
     let r = p.imap_login(NEW_PASSWORD).await;
     assert!(r.starts_with("a OK"), "{r}");
 
@@ -145,7 +148,10 @@ async fn first_sign_in_password_settings_imap_change_again_forget() {
     let r = p.imap_login(THIRD_PASSWORD).await;
     assert!(r.starts_with("a OK"), "{r}");
     let r = p.imap_login(NEW_PASSWORD).await;
-    assert!(r.starts_with("a NO"), "{r}");
+    assert!(
+        r.starts_with("a NO [AUTHENTICATIONFAILED] Invalid credentials"),
+        "{r}"
+    );
 
     // Forget the account.
     b.goto(&format!("{}account", p.base)).await;

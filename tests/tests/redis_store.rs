@@ -155,7 +155,10 @@ async fn a_damaged_key_or_a_lost_redis_spoils_only_what_it_must() {
         .hset(&format!("t:account:{OTHER}"), "file", b"{not a token file")
         .await;
     let r = login(&g, OTHER, PASSWORD).await;
-    assert!(r.starts_with("a NO"), "{r}");
+    assert!(
+        r.starts_with("a NO [ALERT]") && r.contains("is damaged"),
+        "{r}"
+    );
     assert!(login(&g, USER, PASSWORD).await.starts_with("a OK"));
 
     // Argon2 parameters planted in a record (600 passes: seconds of CPU a
