@@ -294,7 +294,12 @@ mod tests {
             .port();
         let uri = url::Url::parse(&format!("http://localhost:{free}/")).expect("url");
         let server = RedirectServer::bind(&uri).await.expect("bind");
-        assert!(std::net::TcpListener::bind(("127.0.0.1", free)).is_err());
+        assert_eq!(
+            std::net::TcpListener::bind(("127.0.0.1", free))
+                .expect_err("the port is held")
+                .kind(),
+            std::io::ErrorKind::AddrInUse
+        );
         // In use (ours), or no IPv6 on this machine: either way nobody
         // else can take it.
         assert!(

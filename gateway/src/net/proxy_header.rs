@@ -139,14 +139,19 @@ mod tests {
         for bad in [
             &b"a1 LOGIN alice pw\r\n"[..],
             b"PROXY TCP4 nonsense\r\n",
-            b"PROXY TCP4 192.0.2.7 10.0.0.2 51000",
             b"\r\n\r\n\0\r\nQUIX\n\x21\x11\x00\x00",
-            b"",
         ] {
-            assert!(read(bad).await.is_err(), "{bad:?}");
+            let e = read(bad).await.expect_err("refused");
+            assert!(matches!(e, ProxyError::Invalid(_)), "{bad:?}: {e:?}");
+        }
+        // The connection ends before a whole header.
+        for cut in [&b"PROXY TCP4 192.0.2.7 10.0.0.2 51000"[..], b""] {
+            let e = read(cut).await.expect_err("refused");
+            assert!(matches!(e, ProxyError::Closed), "{cut:?}: {e:?}");
         }
         let long = format!("PROXY TCP4 {}\r\n", "1".repeat(200));
-        assert!(read(long.as_bytes()).await.is_err());
+        let e = read(long.as_bytes()).await.expect_err("refused");
+        assert!(matches!(e, ProxyError::Invalid(_)), "{e:?}");
         // A peer that sends nothing is given up on.
         let (mut a, _b) = tokio::io::duplex(64);
         let r = read_header(&mut a, proxy(), Duration::from_millis(50)).await;

@@ -169,7 +169,8 @@ mod tests {
             let n = s.read_some(&mut buf).await.expect("read");
             s.send(&buf[..n]).await.expect("echo");
             let again = s.accept_tls(&acceptor).await;
-            assert!(again.is_err(), "a second upgrade is refused");
+            let e = again.expect_err("a second upgrade is refused");
+            assert_eq!(e.to_string(), "TLS is already active");
         });
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let name = ServerName::try_from("localhost").expect("name");

@@ -164,8 +164,10 @@ mod tests {
     #[test]
     fn new_passwords_are_typed_twice_and_long_enough() {
         assert!(signin::new_password("abcdefgh", "abcdefgh").is_ok());
-        assert!(signin::new_password("abcdefgh", "abcdefgx").is_err());
-        assert!(signin::new_password("short", "short").is_err());
+        let differ = signin::new_password("abcdefgh", "abcdefgx").expect_err("differ");
+        assert!(differ.contains("differ"), "{differ}");
+        let short = signin::new_password("short", "short").expect_err("short");
+        assert!(short.contains("at least 8 characters"), "{short}");
     }
 
     #[test]

@@ -92,6 +92,23 @@ type TokenClient = oauth2::Client<
 /// The HTTP clients made for outbound proxies, by proxy.
 type ProxiedClients = Vec<(Arc<Proxy>, reqwest::Client)>;
 
+/// Sends a token request of any grant type (their builders share no
+/// trait): the client assertion added when the provider authenticates
+/// with one, sent through the capped client, its answer made a [`Grant`].
+macro_rules! send_for_grant {
+    ($oauth:expr, $provider:expr, $request:expr) => {{
+        let mut request = $request;
+        for (k, v) in client_assertion($provider, ASSERTION_LIFETIME)? {
+            request = request.add_extra_param(k, v);
+        }
+        let response = request
+            .request_async(&Capped($oauth.http($provider)?))
+            .await
+            .map_err(|e| Self::via($provider, convert(e)))?;
+        Ok(grant(&response))
+    }};
+}
+
 /// The process's OAuth client.
 #[derive(Debug, Clone)]
 pub struct OAuth {
@@ -193,17 +210,13 @@ impl OAuth {
     ) -> Result<Grant, OAuthError> {
         let rt = RefreshToken::new(refresh_token.expose_secret().to_owned());
         let client = Self::client(provider);
-        let mut request = client
-            .exchange_refresh_token(&rt)
-            .add_scopes(Self::scopes(provider));
-        for (k, v) in client_assertion(provider, ASSERTION_LIFETIME)? {
-            request = request.add_extra_param(k, v);
-        }
-        let response = request
-            .request_async(&Capped(self.http(provider)?))
-            .await
-            .map_err(|e| Self::via(provider, convert(e)))?;
-        Ok(grant(&response))
+        send_for_grant!(
+            self,
+            provider,
+            client
+                .exchange_refresh_token(&rt)
+                .add_scopes(Self::scopes(provider))
+        )
     }
 
     /// Builds an authorization code request with PKCE S256, a random
@@ -258,19 +271,15 @@ impl OAuth {
     ) -> Result<Grant, OAuthError> {
         let client = Self::client(provider)
             .set_redirect_uri(RedirectUrl::from_url(request.redirect_uri.clone()));
-        let mut exchange = client
-            .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
-            .set_pkce_verifier(PkceCodeVerifier::new(
-                request.verifier.expose_secret().to_owned(),
-            ));
-        for (k, v) in client_assertion(provider, ASSERTION_LIFETIME)? {
-            exchange = exchange.add_extra_param(k, v);
-        }
-        let response = exchange
-            .request_async(&Capped(self.http(provider)?))
-            .await
-            .map_err(|e| Self::via(provider, convert(e)))?;
-        Ok(grant(&response))
+        send_for_grant!(
+            self,
+            provider,
+            client
+                .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
+                .set_pkce_verifier(PkceCodeVerifier::new(
+                    request.verifier.expose_secret().to_owned(),
+                ))
+        )
     }
 
     /// Starts a device authorization (RFC 8628 §3.1).
@@ -407,17 +416,13 @@ impl OAuth {
     /// The client credentials grant (app-only access).
     pub async fn client_credentials(&self, provider: &Provider) -> Result<Grant, OAuthError> {
         let client = Self::client(provider);
-        let mut request = client
-            .exchange_client_credentials()
-            .add_scopes(Self::scopes(provider));
-        for (k, v) in client_assertion(provider, ASSERTION_LIFETIME)? {
-            request = request.add_extra_param(k, v);
-        }
-        let response = request
-            .request_async(&Capped(self.http(provider)?))
-            .await
-            .map_err(|e| Self::via(provider, convert(e)))?;
-        Ok(grant(&response))
+        send_for_grant!(
+            self,
+            provider,
+            client
+                .exchange_client_credentials()
+                .add_scopes(Self::scopes(provider))
+        )
     }
 }
 
