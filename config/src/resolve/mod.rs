@@ -1,5 +1,12 @@
 //! From the raw file to the validated [`Config`]: presets filled in, paths
 //! made relative to the file, and every problem collected with its key.
+//! One section per file: `sections` (gateway, listeners, store, portal),
+//! `provider`, `credentials`, `accounts`.
+//!
+//! The one I/O the resolution does, everywhere else pure: reading the
+//! secret files it is pointed at (`client_secret_file`, `store.url_file`,
+//! a client certificate and its key, a service account's key), so that a
+//! secret never has to be written into the configuration itself.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
