@@ -3,7 +3,7 @@
 //! Each function must not panic on any input; the assertions are the
 //! invariants the fuzzer checks.
 
-use mailgate_proto::{imap, pop3, sasl, smtp};
+use mailgate_proto::{imap, pop3, sasl, smtp, submission};
 
 use mailgate::session::login::Failure;
 use mailgate::session::{Event, PreAuth};
@@ -25,6 +25,7 @@ pub const TARGETS: &[&str] = &[
     "imap_login",
     "smtp_login",
     "pop3_login",
+    "submission",
 ];
 
 /// Runs target `name` on `data`. Unknown names panic (a test mistake).
@@ -65,6 +66,7 @@ pub fn run(name: &str, data: &[u8]) {
         "pop3_multiline" => consumed(data, pop3::decode_multiline(data).map(|(r, _)| r.len())),
         "preauth" => preauth(data),
         "imap_login" | "smtp_login" | "pop3_login" => upstream_login(name, data),
+        "submission" => submission_session(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -236,5 +238,49 @@ fn upstream_login(name: &str, data: &[u8]) {
             }
         }
         assert!(settled, "the machine kept producing steps");
+    }
+}
+
+/// The submission machine fed arbitrary chunks (the first byte picks the
+/// chunk size): every reply is a whole line with a code, no more message
+/// bytes are handed out than the limit, a message's size is the bytes
+/// handed out for it, and nothing comes after a close.
+fn submission_session(data: &[u8]) {
+    use submission::{Event, Limits, Submission};
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let limits = Limits {
+        max_message: 256,
+        max_line: 128,
+        max_recipients: 3,
+    };
+    let mut m = Submission::new(limits.clone());
+    let chunk = usize::from(first % 16) + 1;
+    let mut handed = 0usize;
+    let mut closed = false;
+    for piece in rest.chunks(chunk) {
+        m.feed(piece);
+        while let Some(e) = m.next_event() {
+            assert!(!closed, "an event after the close: {e:?}");
+            match e {
+                Event::Reply(r) => {
+                    assert!(r.ends_with(b"\r\n") && r.len() >= 5, "{r:?}");
+                    assert!(r[..3].iter().all(u8::is_ascii_digit), "{r:?}");
+                }
+                Event::Data(d) => {
+                    handed += d.len();
+                    assert!(handed <= limits.max_message, "over the limit");
+                }
+                Event::Discard => handed = 0,
+                Event::Message(env) => {
+                    assert_eq!(env.size, handed, "the size is what was handed out");
+                    assert!(!env.recipients.is_empty() && env.recipients.len() <= 3);
+                    handed = 0;
+                    m.answered("250 2.0.0 Sent\r\n");
+                }
+                Event::Close => closed = true,
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod line;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;
+pub mod submission;
 #[cfg(test)]
 mod testing;
 pub mod upstream;
