@@ -3,7 +3,7 @@
 //! Each function must not panic on any input; the assertions are the
 //! invariants the fuzzer checks.
 
-use mailgate_proto::{imap, pop3, sasl, smtp, submission};
+use mailgate_proto::{imap, pop3, recipients, sasl, smtp, submission};
 
 use mailgate::session::login::Failure;
 use mailgate::session::{Event, PreAuth};
@@ -26,6 +26,7 @@ pub const TARGETS: &[&str] = &[
     "smtp_login",
     "pop3_login",
     "submission",
+    "recipients",
 ];
 
 /// Runs target `name` on `data`. Unknown names panic (a test mistake).
@@ -67,6 +68,7 @@ pub fn run(name: &str, data: &[u8]) {
         "preauth" => preauth(data),
         "imap_login" | "smtp_login" | "pop3_login" => upstream_login(name, data),
         "submission" => submission_session(data),
+        "recipients" => recipients_decided(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -280,6 +282,49 @@ fn submission_session(data: &[u8]) {
                     m.answered("250 2.0.0 Sent\r\n");
                 }
                 Event::Close => closed = true,
+            }
+        }
+    }
+}
+
+/// The recipients' rewrite on any header section and envelope (the
+/// envelope is the input's first line, addresses separated by spaces):
+/// what the rewritten header lets a sender deliver to is exactly the
+/// envelope, and the body is where it was.
+fn recipients_decided(data: &[u8]) {
+    use mail_parser::{Address, HeaderValue, MessageParser};
+    let (first, message) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let envelope: Vec<String> = String::from_utf8_lossy(first)
+        .split_whitespace()
+        .filter(|a| a.contains('@') && !a.contains([',', '<', '>', '"', ';', ':', '(', ')']))
+        .map(str::to_owned)
+        .collect();
+    let Ok(d) = recipients::decide(message, &envelope) else {
+        return;
+    };
+    assert!(d.body_at <= message.len());
+    assert!(d.header.ends_with(b"\r\n"));
+    let parsed = MessageParser::new().parse_headers(&d.header[..]);
+    let Some(parsed) = parsed else { return };
+    for h in parsed.headers() {
+        let name = h.name();
+        if !["To", "Cc", "Bcc"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            continue;
+        }
+        if let HeaderValue::Address(Address::List(list)) = h.value() {
+            for a in list {
+                if let Some(a) = a.address.as_deref() {
+                    assert!(
+                        envelope.iter().any(|e| e.eq_ignore_ascii_case(a.trim())),
+                        "{a} is not in the envelope {envelope:?}"
+                    );
+                }
             }
         }
     }

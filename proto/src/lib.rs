@@ -10,6 +10,7 @@ pub mod imap;
 mod lex;
 pub mod line;
 pub mod pop3;
+pub mod recipients;
 pub mod sasl;
 pub mod smtp;
 pub mod submission;

@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
 use mailgate_config::{Portal as PortalConfig, Protocol, Provider, TlsMode};
 
 use super::limits;
+pub(super) use super::pages::see_other;
 use super::sessions::{Handle, Sessions};
 use crate::accounts::identity;
 use crate::context::Context;
@@ -96,13 +97,6 @@ pub(super) fn with_cookie(app: &App, h: &Handle, mut r: Response) -> Response {
 /// `csrf` of session `h` (empty when it is gone).
 pub(super) fn csrf_of(app: &App, h: &Handle) -> String {
     app.sessions.with(h, |s| s.csrf.clone()).unwrap_or_default()
-}
-
-pub(super) fn see_other(to: &str) -> Response {
-    match HeaderValue::from_str(to) {
-        Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "bad redirect").into_response(),
-    }
 }
 
 impl App {

@@ -59,7 +59,7 @@ impl PortalError {
 impl IntoResponse for PortalError {
     fn into_response(self) -> Response {
         match self {
-            PortalError::NotSignedIn => super::app::see_other("/"),
+            PortalError::NotSignedIn => super::pages::see_other("/"),
             PortalError::Csrf => {
                 info!("portal: a form without this session's CSRF token was refused");
                 message(

@@ -2,7 +2,7 @@
 //! escaped by default) and the plain-language advice for provider errors.
 
 use askama::Template;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::accounts::flows::MIN_PASSWORD;
@@ -243,6 +243,14 @@ pub fn index_page(
         r.headers_mut().append(axum::http::header::SET_COOKIE, v);
     }
     r
+}
+
+/// A `303 See Other` to `to`.
+pub fn see_other(to: &str) -> Response {
+    match HeaderValue::from_str(to) {
+        Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "bad redirect").into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -16,71 +16,15 @@
 
 use std::collections::VecDeque;
 
+mod paths;
+mod types;
+
+use paths::{is_address, path_after};
+pub use types::{Envelope, Event, Limits, extensions};
+
 /// Replies of the transaction commands.
 const OK_SENDER: &str = "250 2.1.0 Sender OK\r\n";
 const OK_RECIPIENT: &str = "250 2.1.5 Recipient OK\r\n";
-
-/// The limits of a submission.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// The largest message, in bytes (announced as `SIZE`).
-    pub max_message: usize,
-    /// The longest command line, CRLF included.
-    pub max_line: usize,
-    /// Recipients per message.
-    pub max_recipients: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_message: 35 * 1000 * 1000,
-            max_line: 8 * 1024,
-            max_recipients: 500,
-        }
-    }
-}
-
-/// The EHLO keywords of a submission with `limits` (after the greeting
-/// line; `AUTH` and `STARTTLS` are the pre-auth machine's).
-pub fn extensions(limits: &Limits) -> Vec<String> {
-    vec![
-        format!("SIZE {}", limits.max_message),
-        "8BITMIME".into(),
-        "SMTPUTF8".into(),
-        "PIPELINING".into(),
-        "CHUNKING".into(),
-        "ENHANCEDSTATUSCODES".into(),
-    ]
-}
-
-/// A complete message's envelope.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    /// The reverse path (`MAIL FROM`), empty for a null sender (`<>`).
-    pub from: String,
-    /// The forward paths (`RCPT TO`), in order, without duplicates.
-    pub recipients: Vec<String>,
-    /// The message's size in bytes (after unstuffing).
-    pub size: usize,
-}
-
-/// What the machine asks of its caller.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Event {
-    /// Write these bytes to the client.
-    Reply(Vec<u8>),
-    /// The next bytes of the current message (unstuffed).
-    Data(Vec<u8>),
-    /// The current message is complete: send it, then call
-    /// [`Submission::answered`] with the reply for the client.
-    Message(Envelope),
-    /// The current message's bytes so far are to be forgotten (it was
-    /// reset, or it is over the size limit).
-    Discard,
-    /// Close the connection after the replies before.
-    Close,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -496,36 +440,6 @@ impl Submission {
         }));
         self.phase = Phase::Waiting;
     }
-}
-
-/// `FROM:<path> params` or `TO:<path> params` (the keyword
-/// case-insensitive, a space after the colon tolerated): the path without
-/// its angle brackets, and the parameters.
-fn path_after(args: &str, keyword: &str) -> Option<(String, String)> {
-    let head = args.get(..keyword.len())?;
-    if !head.eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = args[keyword.len()..].trim_start();
-    let rest = rest.strip_prefix('<')?;
-    let end = rest.find('>')?;
-    let path = rest[..end].trim();
-    // A source route (`@a,@b:user@c`) is ignored, as RFC 5321 allows.
-    let path = path.rsplit_once(':').map_or(path, |(_, p)| p);
-    Some((path.to_owned(), rest[end + 1..].trim().to_owned()))
-}
-
-/// A mailbox `local@domain`: no spaces or controls, one `@` with text on
-/// both sides.
-fn is_address(a: &str) -> bool {
-    let Some((local, domain)) = a.rsplit_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && !domain.is_empty()
-        && a.len() <= 320
-        && !a.chars().any(|c| c.is_control() || c.is_whitespace())
-        && !domain.contains('@')
 }
 
 #[cfg(test)]
