@@ -17,6 +17,8 @@
 //! - [`session`]: the one session of every dialect (pre-auth driver, login
 //!   policy, the step after the login: relay), its end reasons, and the
 //!   upstream login driver;
+//! - [`graph`]: Microsoft Graph's `sendMail` (issue 25, in progress): its
+//!   client and what each of its answers tells an SMTP client;
 //! - [`context`]: the application's root state (configuration in force,
 //!   metrics, accounts, the portal's address, upstream TLS settings),
 //!   shared by the sessions and the portal;
@@ -31,6 +33,7 @@
 pub mod accounts;
 pub mod cli;
 pub mod context;
+pub mod graph;
 pub mod net;
 pub mod observe;
 pub mod portal;

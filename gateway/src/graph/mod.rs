@@ -1,0 +1,116 @@
+//! Sending through Microsoft Graph (`sendMail`), for tenants whose SMTP
+//! AUTH is off: the client of the API ([`Graph::send_mime`]) and what each
+//! of its answers tells an SMTP client ([`GraphError::smtp_reply`]). The
+//! message goes as MIME, base64-encoded, so that its headers and parts
+//! reach Exchange as the client wrote them (after the envelope decided the
+//! recipients: [`mailgate_proto::recipients`]).
+
+mod error;
+
+pub use error::GraphError;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret as _, SecretString};
+
+/// Microsoft's public Graph endpoint.
+pub const DEFAULT_URL: &str = "https://graph.microsoft.com/v1.0";
+
+/// The most of a MIME message that one `sendMail` request carries: Graph
+/// refuses request bodies over about 4 MB, and base64 grows a message by a
+/// third.
+pub const MAX_MIME_REQUEST: usize = 3 * 1024 * 1024;
+
+/// The longest error answer read from Graph.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A Graph endpoint.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    http: reqwest::Client,
+    base: url::Url,
+    timeout: Duration,
+}
+
+impl Graph {
+    /// The Graph API at `base` (e.g. [`DEFAULT_URL`]), each request bounded
+    /// by `timeout`, over `http` (the process's client: its proxies, no
+    /// redirects).
+    pub fn new(http: reqwest::Client, base: url::Url, timeout: Duration) -> Graph {
+        Graph {
+            http,
+            base,
+            timeout,
+        }
+    }
+
+    /// `…/users/{mailbox}/sendMail`.
+    fn send_mail_url(&self, mailbox: &str) -> Result<url::Url, GraphError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| GraphError::Unreachable(format!("{} cannot be a base URL", self.base)))?
+            .pop_if_empty()
+            .extend(["users", mailbox, "sendMail"]);
+        Ok(url)
+    }
+
+    /// Sends `mime` (a whole message, its recipients already decided) as
+    /// `mailbox` with the access token `token`. `Ok` means Graph accepted
+    /// it (`202`), not that it was delivered.
+    pub async fn send_mime(
+        &self,
+        mailbox: &str,
+        token: &SecretString,
+        mime: &[u8],
+    ) -> Result<(), GraphError> {
+        if mime.len() > MAX_MIME_REQUEST {
+            return Err(GraphError::TooLarge {
+                code: "RequestEntityTooLarge".into(),
+                message: format!("a message of {} bytes needs an upload session", mime.len()),
+            });
+        }
+        let body = base64::engine::general_purpose::STANDARD.encode(mime);
+        let request = self
+            .http
+            .post(self.send_mail_url(mailbox)?)
+            .bearer_auth(token.expose_secret())
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .body(body)
+            .send();
+        let response = match tokio::time::timeout(self.timeout, request).await {
+            Err(_) => return Err(GraphError::Timeout),
+            Ok(Err(e)) if e.is_timeout() => return Err(GraphError::Timeout),
+            Ok(Err(e)) => {
+                return Err(GraphError::Unreachable(crate::accounts::oauth::chain(&e)));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status().as_u16();
+        if status == 202 {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = read_capped(response).await;
+        Err(GraphError::from_answer(status, &body, retry_after))
+    }
+}
+
+/// An error answer's body, up to [`MAX_ERROR_BODY`] bytes (a slow or
+/// endless one is cut there, within the request's time).
+async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ERROR_BODY - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    body
+}
