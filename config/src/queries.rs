@@ -245,6 +245,17 @@ impl Config {
                     }
                 }
             }
+            if p.sending != Sending::Smtp {
+                let _ = writeln!(
+                    s,
+                    "    sending        {} via {} (save to Sent Items: {}, max message {} bytes, scopes {})",
+                    p.sending,
+                    p.graph.url,
+                    p.graph.save_to_sent_items,
+                    p.graph.max_message_size,
+                    p.graph.scopes.join(" ")
+                );
+            }
             if let Some(ca) = &p.ca_file {
                 let _ = writeln!(s, "    ca_file        {}", ca.display());
             }

@@ -102,6 +102,9 @@ pub(crate) struct RawProvider {
     pub client_key: Option<String>,
     pub client_assertion_alg: Option<String>,
     pub proxy: Option<String>,
+    pub graph_url: Option<String>,
+    pub save_to_sent_items: Option<bool>,
+    pub max_message_size: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

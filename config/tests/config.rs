@@ -486,3 +486,85 @@ fn portal_section() {
     }
     assert!(!errors_of(&format!("{MINIMAL}\n[portal]\nport = 1\n")).is_empty());
 }
+
+#[test]
+fn sending_through_graph() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The default: SMTP relayed, Graph's defaults ready.
+    let cfg = load_with_env(&write(dir.path(), MINIMAL), no_env()).expect("loads");
+    let o = cfg.provider("o").expect("provider");
+    assert_eq!(o.sending, mailgate_config::Sending::Smtp);
+    assert_eq!(o.graph.url.as_str(), "https://graph.microsoft.com/v1.0");
+    assert!(o.graph.save_to_sent_items);
+    assert_eq!(o.graph.max_message_size, 35_000_000);
+    assert_eq!(
+        o.graph.scopes,
+        ["https://graph.microsoft.com/Mail.Send", "offline_access"]
+    );
+
+    let graph = MINIMAL.replace(
+        "client_id = \"abc\"",
+        "client_id = \"abc\"\nsmtp = \"graph\"\ngraph_url = \"http://127.0.0.1:9/v1.0\"\nsave_to_sent_items = false\nmax_message_size = \"20MiB\"",
+    );
+    let cfg = load_with_env(&write(dir.path(), &graph), no_env()).expect("loads");
+    let o = cfg.provider("o").expect("provider");
+    assert_eq!(o.sending, mailgate_config::Sending::Graph);
+    assert!(o.smtp.is_none(), "no SMTP server is used");
+    assert_eq!(o.graph.url.as_str(), "http://127.0.0.1:9/v1.0");
+    assert!(!o.graph.save_to_sent_items);
+    assert_eq!(o.graph.max_message_size, 20 << 20);
+    assert!(
+        cfg.describe()
+            .contains("sending        graph via http://127.0.0.1:9/v1.0")
+    );
+
+    let auto = MINIMAL.replace(
+        "client_id = \"abc\"",
+        "client_id = \"abc\"\nsmtp = \"auto\"",
+    );
+    let cfg = load_with_env(&write(dir.path(), &auto), no_env()).expect("loads");
+    let o = cfg.provider("o").expect("provider");
+    assert_eq!(o.sending, mailgate_config::Sending::Auto);
+    assert_eq!(
+        o.smtp.as_ref().map(|u| u.to_string()),
+        Some("smtp.office365.com:587 (STARTTLS)".into()),
+        "auto tries the preset's SMTP server first"
+    );
+
+    let app_only = MINIMAL.replace(
+        "client_id = \"abc\"",
+        "client_id = \"abc\"\nflow = \"client_credentials\"\nclient_secret = \"s\"\ntenant = \"contoso.com\"\nsmtp = \"graph\"",
+    )
+    .replace("provider = \"o\"", "provider = \"o\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$1GWF7L1TgCqlKXI5GcL7Y3KDa2HLRhr8hIbg4CJ8V2A\"");
+    let cfg = load_with_env(&write(dir.path(), &app_only), no_env()).expect("loads");
+    assert_eq!(
+        cfg.provider("o").expect("provider").graph.scopes,
+        ["https://graph.microsoft.com/.default"]
+    );
+
+    let gmail = r#"
+[[listener]]
+protocol = "smtp"
+address = "127.0.0.1:1587"
+[provider.g]
+preset = "gmail"
+client_id = "x.apps.googleusercontent.com"
+smtp = "graph"
+max_message_size = "lots"
+[[account]]
+user = "a@example.com"
+provider = "g"
+"#;
+    let errs = errors_of(gmail);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("provider.g.smtp")
+                && e.contains("only office365, outlook and custom")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("provider.g.max_message_size") && e.contains("is not a size")),
+        "{errs:?}"
+    );
+}

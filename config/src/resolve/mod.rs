@@ -117,6 +117,37 @@ fn choice<T: Choice>(errs: &mut Errors<'_>, key: &str, value: Option<String>) ->
     found
 }
 
+/// A size in bytes: a number with an optional unit (`B`, `KB`, `MB`,
+/// `GB`: powers of 1000; `KiB`, `MiB`, `GiB`: of 1024), e.g. `35MB`.
+fn size(errs: &mut Errors<'_>, key: &str, value: Option<String>, default: usize) -> usize {
+    let Some(s) = value else {
+        return default;
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let factor: Option<u64> = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => Some(1),
+        "kb" => Some(1000),
+        "mb" => Some(1000 * 1000),
+        "gb" => Some(1000 * 1000 * 1000),
+        "kib" => Some(1 << 10),
+        "mib" => Some(1 << 20),
+        "gib" => Some(1 << 30),
+        _ => None,
+    };
+    match (n.parse::<u64>().ok(), factor) {
+        (Some(n), Some(f)) if n > 0 => usize::try_from(n.saturating_mul(f)).unwrap_or(usize::MAX),
+        _ => {
+            errs.push(
+                key,
+                format!("`{s}` is not a size; write e.g. \"35MB\" or \"20MiB\""),
+            );
+            default
+        }
+    }
+}
+
 fn duration(
     errs: &mut Errors<'_>,
     key: &str,

@@ -2,6 +2,7 @@
 //! checked, and the credentials a provider signs in with.
 
 use super::*;
+use crate::{GraphApi, Sending};
 
 pub(super) fn providers(
     file: &Path,
@@ -338,12 +339,63 @@ pub(super) fn provider(
         p.pop3.or(pv.pop3.map(Into::into)),
         Protocol::Pop3,
     );
-    let smtp = upstream(
-        errs,
-        &key("smtp"),
-        p.smtp.or(pv.smtp.map(Into::into)),
-        Protocol::Smtp,
-    );
+    // `smtp = "graph"` or `"auto"` chooses Graph; "auto" still relays to
+    // the preset's SMTP server until a tenant refuses SMTP AUTH.
+    let (sending, smtp_url) = match p.smtp.as_deref().map(str::trim) {
+        Some(s) if s.eq_ignore_ascii_case("graph") => (Sending::Graph, None),
+        Some(s) if s.eq_ignore_ascii_case("auto") => (Sending::Auto, pv.smtp.map(Into::into)),
+        _ => (Sending::Smtp, p.smtp.clone().or(pv.smtp.map(Into::into))),
+    };
+    let smtp = upstream(errs, &key("smtp"), smtp_url, Protocol::Smtp);
+    if sending == Sending::Auto && smtp.is_none() && p.smtp.is_some() {
+        errs.push(
+            key("smtp"),
+            "\"auto\" needs the preset's SMTP server (office365 or outlook) to try first",
+        );
+    }
+    let microsoft = matches!(preset, Preset::Office365 | Preset::Outlook | Preset::Custom);
+    if sending != Sending::Smtp && (!microsoft || flow == Flow::ServiceAccount) {
+        errs.push(
+            key("smtp"),
+            format!(
+                "\"{sending}\" sends through Microsoft Graph: only office365, outlook and custom providers can (not {preset}, nor a Google service account)"
+            ),
+        );
+    }
+    let graph_url = match p.graph_url.as_deref() {
+        None => url::Url::parse(crate::GRAPH_URL).ok(),
+        Some(u) => match url::Url::parse(u.trim()) {
+            Ok(u) if matches!(u.scheme(), "https" | "http") => Some(u),
+            _ => {
+                errs.push(
+                    key("graph_url"),
+                    format!(
+                        "`{u}` is not an http(s) URL; the default is {}",
+                        crate::GRAPH_URL
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let graph = GraphApi {
+        url: graph_url.unwrap_or_else(|| url::Url::parse(crate::GRAPH_URL).expect("a URL")),
+        save_to_sent_items: p.save_to_sent_items.unwrap_or(true),
+        max_message_size: super::size(
+            errs,
+            &key("max_message_size"),
+            p.max_message_size.clone(),
+            35 * 1000 * 1000,
+        ),
+        scopes: if matches!(flow, Flow::ClientCredentials) {
+            vec!["https://graph.microsoft.com/.default".to_owned()]
+        } else {
+            vec![
+                crate::GRAPH_MAIL_SEND.to_owned(),
+                "offline_access".to_owned(),
+            ]
+        },
+    };
     if imap.is_none() && pop3.is_none() && smtp.is_none() && errs.list.len() == before {
         errs.push(
             key("imap"),
@@ -415,5 +467,7 @@ pub(super) fn provider(
         min_token_life,
         service_account,
         client_certificate,
+        sending,
+        graph,
     })
 }

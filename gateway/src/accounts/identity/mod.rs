@@ -447,6 +447,13 @@ mod tests {
             client_certificate: None,
             proxy: None,
             allowed_tenants: Vec::new(),
+            sending: mailgate_config::Sending::Smtp,
+            graph: mailgate_config::GraphApi {
+                url: url::Url::parse(mailgate_config::GRAPH_URL).expect("url"),
+                save_to_sent_items: true,
+                max_message_size: 35_000_000,
+                scopes: vec![mailgate_config::GRAPH_MAIL_SEND.into()],
+            },
         }
     }
 
