@@ -148,3 +148,178 @@ async fn every_refusal_becomes_an_smtp_reply() {
     assert_eq!(e, GraphError::Timeout);
     assert!(e.smtp_reply().starts_with("451 4.4.1 "));
 }
+
+/// An SMTP client's session through a gateway with `smtp = "graph"`: AUTH
+/// with the local password, then a message whose envelope differs from its
+/// headers.
+mod end_to_end {
+    use super::*;
+    use mailgate_config::Protocol;
+    use mailgate_tests::client::LineClient;
+    use mailgate_tests::harness::{PASSWORD, logs, smtp_addr, start};
+
+    fn b64(s: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    async fn logged_in(g: &mailgate::Gateway) -> LineClient {
+        let mut c = LineClient::connect(smtp_addr(g)).await;
+        assert!(c.line().await.starts_with("220 "));
+        c.send("EHLO client.test\r\n").await;
+        while !c.line().await.starts_with("250 ") {}
+        c.send(format!(
+            "AUTH PLAIN {}\r\n",
+            b64(&format!("\0{USER}\0{PASSWORD}"))
+        ))
+        .await;
+        assert_eq!(c.line().await, "235 2.7.0 Authentication successful\r\n");
+        c
+    }
+
+    async fn send(c: &mut LineClient, rcpts: &[&str], message: &str) -> String {
+        c.send(format!("MAIL FROM:<{USER}>\r\n")).await;
+        let r = c.line().await;
+        if !r.starts_with("250 ") {
+            return r;
+        }
+        for r in rcpts {
+            c.send(format!("RCPT TO:<{r}>\r\n")).await;
+            assert_eq!(c.line().await, "250 2.1.5 Recipient OK\r\n");
+        }
+        c.send("DATA\r\n").await;
+        assert!(c.line().await.starts_with("354 "));
+        c.send(format!("{message}.\r\n")).await;
+        c.line().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smtp_in_graph_out_with_the_envelopes_recipients() {
+        logs();
+        let env = Env::new().await;
+        let fake = FakeGraph::start(env.oauth.clone()).await;
+        env.seal_new_user_token();
+        let text = env.config_for(
+            &[(Protocol::Smtp, "graph")],
+            "",
+            &format!("graph_url = \"{}\"", fake.url()),
+            "",
+        );
+        let g = start(env.load(&text)).await;
+        let mut c = logged_in(&g).await;
+        let message = format!(
+            "From: {USER}\r\nTo: bob@example.test\r\nCc: carol@example.test\r\nBcc: eve@example.test\r\nSubject: via Graph\r\n\r\n..a stuffed line\r\n"
+        );
+        let r = send(&mut c, &["bob@example.test", "zoe@example.test"], &message).await;
+        assert_eq!(r, "250 2.0.0 Accepted by Microsoft Graph\r\n");
+        assert_eq!(
+            fake.recipients(),
+            vec!["bob@example.test", "zoe@example.test"],
+            "exactly the envelope: not carol (headers only), not eve (Bcc header only)"
+        );
+        for d in fake.deliveries() {
+            let text = String::from_utf8(d.message).unwrap();
+            assert!(
+                !text.contains("eve@example.test") && !text.contains("carol@"),
+                "{text}"
+            );
+            assert!(
+                text.ends_with("\r\n\r\n.a stuffed line\r\n"),
+                "unstuffed: {text}"
+            );
+        }
+
+        // The provider forgets the Graph token: Graph answers 401, the
+        // gateway refreshes it once and sends again.
+        let refreshes = env.oauth.refresh_count();
+        env.oauth.revoke_access_tokens();
+        let r = send(&mut c, &["bob@example.test"], &message).await;
+        assert_eq!(r, "250 2.0.0 Accepted by Microsoft Graph\r\n");
+        assert_eq!(env.oauth.refresh_count(), refreshes + 1, "one refresh");
+        assert_eq!(fake.recipients().len(), 3);
+
+        // Graph throttles: 451 with its wait, then the account is held
+        // back at MAIL until the wait passes.
+        fake.set_mode(GraphMode::Throttle(30));
+        let r = send(&mut c, &["bob@example.test"], &message).await;
+        assert!(
+            r.starts_with("451 4.7.0 Microsoft Graph is throttling this mailbox")
+                && r.contains("30 s"),
+            "{r}"
+        );
+        let requests = fake.requests();
+        fake.set_mode(GraphMode::Accept);
+        let r = send(&mut c, &["bob@example.test"], &message).await;
+        assert!(
+            r.starts_with("451 4.7.0 Microsoft Graph asked this mailbox to wait"),
+            "{r}"
+        );
+        assert_eq!(fake.requests(), requests, "held back without asking Graph");
+        c.send("QUIT\r\n").await;
+        assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
+        assert_eq!(fake.recipients().len(), 3, "nothing more was delivered");
+        g.shutdown().await;
+    }
+
+    /// A real client: Python's smtplib sends to To, Cc and an
+    /// envelope-only Bcc through the gateway.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn python_smtplib_sends_through_graph() {
+        logs();
+        let env = Env::new().await;
+        let fake = FakeGraph::start(env.oauth.clone()).await;
+        env.seal_new_user_token();
+        let text = env.config_for(
+            &[(Protocol::Smtp, "graph")],
+            "",
+            &format!("graph_url = \"{}\"", fake.url()),
+            "",
+        );
+        let g = start(env.load(&text)).await;
+        let port = smtp_addr(&g).port();
+        let script = format!(
+            r#"
+import smtplib
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "{USER}"
+m["To"] = "bob@example.test"
+m["Cc"] = "carol@example.test"
+m["Subject"] = "Grüße über Graph"
+m.set_content("Zeile mit Umlauten: äöü\n.Punkt am Anfang\n")
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=20)
+s.login("{USER}", "{PASSWORD}")
+refused = s.send_message(m, to_addrs=["bob@example.test", "carol@example.test", "secret@example.test"])
+assert refused == {{}}, refused
+s.quit()
+"#
+        );
+        let out = tokio::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fake.recipients(),
+            vec![
+                "bob@example.test",
+                "carol@example.test",
+                "secret@example.test"
+            ]
+        );
+        for d in fake.deliveries() {
+            let text = String::from_utf8(d.message).unwrap();
+            assert!(
+                !text.contains("secret@example.test"),
+                "a Bcc is hidden: {text}"
+            );
+            assert!(text.contains("Subject: =?utf-8?"), "{text}");
+        }
+        g.shutdown().await;
+    }
+}

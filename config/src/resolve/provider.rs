@@ -396,10 +396,15 @@ pub(super) fn provider(
             ]
         },
     };
-    if imap.is_none() && pop3.is_none() && smtp.is_none() && errs.list.len() == before {
+    if imap.is_none()
+        && pop3.is_none()
+        && smtp.is_none()
+        && sending != Sending::Graph
+        && errs.list.len() == before
+    {
         errs.push(
             key("imap"),
-            "a custom provider must name at least one server: imap, pop3 or smtp",
+            "a custom provider must name at least one server: imap, pop3 or smtp (or smtp = \"graph\")",
         );
     }
 

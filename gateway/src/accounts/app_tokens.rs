@@ -14,7 +14,7 @@ use crate::accounts::fleet::Lease;
 use crate::accounts::fleet::sealed::{self as shared, Sealer};
 use crate::accounts::oauth::OAuthError;
 use crate::accounts::service::Accounts;
-use crate::accounts::store::{StoreError, now};
+use crate::accounts::store::{Audience, StoreError, now};
 
 /// An app-only token as the fleet shares it (sealed, see [`app_sealer`]).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -28,7 +28,11 @@ pub(super) struct AppToken {
 /// mailbox of a service account): keyed by its client secret, its client
 /// certificate's key or its service account's private key, which every
 /// instance has and Redis does not (`None` without any: nothing is shared).
-pub(super) fn app_sealer(provider: &Provider, subject: Option<&str>) -> Option<Sealer> {
+pub(super) fn app_sealer(
+    provider: &Provider,
+    subject: Option<&str>,
+    audience: Audience,
+) -> Option<Sealer> {
     let secret = match (&provider.service_account, &provider.client_certificate) {
         (Some(sa), _) => &sa.private_key,
         (None, Some(cert)) => &cert.private_key,
@@ -40,6 +44,7 @@ pub(super) fn app_sealer(provider: &Provider, subject: Option<&str>) -> Option<S
         provider.client_id.as_str(),
         provider.token_url.as_str(),
         subject.unwrap_or(""),
+        audience.name(),
         secret.expose_secret(),
     ] {
         material.extend_from_slice(&(part.len() as u64).to_be_bytes());
@@ -66,10 +71,16 @@ impl Accounts {
         provider: &Provider,
         subject: Option<&str>,
         rejected: Option<&SecretString>,
+        audience: Audience,
     ) -> Result<SecretString, LoginError> {
         let slot = {
             let mut map = self.app_tokens.lock().unwrap_or_else(|e| e.into_inner());
-            let key = format!("{}\0{}", provider.name, subject.unwrap_or(""));
+            let key = format!(
+                "{}\0{}\0{}",
+                provider.name,
+                subject.unwrap_or(""),
+                audience.name()
+            );
             map.entry(key).or_default().clone()
         };
         let mut cur = slot.lock().await;
@@ -88,7 +99,7 @@ impl Accounts {
             return Ok(tok.clone());
         }
         let min_life = provider.min_token_life.as_secs();
-        let shared = app_sealer(provider, subject).filter(|_| self.fleet.shared());
+        let shared = app_sealer(provider, subject, audience).filter(|_| self.fleet.shared());
         let mut lease = None;
         if let Some(sealer) = &shared {
             // One token for the fleet: another instance's, else ours,
@@ -107,7 +118,7 @@ impl Accounts {
         }
         let result = match subject {
             Some(mailbox) => self.oauth.jwt_bearer(provider, mailbox).await,
-            None => self.oauth.client_credentials(provider).await,
+            None => self.oauth.client_credentials(provider, audience).await,
         };
         if let (Ok(grant), Some(sealer)) = (&result, &shared) {
             let life = grant.expires_in.unwrap_or(Duration::from_secs(3600));

@@ -45,6 +45,11 @@ pub enum LoginError {
 /// Why an account's stored token cannot serve a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Unusable {
+    /// The authorisation does not allow sending through Microsoft Graph
+    /// (signed in before the Graph scope was asked for, or consent
+    /// withdrawn): authorise again.
+    #[error("the authorisation does not allow sending through Microsoft Graph")]
+    NoGraph,
     #[error("the stored token is damaged")]
     Damaged,
     #[error("the stored token cannot be opened")]

@@ -22,6 +22,7 @@ use tracing::info;
 use super::errors::LoginError;
 use super::names::account_name;
 use super::service::{Accounts, Authorized};
+use super::store::Audience;
 
 /// A listener's in-band policy for accounts that need an authorisation.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +47,7 @@ impl Accounts {
         password: &SecretString,
         peer: IpAddr,
         in_band: InBand<'_>,
+        audience: Audience,
     ) -> Result<Authorized, LoginError> {
         let told = |accounts: &Accounts, portal| {
             let (Some(name), Some(provider)) = (account_name(login), accounts.provider_of(login))
@@ -55,7 +57,8 @@ impl Accounts {
             info!("the account needs authorisation; the client is told where to do it");
             LoginError::AuthorizeAt(instructions(portal, &name, &provider))
         };
-        match (self.authenticate(login, password, peer).await, in_band) {
+        let tried = self.authenticate_for(login, password, peer, audience).await;
+        match (tried, in_band) {
             (Err(LoginError::NoToken), InBand::Off) => {
                 // Nothing can check this password: it counts against no
                 // one (it is not a wrong password).

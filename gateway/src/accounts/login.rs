@@ -12,17 +12,31 @@ use crate::accounts::errors::{LoginError, Unavailable, Unusable};
 use crate::accounts::names::account_name;
 use crate::accounts::service::{Accounts, Authorized};
 use crate::accounts::state::{AccountState, CachedKey};
+use crate::accounts::store::Audience;
 use crate::accounts::store::{Expect, SealingKey, StoreError};
 use mailgate_config::Provider;
 
 impl Accounts {
-    /// Checks the local password of `login` and returns an access token that
-    /// lives at least the provider's `min_token_life`.
+    /// Checks the local password of `login` and returns a mail access token
+    /// that lives at least the provider's `min_token_life`.
     pub async fn authenticate(
         &self,
         login: &str,
         password: &SecretString,
         peer: IpAddr,
+    ) -> Result<Authorized, LoginError> {
+        self.authenticate_for(login, password, peer, Audience::Mail)
+            .await
+    }
+
+    /// As [`Accounts::authenticate`], with a token for `audience` (Graph,
+    /// for a session that sends through it).
+    pub async fn authenticate_for(
+        &self,
+        login: &str,
+        password: &SecretString,
+        peer: IpAddr,
+        audience: Audience,
     ) -> Result<Authorized, LoginError> {
         let Some(user) = account_name(login) else {
             info!("login with a name that cannot be an account");
@@ -58,13 +72,19 @@ impl Accounts {
             // account: one token per mailbox.
             self.success(&user, peer, false, false);
             let access_token = self
-                .app_token(&provider, app_subject(&provider, &upstream_user), None)
+                .app_token(
+                    &provider,
+                    app_subject(&provider, &upstream_user),
+                    None,
+                    audience,
+                )
                 .await?;
             return Ok(Authorized {
                 user,
                 upstream_user,
                 provider,
                 access_token,
+                audience,
             });
         }
 
@@ -80,12 +100,15 @@ impl Accounts {
             }
             return Err(e);
         }
-        let access_token = self.fresh_token(&user, &provider, &mut st, None).await?;
+        let access_token = self
+            .fresh_token(&user, &provider, &mut st, None, audience)
+            .await?;
         Ok(Authorized {
             user,
             upstream_user,
             provider,
             access_token,
+            audience,
         })
     }
 
@@ -95,7 +118,12 @@ impl Accounts {
         if auth.provider.is_app_only() {
             let subject = app_subject(&auth.provider, &auth.upstream_user);
             return self
-                .app_token(&auth.provider, subject, Some(&auth.access_token))
+                .app_token(
+                    &auth.provider,
+                    subject,
+                    Some(&auth.access_token),
+                    auth.audience,
+                )
                 .await;
         }
         let state = self.state(&auth.user);
@@ -105,6 +133,7 @@ impl Accounts {
             &auth.provider,
             &mut st,
             Some(&auth.access_token),
+            auth.audience,
         )
         .await
     }

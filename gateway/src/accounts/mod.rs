@@ -27,6 +27,7 @@ mod errors;
 pub mod fleet;
 pub mod flows;
 pub mod grants;
+pub mod graph;
 pub mod identity;
 pub mod inband;
 mod login;

@@ -25,12 +25,14 @@ pub(super) enum Leased {
     Held(Lease),
 }
 
-/// The cached access token when it lives at least `min_life` seconds more
-/// and is not the one the upstream `rejected` (which is dropped).
+/// The cached access token for `audience` when it lives at least
+/// `min_life` seconds more and is not the one the upstream `rejected`
+/// (which is dropped).
 pub(super) fn usable_token(
     st: &mut AccountState,
     rejected: Option<&SecretString>,
     min_life: u64,
+    audience: Audience,
 ) -> Result<Option<SecretString>, LoginError> {
     let Some(tokens) = st.tokens.as_mut() else {
         return Err(LoginError::NeedsAuthorization {
@@ -38,7 +40,7 @@ pub(super) fn usable_token(
             file: st.disk.clone().map(Box::new),
         });
     };
-    if let (Some(bad), Some(cur)) = (rejected, tokens.access(Audience::Mail))
+    if let (Some(bad), Some(cur)) = (rejected, tokens.access(audience))
         && bool::from(
             bad.expose_secret()
                 .as_bytes()
@@ -46,35 +48,39 @@ pub(super) fn usable_token(
         )
     {
         debug!("dropping the access token the upstream rejected");
-        tokens.access.remove(&Audience::Mail);
+        tokens.access.remove(&audience);
     }
     Ok(tokens
-        .access(Audience::Mail)
+        .access(audience)
         .filter(|a| a.expires_at >= now().saturating_add(min_life))
         .map(|a| a.token.clone()))
 }
 
 impl Accounts {
-    /// Returns an access token living at least `min_token_life`, refreshing
-    /// when needed. `rejected` is a token the upstream refused: it is never
-    /// returned again.
+    /// Returns an access token for `audience` living at least
+    /// `min_token_life`, refreshing when needed. `rejected` is a token the
+    /// upstream refused: it is never returned again.
     pub(super) async fn fresh_token(
         &self,
         user: &str,
         provider: &Provider,
         st: &mut AccountState,
         rejected: Option<&SecretString>,
+        audience: Audience,
     ) -> Result<SecretString, LoginError> {
         let min_life = provider.min_token_life.as_secs();
-        if let Some(t) = usable_token(st, rejected, min_life)? {
+        if let Some(t) = usable_token(st, rejected, min_life, audience)? {
             return Ok(t);
         }
-        // A refresh is due: one per account in the whole fleet.
-        let lease = match self.lease(user, st, rejected, min_life).await? {
+        // A refresh is due: one per account in the whole fleet, whatever
+        // the audience.
+        let lease = match self.lease(user, st, rejected, min_life, audience).await? {
             Leased::Fresh(t) => return Ok(t),
             Leased::Held(l) => l,
         };
-        let out = self.refresh_now(user, provider, st, min_life).await;
+        let out = self
+            .refresh_now(user, provider, st, min_life, audience)
+            .await;
         lease.release().await;
         out
     }
@@ -87,6 +93,7 @@ impl Accounts {
         st: &mut AccountState,
         rejected: Option<&SecretString>,
         min_life: u64,
+        audience: Audience,
     ) -> Result<Leased, LoginError> {
         let ttl = Duration::from_secs(5).max(self.config().gateway.upstream_timeout * 2);
         let deadline = tokio::time::Instant::now() + ttl * 2;
@@ -96,7 +103,7 @@ impl Accounts {
                 LoginError::Unavailable(Unavailable::Store)
             })?;
             if self.adopt_newer(user, st).await
-                && let Some(t) = usable_token(st, rejected, min_life)?
+                && let Some(t) = usable_token(st, rejected, min_life, audience)?
             {
                 if let Some(l) = held {
                     l.release().await;
@@ -147,13 +154,15 @@ impl Accounts {
         }
     }
 
-    /// Refreshes with the cached refresh token (the lease is held).
+    /// Refreshes with the cached refresh token for a token of `audience`
+    /// (the lease is held).
     pub(super) async fn refresh_now(
         &self,
         user: &str,
         provider: &Provider,
         st: &mut AccountState,
         min_life: u64,
+        audience: Audience,
     ) -> Result<SecretString, LoginError> {
         let Some(tokens) = st.tokens.as_mut() else {
             return Err(LoginError::NeedsAuthorization {
@@ -167,8 +176,8 @@ impl Accounts {
                 file: st.disk.clone().map(Box::new),
             });
         };
-        debug!(provider = %provider.name, "refreshing the access token");
-        let result = self.oauth.refresh(provider, &rt).await;
+        debug!(provider = %provider.name, audience = audience.name(), "refreshing the access token");
+        let result = self.oauth.refresh(provider, &rt, audience).await;
         match result {
             Ok(grant) => {
                 let lifetime = grant
@@ -184,7 +193,7 @@ impl Accounts {
                 }
                 let rotated = grant.refresh_token.is_some();
                 tokens.access.insert(
-                    Audience::Mail,
+                    audience,
                     Access {
                         token: grant.access_token.clone(),
                         expires_at: now().saturating_add(lifetime),
@@ -193,10 +202,26 @@ impl Accounts {
                 if let Some(new_rt) = &grant.refresh_token {
                     tokens.refresh_token = Some(new_rt.clone());
                 }
-                info!(rotated, lifetime_s = lifetime, "access token refreshed");
+                info!(
+                    rotated,
+                    lifetime_s = lifetime,
+                    audience = audience.name(),
+                    "access token refreshed"
+                );
                 self.metrics.refresh("ok");
                 self.persist(user, provider, st, None).await;
                 Ok(grant.access_token)
+            }
+            // A Graph token refused: the sign-in did not allow sending
+            // through Graph (or no longer does). The mail tokens are not
+            // touched: the account still reads mail.
+            Err(OAuthError::InvalidGrant(detail)) if audience == Audience::Graph => {
+                self.metrics.refresh("invalid_grant");
+                warn!(provider = %provider.name, %detail, "no Graph token: the sign-in does not allow sending through Graph");
+                Err(LoginError::NeedsAuthorization {
+                    why: Unusable::NoGraph,
+                    file: st.disk.clone().map(Box::new),
+                })
             }
             Err(e) => {
                 let mark_dead = matches!(e, OAuthError::InvalidGrant(_));

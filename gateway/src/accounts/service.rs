@@ -28,7 +28,9 @@ pub struct Authorized {
     /// The SASL identity to use upstream.
     pub upstream_user: String,
     pub provider: Arc<Provider>,
+    /// For the audience it was asked for.
     pub access_token: SecretString,
+    pub audience: crate::accounts::store::Audience,
 }
 
 /// The token service.
@@ -46,6 +48,9 @@ pub struct Accounts {
     /// Per (user, password_hash): the check of a password that matched it.
     pub(super) hash_checks: Mutex<HashMap<(String, String), [u8; 32]>>,
     pub(super) salt: [u8; 32],
+    /// Sending through Graph: the accounts `smtp = "auto"` switched, and
+    /// the accounts Graph asked to wait (until when).
+    pub(super) graph: crate::accounts::graph::GraphState,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -77,6 +82,7 @@ impl Accounts {
             hash_checks: Mutex::new(HashMap::new()),
             salt,
             metrics,
+            graph: Default::default(),
         }
     }
 

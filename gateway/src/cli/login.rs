@@ -274,7 +274,7 @@ pub(super) fn token_import(cfg: &Config, user: &str, no_verify: bool) -> CliResu
         let oauth = OAuth::new(cfg.gateway.upstream_timeout)
             .map_err(|e| CliError::Internal(e.to_string()))?;
         let mut grant = runtime
-            .block_on(oauth.refresh(&provider, &rt))
+            .block_on(oauth.refresh(&provider, &rt, crate::accounts::store::Audience::Mail))
             .map_err(|e| {
                 CliError::User(format!("the token does not work: {e}; nothing was stored"))
             })?;

@@ -11,7 +11,6 @@ pub use error::GraphError;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use secrecy::{ExposeSecret as _, SecretString};
 
 /// Microsoft's public Graph endpoint.
@@ -64,13 +63,38 @@ impl Graph {
         token: &SecretString,
         mime: &[u8],
     ) -> Result<(), GraphError> {
-        if mime.len() > MAX_MIME_REQUEST {
+        self.send_parts(mailbox, token, &[mime]).await
+    }
+
+    /// As [`Graph::send_mime`], for a message in parts (a rewritten header
+    /// and the body as received): they are encoded straight into the
+    /// request, never joined first.
+    pub async fn send_parts(
+        &self,
+        mailbox: &str,
+        token: &SecretString,
+        parts: &[&[u8]],
+    ) -> Result<(), GraphError> {
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        if size > MAX_MIME_REQUEST {
             return Err(GraphError::TooLarge {
                 code: "RequestEntityTooLarge".into(),
-                message: format!("a message of {} bytes needs an upload session", mime.len()),
+                message: format!("a message of {size} bytes needs an upload session"),
             });
         }
-        let body = base64::engine::general_purpose::STANDARD.encode(mime);
+        let mut body = String::with_capacity(size.div_ceil(3) * 4);
+        {
+            use std::io::Write as _;
+            let mut enc = base64::write::EncoderStringWriter::from_consumer(
+                &mut body,
+                &base64::engine::general_purpose::STANDARD,
+            );
+            for p in parts {
+                // Writing into a String cannot fail.
+                let _ = enc.write_all(p);
+            }
+            enc.into_inner();
+        }
         let request = self
             .http
             .post(self.send_mail_url(mailbox)?)

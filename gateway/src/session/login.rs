@@ -12,7 +12,10 @@ use secrecy::SecretString;
 use tracing::{info, warn};
 
 use crate::accounts::LoginError;
+use crate::accounts::store::Audience;
 use crate::context::Context;
+use crate::session::Established;
+use crate::session::upstream::LoggedIn;
 use crate::session::upstream::{UpstreamError, within};
 
 /// Why a login failed, as each protocol reports it to its client.
@@ -89,6 +92,9 @@ impl Failure {
                     format!("The authorisation of {user} has expired or was revoked; {run_login}")
                 }
                 Unusable::Marked => format!("{user} must be authorised again; {run_login}"),
+                Unusable::NoGraph => format!(
+                    "The authorisation of {user} does not allow sending through Microsoft Graph; authorise it again to allow it: {run_login}"
+                ),
             }),
             LoginError::Unavailable(u) => {
                 let advice = match &u {
@@ -130,18 +136,20 @@ pub struct Attempt {
 }
 
 /// Authenticates `user` locally and logs in to the provider's server for
-/// `protocol` with `attempt`.
-pub async fn run<T, F, Fut>(
+/// `protocol` with `attempt`; or, for SMTP and an account that sends
+/// through Microsoft Graph, gets its Graph token instead (with `smtp =
+/// "auto"`, once the tenant refused SMTP AUTH).
+pub async fn run<F, Fut>(
     ctx: &Context,
     protocol: Protocol,
     user: &str,
     password: &SecretString,
     client: Client,
     attempt: F,
-) -> Result<T, Failure>
+) -> Result<Established, Failure>
 where
     F: Fn(Attempt) -> Fut,
-    Fut: Future<Output = Result<T, UpstreamError>>,
+    Fut: Future<Output = Result<LoggedIn, UpstreamError>>,
 {
     let result = async {
         let accounts = &ctx.accounts;
@@ -153,10 +161,15 @@ where
         } else {
             crate::accounts::inband::InBand::Off
         };
+        let graph = protocol == Protocol::Smtp && accounts.sends_by_graph(user);
+        let audience = if graph { Audience::Graph } else { Audience::Mail };
         let auth = accounts
-            .log_in(user, password, peer, in_band)
+            .log_in(user, password, peer, in_band, audience)
             .await
             .map_err(|e| Failure::of(e, user))?;
+        if graph {
+            return Ok(Established::Graph(auth));
+        }
         let provider = auth.provider.clone();
         let Some(server) = provider.upstream(protocol).cloned() else {
             warn!(provider = %provider.name, %protocol, "the provider has no server for this protocol");
@@ -187,17 +200,30 @@ where
         };
         let first = timed(attempt(make(auth.access_token.clone()))).await;
         let rejection = match first {
-            Ok(t) => return Ok(t),
+            Ok(t) => return Ok(Established::Upstream(t)),
             Err(UpstreamError::Rejected { detail, .. }) => detail,
             Err(e) => return Err(unavailable(e)),
         };
+        // `smtp = "auto"`: a tenant with SMTP AUTH off sends through Graph
+        // from now on.
+        if protocol == Protocol::Smtp
+            && auth.provider.sending == mailgate_config::Sending::Auto
+            && smtp_auth_disabled(&rejection)
+        {
+            accounts.send_by_graph(&auth.user, &rejection);
+            let graph = accounts
+                .token_for(&auth, Audience::Graph)
+                .await
+                .map_err(|e| Failure::of(e, user))?;
+            return Ok(Established::Graph(graph));
+        }
         info!(detail = %rejection, "upstream rejected the token; refreshing and retrying once");
         let token = accounts
             .token_rejected(&auth)
             .await
             .map_err(|e| Failure::of(e, user))?;
         match timed(attempt(make(token))).await {
-            Ok(t) => Ok(t),
+            Ok(t) => Ok(Established::Upstream(t)),
             Err(UpstreamError::Rejected { detail, .. }) => {
                 warn!(%detail, "upstream rejected a freshly refreshed token");
                 Err(Failure::Refused(format!(
@@ -217,6 +243,13 @@ where
         },
     );
     result
+}
+
+/// Whether an SMTP server's refusal says that the tenant (or the mailbox)
+/// has SMTP AUTH turned off (Office 365: `535 5.7.139 ...
+/// SmtpClientAuthentication is disabled`).
+pub fn smtp_auth_disabled(detail: &str) -> bool {
+    detail.contains("5.7.139") || detail.contains("SmtpClientAuthentication is disabled")
 }
 
 /// The client is told what happened and what to do, in one line; the

@@ -7,6 +7,7 @@
 //! dialect's `preauth` module.
 
 pub mod end;
+pub mod graph;
 pub mod login;
 pub mod relay;
 pub mod residual;
@@ -286,16 +287,26 @@ where
     }
 }
 
+/// What a login established: an upstream session to relay to, or (SMTP
+/// for an account that sends through Microsoft Graph) the account and its
+/// Graph token, with no upstream connection.
+#[derive(Debug)]
+pub enum Established {
+    Upstream(LoggedIn),
+    Graph(crate::accounts::Authorized),
+}
+
 /// What the step after a login is given: the client (possibly upgraded to
 /// TLS), its pre-auth machine (its state and the bytes it read beyond the
-/// login), the upstream session the login opened, and the connection's
-/// place in the metrics.
+/// login), what the login established, the connection's place in the
+/// metrics, and the context.
 #[derive(Debug)]
 pub struct LoggedInSession<M> {
     pub client: Stream,
     pub machine: M,
-    pub upstream: LoggedIn,
+    pub established: Established,
     pub tally: Tally,
+    pub ctx: std::sync::Arc<Context>,
 }
 
 /// The step after a login that every dialect takes today: tell the client
@@ -306,9 +317,14 @@ pub async fn relay_after_login<D: Dialect>(s: LoggedInSession<D::Client>) {
     let LoggedInSession {
         mut client,
         machine,
-        upstream,
+        established,
         tally,
+        ..
     } = s;
+    let Established::Upstream(upstream) = established else {
+        tracing::warn!("only SMTP sends through Microsoft Graph; closing");
+        return;
+    };
     let mut reply = D::success(&machine, &upstream);
     let screened = residual::screen(&machine.into_residual(), D::screen, D::refuse);
     reply.extend_from_slice(&screened.replies);
@@ -407,14 +423,15 @@ pub async fn serve<D: Dialect>(client: Stream, setup: Setup, ctx: std::sync::Arc
     if end != End::LoggedIn {
         info!(end = %end, "closed before a login");
     }
-    let Ok((client, upstream)) = ended else {
+    let Ok((client, established)) = ended else {
         return;
     };
     D::after_login(LoggedInSession {
         client,
         machine: m,
-        upstream,
+        established,
         tally,
+        ctx,
     })
     .await;
 }

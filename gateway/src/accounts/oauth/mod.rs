@@ -23,6 +23,8 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::accounts::store::Audience;
+
 mod answer;
 mod assertion;
 mod http;
@@ -147,7 +149,9 @@ impl OAuth {
 
     /// The client for `provider`'s token endpoint: through its proxy, if
     /// it has one.
-    fn http(&self, provider: &Provider) -> Result<reqwest::Client, OAuthError> {
+    /// The HTTP client for `provider`'s requests: the process's, or one
+    /// through the provider's proxy (no redirects either way).
+    pub(crate) fn http(&self, provider: &Provider) -> Result<reqwest::Client, OAuthError> {
         let Some(proxy) = &provider.proxy else {
             return Ok(self.http.clone());
         };
@@ -192,21 +196,39 @@ impl OAuth {
         provider.scopes.iter().cloned().map(Scope::new)
     }
 
+    /// The scopes of a token for `audience`: the provider's (mail), or
+    /// Graph's. Microsoft issues a token for one resource at a time, so
+    /// each is asked for apart.
+    fn scopes_for(provider: &Provider, audience: Audience) -> Vec<Scope> {
+        let list = match audience {
+            Audience::Mail => &provider.scopes,
+            Audience::Graph => &provider.graph.scopes,
+        };
+        list.iter().cloned().map(Scope::new).collect()
+    }
+
     /// The provider's scopes plus `openid email`, for a sign-in: the ID
     /// token then names who signed in.
     fn sign_in_scopes(provider: &Provider) -> impl Iterator<Item = Scope> + '_ {
+        // Sending through Graph: the person consents to Mail.Send with the
+        // same sign-in (the code is then redeemed for the mail resource;
+        // a Graph token is asked for apart).
+        let graph = (provider.sending != mailgate_config::Sending::Smtp)
+            .then_some(mailgate_config::GRAPH_MAIL_SEND);
         let extra = IDENTITY_SCOPES
             .into_iter()
+            .chain(graph)
             .filter(|s| !provider.scopes.iter().any(|p| p == s))
             .map(|s| Scope::new(s.to_owned()));
         Self::scopes(provider).chain(extra)
     }
 
-    /// The refresh-token grant (RFC 6749 §6).
+    /// The refresh-token grant (RFC 6749 §6), for a token of `audience`.
     pub async fn refresh(
         &self,
         provider: &Provider,
         refresh_token: &SecretString,
+        audience: Audience,
     ) -> Result<Grant, OAuthError> {
         let rt = RefreshToken::new(refresh_token.expose_secret().to_owned());
         let client = Self::client(provider);
@@ -215,7 +237,7 @@ impl OAuth {
             provider,
             client
                 .exchange_refresh_token(&rt)
-                .add_scopes(Self::scopes(provider))
+                .add_scopes(Self::scopes_for(provider, audience))
         )
     }
 
@@ -414,14 +436,18 @@ impl OAuth {
     }
 
     /// The client credentials grant (app-only access).
-    pub async fn client_credentials(&self, provider: &Provider) -> Result<Grant, OAuthError> {
+    pub async fn client_credentials(
+        &self,
+        provider: &Provider,
+        audience: Audience,
+    ) -> Result<Grant, OAuthError> {
         let client = Self::client(provider);
         send_for_grant!(
             self,
             provider,
             client
                 .exchange_client_credentials()
-                .add_scopes(Self::scopes(provider))
+                .add_scopes(Self::scopes_for(provider, audience))
         )
     }
 }

@@ -135,6 +135,16 @@ pub enum Audience {
     Graph,
 }
 
+impl Audience {
+    /// Its name in logs and keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Audience::Mail => "mail",
+            Audience::Graph => "graph",
+        }
+    }
+}
+
 /// An access token for one [`Audience`].
 #[derive(Clone)]
 pub struct Access {

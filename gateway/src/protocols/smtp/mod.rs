@@ -54,4 +54,14 @@ impl Dialect for Smtp {
     fn refuse(_: &[u8]) -> Vec<u8> {
         b"503 5.5.1 Already authenticated\r\n".to_vec()
     }
+
+    /// Relay to the SMTP server, or for an account that sends through
+    /// Microsoft Graph, receive the messages here and send them there.
+    async fn after_login(s: crate::session::LoggedInSession<Self::Client>) {
+        if matches!(s.established, crate::session::Established::Graph(_)) {
+            crate::session::graph::submit(s).await;
+        } else {
+            crate::session::relay_after_login::<Self>(s).await;
+        }
+    }
 }
