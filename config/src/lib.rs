@@ -15,6 +15,7 @@ use secrecy::SecretString;
 mod certificate;
 mod choice;
 mod errors;
+mod graph;
 mod load;
 mod presets;
 mod proxy;
@@ -25,6 +26,7 @@ mod resolve;
 pub use certificate::{AssertionAlg, ClientCertificate, EXPIRY_WARNING};
 pub(crate) use choice::Choice;
 pub use errors::{ConfigError, ConfigErrors};
+pub use graph::{GRAPH_MAIL_SEND, GRAPH_URL, GraphApi, Sending};
 pub use load::{ENV_CONFIG, load, load_with_env, locate};
 pub use proxy::{NoProxy, Proxy, ProxyKind};
 
@@ -312,49 +314,6 @@ pub struct Provider {
     /// Microsoft Graph, for sending (`smtp = "graph"` or `"auto"`).
     pub graph: GraphApi,
 }
-
-/// How a provider's SMTP sessions send (`smtp = ...`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sending {
-    /// Relayed to the `smtp` server after an XOAUTH2 login.
-    Smtp,
-    /// `smtp = "graph"`: received by the gateway and sent with Graph's
-    /// `sendMail`.
-    Graph,
-    /// `smtp = "auto"`: relayed to the `smtp` server, and sent through
-    /// Graph for an account whose tenant refuses SMTP AUTH.
-    Auto,
-}
-
-impl fmt::Display for Sending {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Sending::Smtp => "smtp",
-            Sending::Graph => "graph",
-            Sending::Auto => "auto",
-        })
-    }
-}
-
-/// Microsoft Graph as a provider sends through it.
-#[derive(Debug, Clone)]
-pub struct GraphApi {
-    /// `graph_url` (default `https://graph.microsoft.com/v1.0`).
-    pub url: url::Url,
-    /// `save_to_sent_items` (default true).
-    pub save_to_sent_items: bool,
-    /// `max_message_size` (default 35 MB, Exchange Online's default).
-    pub max_message_size: usize,
-    /// The scopes of a Graph token: `Mail.Send` (delegated) or `.default`
-    /// (app-only). A token is for one resource, so a Graph token is asked
-    /// for apart from the mail token.
-    pub scopes: Vec<String>,
-}
-
-/// Graph's public endpoint.
-pub const GRAPH_URL: &str = "https://graph.microsoft.com/v1.0";
-/// The delegated scope that sends as the signed-in mailbox.
-pub const GRAPH_MAIL_SEND: &str = "https://graph.microsoft.com/Mail.Send";
 
 /// A Google service account's JSON key (the fields mailgate uses).
 #[derive(Debug, Clone)]

@@ -4,8 +4,6 @@
 //! token, the same single flight), and the wait Graph asked of an account
 //! (`Retry-After`), which holds back its next messages.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mailgate_config::Sending;
@@ -16,17 +14,6 @@ use super::errors::LoginError;
 use super::names::account_name;
 use super::service::{Accounts, Authorized};
 use super::store::Audience;
-
-/// What the process knows of its accounts' sending through Graph.
-#[derive(Debug, Default)]
-pub struct GraphState {
-    /// Accounts of `smtp = "auto"` providers whose tenant refused SMTP
-    /// AUTH (kept for the process's life; a restart learns it again at
-    /// the first login).
-    switched: Mutex<HashSet<String>>,
-    /// Accounts Graph throttled: not before this.
-    holds: Mutex<HashMap<String, Instant>>,
-}
 
 impl Accounts {
     /// Whether `login`'s SMTP sessions send through Graph.

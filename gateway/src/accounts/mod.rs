@@ -28,6 +28,7 @@ pub mod fleet;
 pub mod flows;
 pub mod grants;
 pub mod graph;
+mod graph_state;
 pub mod identity;
 pub mod inband;
 mod login;

@@ -50,7 +50,7 @@ pub struct Accounts {
     pub(super) salt: [u8; 32],
     /// Sending through Graph: the accounts `smtp = "auto"` switched, and
     /// the accounts Graph asked to wait (until when).
-    pub(super) graph: crate::accounts::graph::GraphState,
+    pub(super) graph: crate::accounts::graph_state::GraphState,
 }
 
 impl std::fmt::Debug for Accounts {

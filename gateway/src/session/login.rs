@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::accounts::LoginError;
 use crate::accounts::store::Audience;
 use crate::context::Context;
-use crate::session::Established;
+use crate::session::established::Established;
 use crate::session::upstream::LoggedIn;
 use crate::session::upstream::{UpstreamError, within};
 

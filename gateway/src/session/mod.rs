@@ -7,6 +7,7 @@
 //! dialect's `preauth` module.
 
 pub mod end;
+pub mod established;
 pub mod graph;
 pub mod login;
 pub mod relay;
@@ -14,6 +15,7 @@ pub mod residual;
 pub mod upstream;
 
 pub use end::End;
+pub use established::Established;
 
 use std::future::Future;
 use std::time::Duration;
@@ -285,15 +287,6 @@ where
             }
         }
     }
-}
-
-/// What a login established: an upstream session to relay to, or (SMTP
-/// for an account that sends through Microsoft Graph) the account and its
-/// Graph token, with no upstream connection.
-#[derive(Debug)]
-pub enum Established {
-    Upstream(LoggedIn),
-    Graph(crate::accounts::Authorized),
 }
 
 /// What the step after a login is given: the client (possibly upgraded to
