@@ -103,6 +103,7 @@ pub(crate) struct RawProvider {
     pub client_assertion_alg: Option<String>,
     pub proxy: Option<String>,
     pub graph_url: Option<String>,
+    pub smtp_server: Option<String>,
     pub save_to_sent_items: Option<bool>,
     pub max_message_size: Option<String>,
 }

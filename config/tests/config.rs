@@ -531,6 +531,17 @@ fn sending_through_graph() {
         "auto tries the preset's SMTP server first"
     );
 
+    let misplaced = MINIMAL.replace(
+        "client_id = \"abc\"",
+        "client_id = \"abc\"\nsmtp_server = \"smtp://127.0.0.1:2525\"",
+    );
+    let errs = errors_of(&misplaced);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("provider.o.smtp_server") && e.contains("only smtp = \"auto\"")),
+        "{errs:?}"
+    );
+
     let app_only = MINIMAL.replace(
         "client_id = \"abc\"",
         "client_id = \"abc\"\nflow = \"client_credentials\"\nclient_secret = \"s\"\ntenant = \"contoso.com\"\nsmtp = \"graph\"",

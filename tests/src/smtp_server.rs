@@ -21,6 +21,9 @@ pub struct Options {
     pub starttls: bool,
     pub offer_starttls: bool,
     pub failure: FailureStyle,
+    /// Office 365 with SMTP AUTH off: every login is refused with
+    /// `535 5.7.139`.
+    pub smtp_auth_disabled: bool,
 }
 
 impl Default for Options {
@@ -29,6 +32,7 @@ impl Default for Options {
             starttls: false,
             offer_starttls: true,
             failure: FailureStyle::Challenge,
+            smtp_auth_disabled: false,
         }
     }
 }
@@ -139,6 +143,12 @@ async fn serve(
                         String::from_utf8_lossy(&resp).trim_end().to_string()
                     }
                 };
+                if opts.smtp_auth_disabled {
+                    rec.failed_logins.fetch_add(1, Ordering::SeqCst);
+                    conn.send(b"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information.\r\n").await?;
+                    rec.auth.lock().unwrap().push(exchange);
+                    continue;
+                }
                 if check_xoauth2(&oauth, &b64).is_some() {
                     rec.auth.lock().unwrap().push(exchange);
                     rec.successful_logins.fetch_add(1, Ordering::SeqCst);

@@ -156,6 +156,7 @@ mod end_to_end {
     use super::*;
     use mailgate_config::Protocol;
     use mailgate_tests::client::LineClient;
+    use mailgate_tests::fake::FakeServer;
     use mailgate_tests::harness::{PASSWORD, logs, smtp_addr, start};
 
     fn b64(s: &str) -> String {
@@ -320,6 +321,63 @@ s.quit()
             );
             assert!(text.contains("Subject: =?utf-8?"), "{text}");
         }
+        g.shutdown().await;
+    }
+
+    /// `smtp = "auto"`: the tenant answers 535 5.7.139 to the SMTP login;
+    /// the same login goes on through Graph, and the next ones go there
+    /// straight away.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auto_switches_when_the_tenant_refuses_smtp_auth() {
+        logs();
+        let env = Env::new().await;
+        let fake = FakeGraph::start(env.oauth.clone()).await;
+        let smtp = FakeServer::smtp(
+            &env.ca,
+            env.oauth.clone(),
+            mailgate_tests::smtp_server::Options {
+                smtp_auth_disabled: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        env.seal_new_user_token();
+        let text = env.config_for(
+            &[(Protocol::Smtp, "auto")],
+            "",
+            &format!(
+                "graph_url = \"{}\"\nsmtp_server = \"{}\"",
+                fake.url(),
+                smtp.url(false)
+            ),
+            "",
+        );
+        let g = start(env.load(&text)).await;
+        let message = format!("From: {USER}\r\nTo: bob@example.test\r\n\r\nhi\r\n");
+        let mut c = logged_in(&g).await;
+        let r = send(&mut c, &["bob@example.test"], &message).await;
+        assert_eq!(r, "250 2.0.0 Accepted by Microsoft Graph\r\n");
+        assert_eq!(smtp.failed_logins(), 1, "SMTP AUTH was tried once");
+        drop(c);
+        let mut c = logged_in(&g).await;
+        let r = send(
+            &mut c,
+            &["carol@example.test"],
+            &message.replace("bob", "carol"),
+        )
+        .await;
+        assert_eq!(r, "250 2.0.0 Accepted by Microsoft Graph\r\n");
+        assert_eq!(
+            smtp.failed_logins(),
+            1,
+            "not tried again: the account sends through Graph"
+        );
+        assert_eq!(
+            fake.recipients(),
+            vec!["bob@example.test", "carol@example.test"]
+        );
+        c.send("QUIT\r\n").await;
+        assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
         g.shutdown().await;
     }
 }

@@ -343,14 +343,23 @@ pub(super) fn provider(
     // the preset's SMTP server until a tenant refuses SMTP AUTH.
     let (sending, smtp_url) = match p.smtp.as_deref().map(str::trim) {
         Some(s) if s.eq_ignore_ascii_case("graph") => (Sending::Graph, None),
-        Some(s) if s.eq_ignore_ascii_case("auto") => (Sending::Auto, pv.smtp.map(Into::into)),
+        Some(s) if s.eq_ignore_ascii_case("auto") => (
+            Sending::Auto,
+            p.smtp_server.clone().or(pv.smtp.map(Into::into)),
+        ),
         _ => (Sending::Smtp, p.smtp.clone().or(pv.smtp.map(Into::into))),
     };
     let smtp = upstream(errs, &key("smtp"), smtp_url, Protocol::Smtp);
+    if p.smtp_server.is_some() && sending != Sending::Auto {
+        errs.push(
+            key("smtp_server"),
+            "only smtp = \"auto\" takes smtp_server (the server it tries before Graph)",
+        );
+    }
     if sending == Sending::Auto && smtp.is_none() && p.smtp.is_some() {
         errs.push(
             key("smtp"),
-            "\"auto\" needs the preset's SMTP server (office365 or outlook) to try first",
+            "\"auto\" needs an SMTP server to try first: the preset's (office365, outlook) or smtp_server = \"smtp://host:587\"",
         );
     }
     let microsoft = matches!(preset, Preset::Office365 | Preset::Outlook | Preset::Custom);
