@@ -202,7 +202,7 @@ mod end_to_end {
         env.seal_new_user_token();
         let text = env.config_for(
             &[(Protocol::Smtp, "graph")],
-            "",
+            "metrics = \"127.0.0.1:0\"",
             &format!("graph_url = \"{}\"", fake.url()),
             "",
         );
@@ -259,6 +259,19 @@ mod end_to_end {
         c.send("QUIT\r\n").await;
         assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
         assert_eq!(fake.recipients().len(), 3, "nothing more was delivered");
+        let metrics = reqwest::get(format!("http://{}/metrics", g.metrics_address().unwrap()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in [
+            "mailgate_graph_messages_total{result=\"accepted\"} 2",
+            "mailgate_graph_messages_total{result=\"throttled\"} 1",
+            "mailgate_graph_send_seconds_count 3",
+        ] {
+            assert!(metrics.contains(line), "{line} in:\n{metrics}");
+        }
         g.shutdown().await;
     }
 

@@ -87,6 +87,19 @@ impl GraphError {
         }
     }
 
+    /// The `result` label of `mailgate_graph_messages_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GraphError::Throttled { .. } => "throttled",
+            GraphError::Unavailable { .. } => "unavailable",
+            GraphError::Unauthorized { .. } => "unauthorized",
+            GraphError::TooLarge { .. } => "too_large",
+            GraphError::Refused { .. } => "refused",
+            GraphError::Timeout => "timeout",
+            GraphError::Unreachable(_) => "unreachable",
+        }
+    }
+
     /// How long the account should wait before sending again, when Graph
     /// said so.
     pub fn retry_after(&self) -> Option<Duration> {

@@ -82,6 +82,9 @@ pub struct Metrics {
     portal_sign_ins: Family<RefreshResult, Counter>,
     bytes: Family<ByDirection, Counter>,
     upstream_login: LatencyFamily,
+    graph_messages: Family<RefreshResult, Counter>,
+    graph_bytes: Counter,
+    graph_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -170,6 +173,24 @@ impl Metrics {
             "Time to connect, secure and log in to the upstream server",
             upstream_login.clone(),
         );
+        let graph_messages = Family::<RefreshResult, Counter>::default();
+        registry.register(
+            "graph_messages",
+            "Messages sent through Microsoft Graph by result",
+            graph_messages.clone(),
+        );
+        let graph_bytes = Counter::default();
+        registry.register(
+            "graph_bytes",
+            "Bytes of the messages Microsoft Graph accepted",
+            graph_bytes.clone(),
+        );
+        let graph_seconds = latency_histogram();
+        registry.register(
+            "graph_send_seconds",
+            "Time Microsoft Graph took to answer a sendMail",
+            graph_seconds.clone(),
+        );
         Metrics {
             registry,
             connections_total,
@@ -181,7 +202,24 @@ impl Metrics {
             portal_sign_ins,
             bytes,
             upstream_login,
+            graph_messages,
+            graph_bytes,
+            graph_seconds,
         }
+    }
+
+    /// A message given to Microsoft Graph: `result` (`accepted`,
+    /// `throttled`, `unavailable`, `refused`, `too_large`,
+    /// `unauthorized`, `timeout`, `unreachable`), its size when accepted,
+    /// and how long Graph took.
+    pub fn graph_sent(&self, result: &'static str, bytes: usize, took: Duration) {
+        self.graph_messages
+            .get_or_create(&RefreshResult { result })
+            .inc();
+        if result == "accepted" {
+            self.graph_bytes.inc_by(bytes as u64);
+        }
+        self.graph_seconds.observe(took.as_secs_f64());
     }
 
     /// A client connected: counts it and enters it in the `preauth` state.

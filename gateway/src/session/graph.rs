@@ -181,6 +181,11 @@ async fn deliver(
     }
     let recipients = envelope.len();
     let size = message.len();
+    ctx.metrics.graph_sent(
+        sent.as_ref().map_or_else(GraphError::kind, |()| "accepted"),
+        size,
+        started.elapsed(),
+    );
     match sent {
         Ok(()) => {
             info!(
