@@ -393,4 +393,114 @@ s.quit()
         assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
         g.shutdown().await;
     }
+
+    /// A gateway sending `USER`'s SMTP through the fake Graph; its SMTP
+    /// port.
+    async fn graph_gateway(env: &Env, fake: &FakeGraph) -> mailgate::Gateway {
+        env.seal_new_user_token();
+        let text = env.config_for(
+            &[(Protocol::Smtp, "graph")],
+            "",
+            &format!("graph_url = \"{}\"", fake.url()),
+            "",
+        );
+        start(env.load(&text)).await
+    }
+
+    /// swaks and msmtp, as they are: an 8-bit message with To, Cc and an
+    /// envelope-only recipient, and a header-only Cc that is not in the
+    /// envelope.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn swaks_and_msmtp_send_through_graph() {
+        logs();
+        let env = Env::new().await;
+        let fake = FakeGraph::start(env.oauth.clone()).await;
+        let g = graph_gateway(&env, &fake).await;
+        let port = smtp_addr(&g).port();
+        let message = env.path().join("message.eml");
+        std::fs::write(
+            &message,
+            format!(
+                "From: {USER}\r\nTo: bob@example.test\r\nCc: carol@example.test\r\nSubject: 8-bit\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGr\u{fc}\u{df}e aus der Werkstatt.\r\n"
+            ),
+        )
+        .unwrap();
+
+        let out = tokio::process::Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{port}")])
+            .args([
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                USER,
+                "--auth-password",
+                PASSWORD,
+            ])
+            .args(["--from", USER, "--to", "bob@example.test,zoe@example.test"])
+            .arg("--data")
+            .arg(&message)
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("250 2.0.0 Accepted by Microsoft Graph"),
+            "{said}"
+        );
+        assert_eq!(
+            fake.recipients(),
+            vec!["bob@example.test", "zoe@example.test"]
+        );
+
+        let input = std::fs::read(&message).unwrap();
+        let mut msmtp = tokio::process::Command::new("msmtp")
+            .args(["--host=127.0.0.1", &format!("--port={port}"), "--tls=off"])
+            .args(["--auth=plain", &format!("--user={USER}")])
+            .arg(format!("--passwordeval=echo {PASSWORD}"))
+            .arg(format!("--from={USER}"))
+            .args(["carol@example.test", "secret@example.test"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use tokio::io::AsyncWriteExt as _;
+            let mut stdin = msmtp.stdin.take().unwrap();
+            stdin.write_all(&input).await.unwrap();
+        }
+        let out = msmtp.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fake.recipients(),
+            vec![
+                "bob@example.test",
+                "carol@example.test",
+                "secret@example.test",
+                "zoe@example.test"
+            ],
+            "msmtp's envelope: carol (in Cc) and secret (Bcc); not bob (To only)"
+        );
+        for d in fake.deliveries() {
+            let text = String::from_utf8(d.message).unwrap();
+            assert!(
+                text.contains("Gr\u{fc}\u{df}e aus der Werkstatt."),
+                "8-bit kept: {text}"
+            );
+            assert!(
+                !text.contains("secret@") && !text.contains("zoe@"),
+                "{text}"
+            );
+        }
+        g.shutdown().await;
+    }
 }
