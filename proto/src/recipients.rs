@@ -11,8 +11,10 @@
 //!   one new `Bcc` header (the sending server does not show it to the
 //!   recipients).
 //!
-//! A header that is kept whole is kept byte for byte. Addresses compare
-//! without regard to case.
+//! `To` and `Cc` are always written anew from what was parsed, never kept
+//! as they came: what the sender is given then names only the addresses
+//! checked here, whatever another parser would have read in the original.
+//! Addresses compare without regard to case.
 
 use mail_parser::{Address, HeaderValue, MessageParser};
 
@@ -93,7 +95,12 @@ pub fn decide(message: &[u8], recipients: &[String]) -> Result<Decided, Recipien
     let (blank, body_at) = header_end(message).ok_or(RecipientsError::NoHeader)?;
     let section = &message[..blank];
     let named = |a: &str| recipients.iter().any(|r| r.eq_ignore_ascii_case(a));
-    let parsed = MessageParser::new().parse_headers(section);
+    // Parsed with its last line ended, as it will be sent.
+    let mut ended = section.to_vec();
+    if !ended.is_empty() && !ended.ends_with(b"\n") {
+        ended.extend_from_slice(b"\r\n");
+    }
+    let parsed = MessageParser::new().parse_headers(&ended[..]);
     let headers = parsed.as_ref().map(|m| m.headers()).unwrap_or_default();
     let mut starts: Vec<usize> = headers.iter().map(|h| h.offset_field as usize).collect();
     starts.push(section.len());
@@ -104,32 +111,30 @@ pub fn decide(message: &[u8], recipients: &[String]) -> Result<Decided, Recipien
     let mut dropped: Vec<String> = Vec::new();
     for (i, h) in headers.iter().enumerate() {
         let raw = &section[starts[i]..starts[i + 1].max(starts[i])];
-        let name = h.name();
+        let name = h.name().trim();
         let kind = if name.eq_ignore_ascii_case("To") {
             "To"
         } else if name.eq_ignore_ascii_case("Cc") {
             "Cc"
-        } else if name.eq_ignore_ascii_case("Bcc") {
-            // Never passed on: the envelope says who is Bcc.
+        } else if name.eq_ignore_ascii_case("Bcc")
+            || name.to_ascii_lowercase().starts_with("resent-")
+        {
+            // Never passed on: the envelope says who is Bcc, and a resent
+            // message's recipients are the envelope's too.
             continue;
         } else {
             out.extend_from_slice(raw);
             continue;
         };
         let mut kept = Vec::new();
-        let mut all_kept = true;
-        let mut any = false;
         let mut keep = |n: Option<&str>, a: Option<&str>| {
             let Some(a) = a.map(str::trim).filter(|a| !a.is_empty()) else {
-                all_kept = false;
                 return;
             };
-            any = true;
             if named(a) {
                 shown.push(a.to_owned());
                 kept.push(render(n, a));
             } else {
-                all_kept = false;
                 dropped.push(a.to_owned());
             }
         };
@@ -148,11 +153,9 @@ pub fn decide(message: &[u8], recipients: &[String]) -> Result<Decided, Recipien
             }
             // Not an address list: nothing in it can be trusted to name
             // only the envelope's recipients.
-            _ => all_kept = false,
+            _ => {}
         }
-        if all_kept && any {
-            out.extend_from_slice(raw);
-        } else if !kept.is_empty() {
+        if !kept.is_empty() {
             out.extend_from_slice(&header_line(kind, &kept));
         }
     }
@@ -201,14 +204,17 @@ mod tests {
     const MSG: &[u8] = b"From: Ann <ann@x.test>\r\nTo: Bob <bob@y.test>, carol@y.test\r\nCc: \"Dan, D.\" <dan@y.test>\r\nBcc: eve@y.test\r\nSubject: hi\r\n\r\nbody\r\n";
 
     #[test]
-    fn the_envelope_named_in_the_headers_keeps_them_whole() {
+    fn the_envelope_named_in_the_headers_keeps_them() {
         let d = decide(
             MSG,
             &env(&["bob@y.test", "CAROL@y.test", "dan@y.test", "eve@y.test"]),
         )
         .expect("decided");
         let h = String::from_utf8(d.header.clone()).expect("utf-8");
-        assert!(h.contains("To: Bob <bob@y.test>, carol@y.test\r\n"), "{h}");
+        assert!(
+            h.contains("To: \"Bob\" <bob@y.test>,\r\n carol@y.test\r\n"),
+            "{h}"
+        );
         assert!(h.contains("Cc: \"Dan, D.\" <dan@y.test>\r\n"), "{h}");
         assert_eq!(field(&d.header, "Bcc"), vec!["eve@y.test"]);
         assert!(d.dropped.is_empty());
@@ -245,6 +251,25 @@ mod tests {
         );
         assert_eq!(field(&d.header, "To"), vec!["bob@y.test", "j@y.test"]);
         assert_eq!(d.dropped, vec!["x@y.test"]);
+    }
+
+    #[test]
+    fn odd_spellings_and_resent_headers_do_not_pass() {
+        let msg =
+            b"to : x@y.test\r\nResent-To: r@y.test\r\nRESENT-CC: s@y.test\r\nSubject: s\r\n\r\n";
+        let d = decide(msg, &env(&["a@y.test"])).expect("decided");
+        let h = String::from_utf8(d.header).expect("utf-8");
+        assert_eq!(h, "Subject: s\r\nBcc: a@y.test\r\n\r\n");
+    }
+
+    /// A header section that ends without a line end, as a fuzzer found
+    /// it: nothing that another reading could see survives.
+    #[test]
+    fn what_was_not_parsed_is_not_passed_on() {
+        let d = decide(b"To: tea\r\n a@y.test, b@ya@y..", &env(&["a@y.test"])).expect("decided");
+        let h = String::from_utf8(d.header.clone()).expect("utf-8");
+        assert!(!h.contains("b@ya"), "{h}");
+        assert_eq!(field(&d.header, "To"), vec!["a@y.test"]);
     }
 
     #[test]
