@@ -299,7 +299,9 @@ fn recipients_decided(data: &[u8]) {
     };
     let envelope: Vec<String> = String::from_utf8_lossy(first)
         .split_whitespace()
-        .filter(|a| a.contains('@') && !a.contains([',', '<', '>', '"', ';', ':', '(', ')']))
+        // What the submission machine lets through: one `@`, no space.
+        .filter(|a| a.matches('@').count() == 1 && !a.starts_with('@') && !a.ends_with('@'))
+        .filter(|a| !a.contains([',', '<', '>', '"', ';', ':', '(', ')', '\\']))
         .map(str::to_owned)
         .collect();
     let Ok(d) = recipients::decide(message, &envelope) else {

@@ -68,8 +68,10 @@ fn header_end(message: &[u8]) -> Option<(usize, usize)> {
 /// A mailbox for a rewritten header: the address, with its display name
 /// when it has one (quoted, or RFC 2047-encoded when not ASCII).
 fn render(name: Option<&str>, address: &str) -> String {
+    // Always in angle brackets: nothing in an address is then read as an
+    // encoded word, a comment or a group.
     let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
-        return address.to_owned();
+        return format!("<{address}>");
     };
     if name.is_ascii() && !name.chars().any(|c| c.is_ascii_control()) {
         let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
@@ -81,7 +83,8 @@ fn render(name: Option<&str>, address: &str) -> String {
     }
 }
 
-/// A header of `name` listing `mailboxes`, one per folded line.
+/// A header of `name` listing `mailboxes` (already rendered), one per
+/// folded line.
 fn header_line(name: &str, mailboxes: &[String]) -> Vec<u8> {
     format!("{name}: {}\r\n", mailboxes.join(",\r\n ")).into_bytes()
 }
@@ -165,7 +168,8 @@ pub fn decide(message: &[u8], recipients: &[String]) -> Result<Decided, Recipien
         .cloned()
         .collect();
     if !added_bcc.is_empty() {
-        out.extend_from_slice(&header_line("Bcc", &added_bcc));
+        let listed: Vec<String> = added_bcc.iter().map(|a| render(None, a)).collect();
+        out.extend_from_slice(&header_line("Bcc", &listed));
     }
     out.extend_from_slice(b"\r\n");
     Ok(Decided {
@@ -212,7 +216,7 @@ mod tests {
         .expect("decided");
         let h = String::from_utf8(d.header.clone()).expect("utf-8");
         assert!(
-            h.contains("To: \"Bob\" <bob@y.test>,\r\n carol@y.test\r\n"),
+            h.contains("To: \"Bob\" <bob@y.test>,\r\n <carol@y.test>\r\n"),
             "{h}"
         );
         assert!(h.contains("Cc: \"Dan, D.\" <dan@y.test>\r\n"), "{h}");
@@ -220,7 +224,10 @@ mod tests {
         assert!(d.dropped.is_empty());
         assert_eq!(d.added_bcc, vec!["eve@y.test"]);
         assert_eq!(&MSG[d.body_at..], b"body\r\n");
-        assert!(h.ends_with("Subject: hi\r\nBcc: eve@y.test\r\n\r\n"), "{h}");
+        assert!(
+            h.ends_with("Subject: hi\r\nBcc: <eve@y.test>\r\n\r\n"),
+            "{h}"
+        );
     }
 
     #[test]
@@ -259,7 +266,7 @@ mod tests {
             b"to : x@y.test\r\nResent-To: r@y.test\r\nRESENT-CC: s@y.test\r\nSubject: s\r\n\r\n";
         let d = decide(msg, &env(&["a@y.test"])).expect("decided");
         let h = String::from_utf8(d.header).expect("utf-8");
-        assert_eq!(h, "Subject: s\r\nBcc: a@y.test\r\n\r\n");
+        assert_eq!(h, "Subject: s\r\nBcc: <a@y.test>\r\n\r\n");
     }
 
     /// A header section that ends without a line end, as a fuzzer found
