@@ -36,8 +36,42 @@ pub struct Decided {
     pub added_bcc: Vec<String>,
 }
 
+/// Whether `a` is a mailbox that reads the same wherever it is written:
+/// `local@domain`, at most 320 bytes; the local part of atom characters
+/// and dots (UTF-8 letters too, RFC 6531), never an encoded word's `=?`
+/// or `?=`; the domain of letters, digits, hyphens and dots, or an address
+/// literal in brackets. What is not is refused at `RCPT`, and never written
+/// into a header.
+pub fn plain_address(a: &str) -> bool {
+    let Some((local, domain)) = a.rsplit_once('@') else {
+        return false;
+    };
+    let atom = |c: char| {
+        c.is_alphanumeric() && !c.is_ascii()
+            || c.is_ascii_alphanumeric()
+            || "!#$%&'*+-/=?^_`{|}~.".contains(c)
+    };
+    let label = |c: char| c.is_alphanumeric() || c == '-' || c == '.';
+    let literal = domain.starts_with('[')
+        && domain.ends_with(']')
+        && domain[1..domain.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == '.' || c == ':');
+    a.len() <= 320
+        && !local.is_empty()
+        && local.chars().all(atom)
+        && !local.contains("=?")
+        && !local.contains("?=")
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !domain.is_empty()
+        && (literal || (domain.chars().all(label) && !domain.starts_with(['.', '-'])))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecipientsError {
+    #[error("the recipient address {0} cannot be written into the message's header")]
+    Unwritable(String),
     #[error("the message has no header section ending within {MAX_HEADER} bytes")]
     NoHeader,
     #[error("the envelope names no recipient")]
@@ -94,6 +128,9 @@ fn header_line(name: &str, mailboxes: &[String]) -> Vec<u8> {
 pub fn decide(message: &[u8], recipients: &[String]) -> Result<Decided, RecipientsError> {
     if recipients.is_empty() {
         return Err(RecipientsError::NoRecipients);
+    }
+    if let Some(bad) = recipients.iter().find(|r| !plain_address(r)) {
+        return Err(RecipientsError::Unwritable(bad.clone()));
     }
     let (blank, body_at) = header_end(message).ok_or(RecipientsError::NoHeader)?;
     let section = &message[..blank];
@@ -258,6 +295,37 @@ mod tests {
         );
         assert_eq!(field(&d.header, "To"), vec!["bob@y.test", "j@y.test"]);
         assert_eq!(d.dropped, vec!["x@y.test"]);
+    }
+
+    #[test]
+    fn only_plain_addresses_are_written() {
+        for good in [
+            "a@y.test",
+            "ü@bücher.test",
+            "o'neil+x@[192.0.2.1]",
+            "a.b@x-y.test",
+        ] {
+            assert!(plain_address(good), "{good}");
+        }
+        for bad in [
+            "=?UTkC@-4?B?Os?=x",
+            "a b@x.test",
+            "a@x@y",
+            "@x.test",
+            "a@",
+            "a@-x.test",
+            ".a@x.test",
+            "a\"b@x.test",
+            "a@x_y.test",
+        ] {
+            assert!(!plain_address(bad), "{bad}");
+        }
+        assert_eq!(
+            decide(MSG, &env(&["=?utf-8?B?eA==?=@x.test"])),
+            Err(RecipientsError::Unwritable(
+                "=?utf-8?B?eA==?=@x.test".into()
+            ))
+        );
     }
 
     #[test]

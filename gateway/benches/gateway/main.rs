@@ -35,7 +35,7 @@ struct Plan {
     kill_trials: usize,
     idle: Vec<usize>,
     /// `--only a,b`: the parts to run (throughput, latency, logins, store,
-    /// proxy, kill, idle, before).
+    /// proxy, kill, idle, graph, before).
     only: Option<Vec<String>>,
     /// `--before PATH`: another `mailgate` binary (an older build), run
     /// beside this one on the same configuration, token and upstream, and
@@ -230,19 +230,28 @@ impl Gateway {
         gateway: &str,
         extra: &str,
     ) -> anyhow::Result<Gateway> {
-        Self::spawn_binary(None, env, up, name, gateway, extra)
+        Self::spawn_binary(None, env, up, name, gateway, "", extra)
     }
 
     /// As [`Gateway::spawn_with`], running `binary` (this build's when
     /// `None`), through the harness's one way to run the binary.
+    /// `sending`, when not empty, takes the place of the provider's `smtp`
+    /// line (e.g. `smtp = "graph"` and its `graph_url`).
+    #[allow(clippy::too_many_arguments)]
     fn spawn_binary(
         binary: Option<&std::path::Path>,
         env: &Env,
         up: upstream::Addrs,
         name: &str,
         gateway: &str,
+        sending: &str,
         extra: &str,
     ) -> anyhow::Result<Gateway> {
+        let smtp_line = if sending.is_empty() {
+            format!("smtp = \"smtps://{}\"", up.smtp)
+        } else {
+            sending.to_owned()
+        };
         let imap: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
         let smtp: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse()?;
         let config = format!(
@@ -271,7 +280,7 @@ redirect_uri = "http://127.0.0.1/"
 token_url = "{token}"
 scopes = ["mail"]
 imap = "imaps://{up_imap}"
-smtp = "smtps://{up_smtp}"
+{smtp_line}
 ca_file = "{ca}"
 
 [[account]]
@@ -284,7 +293,6 @@ provider = "test"
             authorize = env.oauth.authorize_url(),
             token = env.oauth.token_url(),
             up_imap = up.imap,
-            up_smtp = up.smtp,
             ca = env.ca.ca_file.display(),
         );
         let path = env.path().join(format!("{name}.toml"));
@@ -440,6 +448,9 @@ async fn run(plan: Plan, fds: u64) -> anyhow::Result<()> {
     }
     if plan.runs("proxy") {
         proxy_compare(&mut b, &plan, &via_imap).await?;
+    }
+    if plan.runs("graph") {
+        graph_compare(&mut b, &plan).await?;
     }
     if let Some(before) = plan.before.clone()
         && plan.runs("before")
@@ -732,6 +743,99 @@ async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow:
 /// gateway whose upstream connections go through the test HTTP proxy
 /// (CONNECT) and one through the test SOCKS5 proxy, alternating with the
 /// direct gateway on the same warm token.
+/// A 10 KiB message from `USER` to one recipient.
+fn graph_message() -> Vec<u8> {
+    let mut m = format!(
+        "From: {USER}\r\nTo: sink@example.test\r\nSubject: bench\r\nMessage-ID: <bench@example.test>\r\n\r\n"
+    )
+    .into_bytes();
+    let line: Vec<u8> = (0..78u8).map(|i| b'a' + (i % 26)).collect();
+    while m.len() < 10 * 1024 {
+        m.extend_from_slice(&line);
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}
+
+/// Sending through Microsoft Graph (the fake Graph on loopback): one SMTP
+/// session through mailgate sending messages one after another, against
+/// the same messages posted straight to the fake Graph's `sendMail`;
+/// messages/s and latency (MAIL to 250 via mailgate; the request via the
+/// straight post).
+async fn graph_compare(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let n = plan.latency_samples.min(1000);
+    println!("\n7. sending through Microsoft Graph (fake Graph): {n} messages of 10 KiB each way");
+    let fake = mailgate_tests::graph::FakeGraph::start(b.env.oauth.clone()).await;
+    let sending = format!("smtp = \"graph\"\ngraph_url = \"{}\"", fake.url());
+    let gw = Gateway::spawn_binary(None, &b.env, b.up, "graph", "", &sending, "")?;
+    let message = graph_message();
+
+    // Straight to the fake Graph.
+    let token = b.env.oauth.issue_access_token(USER);
+    let http = reqwest::Client::new();
+    let url = format!("{}/users/{USER}/sendMail", fake.url());
+    let body = base64::engine::general_purpose::STANDARD.encode(&message);
+    let mut direct = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", "text/plain")
+            .body(body.clone())
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().as_u16() == 202,
+            "the fake Graph said {}",
+            r.status()
+        );
+        direct.push(t.elapsed());
+    }
+    let direct_rate = n as f64 / start.elapsed().as_secs_f64();
+
+    // Through mailgate: one SMTP session.
+    let via = b.via(gw.smtp);
+    let mut c = client::smtp_session(&via, USER).await?;
+    let mut through = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        c.send(b"MAIL FROM:<bench@example.test>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n")
+            .await?;
+        c.reply("250").await?;
+        c.reply("250").await?;
+        c.reply("354").await?;
+        c.send(&message).await?;
+        c.send(b".\r\n").await?;
+        c.reply("250").await?;
+        through.push(t.elapsed());
+    }
+    let via_rate = n as f64 / start.elapsed().as_secs_f64();
+    c.send(b"QUIT\r\n").await?;
+    for v in [&mut direct, &mut through] {
+        v.sort();
+    }
+    anyhow::ensure!(
+        fake.deliveries().len() == 2 * n,
+        "{} deliveries for {} messages",
+        fake.deliveries().len(),
+        2 * n
+    );
+    b.say(format!(
+        "Graph sendMail, 10 KiB messages one after another: direct {direct_rate:.0}/s (p50 {:.0} us, p99 {:.0} us), via mailgate {via_rate:.0}/s (p50 {:.0} us, p99 {:.0} us); ratio {:.3} (target >= 0.9)",
+        us(percentile(&direct, 0.5)),
+        us(percentile(&direct, 0.99)),
+        us(percentile(&through, 0.5)),
+        us(percentile(&through, 0.99)),
+        via_rate / direct_rate
+    ));
+    drop(gw);
+    Ok(())
+}
+
 /// Login latency via mailgate, connect -> tagged OK: `n` samples after
 /// `n / 10` unmeasured, alternating between the targets; sorted samples
 /// of each.
@@ -768,7 +872,7 @@ async fn before_after(
         "\n8. before and after: {} against this build",
         binary.display()
     );
-    let old = Gateway::spawn_binary(Some(binary), &b.env, b.up, "before", "", "")?;
+    let old = Gateway::spawn_binary(Some(binary), &b.env, b.up, "before", "", "", "")?;
     let (before_imap, before_smtp) = (b.via(old.imap), b.via(old.smtp));
     // The first login derives the key.
     client::imap_logout(client::imap_session(&before_imap, USER, false).await?).await?;

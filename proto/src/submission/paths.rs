@@ -17,15 +17,8 @@ pub(super) fn path_after(args: &str, keyword: &str) -> Option<(String, String)> 
     Some((path.to_owned(), rest[end + 1..].trim().to_owned()))
 }
 
-/// A mailbox `local@domain`: no spaces or controls, one `@` with text on
-/// both sides.
+/// A mailbox `local@domain` that can be written in a header as it is
+/// ([`crate::recipients::plain_address`]).
 pub(super) fn is_address(a: &str) -> bool {
-    let Some((local, domain)) = a.rsplit_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && !domain.is_empty()
-        && a.len() <= 320
-        && !a.chars().any(|c| c.is_control() || c.is_whitespace())
-        && !domain.contains('@')
+    crate::recipients::plain_address(a)
 }
