@@ -199,14 +199,7 @@ mod end_to_end {
         logs();
         let env = Env::new().await;
         let fake = FakeGraph::start(env.oauth.clone()).await;
-        env.seal_new_user_token();
-        let text = env.config_for(
-            &[(Protocol::Smtp, "graph")],
-            "metrics = \"127.0.0.1:0\"",
-            &format!("graph_url = \"{}\"", fake.url()),
-            "",
-        );
-        let g = start(env.load(&text)).await;
+        let g = graph_gateway(&env, &fake, "metrics = \"127.0.0.1:0\"").await;
         let mut c = logged_in(&g).await;
         let message = format!(
             "From: {USER}\r\nTo: bob@example.test\r\nCc: carol@example.test\r\nBcc: eve@example.test\r\nSubject: via Graph\r\n\r\n..a stuffed line\r\n"
@@ -282,14 +275,7 @@ mod end_to_end {
         logs();
         let env = Env::new().await;
         let fake = FakeGraph::start(env.oauth.clone()).await;
-        env.seal_new_user_token();
-        let text = env.config_for(
-            &[(Protocol::Smtp, "graph")],
-            "",
-            &format!("graph_url = \"{}\"", fake.url()),
-            "",
-        );
-        let g = start(env.load(&text)).await;
+        let g = graph_gateway(&env, &fake, "").await;
         let port = smtp_addr(&g).port();
         let script = format!(
             r#"
@@ -394,13 +380,13 @@ s.quit()
         g.shutdown().await;
     }
 
-    /// A gateway sending `USER`'s SMTP through the fake Graph; its SMTP
-    /// port.
-    async fn graph_gateway(env: &Env, fake: &FakeGraph) -> mailgate::Gateway {
+    /// A gateway sending `USER`'s SMTP through the fake Graph
+    /// (`extra_gateway` added to `[gateway]`).
+    async fn graph_gateway(env: &Env, fake: &FakeGraph, extra_gateway: &str) -> mailgate::Gateway {
         env.seal_new_user_token();
         let text = env.config_for(
             &[(Protocol::Smtp, "graph")],
-            "",
+            extra_gateway,
             &format!("graph_url = \"{}\"", fake.url()),
             "",
         );
@@ -415,7 +401,7 @@ s.quit()
         logs();
         let env = Env::new().await;
         let fake = FakeGraph::start(env.oauth.clone()).await;
-        let g = graph_gateway(&env, &fake).await;
+        let g = graph_gateway(&env, &fake, "").await;
         let port = smtp_addr(&g).port();
         let message = env.path().join("message.eml");
         std::fs::write(

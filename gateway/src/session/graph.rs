@@ -21,7 +21,7 @@ use crate::accounts::Authorized;
 use crate::context::Context;
 use crate::graph::{Graph, GraphError, MAX_MIME_REQUEST};
 use crate::net::stream::Stream;
-use crate::session::{Established, LoggedInSession, PreAuth, Tally};
+use crate::session::{Established, LoggedInSession, PreAuth};
 
 /// How long a client may stay silent between commands.
 const IDLE: Duration = Duration::from_secs(300);
@@ -63,13 +63,7 @@ pub async fn submit<M: PreAuth>(s: LoggedInSession<M>) {
         ctx.config().gateway.upstream_timeout * 4,
     );
     info!("logged in; sending through Microsoft Graph");
-    let Tally {
-        metrics,
-        protocol,
-        state,
-    } = tally;
-    drop(state);
-    let _sending = metrics.enter(protocol, "relaying");
+    let (_sending, _, _) = tally.relaying();
     session(&mut client, residual, auth, &graph, &ctx).await;
 }
 

@@ -40,6 +40,26 @@ pub struct Tally {
     pub state: crate::observe::metrics::InState,
 }
 
+impl Tally {
+    /// Leaves `preauth` for `relaying` (after a login, for the rest of the
+    /// session), and the metrics and protocol that go with it.
+    pub fn relaying(
+        self,
+    ) -> (
+        crate::observe::metrics::InState,
+        std::sync::Arc<crate::observe::metrics::Metrics>,
+        mailgate_config::Protocol,
+    ) {
+        let Tally {
+            metrics,
+            protocol,
+            state,
+        } = self;
+        drop(state);
+        (metrics.enter(protocol, "relaying"), metrics, protocol)
+    }
+}
+
 /// A connection's setting, from its listener.
 pub struct Setup {
     pub client: crate::session::login::Client,
@@ -326,13 +346,7 @@ pub async fn relay_after_login<D: Dialect>(s: LoggedInSession<D::Client>) {
         return;
     }
     info!("logged in upstream; relaying");
-    let Tally {
-        metrics,
-        protocol,
-        state,
-    } = tally;
-    drop(state);
-    let _relaying = metrics.enter(protocol, "relaying");
+    let (_relaying, metrics, protocol) = tally.relaying();
     crate::session::relay::run(
         client,
         upstream.stream,
