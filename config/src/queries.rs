@@ -15,6 +15,12 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for p in self.providers.values() {
+            if p.sending != Sending::Smtp && !p.graph.save_to_sent_items {
+                out.push(format!(
+                    "provider.{}: save_to_sent_items = false is not honoured yet: Graph's sendMail with MIME always keeps a copy in Sent Items",
+                    p.name
+                ));
+            }
             if p.tenant_open() && !p.is_app_only() {
                 out.push(format!(
                     "provider.{}: tenant = \"{}\" lets users of any Microsoft tenant sign in; each account is pinned to the tenant of its first sign-in only. Set allowed_tenants = [\"<your tenant ID>\"] (or tenant to your tenant ID or domain) so that nobody from another organisation can claim an account",

@@ -512,6 +512,13 @@ fn sending_through_graph() {
     assert!(o.smtp.is_none(), "no SMTP server is used");
     assert_eq!(o.graph.url.as_str(), "http://127.0.0.1:9/v1.0");
     assert!(!o.graph.save_to_sent_items);
+    assert!(
+        cfg.warnings()
+            .iter()
+            .any(|w| w.contains("save_to_sent_items = false is not honoured yet")),
+        "{:?}",
+        cfg.warnings()
+    );
     assert_eq!(o.graph.max_message_size, 20 << 20);
     assert!(
         cfg.describe()
