@@ -12,23 +12,6 @@
 //!
 //! Paths are read from the text (comments and the unit tests of a file
 //! left out), so this needs no compiler plugin and runs in milliseconds.
-//!
-//! What issue 24 has not reshaped yet is listed below, exactly: a new
-//! circle, arrow or long file fails, and so does an entry that no longer
-//! holds (remove it when its file is fixed), so the lists only shrink.
-
-/// Files still in an import circle, each circle as its sorted files
-/// (all four lists are empty since issue 24; they stay as ratchets).
-const KNOWN_CIRCLES: &[&[&str]] = &[];
-
-/// Arrows still going up the layers.
-const KNOWN_ARROWS: &[&str] = &[];
-
-/// Files outside the store that still name a backend.
-const KNOWN_NAMING: &[&str] = &[];
-
-/// Files still over 500 lines without a reason at their top.
-const KNOWN_LONG: &[&str] = &[];
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -360,19 +343,8 @@ fn area(file: &str) -> &str {
 fn no_import_circle_between_files() {
     let h = house();
     assert!(h.modules.len() > 40, "the product's files were found");
-    let all = circles(&h.edges);
-    let known: Vec<Vec<String>> = KNOWN_CIRCLES
-        .iter()
-        .map(|c| c.iter().map(|f| f.to_string()).collect())
-        .collect();
-    let gone: Vec<_> = known.iter().filter(|k| !all.contains(k)).collect();
-    assert!(
-        gone.is_empty(),
-        "circles in KNOWN_CIRCLES that are gone (or changed): remove them: {gone:?}"
-    );
-    let found: Vec<Vec<String>> = all
+    let found: Vec<Vec<String>> = circles(&h.edges)
         .into_iter()
-        .filter(|scc| !known.contains(scc))
         .map(|scc| {
             let mut arrows = Vec::new();
             for from in &scc {
@@ -406,15 +378,6 @@ fn lower_layers_never_import_upper_ones() {
             }
         }
     }
-    let gone: Vec<_> = KNOWN_ARROWS
-        .iter()
-        .filter(|k| !wrong.iter().any(|w| w == *k))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "arrows in KNOWN_ARROWS that are gone: remove them: {gone:?}"
-    );
-    wrong.retain(|w| !KNOWN_ARROWS.contains(&w.as_str()));
     assert!(wrong.is_empty(), "arrows up the layers: {wrong:#?}");
 }
 
@@ -426,13 +389,13 @@ fn no_backend_named_outside_the_store_and_the_fleet() {
         let inside = file.starts_with("accounts/store/") || file.starts_with("accounts/fleet/");
         let code = code_of(text);
         let names = code.contains("redis::") || code.contains("Redis");
-        if !inside && names != KNOWN_NAMING.contains(&file.as_str()) {
+        if !inside && names {
             named.push(file.clone());
         }
     }
     assert!(
         named.is_empty(),
-        "files outside accounts/store and accounts/fleet that name Redis (or in KNOWN_NAMING and no longer do): {named:?}"
+        "files outside accounts/store and accounts/fleet that name Redis: {named:?}"
     );
 }
 
@@ -453,13 +416,13 @@ fn long_files_say_why() {
                 .to_string_lossy()
                 .into_owned();
             let too_long = code_lines > 500 && !head.contains("Longer than 500 lines because");
-            if too_long != KNOWN_LONG.contains(&rel.as_str()) {
+            if too_long {
                 long.push(format!("{rel} ({code_lines} lines)"));
             }
         }
     }
     assert!(
         long.is_empty(),
-        "files over 500 lines (unit tests apart) without a reason at the top, or in KNOWN_LONG and no longer so: {long:#?}"
+        "files over 500 lines (unit tests apart) without a reason at the top: {long:#?}"
     );
 }

@@ -27,19 +27,26 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_move_during_a_session() {
-    logs();
+/// A gateway with `metrics` on and `extra_gateway` (after the
+/// `metrics` line), in front of a fake IMAP upstream, USER's token sealed.
+async fn gateway_with_metrics(extra_gateway: &str) -> (Env, FakeImap, mailgate::Gateway) {
     let env = Env::new().await;
     let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
     env.seal_new_user_token();
     let text = without_in_band(&env.config_text(
         &imap.url(false),
-        "metrics = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"",
+        &format!("metrics = \"127.0.0.1:0\"\n{extra_gateway}"),
         "",
         "",
     ));
     let g = start(env.load(&text)).await;
+    (env, imap, g)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_during_a_session() {
+    logs();
+    let (env, _imap, g) = gateway_with_metrics("shutdown_grace = \"1s\"").await;
     let base = format!("http://{}", g.metrics_address().unwrap());
 
     let (status, _, body) = scrape(&format!("{base}/healthz")).await;
@@ -157,12 +164,7 @@ async fn metrics_move_during_a_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_checks_are_counted_and_refused_during_backoff() {
     logs();
-    let env = Env::new().await;
-    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
-    env.seal_new_user_token();
-    let text =
-        without_in_band(&env.config_text(&imap.url(false), "metrics = \"127.0.0.1:0\"", "", ""));
-    let g = start(env.load(&text)).await;
+    let (_env, _imap, g) = gateway_with_metrics("").await;
     let url = format!("http://{}/metrics", g.metrics_address().unwrap());
     let checks = |text: &str, result: &str| {
         value(
@@ -211,16 +213,7 @@ async fn password_checks_are_counted_and_refused_during_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_session_ends_with_a_counted_reason() {
     logs();
-    let env = Env::new().await;
-    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
-    env.seal_new_user_token();
-    let text = without_in_band(&env.config_text(
-        &imap.url(false),
-        "metrics = \"127.0.0.1:0\"\npreauth_timeout = \"1s\"",
-        "",
-        "",
-    ));
-    let g = start(env.load(&text)).await;
+    let (_env, _imap, g) = gateway_with_metrics("preauth_timeout = \"1s\"").await;
     let url = format!("http://{}/metrics", g.metrics_address().unwrap());
     let ended = |text: &str, reason: &str| {
         value(

@@ -146,7 +146,7 @@ mod tests {
         let id = mailgate_certs::load_identity(&cert, &key).expect("identity");
         let acceptor = TlsAcceptor::from(mailgate_certs::server_config(&id).expect("server"));
         let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile_certs(&cert) {
+        for c in mailgate_certs::load_certificates(&cert).expect("certificate") {
             roots.add(c).expect("root");
         }
         let client_config = Arc::new(
@@ -183,15 +183,5 @@ mod tests {
         let n = up.read_some(&mut buf).await.expect("read");
         assert_eq!(&buf[..n], b"hello");
         server.await.expect("server");
-    }
-
-    fn rustls_pemfile_certs(
-        path: &std::path::Path,
-    ) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-        use rustls::pki_types::pem::PemObject as _;
-        rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .expect("pem")
-            .map(|c| c.expect("cert"))
-            .collect()
     }
 }

@@ -97,8 +97,14 @@ pub(super) struct WithCsrf<T> {
     pub rest: T,
 }
 
-/// The session of a form post whose CSRF token is the session's.
-fn form_session(app: &App, headers: &axum::http::HeaderMap, csrf: &str) -> Option<Handle> {
+/// The session of a form post whose CSRF token is the session's (the
+/// address form may come before any session: then `None`, and its token is
+/// the form cookie's).
+pub(super) fn form_session(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    csrf: &str,
+) -> Option<Handle> {
     let h = app.sessions.find(headers)?;
     app.sessions
         .with(&h, |s| s.csrf_ok(csrf))
@@ -122,17 +128,6 @@ impl<T: serde::de::DeserializeOwned + Send> FromRequest<Arc<App>> for Posted<T> 
             None => Err(PortalError::Csrf.into_response()),
         }
     }
-}
-
-/// The session of a form post that carries its CSRF token, if any: the
-/// address form may come before any session (its token is then the form
-/// cookie's).
-pub(super) fn session_of_form(
-    app: &App,
-    headers: &axum::http::HeaderMap,
-    csrf: &str,
-) -> Option<Handle> {
-    form_session(app, headers, csrf)
 }
 
 /// A form post of a signed-in session: the CSRF token is checked first

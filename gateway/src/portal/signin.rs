@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use super::app::{App, csrf_of, effective_redirect, one_line, see_other, with_cookie};
 use super::device::start_device;
 use super::error::PortalError;
-use super::extract::{SignedIn, SignedInPost, WithCsrf, session_of_form};
+use super::extract::{SignedIn, SignedInPost, WithCsrf, form_session};
 use super::finish::{finish, sign_in_failed};
 use super::pages::{self, MIN, index_page, render};
 use super::sessions::{self, Handle, Moment, PendingSignIn};
@@ -50,7 +50,7 @@ async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<WithCsrf<AddressForm>>,
 ) -> Result<Response, PortalError> {
-    let session = session_of_form(&app, &headers, &form.csrf);
+    let session = form_session(&app, &headers, &form.csrf);
     if session.is_none() && !app.sessions.form_token_ok(&headers, &form.csrf) {
         return Err(PortalError::Csrf);
     }
