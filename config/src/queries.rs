@@ -17,7 +17,7 @@ impl Config {
         for p in self.providers.values() {
             if p.sending != Sending::Smtp && !p.graph.save_to_sent_items {
                 out.push(format!(
-                    "provider.{}: save_to_sent_items = false is not honoured yet: Graph's sendMail with MIME always keeps a copy in Sent Items",
+                    "provider.{}: save_to_sent_items = false sends every message as Graph's JSON, which keeps only the subject, addresses, Message-ID, X- headers, body and attachments (not Date, In-Reply-To, References or signatures); messages over 3 MB are kept in Sent Items anyway",
                     p.name
                 ));
             }

@@ -515,7 +515,7 @@ fn sending_through_graph() {
     assert!(
         cfg.warnings()
             .iter()
-            .any(|w| w.contains("save_to_sent_items = false is not honoured yet")),
+            .any(|w| w.contains("save_to_sent_items = false sends every message as Graph's JSON")),
         "{:?}",
         cfg.warnings()
     );

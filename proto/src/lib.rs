@@ -6,6 +6,7 @@
 //! Input is framed first (see [`imap::framer`]) with hard caps, and parsed
 //! second.
 
+pub mod draft;
 pub mod imap;
 mod lex;
 pub mod line;

@@ -489,4 +489,224 @@ s.quit()
         }
         g.shutdown().await;
     }
+
+    /// Python writes a message of 20 MB (a 15 MB attachment, To, Cc, a
+    /// Bcc header and an `X-` header) and the attachment beside it, in
+    /// `dir`; smtplib sends it through the gateway on `port` to bob, eve
+    /// (its Bcc) and zoe (the envelope only).
+    fn large_message_script(dir: &std::path::Path, port: u16) -> String {
+        let dir = dir.display();
+        format!(
+            r#"
+import random, smtplib
+from email.message import EmailMessage
+data = random.Random(7).randbytes(15_000_000)
+open("{dir}/scan.bin", "wb").write(data)
+m = EmailMessage()
+m["From"] = "{USER}"
+m["To"] = "bob@example.test"
+m["Cc"] = "carol@example.test"
+m["Bcc"] = "eve@example.test"
+m["Subject"] = "Großer Anhang"
+m["X-Scanner"] = "copier-7"
+m.set_content("Der Scan ist angehängt.\n")
+m.add_attachment(data, maintype="application", subtype="octet-stream", filename="scan.bin")
+open("{dir}/big.eml", "wb").write(bytes(m))
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=120)
+s.login("{USER}", "{PASSWORD}")
+refused = s.send_message(m, to_addrs=["bob@example.test", "eve@example.test", "zoe@example.test"])
+assert refused == {{}}, refused
+s.quit()
+"#
+        )
+    }
+
+    /// Checks the deliveries made since `before`: exactly `expected`
+    /// received the large message, whole, without a Bcc.
+    fn check_large(fake: &FakeGraph, before: usize, expected: &[&str], data: &[u8]) {
+        let all = fake.deliveries();
+        let new = &all[before..];
+        let mut got: Vec<&str> = new.iter().map(|d| d.recipient.as_str()).collect();
+        got.sort();
+        assert_eq!(got, expected);
+        for d in new {
+            assert_eq!(d.how, "draft", "over 3 MB: a draft with an upload session");
+            let text = String::from_utf8_lossy(&d.message);
+            assert!(text.contains("Subject: Großer Anhang"), "{text}");
+            assert!(text.contains("X-Scanner: copier-7"), "{text}");
+            assert!(text.contains("Der Scan ist angehängt."), "{text}");
+            assert!(!text.contains("eve@"), "{text}");
+            assert_eq!(d.attachments.len(), 1);
+            let (name, contents) = &d.attachments[0];
+            assert_eq!(name, "scan.bin");
+            assert!(contents.as_slice() == data, "the attachment arrived whole");
+        }
+    }
+
+    /// smtplib, swaks and msmtp send a 20 MB message: it goes as a draft
+    /// whose attachment is uploaded in chunks, to exactly the envelope's
+    /// recipients.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_clients_send_20_mb_through_graph() {
+        logs();
+        let env = Env::new().await;
+        let fake = FakeGraph::start(env.oauth.clone()).await;
+        let g = graph_gateway(&env, &fake, "metrics = \"127.0.0.1:0\"").await;
+        let port = smtp_addr(&g).port();
+        let out = tokio::process::Command::new("python3")
+            .args(["-c", &large_message_script(env.path(), port)])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let data = std::fs::read(env.path().join("scan.bin")).unwrap();
+        let message = env.path().join("big.eml");
+        assert!(std::fs::metadata(&message).unwrap().len() > 20_000_000);
+        check_large(
+            &fake,
+            0,
+            &["bob@example.test", "eve@example.test", "zoe@example.test"],
+            &data,
+        );
+
+        let before = fake.deliveries().len();
+        let out = tokio::process::Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{port}")])
+            .args([
+                "--auth",
+                "LOGIN",
+                "--auth-user",
+                USER,
+                "--auth-password",
+                PASSWORD,
+            ])
+            .args(["--from", USER, "--to", "bob@example.test,zoe@example.test"])
+            .args(["--timeout", "120", "--suppress-data"])
+            .arg("--data")
+            .arg(&message)
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("250 2.0.0 Accepted by Microsoft Graph"),
+            "{said}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_large(
+            &fake,
+            before,
+            &["bob@example.test", "zoe@example.test"],
+            &data,
+        );
+
+        let before = fake.deliveries().len();
+        let input = std::fs::read(&message).unwrap();
+        let mut msmtp = tokio::process::Command::new("msmtp")
+            .args(["--host=127.0.0.1", &format!("--port={port}"), "--tls=off"])
+            .args(["--auth=plain", &format!("--user={USER}")])
+            .arg(format!("--passwordeval=echo {PASSWORD}"))
+            .arg(format!("--from={USER}"))
+            .args(["carol@example.test", "secret@example.test"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use tokio::io::AsyncWriteExt as _;
+            let mut stdin = msmtp.stdin.take().unwrap();
+            stdin.write_all(&input).await.unwrap();
+        }
+        let out = msmtp.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_large(
+            &fake,
+            before,
+            &["carol@example.test", "secret@example.test"],
+            &data,
+        );
+        let (sessions, puts, open) = fake.upload_counts();
+        assert_eq!(sessions, 3, "one upload session per message");
+        assert!(puts >= 12, "15 MB in chunks under 4 MB: {puts} PUTs");
+        assert_eq!(open, 0, "no draft left behind");
+        let metrics = reqwest::get(format!("http://{}/metrics", g.metrics_address().unwrap()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("mailgate_graph_upload_sessions_total 3"),
+            "{metrics}"
+        );
+        g.shutdown().await;
+    }
+
+    /// `save_to_sent_items = false`: the message goes as JSON with
+    /// `saveToSentItems: false`; a message over `max_message_size` is
+    /// refused with 552 while it arrives; a large message that Graph
+    /// refuses leaves no draft behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_when_not_saved_552_over_the_limit_no_draft_left() {
+        logs();
+        let env = Env::new().await;
+        let fake = FakeGraph::start(env.oauth.clone()).await;
+        env.seal_new_user_token();
+        let text = env.config_for(
+            &[(Protocol::Smtp, "graph")],
+            "",
+            &format!(
+                "graph_url = \"{}\"\nsave_to_sent_items = false\nmax_message_size = \"6MB\"",
+                fake.url()
+            ),
+            "",
+        );
+        let g = start(env.load(&text)).await;
+        let mut c = logged_in(&g).await;
+        let message = format!(
+            "From: {USER}\r\nTo: bob@example.test\r\nSubject: not kept\r\nX-Tag: one\r\n\r\nbody\r\n"
+        );
+        let r = send(&mut c, &["bob@example.test", "zoe@example.test"], &message).await;
+        assert_eq!(r, "250 2.0.0 Accepted by Microsoft Graph\r\n");
+        let d = fake.deliveries();
+        assert_eq!(
+            fake.recipients(),
+            vec!["bob@example.test", "zoe@example.test"]
+        );
+        assert!(d.iter().all(|d| d.how == "json" && !d.saved), "{d:?}");
+        assert!(String::from_utf8_lossy(&d[0].message).contains("X-Tag: one"));
+
+        // 7 MB against a limit of 6 MB.
+        let line = "a".repeat(998);
+        let big: String = std::iter::repeat_n(format!("{line}\r\n"), 7_000).collect();
+        let over = format!("From: {USER}\r\nTo: bob@example.test\r\n\r\n{big}");
+        let r = send(&mut c, &["bob@example.test"], &over).await;
+        assert!(r.starts_with("552 5.3.4 "), "{r}");
+
+        // 5 MB (as a draft), refused at send by Graph: the From is not the
+        // mailbox. The draft is deleted.
+        let under = format!(
+            "From: boss@example.test\r\nTo: bob@example.test\r\n\r\n{}",
+            &big[..5_000_000]
+        );
+        let r = send(&mut c, &["bob@example.test"], &under).await;
+        assert!(
+            r.starts_with("550 ") && r.contains("ErrorSendAsDenied"),
+            "{r}"
+        );
+        assert_eq!(fake.upload_counts().2, 0, "the refused draft was deleted");
+        assert_eq!(fake.recipients().len(), 2, "nothing more was delivered");
+        c.send("QUIT\r\n").await;
+        assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
+        g.shutdown().await;
+    }
 }

@@ -5,6 +5,7 @@
 //! reach Exchange as the client wrote them (after the envelope decided the
 //! recipients: [`mailgate_proto::recipients`]).
 
+mod draft;
 mod error;
 
 pub use error::GraphError;
@@ -44,14 +45,70 @@ impl Graph {
         }
     }
 
-    /// `…/users/{mailbox}/sendMail`.
-    fn send_mail_url(&self, mailbox: &str) -> Result<url::Url, GraphError> {
+    /// `…/users/{mailbox}/` followed by `rest`.
+    fn url(&self, mailbox: &str, rest: &[&str]) -> Result<url::Url, GraphError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|()| GraphError::Unreachable(format!("{} cannot be a base URL", self.base)))?
             .pop_if_empty()
-            .extend(["users", mailbox, "sendMail"]);
+            .extend(["users", mailbox])
+            .extend(rest);
         Ok(url)
+    }
+
+    /// Sends `request` within the time allowed; the answer when its status
+    /// is `expected`, its error otherwise.
+    async fn call(
+        &self,
+        request: reqwest::RequestBuilder,
+        expected: &[u16],
+    ) -> Result<reqwest::Response, GraphError> {
+        let response = match tokio::time::timeout(self.timeout, request.send()).await {
+            Err(_) => return Err(GraphError::Timeout),
+            Ok(Err(e)) if e.is_timeout() => return Err(GraphError::Timeout),
+            Ok(Err(e)) => {
+                return Err(GraphError::Unreachable(crate::accounts::oauth::chain(&e)));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status().as_u16();
+        if expected.contains(&status) {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = read_capped(response).await;
+        Err(GraphError::from_answer(status, &body, retry_after))
+    }
+
+    /// `POST`s `body` as JSON (or nothing) to `…/users/{mailbox}/{rest}`; the answer's
+    /// JSON (`null` when it has none).
+    async fn post_json(
+        &self,
+        mailbox: &str,
+        token: &SecretString,
+        rest: &[&str],
+        body: Option<&serde_json::Value>,
+        expected: &[u16],
+    ) -> Result<serde_json::Value, GraphError> {
+        let mut request = self
+            .http
+            .post(self.url(mailbox, rest)?)
+            .bearer_auth(token.expose_secret());
+        request = match body {
+            Some(b) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.to_string()),
+            // An empty body, as `send` takes it.
+            None => request.header(reqwest::header::CONTENT_LENGTH, "0"),
+        };
+        let answer = self.call(request, expected).await?;
+        let bytes = read_capped(answer).await;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
     }
 
     /// Sends `mime` (a whole message, its recipients already decided) as
@@ -97,31 +154,11 @@ impl Graph {
         }
         let request = self
             .http
-            .post(self.send_mail_url(mailbox)?)
+            .post(self.url(mailbox, &["sendMail"])?)
             .bearer_auth(token.expose_secret())
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .body(body)
-            .send();
-        let response = match tokio::time::timeout(self.timeout, request).await {
-            Err(_) => return Err(GraphError::Timeout),
-            Ok(Err(e)) if e.is_timeout() => return Err(GraphError::Timeout),
-            Ok(Err(e)) => {
-                return Err(GraphError::Unreachable(crate::accounts::oauth::chain(&e)));
-            }
-            Ok(Ok(r)) => r,
-        };
-        let status = response.status().as_u16();
-        if status == 202 {
-            return Ok(());
-        }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = read_capped(response).await;
-        Err(GraphError::from_answer(status, &body, retry_after))
+            .body(body);
+        self.call(request, &[202]).await.map(drop)
     }
 }
 

@@ -85,6 +85,7 @@ pub struct Metrics {
     graph_messages: Family<RefreshResult, Counter>,
     graph_bytes: Counter,
     graph_seconds: Histogram,
+    graph_uploads: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -191,6 +192,12 @@ impl Metrics {
             "Time Microsoft Graph took to answer a sendMail",
             graph_seconds.clone(),
         );
+        let graph_uploads = Counter::default();
+        registry.register(
+            "graph_upload_sessions",
+            "Graph upload sessions used for attachments of large messages",
+            graph_uploads.clone(),
+        );
         Metrics {
             registry,
             connections_total,
@@ -205,7 +212,13 @@ impl Metrics {
             graph_messages,
             graph_bytes,
             graph_seconds,
+            graph_uploads,
         }
+    }
+
+    /// `n` upload sessions used for one message.
+    pub fn graph_uploads(&self, n: usize) {
+        self.graph_uploads.inc_by(n as u64);
     }
 
     /// A message given to Microsoft Graph: `result` (`accepted`,

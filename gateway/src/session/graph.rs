@@ -6,9 +6,13 @@
 //! refreshed once and the message sent again; a `Retry-After` holds the
 //! account's next messages back (`451` at `MAIL`).
 //!
-//! A message is held in memory while it arrives, up to the size one
-//! `sendMail` request takes (announced as `SIZE`); larger messages need
-//! Graph's upload sessions, which this step does not use yet.
+//! A message waits in a [`Spool`] (memory, then a private temporary file)
+//! until it is complete. Up to [`MAX_MIME_REQUEST`] bytes it goes as MIME
+//! in one request; a larger one, or one that must not be kept in Sent
+//! Items, goes in Graph's JSON shape ([`mailgate_proto::draft`]), a large
+//! one as a draft with upload sessions. At most [`CONVERTING`] large
+//! messages are read back into memory at once, so memory stays bounded
+//! whatever the number of clients.
 
 use std::time::Duration;
 
@@ -21,7 +25,14 @@ use crate::accounts::Authorized;
 use crate::context::Context;
 use crate::graph::{Graph, GraphError, MAX_MIME_REQUEST};
 use crate::net::stream::Stream;
+use crate::session::spool::Spool;
 use crate::session::{Established, LoggedInSession, PreAuth};
+
+/// Large messages converted and uploaded at the same time (each is held in
+/// memory while it is: its bytes and its decoded attachments).
+pub const CONVERTING: usize = 2;
+
+static LARGE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONVERTING);
 
 /// How long a client may stay silent between commands.
 const IDLE: Duration = Duration::from_secs(300);
@@ -75,12 +86,15 @@ async fn session(
     ctx: &Context,
 ) {
     let limits = Limits {
-        max_message: auth.provider.graph.max_message_size.min(MAX_MIME_REQUEST),
+        max_message: auth.provider.graph.max_message_size,
         ..Limits::default()
     };
     let mut m = Submission::new(limits);
     m.feed(&residual);
-    let mut spool: Vec<u8> = Vec::new();
+    let mut spool = Spool::new();
+    // Set when the spool could not take the message's bytes (a full disk):
+    // the message is refused when it ends, the session goes on.
+    let mut spool_failed = false;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         m.refuse_transactions(ctx.accounts.graph_hold(&auth.user).map(|d| {
@@ -96,11 +110,25 @@ async fn session(
                         return;
                     }
                 }
-                Event::Data(d) => spool.extend_from_slice(&d),
-                Event::Discard => spool.clear(),
+                Event::Data(d) => {
+                    if !spool_failed && let Err(e) = spool.push(&d).await {
+                        warn!(error = %e, "the message cannot be spooled");
+                        spool_failed = true;
+                        spool.clear();
+                    }
+                }
+                Event::Discard => {
+                    spool.clear();
+                    spool_failed = false;
+                }
                 Event::Message(envelope) => {
-                    let reply = deliver(ctx, graph, &mut auth, &envelope.recipients, &spool).await;
-                    spool = Vec::new();
+                    let reply = if spool_failed {
+                        "452 4.3.1 The gateway has no room for this message now\r\n".to_owned()
+                    } else {
+                        deliver(ctx, graph, &mut auth, &envelope.recipients, &mut spool).await
+                    };
+                    spool.clear();
+                    spool_failed = false;
                     m.answered(&reply);
                 }
                 Event::Close => {
@@ -126,41 +154,106 @@ async fn session(
     }
 }
 
+/// How a message goes to Graph.
+enum Shape {
+    /// MIME in one `sendMail`: the header as decided, then the body.
+    Mime { header: Vec<u8>, body_at: usize },
+    /// JSON in one `sendMail` (not kept in Sent Items).
+    Json(mailgate_proto::draft::Draft),
+    /// A draft with its attachments, then `send`.
+    Draft(mailgate_proto::draft::Draft),
+}
+
+/// The message in `spool` as a [`Draft`](mailgate_proto::draft::Draft):
+/// the decided header and the body joined, then parsed (in a blocking
+/// thread: a large message takes a while).
+async fn to_draft(
+    spool: &mut Spool,
+    header: Vec<u8>,
+    body_at: usize,
+) -> Result<mailgate_proto::draft::Draft, String> {
+    let mut whole = header;
+    spool
+        .append_from(body_at, &mut whole)
+        .await
+        .map_err(|e| format!("451 4.3.0 The gateway could not read the message back: {e}\r\n"))?;
+    tokio::task::spawn_blocking(move || mailgate_proto::draft::draft(&whole))
+        .await
+        .map_err(|_| "451 4.3.0 The gateway could not read the message\r\n".to_owned())?
+        .map_err(|e| format!("554 5.6.0 {e}\r\n"))
+}
+
 /// Sends one message; the reply for the client.
 async fn deliver(
     ctx: &Context,
     graph: &Graph,
     auth: &mut Authorized,
     envelope: &[String],
-    message: &[u8],
+    spool: &mut Spool,
 ) -> String {
-    let decided = match recipients::decide(message, envelope) {
+    let head = match spool.head(recipients::MAX_HEADER + 2).await {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %e, "the spooled message cannot be read");
+            return "451 4.3.0 The gateway could not read the message back\r\n".to_owned();
+        }
+    };
+    let decided = match recipients::decide(&head, envelope) {
         Ok(d) => d,
         Err(e) => {
             info!(error = %e, "message refused before Graph");
             return format!("554 5.6.0 {e}\r\n");
         }
     };
+    drop(head);
     if !decided.dropped.is_empty() {
         info!(
             dropped = decided.dropped.len(),
             "recipients named only in the headers receive nothing (the envelope decides)"
         );
     }
-    let body = &message[decided.body_at..];
+    let size = spool.len();
+    let save = auth.provider.graph.save_to_sent_items;
+    // Held while a large message is in memory.
+    let mut _converting = None;
+    let shape = if size <= MAX_MIME_REQUEST && save {
+        Shape::Mime {
+            header: decided.header,
+            body_at: decided.body_at,
+        }
+    } else {
+        if size > MAX_MIME_REQUEST {
+            _converting = LARGE.acquire().await.ok();
+        }
+        match to_draft(spool, decided.header, decided.body_at).await {
+            Ok(d) if size <= MAX_MIME_REQUEST => Shape::Json(d),
+            Ok(d) => Shape::Draft(d),
+            Err(reply) => {
+                info!(reply = reply.trim_end(), "message refused before Graph");
+                return reply;
+            }
+        }
+    };
+    let body = match &shape {
+        Shape::Mime { body_at, .. } => match spool.from(*body_at).await {
+            Ok(b) => Some(b.into_owned()),
+            Err(e) => {
+                warn!(error = %e, "the spooled message cannot be read");
+                return "451 4.3.0 The gateway could not read the message back\r\n".to_owned();
+            }
+        },
+        _ => None,
+    };
     let mailbox = auth.upstream_user.clone();
     let started = std::time::Instant::now();
-    let mut sent = graph
-        .send_parts(&mailbox, &auth.access_token, &[&decided.header, body])
-        .await;
+    let mut uploads = 0;
+    let mut sent = send(graph, &mailbox, auth, &shape, body.as_deref(), &mut uploads).await;
     if let Err(GraphError::Unauthorized { .. }) = &sent {
         info!("Graph did not accept the token; refreshing it and sending once more");
         match ctx.accounts.token_rejected(auth).await {
             Ok(token) => {
                 auth.access_token = token;
-                sent = graph
-                    .send_parts(&mailbox, &auth.access_token, &[&decided.header, body])
-                    .await;
+                sent = send(graph, &mailbox, auth, &shape, body.as_deref(), &mut uploads).await;
             }
             Err(e) => {
                 warn!(error = %e, "no new Graph token");
@@ -174,17 +267,25 @@ async fn deliver(
         }
     }
     let recipients = envelope.len();
-    let size = message.len();
     ctx.metrics.graph_sent(
         sent.as_ref().map_or_else(GraphError::kind, |()| "accepted"),
         size,
         started.elapsed(),
     );
+    ctx.metrics.graph_uploads(uploads);
+    let (how, lost_headers) = match &shape {
+        Shape::Mime { .. } => ("mime", 0),
+        Shape::Json(d) => ("json", d.lost_headers),
+        Shape::Draft(d) => ("draft", d.lost_headers),
+    };
     match sent {
         Ok(()) => {
             info!(
                 size,
                 recipients,
+                how,
+                uploads,
+                lost_headers,
                 took_ms = started.elapsed().as_millis() as u64,
                 "message sent through Microsoft Graph"
             );
@@ -194,8 +295,35 @@ async fn deliver(
             if let Some(wait) = e.retry_after() {
                 ctx.accounts.hold_graph(&auth.user, wait);
             }
-            warn!(error = %e, size, recipients, "Microsoft Graph did not take the message");
+            warn!(error = %e, size, recipients, how, "Microsoft Graph did not take the message");
             e.smtp_reply()
+        }
+    }
+}
+
+/// One attempt at sending `shape`; `uploads` counts upload sessions used.
+async fn send(
+    graph: &Graph,
+    mailbox: &str,
+    auth: &Authorized,
+    shape: &Shape,
+    body: Option<&[u8]>,
+    uploads: &mut usize,
+) -> Result<(), GraphError> {
+    match shape {
+        Shape::Mime { header, .. } => {
+            graph
+                .send_parts(
+                    mailbox,
+                    &auth.access_token,
+                    &[header, body.unwrap_or_default()],
+                )
+                .await
+        }
+        Shape::Json(d) => graph.send_json(mailbox, &auth.access_token, d, false).await,
+        Shape::Draft(d) => {
+            *uploads += graph.send_draft(mailbox, &auth.access_token, d).await?;
+            Ok(())
         }
     }
 }

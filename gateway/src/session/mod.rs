@@ -12,6 +12,7 @@ pub mod graph;
 pub mod login;
 pub mod relay;
 pub mod residual;
+pub mod spool;
 pub mod upstream;
 
 pub use end::End;

@@ -7,16 +7,23 @@
 //! `ErrorSendAsDenied`; success is `202` with no body. It records what it
 //! would have delivered to whom (the copy without its Bcc header), and can
 //! be told to throttle, fail, refuse the token or hang.
+//!
+//! It also takes what a large message needs ([`drafts`]): JSON `sendMail`
+//! (with `saveToSentItems`), drafts, attachments, upload sessions with
+//! Graph's chunk rules, and `send`.
+
+mod drafts;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{delete, post, put};
 use base64::Engine as _;
 use mail_parser::{Address, HeaderValue as Value, MessageParser};
 
@@ -45,8 +52,15 @@ pub struct Delivery {
     /// The mailbox it was sent as.
     pub mailbox: String,
     pub recipient: String,
-    /// The MIME as delivered (without any Bcc header).
+    /// The MIME as delivered (without any Bcc header); for a message sent
+    /// as JSON, its subject, `X-` headers and body rendered as text.
     pub message: Vec<u8>,
+    /// How it came: `mime`, `json` or `draft`.
+    pub how: &'static str,
+    /// Whether a copy was kept in Sent Items.
+    pub saved: bool,
+    /// The attachments of a message sent as JSON (name, contents).
+    pub attachments: Vec<(String, Arc<Vec<u8>>)>,
 }
 
 #[derive(Debug)]
@@ -55,6 +69,7 @@ struct Inner {
     mode: GraphMode,
     deliveries: Vec<Delivery>,
     requests: usize,
+    drafts: drafts::Drafts,
 }
 
 /// A running fake Graph.
@@ -71,9 +86,30 @@ impl FakeGraph {
             mode: GraphMode::Accept,
             deliveries: Vec::new(),
             requests: 0,
+            drafts: drafts::Drafts::default(),
         }));
         let app = Router::new()
             .route("/v1.0/users/{mailbox}/sendMail", post(send_mail))
+            .route("/v1.0/users/{mailbox}/messages", post(drafts::create))
+            .route(
+                "/v1.0/users/{mailbox}/messages/{id}",
+                delete(drafts::remove),
+            )
+            .route(
+                "/v1.0/users/{mailbox}/messages/{id}/attachments",
+                post(drafts::attach),
+            )
+            .route(
+                "/v1.0/users/{mailbox}/messages/{id}/attachments/createUploadSession",
+                post(drafts::create_upload_session),
+            )
+            .route(
+                "/v1.0/users/{mailbox}/messages/{id}/send",
+                post(drafts::send),
+            )
+            .route("/upload/{session}", put(drafts::upload))
+            // The 4 MB limit is checked (and answered) by the handlers.
+            .layer(DefaultBodyLimit::max(2 * MAX_REQUEST))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -107,6 +143,17 @@ impl FakeGraph {
     /// `sendMail` requests received.
     pub fn requests(&self) -> usize {
         self.inner.lock().unwrap().requests
+    }
+
+    /// Upload sessions opened, upload `PUT`s received, drafts not sent
+    /// nor deleted.
+    pub fn upload_counts(&self) -> (usize, usize, usize) {
+        let i = self.inner.lock().unwrap();
+        (
+            i.drafts.sessions_opened,
+            i.drafts.puts,
+            i.drafts.open_drafts(),
+        )
     }
 }
 
@@ -174,19 +221,46 @@ fn without_bcc(mime: &[u8]) -> Vec<u8> {
     out.into_bytes()
 }
 
-async fn send_mail(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    Path(mailbox): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// What every authenticated request goes through: the mode, then the
+/// token, whose owner must be the mailbox (or `*`, app-only). The owner.
+async fn gate(
+    inner: &Arc<Mutex<Inner>>,
+    headers: &HeaderMap,
+    mailbox: &str,
+) -> Result<String, Response> {
     let (mode, oauth) = {
         let mut i = inner.lock().unwrap();
         i.requests += 1;
         (i.mode.clone(), i.oauth.clone())
     };
+    if let Some(r) = mode_answer(mode).await {
+        return Err(r);
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(owner) = token.and_then(|t| oauth.check_access(t)) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token validation failure.",
+        ));
+    };
+    if owner != "*" && !owner.eq_ignore_ascii_case(mailbox) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+        ));
+    }
+    Ok(owner)
+}
+
+/// The answer the mode forces, if any.
+async fn mode_answer(mode: GraphMode) -> Option<Response> {
     match mode {
-        GraphMode::Accept => {}
+        GraphMode::Accept => None,
         GraphMode::Throttle(secs) => {
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -195,7 +269,7 @@ async fn send_mail(
             );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return r;
+            Some(r)
         }
         GraphMode::Unavailable => {
             let mut r = error(
@@ -205,43 +279,55 @@ async fn send_mail(
             );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(5u64));
-            return r;
+            Some(r)
         }
-        GraphMode::Unauthorized => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "InvalidAuthenticationToken",
-                "Access token has expired or is not yet valid.",
-            );
-        }
-        GraphMode::Hang => {
-            std::future::pending::<()>().await;
-        }
-    }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(owner) = token.and_then(|t| oauth.check_access(t)) else {
-        return error(
+        GraphMode::Unauthorized => Some(error(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
-            "Access token validation failure.",
-        );
-    };
-    if owner != "*" && !owner.eq_ignore_ascii_case(&mailbox) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "ErrorAccessDenied",
-            "Access is denied. Check credentials and try again.",
-        );
+            "Access token has expired or is not yet valid.",
+        )),
+        GraphMode::Hang => {
+            std::future::pending::<()>().await;
+            None
+        }
     }
+}
+
+fn too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        "The request is larger than 4 MB.",
+    )
+}
+
+fn send_as_denied() -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        "ErrorSendAsDenied",
+        "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account.",
+    )
+}
+
+async fn send_mail(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(mailbox): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let owner = match gate(&inner, &headers, &mailbox).await {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
     if body.len() > MAX_REQUEST {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            "The request is larger than 4 MB.",
-        );
+        return too_large();
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return drafts::send_json(&inner, &mailbox, &owner, &body);
     }
     let text_plain = headers
         .get(header::CONTENT_TYPE)
@@ -285,11 +371,7 @@ async fn send_mail(
             .as_deref()
             .is_some_and(|f| !f.eq_ignore_ascii_case(&mailbox))
     {
-        return error(
-            StatusCode::FORBIDDEN,
-            "ErrorSendAsDenied",
-            "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account.",
-        );
+        return send_as_denied();
     }
     let delivered = without_bcc(&mime);
     let mut i = inner.lock().unwrap();
@@ -298,6 +380,9 @@ async fn send_mail(
             mailbox: mailbox.clone(),
             recipient: r,
             message: delivered.clone(),
+            how: "mime",
+            saved: true,
+            attachments: Vec::new(),
         });
     }
     StatusCode::ACCEPTED.into_response()
