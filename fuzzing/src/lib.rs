@@ -27,6 +27,7 @@ pub const TARGETS: &[&str] = &[
     "pop3_login",
     "submission",
     "recipients",
+    "draft",
 ];
 
 /// Runs target `name` on `data`. Unknown names panic (a test mistake).
@@ -69,6 +70,7 @@ pub fn run(name: &str, data: &[u8]) {
         "imap_login" | "smtp_login" | "pop3_login" => upstream_login(name, data),
         "submission" => submission_session(data),
         "recipients" => recipients_decided(data),
+        "draft" => draft_recipients(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -291,19 +293,53 @@ fn submission_session(data: &[u8]) {
 /// envelope is the input's first line, addresses separated by spaces):
 /// what the rewritten header lets a sender deliver to is exactly the
 /// envelope, and the body is where it was.
+/// The first line is the envelope (as in `recipients`), the rest the
+/// message: once decided, the message in Graph's JSON shape names only
+/// the envelope's recipients, and parsing it never panics.
+fn draft_recipients(data: &[u8]) {
+    let (first, message) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let envelope = envelope_of(first);
+    let Ok(d) = recipients::decide(message, &envelope) else {
+        return;
+    };
+    let mut whole = d.header.clone();
+    whole.extend_from_slice(&message[d.body_at..]);
+    let Ok(draft) = mailgate_proto::draft::draft(&whole) else {
+        return;
+    };
+    for field in ["toRecipients", "ccRecipients", "bccRecipients"] {
+        for r in draft.message[field].as_array().into_iter().flatten() {
+            let a = r["emailAddress"]["address"].as_str().unwrap_or_default();
+            assert!(
+                envelope.iter().any(|e| e.eq_ignore_ascii_case(a)),
+                "{field} names {a:?}, not in the envelope {envelope:?}"
+            );
+        }
+    }
+}
+
+/// The envelope of the `recipients` and `draft` targets: the first line's
+/// words that the submission machine would let through (one `@`, no
+/// space, none of the characters it refuses).
+fn envelope_of(first: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(first)
+        .split_whitespace()
+        .filter(|a| a.matches('@').count() == 1 && !a.starts_with('@') && !a.ends_with('@'))
+        .filter(|a| !a.contains([',', '<', '>', '"', ';', ':', '(', ')', '\\']))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn recipients_decided(data: &[u8]) {
     use mail_parser::{Address, HeaderValue, MessageParser};
     let (first, message) = match data.iter().position(|b| *b == b'\n') {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),
     };
-    let envelope: Vec<String> = String::from_utf8_lossy(first)
-        .split_whitespace()
-        // What the submission machine lets through: one `@`, no space.
-        .filter(|a| a.matches('@').count() == 1 && !a.starts_with('@') && !a.ends_with('@'))
-        .filter(|a| !a.contains([',', '<', '>', '"', ';', ':', '(', ')', '\\']))
-        .map(str::to_owned)
-        .collect();
+    let envelope = envelope_of(first);
     let Ok(d) = recipients::decide(message, &envelope) else {
         return;
     };

@@ -14,7 +14,10 @@
 //! decide the recipients ([`crate::recipients::decide`]): To, Cc and Bcc
 //! are read from the rewritten header.
 
-use mail_parser::{Address, MessageParser, MimeHeaders as _};
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use mail_parser::{Address, MessageParser, MimeHeaders as _, PartType};
 use serde_json::{Value, json};
 
 /// One attachment, decoded.
@@ -24,7 +27,8 @@ pub struct Attachment {
     pub content_type: String,
     pub content_id: Option<String>,
     pub inline: bool,
-    pub content: Vec<u8>,
+    /// Shared, so that upload chunks are slices of it, never copies.
+    pub content: Bytes,
 }
 
 impl Attachment {
@@ -114,7 +118,7 @@ fn recipients(a: Option<&Address<'_>>) -> Vec<Value> {
 
 /// `message` (the whole MIME, its recipients decided) in Graph's shape.
 pub fn draft(message: &[u8]) -> Result<Draft, DraftError> {
-    let m = MessageParser::new()
+    let mut m = MessageParser::new()
         .parse(message)
         .ok_or(DraftError::NotMime)?;
     let (to, cc, bcc) = (recipients(m.to()), recipients(m.cc()), recipients(m.bcc()));
@@ -141,7 +145,7 @@ pub fn draft(message: &[u8]) -> Result<Draft, DraftError> {
             content_type: if html { "text/html" } else { "text/plain" }.to_owned(),
             content_id: None,
             inline: false,
-            content: body.into_bytes(),
+            content: Bytes::from(body.into_bytes()),
         });
         format!(
             "The text of this message was too long to show here: it is attached as {}.",
@@ -189,7 +193,9 @@ pub fn draft(message: &[u8]) -> Result<Draft, DraftError> {
     if !custom.is_empty() {
         out["internetMessageHeaders"] = json!(custom);
     }
-    attachments.extend(m.attachments().enumerate().map(|(i, p)| {
+    let ids = m.attachments.clone();
+    attachments.extend(ids.iter().enumerate().filter_map(|(i, id)| {
+        let p = m.parts.get_mut(*id as usize)?;
         let content_type = p.content_type().map_or_else(
             || "application/octet-stream".to_owned(),
             |c| match c.subtype() {
@@ -204,21 +210,36 @@ pub fn draft(message: &[u8]) -> Result<Draft, DraftError> {
                 format!("attachment-{}", i + 1)
             }
         });
-        Attachment {
+        Some(Attachment {
             name,
             content_type,
             content_id: p
                 .content_id()
                 .map(|c| c.trim_matches(['<', '>']).to_owned()),
             inline: p.content_disposition().is_some_and(|d| d.is_inline()),
-            content: p.contents().to_vec(),
-        }
+            content: take_contents(p),
+        })
     }));
     Ok(Draft {
         message: out,
         attachments,
         lost_headers,
     })
+}
+
+/// A part's decoded contents, moved out of the parsed message (a copy
+/// only when they were not decoded, i.e. still borrowed from the raw).
+fn take_contents(p: &mut mail_parser::MessagePart<'_>) -> Bytes {
+    match std::mem::replace(&mut p.body, PartType::Binary(Cow::Borrowed(&[]))) {
+        PartType::Binary(Cow::Owned(v)) | PartType::InlineBinary(Cow::Owned(v)) => Bytes::from(v),
+        PartType::Text(Cow::Owned(t)) | PartType::Html(Cow::Owned(t)) => {
+            Bytes::from(t.into_bytes())
+        }
+        other => {
+            p.body = other;
+            Bytes::copy_from_slice(p.contents())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -295,7 +316,7 @@ iVBORw==\r\n\
             (pdf.name.as_str(), pdf.content_type.as_str(), pdf.inline),
             ("r.pdf", "application/pdf", false)
         );
-        assert_eq!(pdf.content, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(pdf.content[..], [0, 1, 2, 3, 4, 5]);
         let logo = &d.attachments[1];
         assert!(logo.inline);
         assert_eq!(logo.content_id.as_deref(), Some("logo@x"));

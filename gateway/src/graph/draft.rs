@@ -152,7 +152,7 @@ impl Graph {
                     format!("bytes {}-{}/{}", at, end - 1, total),
                 )
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(a.content[at..end].to_vec());
+                .body(a.content.slice(at..end));
             let expected: &[u16] = if end == total { &[201, 200] } else { &[200] };
             self.call(request, expected).await?;
             at = end;
