@@ -824,6 +824,9 @@ async fn graph_compare(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
         fake.deliveries().len(),
         2 * n
     );
+    let parallel = graph_parallel(b, &fake, gw.smtp, &message, n).await?;
+    let (rss_before, hwm_before) = gw.memory()?;
+    let (large, large_took) = graph_large(b, gw.smtp).await?;
     b.say(format!(
         "Graph sendMail, 10 KiB messages one after another: direct {direct_rate:.0}/s (p50 {:.0} us, p99 {:.0} us), via mailgate {via_rate:.0}/s (p50 {:.0} us, p99 {:.0} us); ratio {:.3} (target >= 0.9)",
         us(percentile(&direct, 0.5)),
@@ -832,8 +835,176 @@ async fn graph_compare(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
         us(percentile(&through, 0.99)),
         via_rate / direct_rate
     ));
+    let (d_rate, v_rate, d50, d99, v50, v99) = parallel;
+    b.say(format!(
+        "Graph sendMail, 10 KiB messages from {GRAPH_CLIENTS} clients at once: direct {d_rate:.0}/s (p50 {d50:.0} us, p99 {d99:.0} us), via mailgate {v_rate:.0}/s (p50 {v50:.0} us, p99 {v99:.0} us); ratio {:.3} (target >= 0.9)",
+        v_rate / d_rate
+    ));
+    let (_, hwm) = gw.memory()?;
+    let in_flight = (GRAPH_LARGE_CLIENTS * large) as f64;
+    b.say(format!(
+        "Graph, {GRAPH_LARGE_CLIENTS} clients each sending a {:.1} MB message at once (draft + upload sessions): all accepted in {:.1} s; mailgate's RSS before {:.0} MB (peak {:.0} MB), peak RSS {:.0} MB for {:.0} MB in flight, {:.2}x (target < 2x)",
+        large as f64 / 1e6,
+        large_took.as_secs_f64(),
+        rss_before as f64 * 1024.0 / 1e6,
+        hwm_before as f64 * 1024.0 / 1e6,
+        hwm as f64 * 1024.0 / 1e6,
+        in_flight / 1e6,
+        hwm as f64 * 1024.0 / in_flight
+    ));
     drop(gw);
     Ok(())
+}
+
+/// SMTP clients (and direct posters) at once in [`graph_parallel`].
+const GRAPH_CLIENTS: usize = 8;
+/// Clients sending a large message at once in [`graph_large`].
+const GRAPH_LARGE_CLIENTS: usize = 10;
+
+/// `n` messages from [`GRAPH_CLIENTS`] clients at once, straight to the
+/// fake Graph and through mailgate: (direct/s, via/s, direct p50, p99,
+/// via p50, p99 in microseconds).
+async fn graph_parallel(
+    b: &Bench,
+    fake: &mailgate_tests::graph::FakeGraph,
+    smtp: SocketAddr,
+    message: &[u8],
+    n: usize,
+) -> anyhow::Result<(f64, f64, f64, f64, f64, f64)> {
+    use base64::Engine as _;
+    let each = n.div_ceil(GRAPH_CLIENTS);
+    let token = b.env.oauth.issue_access_token(USER);
+    let url = format!("{}/users/{USER}/sendMail", fake.url());
+    let body = base64::engine::general_purpose::STANDARD.encode(message);
+    let mut set = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..GRAPH_CLIENTS {
+        let (url, token, body) = (url.clone(), token.clone(), body.clone());
+        set.spawn(async move {
+            let http = reqwest::Client::new();
+            let mut took = Vec::with_capacity(each);
+            for _ in 0..each {
+                let t = Instant::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "text/plain")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    r.status().as_u16() == 202,
+                    "the fake Graph said {}",
+                    r.status()
+                );
+                took.push(t.elapsed());
+            }
+            Ok(took)
+        });
+    }
+    let mut direct = Vec::new();
+    while let Some(r) = set.join_next().await {
+        direct.extend(r??);
+    }
+    let direct_rate = direct.len() as f64 / start.elapsed().as_secs_f64();
+
+    let via = b.via(smtp);
+    let message = std::sync::Arc::new(message.to_vec());
+    let start = Instant::now();
+    for _ in 0..GRAPH_CLIENTS {
+        let (via, message) = (via.clone(), message.clone());
+        set.spawn(async move {
+            let mut c = client::smtp_session(&via, USER).await?;
+            let mut took = Vec::with_capacity(each);
+            for _ in 0..each {
+                let t = Instant::now();
+                c.send(
+                    b"MAIL FROM:<bench@example.test>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n",
+                )
+                .await?;
+                c.reply("250").await?;
+                c.reply("250").await?;
+                c.reply("354").await?;
+                c.send(&message).await?;
+                c.send(b".\r\n").await?;
+                c.reply("250").await?;
+                took.push(t.elapsed());
+            }
+            c.send(b"QUIT\r\n").await?;
+            Ok(took)
+        });
+    }
+    let mut through = Vec::new();
+    while let Some(r) = set.join_next().await {
+        through.extend(r??);
+    }
+    let via_rate = through.len() as f64 / start.elapsed().as_secs_f64();
+    direct.sort();
+    through.sort();
+    Ok((
+        direct_rate,
+        via_rate,
+        us(percentile(&direct, 0.5)),
+        us(percentile(&direct, 0.99)),
+        us(percentile(&through, 0.5)),
+        us(percentile(&through, 0.99)),
+    ))
+}
+
+/// A message of about 30 MB: a short text and a 22.5 MB attachment of
+/// pseudo-random bytes, base64 in lines of 76.
+fn graph_large_message() -> Vec<u8> {
+    use base64::Engine as _;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..22_500_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+    let mut m = format!(
+        "From: {USER}\r\nTo: sink@example.test\r\nSubject: scan\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nThe scan.\r\n--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=scan.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    )
+    .into_bytes();
+    for line in b64.as_bytes().chunks(76) {
+        m.extend_from_slice(line);
+        m.extend_from_slice(b"\r\n");
+    }
+    m.extend_from_slice(b"--b--\r\n");
+    m
+}
+
+/// [`GRAPH_LARGE_CLIENTS`] clients each send a message of about 30 MB
+/// at once through mailgate; (its size, how long until all were
+/// accepted).
+async fn graph_large(b: &Bench, smtp: SocketAddr) -> anyhow::Result<(usize, Duration)> {
+    let message = std::sync::Arc::new(graph_large_message());
+    let via = b.via(smtp);
+    let mut set = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..GRAPH_LARGE_CLIENTS {
+        let (via, message) = (via.clone(), message.clone());
+        set.spawn(async move {
+            let mut c = client::smtp_session(&via, USER).await?;
+            c.send(b"MAIL FROM:<bench@example.test>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n")
+                .await?;
+            c.reply("250").await?;
+            c.reply("250").await?;
+            c.reply("354").await?;
+            c.send(&message).await?;
+            c.send(b".\r\n").await?;
+            c.reply("250").await?;
+            c.send(b"QUIT\r\n").await?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok((message.len(), start.elapsed()))
 }
 
 /// Login latency via mailgate, connect -> tagged OK: `n` samples after
