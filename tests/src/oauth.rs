@@ -104,6 +104,9 @@ struct Inner {
     sign_in_as: Option<String>,
     /// ID tokens are issued when `openid` is asked for.
     id_tokens: bool,
+    /// A refresh grant whose scope contains this is refused with
+    /// `invalid_grant` and AADSTS65001 (the consent lacks that resource).
+    unconsented: Option<String>,
     last_authorize: HashMap<String, String>,
     /// refresh token → user
     refresh: HashMap<String, String>,
@@ -194,6 +197,7 @@ impl FakeOAuth {
                 devices: HashMap::new(),
                 sign_in_as: None,
                 id_tokens: true,
+                unconsented: None,
                 last_authorize: HashMap::new(),
             }),
             refreshes: AtomicUsize::new(0),
@@ -303,6 +307,13 @@ impl FakeOAuth {
     }
 
     /// Lifetime of access tokens issued from now on.
+    /// Refresh grants whose scope contains `scope` are refused as Entra
+    /// refuses a resource the user never consented to (`invalid_grant`,
+    /// AADSTS65001); `None` lifts it.
+    pub fn set_unconsented(&self, scope: Option<&str>) {
+        self.inner().unconsented = scope.map(str::to_owned);
+    }
+
     pub fn set_lifetime(&self, d: Duration) {
         self.inner().lifetime = d;
     }
@@ -652,6 +663,15 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
             "unknown refresh token",
         );
     };
+    if let Some(u) = &inner.unconsented
+        && form.get("scope").is_some_and(|sc| sc.contains(u.as_str()))
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "AADSTS65001: The user or administrator has not consented to use the application.",
+        );
+    }
     let n = s.counter.fetch_add(1, Ordering::SeqCst);
     let at = format!("at-{n}-{}", user.replace('@', "_"));
     let lifetime = inner.lifetime;

@@ -709,4 +709,70 @@ s.quit()
         assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
         g.shutdown().await;
     }
+
+    /// An account signed in before its provider sent through Graph: the
+    /// token endpoint refuses a Graph token (AADSTS65001). The SMTP login
+    /// says to authorise again, the account's record remembers it for
+    /// `mailgate accounts`, and reading mail is untouched; a Graph token
+    /// obtained later clears it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sign_in_without_graph_consent_is_told_to_authorise_again() {
+        logs();
+        let env = Env::new().await;
+        let fake = FakeGraph::start(env.oauth.clone()).await;
+        env.seal_new_user_token();
+        let text = env.config_for(
+            &[(Protocol::Smtp, "graph")],
+            "",
+            &format!("graph_url = \"{}\"", fake.url()),
+            "",
+        );
+        let path = env.write_config(&text);
+        let g = start(env.load(&text)).await;
+        env.oauth.set_unconsented(Some("graph.microsoft.com"));
+        let mut c = LineClient::connect(smtp_addr(&g)).await;
+        assert!(c.line().await.starts_with("220 "));
+        c.send("EHLO client.test\r\n").await;
+        while !c.line().await.starts_with("250 ") {}
+        c.send(format!(
+            "AUTH PLAIN {}\r\n",
+            b64(&format!("\0{USER}\0{PASSWORD}"))
+        ))
+        .await;
+        let r = c.line().await;
+        assert!(
+            r.starts_with("535 ")
+                && r.contains("does not allow sending through Microsoft Graph; authorise it again"),
+            "{r}"
+        );
+        let f = env.token_file(USER);
+        assert!(f.graph_refused && !f.needs_authorization, "{f:?}");
+        let out = mailgate_tests::harness::run_mailgate(&path, &["accounts"], "", None, &[]);
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            table.contains("cannot send through Microsoft Graph: authorise again"),
+            "{table}"
+        );
+        let out =
+            mailgate_tests::harness::run_mailgate(&path, &["accounts", "--json"], "", None, &[]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["accounts"][0]["graph_refused"], true, "{json}");
+
+        // Consent given (a new sign-in would do it): the next login gets
+        // its Graph token and the mark is gone.
+        env.oauth.set_unconsented(None);
+        drop(c);
+        let mut c = logged_in(&g).await;
+        let r = send(
+            &mut c,
+            &["bob@example.test"],
+            &format!("From: {USER}\r\nTo: bob@example.test\r\n\r\nhi\r\n"),
+        )
+        .await;
+        assert_eq!(r, "250 2.0.0 Accepted by Microsoft Graph\r\n");
+        assert!(!env.token_file(USER).graph_refused);
+        c.send("QUIT\r\n").await;
+        assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
+        g.shutdown().await;
+    }
 }

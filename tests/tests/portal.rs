@@ -92,6 +92,27 @@ async fn first_sign_in_password_settings_imap_change_again_forget() {
     assert!(b.text("#token-state").await.starts_with("Ready"));
     b.screenshot("portal-account").await;
 
+    // The record says that the sign-in does not allow sending through
+    // Graph (what a refused Graph token writes; tests/graph.rs): the page
+    // says so, and says to authorise again.
+    let file = p.token_file().unwrap();
+    let mut marked: serde_json::Value = serde_json::from_slice(&file).unwrap();
+    marked["graph_refused"] = serde_json::Value::Bool(true);
+    let path = p
+        .env
+        .state_dir()
+        .join("tokens")
+        .join(format!("{USER}.json"));
+    std::fs::write(&path, serde_json::to_vec(&marked).unwrap()).unwrap();
+    b.goto(&format!("{}account", p.base)).await;
+    b.expect_page("account").await;
+    let state = b.text("#token-state").await;
+    assert!(
+        state.contains("cannot send") && state.contains("authorise again"),
+        "{state}"
+    );
+    std::fs::write(&path, &file).unwrap();
+
     // Changing the password needs the old one.
     b.fill("#old", "not the password").await;
     b.fill("#new", NEW_PASSWORD).await;

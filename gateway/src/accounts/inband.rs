@@ -19,7 +19,7 @@ use mailgate_config::{Flow, Provider};
 use secrecy::SecretString;
 use tracing::info;
 
-use super::errors::LoginError;
+use super::errors::{LoginError, Unusable};
 use super::names::account_name;
 use super::service::{Accounts, Authorized};
 use super::store::Audience;
@@ -49,13 +49,20 @@ impl Accounts {
         in_band: InBand<'_>,
         audience: Audience,
     ) -> Result<Authorized, LoginError> {
-        let told = |accounts: &Accounts, portal| {
+        let told = |accounts: &Accounts, portal, no_graph: bool| {
             let (Some(name), Some(provider)) = (account_name(login), accounts.provider_of(login))
             else {
                 return LoginError::BadCredentials;
             };
             info!("the account needs authorisation; the client is told where to do it");
-            LoginError::AuthorizeAt(instructions(portal, &name, &provider))
+            let how = instructions(portal, &name, &provider);
+            LoginError::AuthorizeAt(if no_graph {
+                format!(
+                    "The authorisation of {name} does not allow sending through Microsoft Graph; authorise it again to allow it. {how}"
+                )
+            } else {
+                how
+            })
         };
         let tried = self.authenticate_for(login, password, peer, audience).await;
         match (tried, in_band) {
@@ -67,10 +74,13 @@ impl Accounts {
                 );
                 Err(LoginError::BadCredentials)
             }
-            (Err(LoginError::NoToken), InBand::On { portal })
-            | (Err(LoginError::NeedsAuthorization { file: Some(_), .. }), InBand::On { portal }) => {
-                Err(told(self, portal))
-            }
+            (Err(LoginError::NoToken), InBand::On { portal }) => Err(told(self, portal, false)),
+            (
+                Err(LoginError::NeedsAuthorization {
+                    file: Some(_), why, ..
+                }),
+                InBand::On { portal },
+            ) => Err(told(self, portal, why == Unusable::NoGraph)),
             (other, _) => other,
         }
     }

@@ -211,7 +211,14 @@ impl Accounts {
         if cached_ok {
             self.success(user, peer, false, familiar);
             if st.unsaved {
-                self.persist(user, provider, st, None).await;
+                // A refresh whose write failed: written now.
+                self.persist(
+                    user,
+                    provider,
+                    st,
+                    super::refresh::Persist::Refreshed(Audience::Mail),
+                )
+                .await;
             }
             if !familiar {
                 self.remember_address(st, here).await;

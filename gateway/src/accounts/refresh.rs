@@ -209,7 +209,8 @@ impl Accounts {
                     "access token refreshed"
                 );
                 self.metrics.refresh("ok");
-                self.persist(user, provider, st, None).await;
+                self.persist(user, provider, st, Persist::Refreshed(audience))
+                    .await;
                 Ok(grant.access_token)
             }
             // A Graph token refused: the sign-in did not allow sending
@@ -218,6 +219,10 @@ impl Accounts {
             Err(OAuthError::InvalidGrant(detail)) if audience == Audience::Graph => {
                 self.metrics.refresh("invalid_grant");
                 warn!(provider = %provider.name, %detail, "no Graph token: the sign-in does not allow sending through Graph");
+                if !st.disk.as_ref().is_some_and(|d| d.graph_refused) {
+                    self.persist(user, provider, st, Persist::GraphRefused(detail))
+                        .await;
+                }
                 Err(LoginError::NeedsAuthorization {
                     why: Unusable::NoGraph,
                     file: st.disk.clone().map(Box::new),
@@ -236,8 +241,16 @@ impl Accounts {
                     }
                     _ => warn!(error = %e, provider = %provider.name, "token refresh failed"),
                 }
-                self.persist(user, provider, st, Some((e.to_string(), mark_dead)))
-                    .await;
+                self.persist(
+                    user,
+                    provider,
+                    st,
+                    Persist::Failed {
+                        error: e.to_string(),
+                        dead: mark_dead,
+                    },
+                )
+                .await;
                 if mark_dead {
                     Err(LoginError::NeedsAuthorization {
                         why: Unusable::Expired,
@@ -256,7 +269,7 @@ impl Accounts {
         }
     }
 
-    /// Writes the account's file: re-sealed tokens after a refresh, or the
+    /// Writes the account's file (with what `outcome` says): re-sealed tokens after a refresh, or the
     /// error metadata after a failed one, as a compare-and-swap against the
     /// file the cache came from. A file replaced or removed behind the
     /// gateway is left alone and the cache is dropped; a failure to write is
@@ -267,7 +280,7 @@ impl Accounts {
         user: &str,
         provider: &Provider,
         st: &mut AccountState,
-        error: Option<(String, bool)>,
+        outcome: Persist,
     ) {
         let (Some(key), Some(tokens)) = (st.key.as_ref(), st.tokens.as_ref()) else {
             return;
@@ -287,15 +300,24 @@ impl Accounts {
                 return;
             }
         };
-        match error {
-            None => {
+        match outcome {
+            Persist::Refreshed(audience) => {
                 file.last_refresh = Some(now());
                 file.last_error = None;
                 file.needs_authorization = false;
+                if audience == Audience::Graph {
+                    file.graph_refused = false;
+                }
             }
-            Some((message, dead)) => {
-                file.last_error = Some(message);
+            Persist::Failed { error, dead } => {
+                file.last_error = Some(error);
                 file.needs_authorization |= dead;
+            }
+            Persist::GraphRefused(detail) => {
+                file.last_error = Some(format!(
+                    "no Microsoft Graph token (the sign-in does not allow sending through Graph; authorise again): {detail}"
+                ));
+                file.graph_refused = true;
             }
         }
         let expect = match &st.disk {
@@ -329,4 +351,15 @@ impl Accounts {
             }
         }
     }
+}
+
+/// What a write of an account's file records.
+#[derive(Debug)]
+pub(super) enum Persist {
+    /// A token of this audience was refreshed (the error is cleared).
+    Refreshed(Audience),
+    /// The refresh failed; `dead` when the refresh token is.
+    Failed { error: String, dead: bool },
+    /// The token endpoint refused a Graph token (its detail).
+    GraphRefused(String),
 }

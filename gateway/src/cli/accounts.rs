@@ -47,6 +47,9 @@ struct AccountRow {
     sealed_at: Option<u64>,
     last_refresh: Option<u64>,
     last_error: Option<String>,
+    /// The sign-in does not allow sending through Microsoft Graph: sending
+    /// waits for a new one.
+    graph_refused: bool,
     /// Failed logins of this name in the last 15 minutes, and the delay the
     /// next attempt waits (from the running gateway's `backoff.json`).
     backoff: Option<crate::accounts::backoff::Throttle>,
@@ -84,6 +87,7 @@ impl AccountRow {
             sealed_at: f.map(|f| f.sealed_at),
             last_refresh: f.and_then(|f| f.last_refresh),
             last_error: f.and_then(|f| f.last_error.clone()),
+            graph_refused: f.is_some_and(|f| f.graph_refused),
             backoff: throttle,
         }
     }
@@ -99,6 +103,10 @@ impl AccountRow {
             throttle(self.backoff.as_ref()),
             match (&self.last_error, self.in_configuration) {
                 (_, false) => "not in the configuration".into(),
+                _ if self.graph_refused => format!(
+                    "cannot send through Microsoft Graph: authorise again (mailgate login {})",
+                    self.user
+                ),
                 (Some(e), true) => e.clone(),
                 (None, true) => "-".into(),
             },

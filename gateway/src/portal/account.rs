@@ -134,6 +134,9 @@ async fn account_page(
         Some(f) if f.needs_authorization => {
             "Needs authorisation: the provider ended the access; authorise again"
         }
+        Some(f) if f.graph_refused => {
+            "Reads mail, but cannot send: this authorisation does not allow sending through Microsoft Graph; authorise again to allow it"
+        }
         Some(_) => "Ready: your mail program can sign in",
     };
     let f = file.as_ref();

@@ -308,6 +308,13 @@ pub struct TokenFile {
     /// dead and the user must authorise again.
     #[serde(default)]
     pub needs_authorization: bool,
+    /// Set when the token endpoint refused a Microsoft Graph token for this
+    /// account's refresh token: the sign-in did not allow `Mail.Send`
+    /// (signed in before the provider sent through Graph, or the consent
+    /// was withdrawn). Mail is still read; sending through Graph waits for
+    /// a new sign-in, which clears it (as does a Graph token obtained).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub graph_refused: bool,
     /// Microsoft: the tenant (`tid`) the tokens were signed in from; a
     /// later sign-in from another one is refused (see
     /// [`crate::accounts::identity`]).
@@ -347,6 +354,7 @@ impl TokenFile {
             generation: 0,
             expires_at: None,
             needs_authorization: false,
+            graph_refused: false,
             tenant: None,
             familiar: Vec::new(),
             kdf: key.kdf.clone(),
