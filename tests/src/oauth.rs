@@ -107,6 +107,9 @@ struct Inner {
     /// A refresh grant whose scope contains this is refused with
     /// `invalid_grant` and AADSTS65001 (the consent lacks that resource).
     unconsented: Option<String>,
+    /// The scope each access token was issued for (when it was asked for
+    /// one at the token endpoint).
+    scopes: HashMap<String, String>,
     last_authorize: HashMap<String, String>,
     /// refresh token → user
     refresh: HashMap<String, String>,
@@ -198,6 +201,7 @@ impl FakeOAuth {
                 sign_in_as: None,
                 id_tokens: true,
                 unconsented: None,
+                scopes: HashMap::new(),
                 last_authorize: HashMap::new(),
             }),
             refreshes: AtomicUsize::new(0),
@@ -393,6 +397,11 @@ impl FakeOAuth {
             .map(|(u, _)| u.clone())
     }
 
+    /// The scope `token` was issued for, if one was asked for.
+    pub fn access_scope(&self, token: &str) -> Option<String> {
+        self.inner().scopes.get(token).cloned()
+    }
+
     /// Invalidates every access token while the gateway still believes them
     /// valid (what a provider does on revocation or a server-side expiry).
     pub fn revoke_access_tokens(&self) {
@@ -539,7 +548,7 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
             ),
             Ok(sub) => {
                 inner.subjects.push(sub.clone());
-                issue(s, &mut inner, &sub, false, None)
+                issue(s, &mut inner, &sub, false, None, form.get("scope"))
             }
         };
     }
@@ -604,7 +613,7 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
                 );
             }
             let id = id_token_for(&inner, &code.scope, &code.user, code.nonce.as_deref());
-            return issue(s, &mut inner, &code.user, true, id);
+            return issue(s, &mut inner, &code.user, true, id, form.get("scope"));
         }
         "urn:ietf:params:oauth:grant-type:device_code" => {
             let device = form.get("device_code").cloned().unwrap_or_default();
@@ -634,7 +643,7 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
                 .clone()
                 .unwrap_or_else(|| inner.default_user.clone());
             let id = id_token_for(&inner, &scope, &user, None);
-            return issue(s, &mut inner, &user, true, id);
+            return issue(s, &mut inner, &user, true, id, form.get("scope"));
         }
         "client_credentials" => {
             if inner.client_secret.is_none() && inner.client_certificate.is_none() {
@@ -644,7 +653,7 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
                     "a confidential client is required",
                 );
             }
-            return issue(s, &mut inner, "*", false, None);
+            return issue(s, &mut inner, "*", false, None, form.get("scope"));
         }
         _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", ""),
     }
@@ -679,6 +688,9 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
         .access
         .insert(at.clone(), (user.clone(), Instant::now() + lifetime));
     inner.last_access = Some(at.clone());
+    if let Some(scope) = form.get("scope") {
+        inner.scopes.insert(at.clone(), scope.clone());
+    }
     s.issued.lock().unwrap().push(at.clone());
     let mut body = json!({
         "access_token": at,
@@ -839,6 +851,7 @@ fn issue(
     user: &str,
     with_refresh: bool,
     id_token: Option<String>,
+    scope: Option<&String>,
 ) -> Response {
     let n = s.counter.fetch_add(1, Ordering::SeqCst);
     let tag = user.replace('@', "_");
@@ -848,6 +861,9 @@ fn issue(
         .access
         .insert(at.clone(), (user.to_owned(), Instant::now() + lifetime));
     inner.last_access = Some(at.clone());
+    if let Some(scope) = scope {
+        inner.scopes.insert(at.clone(), scope.clone());
+    }
     let mut body =
         json!({"access_token": at, "token_type": "Bearer", "expires_in": lifetime.as_secs()});
     if let Some(id) = id_token {

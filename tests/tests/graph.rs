@@ -149,6 +149,43 @@ async fn every_refusal_becomes_an_smtp_reply() {
     assert!(e.smtp_reply().starts_with("451 4.4.1 "));
 }
 
+/// The fake Graph takes only tokens asked for Graph's scope: a token the
+/// token endpoint issued for the mail servers (`scope=mail`) is refused,
+/// as Microsoft refuses a token of another audience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_token_is_not_a_graph_token() {
+    let env = Env::new().await;
+    let fake = FakeGraph::start(env.oauth.clone()).await;
+    let rt = env.oauth.issue_refresh_token(USER);
+    let mut tokens = Vec::new();
+    for scope in ["mail offline_access", "https://graph.microsoft.com/Mail.Send"] {
+        let answer = reqwest::Client::new()
+            .post(env.oauth.token_url())
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt.as_str()),
+                ("client_id", mailgate_tests::oauth::CLIENT_ID),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        tokens.push(SecretString::from(
+            answer["access_token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (mime, _) = decided(&message(), &["bob@example.test"]);
+    let g = graph(&fake, Duration::from_secs(10));
+    let e = g.send_mime(USER, &tokens[0], &mime).await.unwrap_err();
+    assert!(matches!(e, GraphError::Unauthorized { .. }), "{e:?}");
+    g.send_mime(USER, &tokens[1], &mime).await.unwrap();
+    assert_eq!(fake.recipients(), vec!["bob@example.test"]);
+}
+
 /// An SMTP client's session through a gateway with `smtp = "graph"`: AUTH
 /// with the local password, then a message whose envelope differs from its
 /// headers.
@@ -773,6 +810,57 @@ s.quit()
         assert!(!env.token_file(USER).graph_refused);
         c.send("QUIT\r\n").await;
         assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
+        g.shutdown().await;
+    }
+
+    /// App-only (client credentials): the account's local password, one app
+    /// token for Graph, and the message sent as the account's
+    /// `upstream_user` mailbox.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn app_only_accounts_send_as_their_mailbox() {
+        logs();
+        let env = Env::new().await;
+        let fake = FakeGraph::start(env.oauth.clone()).await;
+        env.oauth.set_client_secret(Some("app-secret"));
+        let text = env.config_for(
+            &[(Protocol::Smtp, "graph")],
+            "",
+            &format!(
+                "graph_url = \"{}\"\nflow = \"client_credentials\"\nclient_secret = \"app-secret\"",
+                fake.url()
+            ),
+            &format!(
+                "password_hash = \"{}\"\nupstream_user = \"scanner@example.test\"",
+                mailgate_tests::harness::password_hash(PASSWORD)
+            ),
+        );
+        let g = start(env.load(&text)).await;
+        for to in ["bob@example.test", "carol@example.test"] {
+            let mut c = logged_in(&g).await;
+            let r = send(
+                &mut c,
+                &[to],
+                &format!("From: scanner@example.test\r\nTo: {to}\r\nSubject: scan\r\n\r\nscan\r\n"),
+            )
+            .await;
+            assert_eq!(r, "250 2.0.0 Accepted by Microsoft Graph\r\n");
+            c.send("QUIT\r\n").await;
+            assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
+        }
+        let d = fake.deliveries();
+        assert_eq!(
+            fake.recipients(),
+            vec!["bob@example.test", "carol@example.test"]
+        );
+        assert!(
+            d.iter().all(|d| d.mailbox == "scanner@example.test"),
+            "{d:?}"
+        );
+        assert_eq!(
+            env.oauth.grants("client_credentials"),
+            1,
+            "one app token, cached"
+        );
         g.shutdown().await;
     }
 }

@@ -1,7 +1,8 @@
 //! A fake Microsoft Graph `sendMail` on 127.0.0.1, following Graph's
 //! documented behaviour (see INTEROP-NOTES): the bearer token is checked
 //! with the fake OAuth server (its owner must be the mailbox, or `*` for an
-//! app-only token); the body is the message's MIME in base64 with
+//! app-only token, and a token asked for with a scope must have been asked
+//! for Graph's: `https://graph.microsoft.com/...`); the body is the message's MIME in base64 with
 //! `Content-Type: text/plain`, at most 4 MB (`413` beyond); recipients
 //! come from the To/Cc/Bcc headers; a From that is not the mailbox is
 //! `ErrorSendAsDenied`; success is `202` with no body. It records what it
@@ -247,6 +248,17 @@ async fn gate(
             "Access token validation failure.",
         ));
     };
+    // A token asked for another resource (the mail servers') is not for
+    // Graph: Microsoft issues a token for one audience.
+    if let Some(scope) = token.and_then(|t| oauth.access_scope(t))
+        && !scope.contains("https://graph.microsoft.com/")
+    {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token validation failure. Invalid audience.",
+        ));
+    }
     if owner != "*" && !owner.eq_ignore_ascii_case(mailbox) {
         return Err(error(
             StatusCode::FORBIDDEN,
