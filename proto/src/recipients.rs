@@ -123,6 +123,15 @@ fn header_line(name: &str, mailboxes: &[String]) -> Vec<u8> {
     format!("{name}: {}\r\n", mailboxes.join(",\r\n ")).into_bytes()
 }
 
+/// The Message-ID of the message starting with `head` (its header
+/// section is enough), for the log; at most 200 bytes of it.
+pub fn message_id(head: &[u8]) -> Option<String> {
+    let end = header_end(head).map_or(head.len(), |(blank, _)| blank);
+    let m = MessageParser::new().parse_headers(&head[..end])?;
+    m.message_id()
+        .map(|id| id.chars().filter(|c| !c.is_control()).take(200).collect())
+}
+
 /// Rewrites the header section of `message` (its start is enough: the
 /// header section and the blank line) for the envelope's `recipients`.
 pub fn decide(message: &[u8], recipients: &[String]) -> Result<Decided, RecipientsError> {
@@ -243,6 +252,18 @@ mod tests {
     }
 
     const MSG: &[u8] = b"From: Ann <ann@x.test>\r\nTo: Bob <bob@y.test>, carol@y.test\r\nCc: \"Dan, D.\" <dan@y.test>\r\nBcc: eve@y.test\r\nSubject: hi\r\n\r\nbody\r\n";
+
+    #[test]
+    fn the_message_id_is_read_for_the_log() {
+        assert_eq!(
+            message_id(b"Subject: x\r\nMessage-ID: <a1@b.test>\r\n\r\nbody").as_deref(),
+            Some("a1@b.test")
+        );
+        assert_eq!(
+            message_id(b"Subject: x\r\n\r\nMessage-ID: <no@b.test>\r\n"),
+            None
+        );
+    }
 
     #[test]
     fn the_envelope_named_in_the_headers_keeps_them() {

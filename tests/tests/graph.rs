@@ -158,7 +158,10 @@ async fn a_mail_token_is_not_a_graph_token() {
     let fake = FakeGraph::start(env.oauth.clone()).await;
     let rt = env.oauth.issue_refresh_token(USER);
     let mut tokens = Vec::new();
-    for scope in ["mail offline_access", "https://graph.microsoft.com/Mail.Send"] {
+    for scope in [
+        "mail offline_access",
+        "https://graph.microsoft.com/Mail.Send",
+    ] {
         let answer = reqwest::Client::new()
             .post(env.oauth.token_url())
             .form(&[

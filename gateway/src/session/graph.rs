@@ -205,6 +205,7 @@ async fn deliver(
             return format!("554 5.6.0 {e}\r\n");
         }
     };
+    let message_id = recipients::message_id(&head).unwrap_or_default();
     drop(head);
     if !decided.dropped.is_empty() {
         info!(
@@ -281,6 +282,7 @@ async fn deliver(
     match sent {
         Ok(()) => {
             info!(
+                message_id,
                 size,
                 recipients,
                 how,
@@ -295,7 +297,7 @@ async fn deliver(
             if let Some(wait) = e.retry_after() {
                 ctx.accounts.hold_graph(&auth.user, wait);
             }
-            warn!(error = %e, size, recipients, how, "Microsoft Graph did not take the message");
+            warn!(error = %e, message_id, size, recipients, how, "Microsoft Graph did not take the message");
             e.smtp_reply()
         }
     }
