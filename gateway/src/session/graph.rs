@@ -103,13 +103,18 @@ async fn session(
                 d.as_secs().max(1)
             )
         }));
+        // Replies to pipelined commands go out together, before anything
+        // that waits (a delivery, the next read).
+        let mut replies: Vec<u8> = Vec::new();
         while let Some(event) = m.next_event() {
+            if !matches!(event, Event::Reply(_) | Event::Data(_))
+                && !replies.is_empty()
+                && client.send(&std::mem::take(&mut replies)).await.is_err()
+            {
+                return;
+            }
             match event {
-                Event::Reply(r) => {
-                    if client.send(&r).await.is_err() {
-                        return;
-                    }
-                }
+                Event::Reply(r) => replies.extend_from_slice(&r),
                 Event::Data(d) => {
                     if !spool_failed && let Err(e) = spool.push(&d).await {
                         warn!(error = %e, "the message cannot be spooled");
@@ -136,6 +141,9 @@ async fn session(
                     return;
                 }
             }
+        }
+        if !replies.is_empty() && client.send(&replies).await.is_err() {
+            return;
         }
         match tokio::time::timeout(IDLE, client.read_some(&mut buf)).await {
             Err(_) => {
