@@ -17,6 +17,8 @@ mod choice;
 mod errors;
 mod graph;
 mod load;
+mod notify;
+mod portal;
 mod presets;
 mod proxy;
 mod queries;
@@ -28,6 +30,8 @@ pub(crate) use choice::Choice;
 pub use errors::{ConfigError, ConfigErrors};
 pub use graph::{GRAPH_MAIL_SEND, GRAPH_URL, GraphApi, Sending};
 pub use load::{ENV_CONFIG, load, load_with_env, locate};
+pub use notify::{DEFAULT_COMMAND_TIMEOUT, Notify};
+pub use portal::Portal;
 pub use proxy::{NoProxy, Proxy, ProxyKind};
 
 /// The whole, validated configuration.
@@ -43,6 +47,8 @@ pub struct Config {
     pub portal: Option<Portal>,
     /// `[store]`: where sealed tokens and account state live.
     pub store: Store,
+    /// `[notify]`: where account events go, when set.
+    pub notify: Option<Notify>,
     /// Files that hold secrets, with the key that names them: the file
     /// itself when it holds a `client_secret`, every `client_secret_file`
     /// and every listener's TLS `key` (for permission warnings).
@@ -177,65 +183,6 @@ pub enum Store {
         /// Prepended to every key.
         prefix: String,
     },
-}
-
-/// `[portal]`: the web portal (SPEC §8).
-#[derive(Debug, Clone)]
-pub struct Portal {
-    pub address: SocketAddr,
-    /// TLS from the first byte (`tls = "implicit"`); else plain HTTP.
-    pub tls: bool,
-    pub certificate: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub insecure_plaintext: bool,
-    /// How browsers reach the portal, when not its address (a reverse
-    /// proxy, a DNS name).
-    pub public_url: Option<url::Url>,
-    /// A PROXY v1/v2 header from a `trusted_proxies` address comes first
-    /// on each connection and names the browser (a TCP load balancer).
-    pub proxy_protocol: bool,
-}
-
-impl Portal {
-    /// The portal's address as browsers use it.
-    pub fn base_url(&self, bound: SocketAddr) -> url::Url {
-        if let Some(u) = &self.public_url {
-            return u.clone();
-        }
-        let scheme = if self.tls { "https" } else { "http" };
-        let host = match bound.ip() {
-            std::net::IpAddr::V6(a) => format!("[{a}]"),
-            a => a.to_string(),
-        };
-        url::Url::parse(&format!("{scheme}://{host}:{}/", bound.port()))
-            .unwrap_or_else(|_| unreachable_url())
-    }
-
-    /// Whether a provider's `redirect_uri` points at this portal (bound to
-    /// `bound`): the same origin as `public_url`, or, without one, a
-    /// loopback `http(s)://` URI on the portal's port (or with no port, RFC
-    /// 8252 §7.3) while the portal listens on loopback.
-    pub fn serves(&self, redirect_uri: &url::Url, bound: SocketAddr) -> bool {
-        if let Some(u) = &self.public_url {
-            return u.origin() == redirect_uri.origin();
-        }
-        let scheme = if self.tls { "https" } else { "http" };
-        let loopback = match redirect_uri.host() {
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(a)) => a.is_loopback(),
-            Some(url::Host::Ipv6(a)) => a.is_loopback(),
-            None => false,
-        };
-        redirect_uri.scheme() == scheme
-            && loopback
-            && bound.ip().is_loopback()
-            && redirect_uri.port().is_none_or(|p| p == bound.port())
-    }
-}
-
-fn unreachable_url() -> url::Url {
-    // A scheme, an IP and a port always parse.
-    url::Url::parse("http://127.0.0.1/").expect("a constant URL")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,16 @@ pub(crate) struct RawConfig {
     pub account: Vec<RawAccount>,
     pub portal: Option<RawPortal>,
     pub store: Option<RawStore>,
+    pub notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotify {
+    pub command: Option<Vec<String>>,
+    pub command_timeout: Option<String>,
+    pub webhook: Option<String>,
+    pub webhook_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -35,6 +35,7 @@ pub mod cli;
 pub mod context;
 pub mod graph;
 pub mod net;
+pub mod notify;
 pub mod observe;
 pub mod portal;
 pub mod protocols;

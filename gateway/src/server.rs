@@ -148,6 +148,10 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
             )),
         };
     }
+    if let Some(n) = crate::notify::Notifier::from_config(&config)? {
+        info!("account events go to [notify]");
+        tokio::spawn(crate::notify::run(ctx.accounts.subscribe(), n));
+    }
     tokio::spawn(crate::tasks::publish_backoff(
         ctx.clone(),
         stop_accepting.clone(),

@@ -22,6 +22,7 @@ use crate::raw::{
 };
 mod accounts;
 mod credentials;
+mod notify;
 mod provider;
 mod sections;
 
@@ -77,6 +78,7 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
         );
     }
     let store = store(file, raw.store.unwrap_or_default(), &mut errs);
+    let notify = raw.notify.map(|n| notify::notify(file, n, &mut errs));
     if errs.list.is_empty() {
         let keys = listeners
             .iter()
@@ -93,6 +95,7 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
             gateway,
             portal,
             store,
+            notify,
             secret_files: keys.collect(),
             listeners,
             providers,

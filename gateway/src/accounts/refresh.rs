@@ -326,6 +326,12 @@ impl Accounts {
         };
         let user = user.to_owned();
         let event = match &file.last_error {
+            // Mail flows, but sending through Graph waits for a sign-in:
+            // one reason, whatever refresh wrote the file.
+            _ if file.graph_refused && !file.needs_authorization => AccountEvent::NeedsSignIn {
+                user,
+                reason: GRAPH_NOT_ALLOWED.to_owned(),
+            },
             None => AccountEvent::Refreshed { user },
             Some(reason) if file.needs_authorization => AccountEvent::NeedsSignIn {
                 user,
@@ -352,6 +358,11 @@ impl Accounts {
         }
     }
 }
+
+/// Why an account whose sign-in does not allow sending through Graph
+/// needs a new one.
+pub const GRAPH_NOT_ALLOWED: &str =
+    "the sign-in does not allow sending through Microsoft Graph (Mail.Send)";
 
 /// What a write of an account's file records.
 #[derive(Debug)]

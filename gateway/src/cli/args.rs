@@ -57,6 +57,9 @@ pub enum Command {
     /// Manage the token store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Account events ([notify]).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// List the accounts and the state of their tokens (needs no password):
     /// token state, expiry, last refresh, backoff, last error.
     Accounts {
@@ -107,6 +110,16 @@ pub enum TokenCommand {
         /// Store without checking the token with one refresh.
         #[arg(long)]
         no_verify: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a test event for an account to every notifier of [notify]
+    /// (the command and the webhook), and say what each did.
+    Test {
+        /// The account's login name.
+        user: String,
     },
 }
 

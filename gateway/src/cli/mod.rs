@@ -14,7 +14,7 @@ mod login;
 mod man;
 mod serve;
 
-pub use args::{Cli, Command, LoginFlow, StoreCommand, TokenCommand};
+pub use args::{Cli, Command, LoginFlow, NotifyCommand, StoreCommand, TokenCommand};
 pub use common::permission_warnings;
 use common::{CliError, CliResult, emit, load, open_store, out};
 
@@ -130,6 +130,31 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Passwd { user } => login::passwd(&load(path)?, &user),
         Command::Store(StoreCommand::Migrate { to }) => migrate(&load(path)?, to),
+        Command::Notify(NotifyCommand::Test { user }) => {
+            let cfg = load(path)?;
+            crate::observe::logging::init(LogFormat::Text, log_filter("info")?);
+            let Some(n) = crate::notify::Notifier::from_config(&cfg)
+                .map_err(|e| CliError::User(e.to_string()))?
+            else {
+                return Err(CliError::User(
+                    "the configuration has no [notify] section".into(),
+                ));
+            };
+            let user = user.trim().to_lowercase();
+            let event = crate::notify::Event {
+                kind: "test",
+                reason: "a test of mailgate's notifications".into(),
+                sign_in_url: n.sign_in_url(&user),
+                user,
+            };
+            match common::runtime()?.block_on(n.tell(&event)) {
+                Ok(()) => out!(
+                    "the test event for {} was told to every notifier",
+                    event.user
+                ),
+                Err(e) => Err(CliError::User(format!("a notifier failed: {e}"))),
+            }
+        }
         Command::Completions { shell } => {
             // Generated into memory first: clap_complete panics on a write error.
             let mut cmd = <Cli as clap::CommandFactory>::command();

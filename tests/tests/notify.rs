@@ -1,0 +1,158 @@
+//! Account events to `[notify]`: a command run with the event in its
+//! environment and a webhook that gets it as JSON (retried when it fails),
+//! once per change of state, never per login; `mailgate notify test USER`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use mailgate_tests::client::LineClient;
+use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, run_mailgate, start};
+use mailgate_tests::imap_server::{FakeImap, Options};
+use mailgate_tests::oauth::Mode;
+
+/// A webhook on loopback that answers `503` to its first request and
+/// `200` after, and keeps the JSON it was given.
+#[derive(Clone, Default)]
+struct Hook {
+    got: Arc<Mutex<Vec<serde_json::Value>>>,
+    calls: Arc<Mutex<usize>>,
+}
+
+async fn hook(State(h): State<Hook>, body: Bytes) -> StatusCode {
+    let first = {
+        let mut c = h.calls.lock().unwrap();
+        *c += 1;
+        *c == 1
+    };
+    if first {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    h.got
+        .lock()
+        .unwrap()
+        .push(serde_json::from_slice(&body).unwrap());
+    StatusCode::OK
+}
+
+async fn start_hook() -> (Hook, String) {
+    let h = Hook::default();
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .with_state(h.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (h, format!("http://{addr}/hook"))
+}
+
+/// Waits until `check` holds (at most 20 s).
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_token_is_told_once_to_the_command_and_the_webhook() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    let (h, url) = start_hook().await;
+    let told = env.path().join("told.txt");
+    env.seal_new_user_token();
+    let text = format!(
+        "{}\n[notify]\ncommand = [\"/bin/sh\", \"-c\", \"env | grep ^MAILGATE_ | sort >> {told}; echo ran\"]\nwebhook = \"{url}\"\n",
+        env.config_text(&imap.url(false), "", "", ""),
+        told = told.display()
+    );
+    let path = env.write_config(&text);
+    let g = start(env.load(&text)).await;
+
+    // The provider ended the grant: the first login finds out.
+    env.oauth.set_mode(Mode::InvalidGrant);
+    for tag in ["a", "b", "c"] {
+        let mut c = LineClient::greeted(imap_addr(&g)).await;
+        let r = c.login(tag, USER, PASSWORD).await;
+        assert!(r.starts_with(&format!("{tag} NO")), "{r}");
+    }
+    eventually("the webhook was told (after one retry)", || {
+        !h.got.lock().unwrap().is_empty()
+    })
+    .await;
+    let lines = std::fs::read_to_string(&told).unwrap();
+    assert!(lines.contains("MAILGATE_EVENT=needs_sign_in"), "{lines}");
+    assert!(lines.contains(&format!("MAILGATE_USER={USER}")), "{lines}");
+    assert!(lines.contains("MAILGATE_REASON="), "{lines}");
+    let got = h.got.lock().unwrap().clone();
+    assert_eq!(got[0]["event"], "needs_sign_in");
+    assert_eq!(got[0]["user"], USER);
+    assert!(
+        got[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("mailgate login {USER}")),
+        "{got:?}"
+    );
+    assert_eq!(*h.calls.lock().unwrap(), 2, "one failure, one retry");
+    // Three logins, one change: told once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = std::fs::read_to_string(&told).unwrap();
+    assert_eq!(lines.matches("MAILGATE_EVENT=").count(), 1, "{lines}");
+    assert_eq!(h.got.lock().unwrap().len(), 1);
+
+    // `mailgate notify test USER` reaches both.
+    let out = run_mailgate(&path, &["notify", "test", USER], "", None, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = std::fs::read_to_string(&told).unwrap();
+    assert!(lines.contains("MAILGATE_EVENT=test"), "{lines}");
+    assert_eq!(h.got.lock().unwrap()[1]["event"], "test");
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_command_is_reported_by_notify_test() {
+    let env = Env::new().await;
+    let text = format!(
+        "{}\n[notify]\ncommand = [\"/bin/false\"]\n",
+        env.config_text("imap://127.0.0.1:9", "", "", "")
+    );
+    let path = env.write_config(&text);
+    let out = run_mailgate(&path, &["notify", "test", USER], "", None, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a notifier failed: command"), "{err}");
+
+    // A relative program and an http:// webhook off this machine are
+    // refused by the configuration check.
+    let bad = format!(
+        "{}\n[notify]\ncommand = [\"notify\"]\nwebhook = \"http://hooks.example.com/x\"\n",
+        env.config_text("imap://127.0.0.1:9", "", "", "")
+    );
+    let path = env.write_config(&bad);
+    let out = run_mailgate(&path, &["check"], "", None, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("notify.command") && err.contains("absolute path"),
+        "{err}"
+    );
+    assert!(
+        err.contains("notify.webhook") && err.contains("https://"),
+        "{err}"
+    );
+}
