@@ -155,6 +155,22 @@ impl Config {
                 }
             );
         }
+        if let Some(n) = &self.notify {
+            let command = n.command.as_ref().map(|c| {
+                c.iter()
+                    .map(|a| format!("{:?}", a.display().to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            let _ = writeln!(
+                s,
+                "notify: command={} command_timeout={} webhook={}",
+                command.map_or_else(|| "none".into(), |c| format!("[{c}]")),
+                humantime::format_duration(n.command_timeout),
+                // The URL may carry a token: only whether it is set.
+                if n.webhook.is_some() { "(set)" } else { "none" }
+            );
+        }
         let _ = writeln!(s, "listeners:");
         for l in &self.listeners {
             let _ = writeln!(

@@ -132,6 +132,12 @@ async fn a_failing_command_is_reported_by_notify_test() {
         env.config_text("imap://127.0.0.1:9", "", "", "")
     );
     let path = env.write_config(&text);
+    let out = run_mailgate(&path, &["check"], "", None, &[]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("notify: command=[\"/bin/false\"] command_timeout=30s webhook=none"),
+        "{said}"
+    );
     let out = run_mailgate(&path, &["notify", "test", USER], "", None, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
