@@ -433,6 +433,34 @@ s.quit()
         start(env.load(&text)).await
     }
 
+    /// msmtp sends the message in file `message` through the gateway on
+    /// `port` to `recipients` (AUTH PLAIN, no TLS), and succeeds.
+    async fn msmtp_sends(port: u16, message: &std::path::Path, recipients: &[&str]) {
+        let input = std::fs::read(message).unwrap();
+        let mut msmtp = tokio::process::Command::new("msmtp")
+            .args(["--host=127.0.0.1", &format!("--port={port}"), "--tls=off"])
+            .args(["--auth=plain", &format!("--user={USER}")])
+            .arg(format!("--passwordeval=echo {PASSWORD}"))
+            .arg(format!("--from={USER}"))
+            .args(recipients)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use tokio::io::AsyncWriteExt as _;
+            let mut stdin = msmtp.stdin.take().unwrap();
+            stdin.write_all(&input).await.unwrap();
+        }
+        let out = msmtp.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// swaks and msmtp, as they are: an 8-bit message with To, Cc and an
     /// envelope-only recipient, and a header-only Cc that is not in the
     /// envelope.
@@ -483,29 +511,12 @@ s.quit()
             vec!["bob@example.test", "zoe@example.test"]
         );
 
-        let input = std::fs::read(&message).unwrap();
-        let mut msmtp = tokio::process::Command::new("msmtp")
-            .args(["--host=127.0.0.1", &format!("--port={port}"), "--tls=off"])
-            .args(["--auth=plain", &format!("--user={USER}")])
-            .arg(format!("--passwordeval=echo {PASSWORD}"))
-            .arg(format!("--from={USER}"))
-            .args(["carol@example.test", "secret@example.test"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use tokio::io::AsyncWriteExt as _;
-            let mut stdin = msmtp.stdin.take().unwrap();
-            stdin.write_all(&input).await.unwrap();
-        }
-        let out = msmtp.wait_with_output().await.unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        msmtp_sends(
+            port,
+            &message,
+            &["carol@example.test", "secret@example.test"],
+        )
+        .await;
         assert_eq!(
             fake.recipients(),
             vec![
@@ -645,29 +656,12 @@ s.quit()
         );
 
         let before = fake.deliveries().len();
-        let input = std::fs::read(&message).unwrap();
-        let mut msmtp = tokio::process::Command::new("msmtp")
-            .args(["--host=127.0.0.1", &format!("--port={port}"), "--tls=off"])
-            .args(["--auth=plain", &format!("--user={USER}")])
-            .arg(format!("--passwordeval=echo {PASSWORD}"))
-            .arg(format!("--from={USER}"))
-            .args(["carol@example.test", "secret@example.test"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use tokio::io::AsyncWriteExt as _;
-            let mut stdin = msmtp.stdin.take().unwrap();
-            stdin.write_all(&input).await.unwrap();
-        }
-        let out = msmtp.wait_with_output().await.unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        msmtp_sends(
+            port,
+            &message,
+            &["carol@example.test", "secret@example.test"],
+        )
+        .await;
         check_large(
             &fake,
             before,

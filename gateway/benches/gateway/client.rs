@@ -205,6 +205,19 @@ pub async fn smtp_session(target: &Target, user: &str) -> std::io::Result<Conn> 
     Ok(c)
 }
 
+/// Sends `message` (dot-stuffed, without the final dot) from bench@ to
+/// sink@, MAIL, RCPT and DATA pipelined; returns at the `250` after it.
+pub async fn smtp_pipelined(c: &mut Conn, message: &[u8]) -> std::io::Result<()> {
+    c.send(b"MAIL FROM:<bench@example.test>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n")
+        .await?;
+    c.reply("250").await?;
+    c.reply("250").await?;
+    c.reply("354").await?;
+    c.send(message).await?;
+    c.send(b".\r\n").await?;
+    c.reply("250").await
+}
+
 /// Sends one message of `size` bytes; returns once the server queued it.
 pub async fn smtp_send(c: &mut Conn, chunk: &[u8], size: usize) -> std::io::Result<()> {
     c.send(b"MAIL FROM:<bench@example.test>\r\n").await?;

@@ -803,14 +803,7 @@ async fn graph_compare(b: &mut Bench, plan: &Plan) -> anyhow::Result<()> {
     let start = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        c.send(b"MAIL FROM:<bench@example.test>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n")
-            .await?;
-        c.reply("250").await?;
-        c.reply("250").await?;
-        c.reply("354").await?;
-        c.send(&message).await?;
-        c.send(b".\r\n").await?;
-        c.reply("250").await?;
+        client::smtp_pipelined(&mut c, &message).await?;
         through.push(t.elapsed());
     }
     let via_rate = n as f64 / start.elapsed().as_secs_f64();
@@ -918,16 +911,7 @@ async fn graph_parallel(
             let mut took = Vec::with_capacity(each);
             for _ in 0..each {
                 let t = Instant::now();
-                c.send(
-                    b"MAIL FROM:<bench@example.test>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n",
-                )
-                .await?;
-                c.reply("250").await?;
-                c.reply("250").await?;
-                c.reply("354").await?;
-                c.send(&message).await?;
-                c.send(b".\r\n").await?;
-                c.reply("250").await?;
+                client::smtp_pipelined(&mut c, &message).await?;
                 took.push(t.elapsed());
             }
             c.send(b"QUIT\r\n").await?;
@@ -989,14 +973,7 @@ async fn graph_large(b: &Bench, smtp: SocketAddr) -> anyhow::Result<(usize, Dura
         let (via, message) = (via.clone(), message.clone());
         set.spawn(async move {
             let mut c = client::smtp_session(&via, USER).await?;
-            c.send(b"MAIL FROM:<bench@example.test>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n")
-                .await?;
-            c.reply("250").await?;
-            c.reply("250").await?;
-            c.reply("354").await?;
-            c.send(&message).await?;
-            c.send(b".\r\n").await?;
-            c.reply("250").await?;
+            client::smtp_pipelined(&mut c, &message).await?;
             c.send(b"QUIT\r\n").await?;
             anyhow::Ok(())
         });
