@@ -423,14 +423,24 @@ s.quit()
     /// A gateway sending `USER`'s SMTP through the fake Graph
     /// (`extra_gateway` added to `[gateway]`).
     async fn graph_gateway(env: &Env, fake: &FakeGraph, extra_gateway: &str) -> mailgate::Gateway {
+        start(env.load(&graph_config(env, fake, extra_gateway, ""))).await
+    }
+
+    /// The configuration of [`graph_gateway`], `extra_provider` added to
+    /// the provider; USER gets a fresh sealed token.
+    fn graph_config(
+        env: &Env,
+        fake: &FakeGraph,
+        extra_gateway: &str,
+        extra_provider: &str,
+    ) -> String {
         env.seal_new_user_token();
-        let text = env.config_for(
+        env.config_for(
             &[(Protocol::Smtp, "graph")],
             extra_gateway,
-            &format!("graph_url = \"{}\"", fake.url()),
+            &format!("graph_url = \"{}\"\n{extra_provider}", fake.url()),
             "",
-        );
-        start(env.load(&text)).await
+        )
     }
 
     /// msmtp sends the message in file `message` through the gateway on
@@ -694,15 +704,11 @@ s.quit()
         logs();
         let env = Env::new().await;
         let fake = FakeGraph::start(env.oauth.clone()).await;
-        env.seal_new_user_token();
-        let text = env.config_for(
-            &[(Protocol::Smtp, "graph")],
+        let text = graph_config(
+            &env,
+            &fake,
             "",
-            &format!(
-                "graph_url = \"{}\"\nsave_to_sent_items = false\nmax_message_size = \"6MB\"",
-                fake.url()
-            ),
-            "",
+            "save_to_sent_items = false\nmax_message_size = \"6MB\"",
         );
         let g = start(env.load(&text)).await;
         let mut c = logged_in(&g).await;
@@ -754,13 +760,7 @@ s.quit()
         logs();
         let env = Env::new().await;
         let fake = FakeGraph::start(env.oauth.clone()).await;
-        env.seal_new_user_token();
-        let text = env.config_for(
-            &[(Protocol::Smtp, "graph")],
-            "",
-            &format!("graph_url = \"{}\"", fake.url()),
-            "",
-        );
+        let text = graph_config(&env, &fake, "", "");
         let path = env.write_config(&text);
         let g = start(env.load(&text)).await;
         env.oauth.set_unconsented(Some("graph.microsoft.com"));
