@@ -245,7 +245,7 @@ async fn deliver(
     };
     let body = match &shape {
         Shape::Mime { body_at, .. } => match spool.from(*body_at).await {
-            Ok(b) => Some(b.into_owned()),
+            Ok(b) => Some(b),
             Err(e) => {
                 warn!(error = %e, "the spooled message cannot be read");
                 return "451 4.3.0 The gateway could not read the message back\r\n".to_owned();
