@@ -21,6 +21,12 @@ impl Config {
                     p.name
                 ));
             }
+            if let Some(what) = placeholder_client_id(&p.client_id) {
+                out.push(format!(
+                    "provider.{}: client_id is the examples' placeholder: {what}",
+                    p.name
+                ));
+            }
             if p.tenant_open() && !p.is_app_only() {
                 out.push(format!(
                     "provider.{}: tenant = \"{}\" lets users of any Microsoft tenant sign in; each account is pinned to the tenant of its first sign-in only. Set allowed_tenants = [\"<your tenant ID>\"] (or tenant to your tenant ID or domain) so that nobody from another organisation can claim an account",
@@ -316,5 +322,18 @@ impl Gateway {
             None if ip.is_loopback() => usize::MAX,
             None => 50,
         }
+    }
+}
+
+/// What to do when `client_id` is one of the examples' placeholders.
+fn placeholder_client_id(client_id: &str) -> Option<&'static str> {
+    match client_id.trim() {
+        "00000000-0000-0000-0000-000000000000" => Some(
+            "Microsoft refuses every sign-in with it (AADSTS700016). Register an application in the Entra admin center (App registrations → New registration; docs/office365.md) and put its Application (client) ID here",
+        ),
+        "123456789012-abcdefghijklmnopqrstuvwxyz012345.apps.googleusercontent.com" => Some(
+            "Google refuses every sign-in with it (invalid_client). Create an OAuth client in the Google Cloud console (APIs & Services → Credentials; docs/gmail.md) and put its client ID here",
+        ),
+        _ => None,
     }
 }

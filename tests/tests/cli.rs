@@ -71,6 +71,15 @@ fn check_examples_and_errors() {
         stdout.contains("https://login.microsoftonline.com/common/oauth2/v2.0/token"),
         "{stdout}"
     );
+    // The example's client ID is a placeholder: check says so and what
+    // to do, instead of letting the first sign-in fail at Microsoft.
+    let both = format!("{stdout}{}", text(&out.stderr));
+    assert!(
+        both.contains("client_id is the examples' placeholder")
+            && both.contains("AADSTS700016")
+            && both.contains("App registrations"),
+        "{both}"
+    );
     assert!(
         stdout.contains("outlook.office365.com:993 (implicit TLS)"),
         "{stdout}"
