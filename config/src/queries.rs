@@ -82,7 +82,14 @@ impl Config {
         let _ = writeln!(s, "gateway:");
         let _ = writeln!(s, "  state_dir        {}", g.state_dir.display());
         let _ = writeln!(s, "  hostname         {}", g.hostname);
-        let _ = writeln!(s, "  log_format       {:?}", g.log_format);
+        let _ = writeln!(
+            s,
+            "  log_format       {}",
+            match g.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            }
+        );
         if let Some(m) = g.metrics {
             let _ = writeln!(s, "  metrics          {m}");
         }
@@ -181,10 +188,14 @@ impl Config {
         for l in &self.listeners {
             let _ = writeln!(
                 s,
-                "  {:<5} {:<22} tls={:?}{}{}",
+                "  {:<5} {:<22} tls={}{}{}",
                 l.protocol.to_string(),
                 l.address,
-                l.tls,
+                match l.tls {
+                    TlsMode::None => "none",
+                    TlsMode::Starttls => "starttls",
+                    TlsMode::Implicit => "implicit",
+                },
                 if l.insecure_plaintext {
                     " insecure_plaintext"
                 } else {

@@ -71,6 +71,18 @@ fn check_examples_and_errors() {
         stdout.contains("https://login.microsoftonline.com/common/oauth2/v2.0/token"),
         "{stdout}"
     );
+    // Values in the configuration's own words.
+    assert!(stdout.contains("log_format       text"), "{stdout}");
+    assert!(
+        stdout.contains("tls=none")
+            || stdout.contains("tls=starttls")
+            || stdout.contains("tls=implicit"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("tls=None") && !stdout.contains("Text"),
+        "{stdout}"
+    );
     // The example's client ID is a placeholder: check says so and what
     // to do, instead of letting the first sign-in fail at Microsoft.
     let both = format!("{stdout}{}", text(&out.stderr));
