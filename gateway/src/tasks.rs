@@ -39,6 +39,73 @@ pub fn certificate_warnings(config: &Config, now: std::time::SystemTime) -> Vec<
         .collect()
 }
 
+/// Counts the accounts in each state for `mailgate_accounts{state}` and
+/// publishes the client certificates' expiry: at start, after each
+/// account event of this instance, and every minute (the store is the
+/// truth: other instances and the CLI change it too).
+pub async fn publish_account_states(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut events = ctx.accounts.subscribe();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            // Lagged or not, something changed: count again.
+            r = events.recv() => {
+                if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+        let config = ctx.config();
+        for p in config.providers.values() {
+            if let Some(c) = &p.client_certificate {
+                let at = c
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                ctx.metrics.set_credential_expiry(&p.name, at);
+            }
+        }
+        let (records, errors) = ctx.accounts.records().await;
+        if let Some(e) = errors.first() {
+            warn!(error = %e, unreadable = errors.len(), "some account records cannot be read for the account metrics");
+        }
+        ctx.metrics.set_accounts(&account_states(&config, &records));
+    }
+}
+
+/// How many accounts are in each state: the records' (`ready`,
+/// `needs_sign_in`), and `not_signed_in` for the configured accounts of
+/// providers with user sign-ins that have no record.
+pub fn account_states(
+    config: &Config,
+    records: &[crate::accounts::store::TokenFile],
+) -> [(&'static str, i64); 3] {
+    let needs = records
+        .iter()
+        .filter(|r| r.needs_authorization || r.graph_refused)
+        .count() as i64;
+    let never = config
+        .accounts
+        .iter()
+        .filter(|a| {
+            let mailgate_config::UserPattern::Exact(u) = &a.user else {
+                return false;
+            };
+            let user_flows = config
+                .provider(&a.provider)
+                .is_some_and(|p| !p.is_app_only());
+            user_flows && a.password_hash.is_none() && !records.iter().any(|r| &r.user == u)
+        })
+        .count() as i64;
+    [
+        ("ready", records.len() as i64 - needs),
+        ("needs_sign_in", needs),
+        ("not_signed_in", never),
+    ]
+}
+
 /// Writes the wrong-password backoff state to `state_dir/backoff.json` (at
 /// most once a second, only when it changed) so `mailgate accounts` can show
 /// it; a last time when the gateway stops.

@@ -73,7 +73,7 @@ async fn a_dead_token_is_told_once_to_the_command_and_the_webhook() {
     env.seal_new_user_token();
     let text = format!(
         "{}\n[notify]\ncommand = [\"/bin/sh\", \"-c\", \"env | grep ^MAILGATE_ | sort >> {told}; echo ran\"]\nwebhook = \"{url}\"\n",
-        env.config_text(&imap.url(false), "", "", ""),
+        env.config_text(&imap.url(false), "metrics = \"127.0.0.1:0\"", "", ""),
         told = told.display()
     );
     let path = env.write_config(&text);
@@ -110,6 +110,20 @@ async fn a_dead_token_is_told_once_to_the_command_and_the_webhook() {
     let lines = std::fs::read_to_string(&told).unwrap();
     assert_eq!(lines.matches("MAILGATE_EVENT=").count(), 1, "{lines}");
     assert_eq!(h.got.lock().unwrap().len(), 1);
+
+    // The account metric follows the store: one account needs a sign-in.
+    let url = format!("http://{}/metrics", g.metrics_address().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if m.contains("mailgate_accounts{state=\"needs_sign_in\"} 1")
+            && m.contains("mailgate_accounts{state=\"ready\"} 0")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // `mailgate notify test USER` reaches both.
     let out = run_mailgate(&path, &["notify", "test", USER], "", None, &[]);

@@ -173,6 +173,11 @@ impl Accounts {
         Ok(removed)
     }
 
+    /// Every account's record, and what could not be read.
+    pub async fn records(&self) -> (Vec<TokenFile>, Vec<StoreError>) {
+        self.store.list().await
+    }
+
     /// `user`'s record (metadata and sealed tokens), if any.
     pub async fn record(&self, user: &str) -> Result<Option<TokenFile>, StoreError> {
         self.store.load(user).await

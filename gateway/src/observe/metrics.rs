@@ -46,6 +46,16 @@ struct ByState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountState {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByProvider {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByResult {
     protocol: String,
     result: &'static str,
@@ -86,6 +96,8 @@ pub struct Metrics {
     graph_bytes: Counter,
     graph_seconds: Histogram,
     graph_uploads: Counter,
+    accounts: Family<AccountState, Gauge>,
+    credential_expiry: Family<ByProvider, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -198,6 +210,18 @@ impl Metrics {
             "Graph upload sessions used for attachments of large messages",
             graph_uploads.clone(),
         );
+        let accounts = Family::<AccountState, Gauge>::default();
+        registry.register(
+            "accounts",
+            "Accounts by state: ready, needs_sign_in (the provider ended the grant, or it does not allow sending through Graph), not_signed_in (configured, never signed in)",
+            accounts.clone(),
+        );
+        let credential_expiry = Family::<ByProvider, Gauge>::default();
+        registry.register(
+            "client_credential_expiry_timestamp_seconds",
+            "When each provider's client certificate expires (Unix seconds)",
+            credential_expiry.clone(),
+        );
         Metrics {
             registry,
             connections_total,
@@ -213,7 +237,26 @@ impl Metrics {
             graph_bytes,
             graph_seconds,
             graph_uploads,
+            accounts,
+            credential_expiry,
         }
+    }
+
+    /// The number of accounts in each state (every state named, zeros
+    /// included, so an alert sees 0 rather than nothing).
+    pub fn set_accounts(&self, counts: &[(&'static str, i64)]) {
+        for (state, n) in counts {
+            self.accounts.get_or_create(&AccountState { state }).set(*n);
+        }
+    }
+
+    /// When `provider`'s client certificate expires (Unix seconds).
+    pub fn set_credential_expiry(&self, provider: &str, at: i64) {
+        self.credential_expiry
+            .get_or_create(&ByProvider {
+                provider: provider.to_owned(),
+            })
+            .set(at);
     }
 
     /// `n` upload sessions used for one message.
