@@ -16,7 +16,15 @@ pub struct Notify {
     /// `webhook` or the contents of `webhook_file`: a JSON `POST` per event.
     /// A secret (its path or query often carries a token).
     pub webhook: Option<SecretString>,
+    /// `keep_alive` (default 14 days; `"off"`: none): accounts whose key
+    /// is in memory are refreshed when their last refresh is older, so a
+    /// refresh token does not lapse from disuse.
+    pub keep_alive: Option<Duration>,
 }
+
+/// `keep_alive` when not set (Microsoft's refresh tokens lapse after 90
+/// days unused, Google's of an app in "Testing" after 7).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// `command_timeout` when not set.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);

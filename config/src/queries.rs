@@ -12,6 +12,15 @@ use crate::*;
 impl Config {
     /// What `check` and `run` warn about in the configuration's choices
     /// (not errors: it works, but less safely than it could).
+    /// How old an account's last refresh may grow before the gateway
+    /// refreshes it by itself (`[notify] keep_alive`; on by default).
+    pub fn keep_alive(&self) -> Option<std::time::Duration> {
+        match &self.notify {
+            Some(n) => n.keep_alive,
+            None => Some(crate::notify::DEFAULT_KEEP_ALIVE),
+        }
+    }
+
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for p in self.providers.values() {
@@ -177,11 +186,15 @@ impl Config {
             });
             let _ = writeln!(
                 s,
-                "notify: command={} command_timeout={} webhook={}",
+                "notify: command={} command_timeout={} webhook={} keep_alive={}",
                 command.map_or_else(|| "none".into(), |c| format!("[{c}]")),
                 humantime::format_duration(n.command_timeout),
                 // The URL may carry a token: only whether it is set.
-                if n.webhook.is_some() { "(set)" } else { "none" }
+                if n.webhook.is_some() { "(set)" } else { "none" },
+                n.keep_alive.map_or_else(
+                    || "off".into(),
+                    |k| humantime::format_duration(k).to_string()
+                )
             );
         }
         let _ = writeln!(s, "listeners:");

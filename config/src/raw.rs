@@ -28,6 +28,7 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawNotify {
     pub command: Option<Vec<String>>,
     pub command_timeout: Option<String>,
+    pub keep_alive: Option<String>,
     pub webhook: Option<String>,
     pub webhook_file: Option<String>,
 }

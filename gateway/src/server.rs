@@ -152,6 +152,10 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
         info!("account events go to [notify]");
         tokio::spawn(crate::notify::run(ctx.accounts.subscribe(), n));
     }
+    tokio::spawn(crate::tasks::keep_alive(
+        ctx.clone(),
+        stop_accepting.clone(),
+    ));
     tokio::spawn(crate::tasks::publish_account_states(
         ctx.clone(),
         stop_accepting.clone(),

@@ -106,6 +106,47 @@ pub fn account_states(
     ]
 }
 
+/// Refreshes the accounts that would otherwise lapse from disuse
+/// (`[notify] keep_alive`, see [`crate::accounts::keep_alive`]) and says
+/// which it can keep alive in `state_dir/keep_alive.json`: every quarter
+/// of `keep_alive` (at most hourly); an empty list when the gateway stops.
+pub async fn keep_alive(ctx: Arc<Context>, stop: CancellationToken) {
+    use crate::accounts::keep_alive::{SNAPSHOT_FILE, Snapshot};
+    loop {
+        let period = ctx
+            .config()
+            .keep_alive()
+            .map_or(Duration::from_secs(3600), |k| {
+                (k / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+            });
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(period) => false,
+            _ = stop.cancelled() => true,
+        };
+        let mut snapshot = Snapshot {
+            at: crate::accounts::store::now(),
+            period_s: period.as_secs(),
+            users: Vec::new(),
+        };
+        if !stopping && let Some(k) = ctx.config().keep_alive() {
+            snapshot.users = ctx.accounts.keep_alive(k).await.in_memory;
+        }
+        let dir = ctx.config().gateway.state_dir.clone();
+        if let Ok(body) = serde_json::to_vec(&snapshot) {
+            let written = tokio::task::spawn_blocking(move || {
+                crate::accounts::store::write_atomic(&dir, &dir.join(SNAPSHOT_FILE), &body)
+            })
+            .await;
+            if let Ok(Err(e)) = written {
+                warn!(error = %e, "cannot write the keep-alive state");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// Writes the wrong-password backoff state to `state_dir/backoff.json` (at
 /// most once a second, only when it changed) so `mailgate accounts` can show
 /// it; a last time when the gateway stops.

@@ -149,7 +149,9 @@ async fn a_failing_command_is_reported_by_notify_test() {
     let out = run_mailgate(&path, &["check"], "", None, &[]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains("notify: command=[\"/bin/false\"] command_timeout=30s webhook=none"),
+        said.contains(
+            "notify: command=[\"/bin/false\"] command_timeout=30s webhook=none keep_alive=14days"
+        ),
         "{said}"
     );
     let out = run_mailgate(&path, &["notify", "test", USER], "", None, &[]);
@@ -175,4 +177,64 @@ async fn a_failing_command_is_reported_by_notify_test() {
         err.contains("notify.webhook") && err.contains("https://"),
         "{err}"
     );
+}
+
+/// `keep_alive`: an account whose key is in memory is refreshed by the
+/// gateway once its last refresh is older than `keep_alive`, with no
+/// login; one whose key is not (nobody logged in since the start) is not,
+/// and `mailgate accounts` says which is which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_refreshes_accounts_whose_key_is_in_memory() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    env.seal_new_user_token();
+    let bob = "bob@example.test";
+    let bob_rt = env.oauth.issue_refresh_token(bob);
+    env.seal(
+        bob,
+        "bob's password",
+        mailgate::accounts::store::Tokens::refreshable(bob_rt.clone().into()),
+    );
+    let text = format!(
+        "{}\n[[account]]\nuser = \"{bob}\"\nprovider = \"test\"\n\n[notify]\nkeep_alive = \"2s\"\n",
+        env.config_text(&imap.url(false), "", "", "")
+    );
+    let path = env.write_config(&text);
+    let g = start(env.load(&text)).await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("a", USER, PASSWORD).await;
+    assert!(r.starts_with("a OK"), "{r}");
+    drop(c);
+    let after_login = env.oauth.refresh_count();
+    let first = env.token_file(USER).last_refresh.unwrap();
+    eventually("the idle account was refreshed by the keep-alive", || {
+        env.oauth.refresh_count() > after_login
+    })
+    .await;
+    eventually("the new tokens were sealed", || {
+        env.token_file(USER).last_refresh.unwrap() > first
+    })
+    .await;
+    assert!(
+        env.oauth.refresh_token_valid(&bob_rt),
+        "bob's token untouched"
+    );
+    assert!(env.token_file(bob).last_refresh.is_none());
+    eventually("the keep-alive state is written", || {
+        let out = run_mailgate(&path, &["accounts", "--json"], "", None, &[]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let row = |u: &str| {
+            json["accounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["user"] == u)
+                .cloned()
+                .unwrap_or_default()
+        };
+        row(USER)["kept_alive"] == true && row(bob)["kept_alive"] == false
+    })
+    .await;
+    g.shutdown().await;
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 
 use super::{Errors, duration};
-use crate::notify::{DEFAULT_COMMAND_TIMEOUT, Notify};
+use crate::notify::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEEP_ALIVE, Notify};
 use crate::raw::RawNotify;
 use crate::relative_to;
 
@@ -87,5 +87,9 @@ pub(super) fn notify(file: &Path, n: RawNotify, errs: &mut Errors<'_>) -> Notify
             DEFAULT_COMMAND_TIMEOUT,
         ),
         webhook,
+        keep_alive: match n.keep_alive {
+            Some(k) if k.trim().eq_ignore_ascii_case("off") => None,
+            k => Some(duration(errs, "notify.keep_alive", k, DEFAULT_KEEP_ALIVE)),
+        },
     }
 }

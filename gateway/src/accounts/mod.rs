@@ -31,6 +31,7 @@ pub mod graph;
 mod graph_state;
 pub mod identity;
 pub mod inband;
+pub mod keep_alive;
 mod login;
 pub mod names;
 pub mod oauth;

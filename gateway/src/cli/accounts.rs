@@ -50,6 +50,12 @@ struct AccountRow {
     /// The sign-in does not allow sending through Microsoft Graph: sending
     /// waits for a new one.
     graph_refused: bool,
+    /// The running gateway holds the account's key and refreshes it before
+    /// it could lapse from disuse (`[notify] keep_alive`).
+    kept_alive: bool,
+    /// When the refresh token would lapse if nothing used it (Unix
+    /// seconds; where the provider documents it).
+    lapses_at: Option<u64>,
     /// Failed logins of this name in the last 15 minutes, and the delay the
     /// next attempt waits (from the running gateway's `backoff.json`).
     backoff: Option<crate::accounts::backoff::Throttle>,
@@ -62,7 +68,10 @@ impl AccountRow {
         user: String,
         provider: &str,
         f: Option<&TokenFile>,
-        backoff: &crate::accounts::backoff::Snapshot,
+        (backoff, kept): (
+            &crate::accounts::backoff::Snapshot,
+            &crate::accounts::keep_alive::Snapshot,
+        ),
     ) -> AccountRow {
         let throttle = backoff
             .users
@@ -88,11 +97,17 @@ impl AccountRow {
             last_refresh: f.and_then(|f| f.last_refresh),
             last_error: f.and_then(|f| f.last_error.clone()),
             graph_refused: f.is_some_and(|f| f.graph_refused),
+            kept_alive: f.is_some_and(|f| kept.keeps(&f.user)),
+            lapses_at: f.and_then(|f| {
+                let after =
+                    crate::accounts::keep_alive::lapse_after(cfg.provider(provider)?.preset)?;
+                Some(f.last_refresh.unwrap_or(f.sealed_at) + after.as_secs())
+            }),
             backoff: throttle,
         }
     }
 
-    fn cells(&self) -> [String; 8] {
+    fn cells(&self) -> [String; 9] {
         [
             self.user.clone(),
             self.provider.clone(),
@@ -101,6 +116,12 @@ impl AccountRow {
             time(self.expires_at),
             time(self.last_refresh),
             throttle(self.backoff.as_ref()),
+            match (self.kept_alive, self.lapses_at) {
+                (true, _) => "yes".into(),
+                (false, Some(at)) => format!("no (lapses {})", time(Some(at))),
+                (false, None) if self.token == "none" => "-".into(),
+                (false, None) => "no".into(),
+            },
             match (&self.last_error, self.in_configuration) {
                 (_, false) => "not in the configuration".into(),
                 _ if self.graph_refused => format!(
@@ -120,12 +141,15 @@ pub(super) fn accounts(cfg: &Config, json: bool) -> CliResult {
     let (files, errors) = runtime.block_on(store.list());
     let backoff =
         crate::accounts::backoff::read_snapshot(&cfg.gateway.state_dir).unwrap_or_default();
+    let kept =
+        crate::accounts::keep_alive::read_snapshot(&cfg.gateway.state_dir).unwrap_or_default();
+    let snapshots = (&backoff, &kept);
     let mut rows = Vec::new();
     for a in &cfg.accounts {
         match &a.user {
             UserPattern::Exact(u) => {
                 let f = files.iter().find(|f| &f.user == u);
-                rows.push(AccountRow::new(cfg, u.clone(), &a.provider, f, &backoff));
+                rows.push(AccountRow::new(cfg, u.clone(), &a.provider, f, snapshots));
             }
             UserPattern::Domain(_) => {
                 rows.push(AccountRow::new(
@@ -133,7 +157,7 @@ pub(super) fn accounts(cfg: &Config, json: bool) -> CliResult {
                     a.user.to_string(),
                     &a.provider,
                     None,
-                    &backoff,
+                    snapshots,
                 ));
                 for f in files.iter().filter(|f| {
                     a.user.matches(&f.user)
@@ -144,7 +168,7 @@ pub(super) fn accounts(cfg: &Config, json: bool) -> CliResult {
                         f.user.clone(),
                         &a.provider,
                         Some(f),
-                        &backoff,
+                        snapshots,
                     ));
                 }
             }
@@ -156,7 +180,7 @@ pub(super) fn accounts(cfg: &Config, json: bool) -> CliResult {
             f.user.clone(),
             &f.provider,
             Some(f),
-            &backoff,
+            snapshots,
         ));
     }
     let slowed: Vec<(&String, &crate::accounts::backoff::Throttle)> = backoff
@@ -185,9 +209,10 @@ pub(super) fn accounts(cfg: &Config, json: bool) -> CliResult {
         "EXPIRES",
         "LAST REFRESH",
         "BACKOFF",
+        "KEPT ALIVE",
         "LAST ERROR",
     ];
-    let cells: Vec<[String; 8]> = rows.iter().map(AccountRow::cells).collect();
+    let cells: Vec<[String; 9]> = rows.iter().map(AccountRow::cells).collect();
     let mut widths = header.map(str::len);
     for r in &cells {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
