@@ -33,6 +33,7 @@
 pub mod accounts;
 pub mod cli;
 pub mod context;
+pub mod doctor;
 pub mod graph;
 pub mod net;
 pub mod notify;

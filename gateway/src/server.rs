@@ -51,6 +51,18 @@ static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Binds every listener and starts serving.
 pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
+    start_with(config, true).await
+}
+
+/// As [`start`], without the background work that speaks for the
+/// installation (keep-alive, the snapshots `mailgate accounts` reads, the
+/// account metrics, certificate warnings): for `mailgate doctor`, whose
+/// gateway must not overwrite what the serving one says.
+pub async fn start_for_checks(config: Arc<Config>) -> anyhow::Result<Gateway> {
+    start_with(config, false).await
+}
+
+async fn start_with(config: Arc<Config>, background: bool) -> anyhow::Result<Gateway> {
     // The state directory is the gateway's own, or it does not start (the
     // commands check it the same way before they open the store).
     let state_dir = config.gateway.state_dir.clone();
@@ -148,26 +160,15 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
             )),
         };
     }
+    // A change of an account is told by the process that made it, even
+    // `mailgate doctor`'s.
     if let Some(n) = crate::notify::Notifier::from_config(&config)? {
         info!("account events go to [notify]");
         tokio::spawn(crate::notify::run(ctx.accounts.subscribe(), n));
     }
-    tokio::spawn(crate::tasks::keep_alive(
-        ctx.clone(),
-        stop_accepting.clone(),
-    ));
-    tokio::spawn(crate::tasks::publish_account_states(
-        ctx.clone(),
-        stop_accepting.clone(),
-    ));
-    tokio::spawn(crate::tasks::publish_backoff(
-        ctx.clone(),
-        stop_accepting.clone(),
-    ));
-    tokio::spawn(crate::tasks::watch_client_certificates(
-        ctx.clone(),
-        stop_accepting.clone(),
-    ));
+    if background {
+        crate::tasks::spawn_all(&ctx, &stop_accepting);
+    }
     let metrics = match config.gateway.metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -228,6 +229,11 @@ pub async fn start(config: Arc<Config>) -> anyhow::Result<Gateway> {
 }
 
 impl Gateway {
+    /// The bound address of the web portal.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
     /// The bound address of the web portal.
     pub fn portal_address(&self) -> Option<SocketAddr> {
         self.portal.as_ref().map(|p| p.address)

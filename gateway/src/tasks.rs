@@ -11,6 +11,15 @@ use tracing::warn;
 
 use crate::context::Context;
 
+/// Starts the work a serving gateway does beside its sessions (each until
+/// `stop`).
+pub fn spawn_all(ctx: &Arc<Context>, stop: &CancellationToken) {
+    tokio::spawn(keep_alive(ctx.clone(), stop.clone()));
+    tokio::spawn(publish_account_states(ctx.clone(), stop.clone()));
+    tokio::spawn(publish_backoff(ctx.clone(), stop.clone()));
+    tokio::spawn(watch_client_certificates(ctx.clone(), stop.clone()));
+}
+
 /// Logs a warning for each client certificate that has expired or expires
 /// within 30 days: at start, then daily (a gateway runs for months), for
 /// the configuration in use then.

@@ -39,6 +39,13 @@ pub enum Mode {
     /// answer as long again to leave after the grant is committed (a
     /// rotated refresh token is spent before the client has the new one).
     Network(Duration),
+    /// Any OAuth error answer: this status, `error` and
+    /// `error_description` (an AADSTS or Google error on demand).
+    Error {
+        status: u16,
+        error: String,
+        description: String,
+    },
 }
 
 /// How `/authorize` answers.
@@ -497,6 +504,17 @@ async fn grant(s: &Arc<Shared>, form: HashMap<String, String>) -> Response {
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
                 "AADSTS70008: The refresh token has expired",
+            );
+        }
+        Mode::Error {
+            status,
+            error,
+            description,
+        } => {
+            return oauth_error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                &error,
+                &description,
             );
         }
         Mode::InvalidClient => {

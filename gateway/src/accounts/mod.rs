@@ -35,6 +35,7 @@ pub mod keep_alive;
 mod login;
 pub mod names;
 pub mod oauth;
+mod probe;
 pub mod random;
 pub mod redirect;
 mod refresh;

@@ -57,6 +57,21 @@ pub enum Command {
     /// Manage the token store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Check the configuration, the network to every upstream, the token
+    /// endpoint, an account's state and (with its local password, from
+    /// `$MAILGATE_PASSWORD` or a prompt) a real login per protocol; each
+    /// known failure comes with what to do.
+    Doctor {
+        /// The account to check (default: the configuration and every
+        /// provider, without logins).
+        user: Option<String>,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Check without logging in (no password asked).
+        #[arg(long)]
+        no_login: bool,
+    },
     /// Account events ([notify]).
     #[command(subcommand)]
     Notify(NotifyCommand),

@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 mod accounts;
 mod args;
 mod common;
+mod doctor;
 mod login;
 mod man;
 mod serve;
@@ -130,6 +131,11 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::Passwd { user } => login::passwd(&load(path)?, &user),
         Command::Store(StoreCommand::Migrate { to }) => migrate(&load(path)?, to),
+        Command::Doctor {
+            user,
+            json,
+            no_login,
+        } => doctor::doctor(path, user, json, no_login),
         Command::Notify(NotifyCommand::Test { user }) => {
             let cfg = load(path)?;
             crate::observe::logging::init(LogFormat::Text, log_filter("info")?);
