@@ -144,6 +144,14 @@ async fn smtp_auth_off_is_explained() {
         smtp[0]["see"],
         "docs/troubleshooting.md#smtp-57139-smtp-auth-is-off"
     );
+    // The mail client's own reply says what to do in the same words.
+    assert!(
+        smtp[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("turn on Authenticated SMTP for the mailbox"),
+        "{report:#}"
+    );
 }
 
 /// Each Entra and Google error of the token endpoint, as the fake OAuth

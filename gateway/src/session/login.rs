@@ -226,8 +226,13 @@ where
             Ok(t) => Ok(Established::Upstream(t)),
             Err(UpstreamError::Rejected { detail, .. }) => {
                 warn!(%detail, "upstream rejected a freshly refreshed token");
+                // A refusal `mailgate doctor` knows is said in its words.
+                let what_to_do = crate::doctor::table::explain(&detail).map_or(
+                    "check that the mailbox allows this protocol",
+                    |k| k.what_to_do,
+                );
                 Err(Failure::Refused(format!(
-                    "The provider refused the login of {} ({detail}); check that the mailbox allows this protocol",
+                    "The provider refused the login of {} ({detail}); {what_to_do}",
                     auth.upstream_user
                 )))
             }
