@@ -20,6 +20,11 @@ pub struct Notify {
     /// is in memory are refreshed when their last refresh is older, so a
     /// refresh token does not lapse from disuse.
     pub keep_alive: Option<Duration>,
+    /// `mail_from`: an account of this gateway that mails each event to
+    /// its user (and `admins`).
+    pub mail_from: Option<String>,
+    /// `admins`: addresses that get a copy of every mailed event.
+    pub admins: Vec<String>,
 }
 
 /// `keep_alive` when not set (Microsoft's refresh tokens lapse after 90

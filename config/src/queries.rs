@@ -186,7 +186,7 @@ impl Config {
             });
             let _ = writeln!(
                 s,
-                "notify: command={} command_timeout={} webhook={} keep_alive={}",
+                "notify: command={} command_timeout={} webhook={} keep_alive={} mail_from={}",
                 command.map_or_else(|| "none".into(), |c| format!("[{c}]")),
                 humantime::format_duration(n.command_timeout),
                 // The URL may carry a token: only whether it is set.
@@ -194,7 +194,8 @@ impl Config {
                 n.keep_alive.map_or_else(
                     || "off".into(),
                     |k| humantime::format_duration(k).to_string()
-                )
+                ),
+                n.mail_from.as_deref().unwrap_or("none")
             );
         }
         let _ = writeln!(s, "listeners:");

@@ -29,6 +29,8 @@ pub(crate) struct RawNotify {
     pub command: Option<Vec<String>>,
     pub command_timeout: Option<String>,
     pub keep_alive: Option<String>,
+    pub mail_from: Option<String>,
+    pub admins: Option<Vec<String>>,
     pub webhook: Option<String>,
     pub webhook_file: Option<String>,
 }

@@ -164,7 +164,10 @@ async fn start_with(config: Arc<Config>, background: bool) -> anyhow::Result<Gat
     // `mailgate doctor`'s.
     if let Some(n) = crate::notify::Notifier::from_config(&config)? {
         info!("account events go to [notify]");
-        tokio::spawn(crate::notify::run(ctx.accounts.subscribe(), n));
+        tokio::spawn(crate::notify::run(
+            ctx.accounts.subscribe(),
+            n.with_context(ctx.clone()),
+        ));
     }
     if background {
         crate::tasks::spawn_all(&ctx, &stop_accepting);

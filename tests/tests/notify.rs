@@ -150,7 +150,7 @@ async fn a_failing_command_is_reported_by_notify_test() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains(
-            "notify: command=[\"/bin/false\"] command_timeout=30s webhook=none keep_alive=14days"
+            "notify: command=[\"/bin/false\"] command_timeout=30s webhook=none keep_alive=14days mail_from=none"
         ),
         "{said}"
     );
@@ -237,4 +237,76 @@ async fn keep_alive_refreshes_accounts_whose_key_is_in_memory() {
     })
     .await;
     g.shutdown().await;
+}
+
+/// `mail_from`: a dead account's user (and `admins`) get a short mail, sent
+/// as the gateway's own app-only account over its provider's SMTP server
+/// with XOAUTH2; `mailgate notify test` mails the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_account_is_mailed_to_its_user_and_the_admins() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeImap::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    let smtp = mailgate_tests::fake::FakeServer::smtp(
+        &env.ca,
+        env.oauth.clone(),
+        mailgate_tests::smtp_server::Options::default(),
+    )
+    .await;
+    env.oauth.set_client_secret(Some("app-secret"));
+    let bob = "bob@example.test";
+    env.seal(
+        bob,
+        "bob's password",
+        mailgate::accounts::store::Tokens::refreshable(
+            "rt-that-the-provider-forgot".to_owned().into(),
+        ),
+    );
+    let text = format!(
+        "{}\n[[account]]\nuser = \"{bob}\"\nprovider = \"test\"\n\n\
+[provider.app]\npreset = \"custom\"\nclient_id = \"{id}\"\nclient_secret = \"app-secret\"\nflow = \"client_credentials\"\ntoken_url = \"{token}\"\nscopes = [\"mail\"]\nsmtp = \"{smtp}\"\nca_file = \"test-ca.pem\"\n\n\
+[[account]]\nuser = \"mailgate@example.test\"\nprovider = \"app\"\npassword_hash = \"{hash}\"\n\n\
+[notify]\nmail_from = \"mailgate@example.test\"\nadmins = [\"it@example.test\"]\n",
+        // The fake token endpoint asks every client for the secret.
+        env.config_text(&imap.url(false), "", "client_secret = \"app-secret\"", ""),
+        id = mailgate_tests::oauth::CLIENT_ID,
+        token = env.oauth.token_url(),
+        smtp = smtp.url(false),
+        hash = mailgate_tests::harness::password_hash("unused app password"),
+    );
+    let path = env.write_config(&text);
+    let g = start(env.load(&text)).await;
+    let mut c = LineClient::greeted(imap_addr(&g)).await;
+    let r = c.login("a", bob, "bob's password").await;
+    assert!(r.starts_with("a NO"), "{r}");
+    eventually("the notice was mailed", || !smtp.messages().is_empty()).await;
+    let m = String::from_utf8(smtp.messages()[0].clone()).unwrap();
+    assert!(m.contains("From: <mailgate@example.test>"), "{m}");
+    assert!(
+        m.contains(&format!("To: <{bob}>, <it@example.test>")),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "Subject: Sign in again: mail for {bob} has stopped"
+        )),
+        "{m}"
+    );
+    assert!(m.contains(&format!("mailgate login {bob}")), "{m}");
+    drop(c);
+    g.shutdown().await;
+
+    let out = run_mailgate(&path, &["notify", "test", bob], "", None, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = smtp.messages();
+    let last = String::from_utf8(all.last().unwrap().clone()).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        last.contains("Subject: Test of mailgate's notices"),
+        "{last}"
+    );
 }

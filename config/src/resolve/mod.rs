@@ -79,6 +79,16 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
     }
     let store = store(file, raw.store.unwrap_or_default(), &mut errs);
     let notify = raw.notify.map(|n| notify::notify(file, n, &mut errs));
+    if let Some(from) = notify.as_ref().and_then(|n| n.mail_from.as_deref())
+        && !accounts
+            .iter()
+            .any(|a| matches!(&a.user, UserPattern::Exact(u) if u == from))
+    {
+        errs.push(
+            "notify.mail_from",
+            format!("`{from}` is not an [[account]] of this configuration (one user, not a *@domain pattern): notices are sent as one of the gateway's own accounts"),
+        );
+    }
     if errs.list.is_empty() {
         let keys = listeners
             .iter()

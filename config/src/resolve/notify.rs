@@ -87,6 +87,30 @@ pub(super) fn notify(file: &Path, n: RawNotify, errs: &mut Errors<'_>) -> Notify
             DEFAULT_COMMAND_TIMEOUT,
         ),
         webhook,
+        mail_from: n.mail_from.map(|m| m.trim().to_lowercase()),
+        admins: n
+            .admins
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let a = a.trim().to_owned();
+                let plain = a.split_once('@').is_some_and(|(l, d)| {
+                    !l.is_empty()
+                        && !d.is_empty()
+                        && !a.contains(|c: char| c.is_whitespace() || "<>,;:\"()\\".contains(c))
+                });
+                if plain {
+                    Some(a)
+                } else {
+                    errs.push(
+                        format!("notify.admins[{i}]"),
+                        format!("`{a}` is not a plain address (local@domain)"),
+                    );
+                    None
+                }
+            })
+            .collect(),
         keep_alive: match n.keep_alive {
             Some(k) if k.trim().eq_ignore_ascii_case("off") => None,
             k => Some(duration(errs, "notify.keep_alive", k, DEFAULT_KEEP_ALIVE)),

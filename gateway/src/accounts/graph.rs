@@ -73,6 +73,25 @@ impl Accounts {
         })
     }
 
+    /// A token of `audience` for `user` without its password: an app-only
+    /// account's, or one whose key is in memory (someone logged in with it
+    /// since the gateway started); for the gateway's own mail (`[notify]
+    /// mail_from`).
+    pub async fn token_of(&self, user: &str, audience: Audience) -> Result<Authorized, LoginError> {
+        let user = user.trim().to_lowercase();
+        let provider = self.provider_of(&user).ok_or_else(|| {
+            LoginError::Unavailable(super::errors::Unavailable::NoProvider(user.clone()))
+        })?;
+        let auth = Authorized {
+            upstream_user: self.upstream_user_of(&user),
+            user,
+            provider,
+            access_token: secrecy::SecretString::from(String::new()),
+            audience,
+        };
+        self.token_for(&auth, audience).await
+    }
+
     /// The HTTP client for `provider`'s Graph requests (through its proxy
     /// when it has one; no redirects).
     pub fn http_for(

@@ -13,6 +13,7 @@ mod common;
 mod doctor;
 mod login;
 mod man;
+mod notify;
 mod serve;
 
 pub use args::{Cli, Command, LoginFlow, NotifyCommand, StoreCommand, TokenCommand};
@@ -139,27 +140,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Notify(NotifyCommand::Test { user }) => {
             let cfg = load(path)?;
             crate::observe::logging::init(LogFormat::Text, log_filter("info")?);
-            let Some(n) = crate::notify::Notifier::from_config(&cfg)
-                .map_err(|e| CliError::User(e.to_string()))?
-            else {
-                return Err(CliError::User(
-                    "the configuration has no [notify] section".into(),
-                ));
-            };
-            let user = user.trim().to_lowercase();
-            let event = crate::notify::Event {
-                kind: "test",
-                reason: "a test of mailgate's notifications".into(),
-                sign_in_url: n.sign_in_url(&user),
-                user,
-            };
-            match common::runtime()?.block_on(n.tell(&event)) {
-                Ok(()) => out!(
-                    "the test event for {} was told to every notifier",
-                    event.user
-                ),
-                Err(e) => Err(CliError::User(format!("a notifier failed: {e}"))),
-            }
+            notify::test(&cfg, &user)
         }
         Command::Completions { shell } => {
             // Generated into memory first: clap_complete panics on a write error.

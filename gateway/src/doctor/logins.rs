@@ -4,11 +4,10 @@
 //! message listed or sent.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use mailgate_config::{Config, Protocol, TlsMode};
+use mailgate_config::{Config, Protocol};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
@@ -19,10 +18,11 @@ use crate::server::Gateway;
 /// The longest a login may take (the gateway's own limits are shorter).
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// Starts a gateway like `config`'s, with one plain listener per protocol
-/// on a loopback port, no portal, no metrics, no in-band authorisation,
-/// and none of the serving gateway's background work.
-pub(super) async fn start(config: &Config) -> anyhow::Result<Gateway> {
+/// A gateway like `config`'s for checks ([`crate::server::start_for_checks`]):
+/// one plain listener per protocol of `config` on a loopback port (so it
+/// runs beside the serving gateway), no in-band authorisation, no portal,
+/// no metrics.
+pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
     let mut c = config.clone();
     let mut protocols: Vec<Protocol> = c.listeners.iter().map(|l| l.protocol).collect();
     protocols.sort_by_key(|p| p.to_string());
@@ -34,7 +34,7 @@ pub(super) async fn start(config: &Config) -> anyhow::Result<Gateway> {
             let mut l = template.clone()?;
             l.protocol = p;
             l.address = SocketAddr::from(([127, 0, 0, 1], 0));
-            l.tls = TlsMode::None;
+            l.tls = mailgate_config::TlsMode::None;
             l.certificate = None;
             l.key = None;
             l.insecure_plaintext = false;
@@ -45,7 +45,7 @@ pub(super) async fn start(config: &Config) -> anyhow::Result<Gateway> {
         .collect();
     c.portal = None;
     c.gateway.metrics = None;
-    crate::server::start_for_checks(Arc::new(c)).await
+    crate::server::start_for_checks(std::sync::Arc::new(c)).await
 }
 
 /// Logs `user` in once per protocol the configuration serves.

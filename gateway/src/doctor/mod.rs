@@ -12,6 +12,8 @@
 //! login or the Graph token are exactly what a mail client would meet.
 
 mod logins;
+
+pub use logins::start as checks_gateway;
 mod network;
 mod report;
 pub mod table;

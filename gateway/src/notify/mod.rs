@@ -7,7 +7,11 @@
 //! the store took is the one that tells; a login never waits for a
 //! notifier.
 
+mod event;
+mod mail;
 mod states;
+
+pub use event::{Event, text};
 
 pub use states::States;
 
@@ -18,18 +22,6 @@ use mailgate_config::{Config, Notify};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::io::AsyncReadExt as _;
 use tracing::{info, warn};
-
-/// One event for the notifiers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// `needs_sign_in`, `ready` or `test`.
-    pub kind: &'static str,
-    pub user: String,
-    /// Why (empty for `ready`).
-    pub reason: String,
-    /// The portal's page that fixes it, when the portal runs.
-    pub sign_in_url: String,
-}
 
 /// The longest output of the command kept for the log.
 const MAX_OUTPUT: usize = 4096;
@@ -46,6 +38,10 @@ pub struct Notifier {
     http: reqwest::Client,
     /// The portal's base URL, for sign-in links.
     portal: Option<url::Url>,
+    /// `mail_from` and `admins`, when events are mailed.
+    mail: Option<(String, Vec<String>)>,
+    /// The gateway that mails them.
+    ctx: Option<std::sync::Arc<crate::context::Context>>,
 }
 
 impl Notifier {
@@ -60,7 +56,20 @@ impl Notifier {
             http: http_client(config, n)?,
             webhook: n.webhook.clone(),
             portal: config.portal.as_ref().map(|p| p.base_url(p.address)),
+            mail: n.mail_from.clone().map(|f| (f, n.admins.clone())),
+            ctx: None,
         }))
+    }
+
+    /// The notifiers, mailing through the gateway of `ctx`.
+    pub fn with_context(mut self, ctx: std::sync::Arc<crate::context::Context>) -> Notifier {
+        self.ctx = Some(ctx);
+        self
+    }
+
+    /// Whether events are mailed (which needs a gateway: [`Notifier::with_context`]).
+    pub fn mails(&self) -> bool {
+        self.mail.is_some()
     }
 
     /// The link that lets `user` sign in again (empty without a portal).
@@ -84,6 +93,18 @@ impl Notifier {
             && let Err(e) = self.post(w, event).await
         {
             failed.push(format!("webhook: {e}"));
+        }
+        if let Some((from, admins)) = &self.mail {
+            let sent = match &self.ctx {
+                Some(ctx) => mail::send(ctx, from, admins, event).await,
+                None => Err("no gateway to send it from".into()),
+            };
+            match sent {
+                Ok(()) => {
+                    info!(event = event.kind, user = %event.user, %from, "account event mailed")
+                }
+                Err(e) => failed.push(format!("mail from {from}: {e}")),
+            }
         }
         if failed.is_empty() {
             Ok(())
@@ -176,23 +197,6 @@ impl Notifier {
             "{last} (tried {} times)",
             WEBHOOK_RETRIES.len() + 1
         ))
-    }
-}
-
-/// The event in one sentence, for chat webhooks.
-pub fn text(e: &Event) -> String {
-    let fix = if e.sign_in_url.is_empty() {
-        format!("the administrator can run `mailgate login {}`", e.user)
-    } else {
-        format!("sign in again at {}", e.sign_in_url)
-    };
-    match e.kind {
-        "needs_sign_in" => format!(
-            "The mail program of {} cannot reach its mailbox until it is signed in again ({}): {fix}",
-            e.user, e.reason
-        ),
-        "ready" => format!("{} is signed in again; its mail flows", e.user),
-        _ => format!("A test of mailgate's notifications for {}", e.user),
     }
 }
 
