@@ -67,6 +67,8 @@ pub async fn publish_account_states(ctx: Arc<Context>, stop: CancellationToken) 
             _ = stop.cancelled() => return,
         }
         let config = ctx.config();
+        let now = std::time::SystemTime::now();
+        let mut expiring = Vec::new();
         for p in config.providers.values() {
             if let Some(c) = &p.client_certificate {
                 let at = c
@@ -74,13 +76,34 @@ pub async fn publish_account_states(ctx: Arc<Context>, stop: CancellationToken) 
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
                 ctx.metrics.set_credential_expiry(&p.name, at);
+                if let Some(w) = c.expiry_warning(now) {
+                    expiring.push(p.name.clone());
+                    ctx.accounts
+                        .announce_once(
+                            &format!("notice:credential:{}", p.name),
+                            Duration::from_secs(24 * 3600),
+                            crate::accounts::AccountEvent::CredentialExpiring {
+                                provider: p.name.clone(),
+                                reason: format!("provider {}: {w}", p.name),
+                            },
+                        )
+                        .await;
+                }
             }
         }
         let (records, errors) = ctx.accounts.records().await;
         if let Some(e) = errors.first() {
             warn!(error = %e, unreadable = errors.len(), "some account records cannot be read for the account metrics");
         }
-        ctx.metrics.set_accounts(&account_states(&config, &records));
+        let mut states = account_states(&config, &records).to_vec();
+        let expiring_accounts = config
+            .accounts
+            .iter()
+            .filter(|a| expiring.contains(&a.provider))
+            .count() as i64;
+        states.push(("credential_expiring", expiring_accounts));
+        states.push(("throttled", ctx.accounts.graph_holds() as i64));
+        ctx.metrics.set_accounts(&states);
     }
 }
 

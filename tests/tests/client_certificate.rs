@@ -319,3 +319,68 @@ fn check_warns_before_expiry_and_refuses_bad_pairs() {
         "{err}"
     );
 }
+
+/// A client certificate within 30 days of its end: the account event
+/// `credential_expiring` is told once (to `[notify]`), and the metrics give
+/// its end and the accounts it serves, for an alert rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_certificate_is_told_and_measured() {
+    logs();
+    let env = Env::new().await;
+    let c = cert(env.path(), "app", 10);
+    let told = env.path().join("told.txt");
+    let text = format!(
+        "{}\n[notify]\ncommand = [\"/bin/sh\", \"-c\", \"env | grep ^MAILGATE_ | sort >> {}\"]\n",
+        env.config_for(
+            &[(Protocol::Imap, "imaps://127.0.0.1:9")],
+            "metrics = \"127.0.0.1:0\"",
+            &provider_keys(&c, "flow = \"client_credentials\""),
+            &format!("password_hash = \"{}\"", password_hash("app pw")),
+        ),
+        told.display()
+    );
+    let g = mailgate_tests::harness::start(env.load(&text)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = std::fs::read_to_string(&told).unwrap_or_default();
+        if lines.contains("MAILGATE_EVENT=") {
+            break lines;
+        }
+        assert!(std::time::Instant::now() < deadline, "never told");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        lines.contains("MAILGATE_EVENT=credential_expiring"),
+        "{lines}"
+    );
+    assert!(lines.contains("MAILGATE_REASON=provider test:"), "{lines}");
+    let m = reqwest::get(format!("http://{}/metrics", g.metrics_address().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("mailgate_accounts{state=\"credential_expiring\"} 1"),
+        "{m}"
+    );
+    let at: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "mailgate_client_credential_expiry_timestamp_seconds{provider=\"test\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("{m}"))
+        .parse()
+        .unwrap();
+    let expected = (SystemTime::now() + DAY * 10)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(at.abs_diff(expected) < 120, "{at} vs {expected}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = std::fs::read_to_string(&told).unwrap();
+    assert_eq!(again.matches("MAILGATE_EVENT=").count(), 1, "{again}");
+    g.shutdown().await;
+}

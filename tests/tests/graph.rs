@@ -239,7 +239,13 @@ mod end_to_end {
         logs();
         let env = Env::new().await;
         let fake = FakeGraph::start(env.oauth.clone()).await;
-        let g = graph_gateway(&env, &fake, "metrics = \"127.0.0.1:0\"").await;
+        let told = env.path().join("told.txt");
+        let text = format!(
+            "{}\n[notify]\ncommand = [\"/bin/sh\", \"-c\", \"env | grep ^MAILGATE_EVENT >> {}\"]\n",
+            graph_config(&env, &fake, "metrics = \"127.0.0.1:0\"", ""),
+            told.display()
+        );
+        let g = start(env.load(&text)).await;
         let mut c = logged_in(&g).await;
         let message = format!(
             "From: {USER}\r\nTo: bob@example.test\r\nCc: carol@example.test\r\nBcc: eve@example.test\r\nSubject: via Graph\r\n\r\n..a stuffed line\r\n"
@@ -302,9 +308,21 @@ mod end_to_end {
             "mailgate_graph_messages_total{result=\"accepted\"} 2",
             "mailgate_graph_messages_total{result=\"throttled\"} 1",
             "mailgate_graph_send_seconds_count 3",
+            "mailgate_accounts{state=\"throttled\"} 1",
         ] {
             assert!(metrics.contains(line), "{line} in:\n{metrics}");
         }
+        // The throttling was told once to [notify].
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&told).unwrap_or_default().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never told");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            std::fs::read_to_string(&told).unwrap(),
+            "MAILGATE_EVENT=throttled\n"
+        );
         g.shutdown().await;
     }
 

@@ -28,6 +28,12 @@ pub enum AccountEvent {
     PasswordChanged { user: String },
     /// The account's tokens were deleted.
     Forgotten { user: String },
+    /// The provider asked the account to wait (Microsoft Graph's
+    /// `Retry-After`).
+    Throttled { user: String, reason: String },
+    /// A provider's client credential (its certificate) expires soon: every
+    /// account it serves stops then.
+    CredentialExpiring { provider: String, reason: String },
 }
 
 /// Events kept for a slow listener before it misses some.
@@ -79,7 +85,7 @@ impl Changes {
         Ok(removed)
     }
 
-    fn tell(&self, e: AccountEvent) {
+    pub(super) fn tell(&self, e: AccountEvent) {
         tracing::debug!(event = ?e, "account changed");
         // No listener is not an error.
         let _ = self.events.send(e);

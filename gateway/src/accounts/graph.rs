@@ -117,12 +117,43 @@ impl Accounts {
 
     /// Graph asked `user` to wait `wait` (`Retry-After`).
     pub fn hold_graph(&self, user: &str, wait: Duration) {
-        let mut holds = self.graph.holds.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: a map of waits that pass.
-        holds.retain(|_, t| *t > Instant::now());
-        holds.insert(
-            user.to_owned(),
-            Instant::now() + wait.min(Duration::from_secs(3600)),
-        );
+        {
+            let mut holds = self.graph.holds.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a map of waits that pass.
+            holds.retain(|_, t| *t > Instant::now());
+            holds.insert(
+                user.to_owned(),
+                Instant::now() + wait.min(Duration::from_secs(3600)),
+            );
+        }
+        self.changes
+            .tell(crate::accounts::changes::AccountEvent::Throttled {
+                user: user.to_owned(),
+                reason: format!(
+                    "Microsoft Graph asked this mailbox to wait {} s before it sends again",
+                    wait.as_secs()
+                ),
+            });
+    }
+
+    /// How many accounts Graph holds back now.
+    pub fn graph_holds(&self) -> usize {
+        let holds = self.graph.holds.lock().unwrap_or_else(|e| e.into_inner());
+        holds.values().filter(|t| **t > Instant::now()).count()
+    }
+
+    /// Tells `event` once in the whole fleet for `ttl` (the instance that
+    /// takes the lease named `key` tells it; the lease lapses by itself).
+    pub async fn announce_once(
+        &self,
+        key: &str,
+        ttl: Duration,
+        event: crate::accounts::changes::AccountEvent,
+    ) {
+        if let Ok(Some(lease)) = self.fleet.try_lease(key, ttl).await {
+            // Not released: it keeps the other instances quiet until `ttl`.
+            drop(lease);
+            self.changes.tell(event);
+        }
     }
 }

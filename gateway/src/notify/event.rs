@@ -3,7 +3,8 @@
 /// One event for the notifiers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// `needs_sign_in`, `ready` or `test`.
+    /// `needs_sign_in`, `ready`, `throttled`, `credential_expiring` (no
+    /// user: every account of the provider) or `test`.
     pub kind: &'static str,
     pub user: String,
     /// Why (empty for `ready`).
@@ -25,6 +26,11 @@ pub fn text(e: &Event) -> String {
             e.user, e.reason
         ),
         "ready" => format!("{} is signed in again; its mail flows", e.user),
+        "throttled" => format!("{}: {}", e.user, e.reason),
+        "credential_expiring" => format!(
+            "{}: every account it serves stops when it expires; renew it (docs/office365.md, Certificate credentials)",
+            e.reason
+        ),
         _ => format!("A test of mailgate's notifications for {}", e.user),
     }
 }

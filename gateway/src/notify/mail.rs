@@ -101,6 +101,8 @@ fn message(from: &str, to: &[String], e: &Event, hostname: &str) -> Vec<u8> {
     let subject = match e.kind {
         "needs_sign_in" => format!("Sign in again: mail for {} has stopped", e.user),
         "ready" => format!("Mail for {} flows again", e.user),
+        "throttled" => format!("Mail from {} is held back by the provider", e.user),
+        "credential_expiring" => "A client credential of mailgate expires soon".to_owned(),
         _ => format!("Test of mailgate's notices for {}", e.user),
     };
     let mut body = text(e);
