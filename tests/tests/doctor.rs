@@ -258,3 +258,47 @@ async fn token_endpoint_errors_are_explained() {
         s.env.oauth.set_mode(Mode::Normal);
     }
 }
+
+/// `--app-only`: an account served with the organisation's credentials
+/// logs in to each server with the app-only token, no local password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_only_accounts_log_in_upstream_without_a_password() {
+    let env = Env::new().await;
+    env.oauth.set_client_secret(Some("app-secret"));
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    let smtp = FakeServer::smtp(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = env.config_for(
+        &[
+            (Protocol::Imap, &imap.url(false)),
+            (Protocol::Smtp, &smtp.url(false)),
+        ],
+        "",
+        "flow = \"client_credentials\"\nclient_secret = \"app-secret\"",
+        &format!(
+            "password_hash = \"{}\"",
+            mailgate_tests::harness::password_hash("app pw")
+        ),
+    );
+    let config = env.write_config(&text);
+    let (ok, report) = doctor(&config, &[USER, "--app-only"], None);
+    assert!(ok, "{report:#}");
+    for what in [
+        "imap login upstream",
+        "smtp login upstream",
+        "token endpoint",
+    ] {
+        let found = lines(&report, what);
+        assert!(
+            !found.is_empty() && found.iter().all(|l| l["status"] == "ok"),
+            "{what}: {report:#}"
+        );
+    }
+    assert_eq!(imap.successful_logins(), 1);
+
+    // A wrong secret: the token endpoint's refusal is explained.
+    env.oauth.set_client_secret(Some("another secret"));
+    let (ok, report) = doctor(&config, &[USER, "--app-only"], None);
+    assert!(!ok);
+    let token = lines(&report, "token endpoint");
+    assert!(token.iter().any(|l| l["status"] == "fail"), "{report:#}");
+}

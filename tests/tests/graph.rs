@@ -314,7 +314,10 @@ mod end_to_end {
         }
         // The throttling was told once to [notify].
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(&told).unwrap_or_default().is_empty() {
+        while std::fs::read_to_string(&told)
+            .unwrap_or_default()
+            .is_empty()
+        {
             assert!(std::time::Instant::now() < deadline, "never told");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

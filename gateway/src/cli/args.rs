@@ -69,8 +69,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Check without logging in (no password asked).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "app_only")]
         no_login: bool,
+        /// For an app-only account: log in to the provider with the
+        /// app-only token (no local password asked).
+        #[arg(long)]
+        app_only: bool,
     },
     /// Account events ([notify]).
     #[command(subcommand)]

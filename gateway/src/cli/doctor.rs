@@ -3,18 +3,22 @@
 use std::path::Path;
 
 use super::common::{CliError, CliResult, load, out, permission_warnings, runtime};
-use crate::doctor::{Line, Status};
+use crate::doctor::{Line, Logins, Status};
 
 pub(super) fn doctor(
     path: Option<&Path>,
     user: Option<String>,
     json: bool,
     no_login: bool,
+    app_only: bool,
 ) -> CliResult {
     let cfg = load(path)?;
-    let password = match (&user, no_login) {
-        (Some(_), false) => Some(super::login::read_password("Local password", false)?),
-        _ => None,
+    let logins = match (&user, no_login, app_only) {
+        (None, ..) | (_, true, _) => Logins::None,
+        (Some(_), false, true) => Logins::AppOnly,
+        (Some(_), false, false) => {
+            Logins::Password(super::login::read_password("Local password", false)?)
+        }
     };
     let warnings: Vec<String> = permission_warnings(&cfg)
         .into_iter()
@@ -29,7 +33,7 @@ pub(super) fn doctor(
         mailgate_config::LogFormat::Text,
         crate::observe::logging::filter(None, "error").map_err(CliError::User)?,
     );
-    let lines = runtime()?.block_on(crate::doctor::run(cfg, warnings, user.as_deref(), password));
+    let lines = runtime()?.block_on(crate::doctor::run(cfg, warnings, user.as_deref(), logins));
     let failed = lines.iter().filter(|l| l.status == Status::Fail).count();
     if json {
         let body = serde_json::json!({ "ok": failed == 0, "checks": lines });

@@ -136,7 +136,8 @@ fn run(cli: Cli) -> CliResult {
             user,
             json,
             no_login,
-        } => doctor::doctor(path, user, json, no_login),
+            app_only,
+        } => doctor::doctor(path, user, json, no_login, app_only),
         Command::Notify(NotifyCommand::Test { user }) => {
             let cfg = load(path)?;
             crate::observe::logging::init(LogFormat::Text, log_filter("info")?);

@@ -11,6 +11,7 @@
 //! another gateway runs): the password check, the refresh, the upstream
 //! login or the Graph token are exactly what a mail client would meet.
 
+mod app_only;
 mod logins;
 
 pub use logins::start as checks_gateway;
@@ -45,14 +46,25 @@ fn providers(config: &Config, user: Option<&str>) -> Result<Vec<Arc<Provider>>, 
     }
 }
 
+/// How the logins are checked.
+#[derive(Debug)]
+pub enum Logins {
+    /// Not at all.
+    None,
+    /// Through the checks' gateway, with the account's local password.
+    Password(SecretString),
+    /// Straight to the provider with the app-only token.
+    AppOnly,
+}
+
 /// Runs every check: the configuration `config` (already loaded; `warnings`
 /// are its warnings), then the network, the token endpoint, `user`'s state
-/// and, with `password`, its logins.
+/// and its logins.
 pub async fn run(
     config: Config,
     warnings: Vec<String>,
     user: Option<&str>,
-    password: Option<SecretString>,
+    logins: Logins,
 ) -> Vec<Line> {
     let mut lines = vec![Line::new(
         Status::Ok,
@@ -90,8 +102,9 @@ pub async fn run(
     if let Some(u) = user {
         let u = u.trim().to_lowercase();
         lines.extend(account_state(&ctx, &config, &u).await);
-        match &password {
-            Some(pw) => {
+        match &logins {
+            Logins::AppOnly => lines.extend(app_only::log_in_upstream(&ctx, &config, &u).await),
+            Logins::Password(pw) => {
                 let tried = logins::log_in(&gateway, &config, &u, pw).await;
                 let failed = tried.iter().any(|l| l.status == Status::Fail);
                 lines.extend(tried);
@@ -110,10 +123,10 @@ pub async fn run(
                     );
                 }
             }
-            None => lines.push(Line::new(
+            Logins::None => lines.push(Line::new(
                 Status::Skip,
                 "logins",
-                "no local password given: set MAILGATE_PASSWORD (or answer the prompt) to log in once per protocol",
+                "not asked for (--no-login): without it, doctor logs in once per protocol with the local password (MAILGATE_PASSWORD or a prompt), or with --app-only",
             )),
         }
     }
