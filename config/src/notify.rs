@@ -16,6 +16,8 @@ pub struct Notify {
     /// `webhook` or the contents of `webhook_file`: a JSON `POST` per event.
     /// A secret (its path or query often carries a token).
     pub webhook: Option<SecretString>,
+    /// `webhook_file`, when the URL came from one (for permission warnings).
+    pub webhook_file: Option<PathBuf>,
     /// `keep_alive` (default 14 days; `"off"`: none): accounts whose key
     /// is in memory are refreshed when their last refresh is older, so a
     /// refresh token does not lapse from disuse.

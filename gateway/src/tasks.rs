@@ -58,11 +58,19 @@ pub async fn publish_account_states(ctx: Arc<Context>, stop: CancellationToken) 
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            // Lagged or not, something changed: count again.
+            // Lagged or not, something changed: count again, once the
+            // events of the next second are in (a busy gateway refreshes
+            // often; the store is listed at most about once a second).
             r = events.recv() => {
                 if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
                     return;
                 }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                while !matches!(
+                    events.try_recv(),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Empty
+                        | tokio::sync::broadcast::error::TryRecvError::Closed)
+                ) {}
             }
             _ = stop.cancelled() => return,
         }

@@ -159,6 +159,35 @@ async fn a_failing_command_is_reported_by_notify_test() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a notifier failed: command"), "{err}");
 
+    // A webhook URL in a file that every user can read: check says so
+    // (the URL usually carries a token), without printing it.
+    let hook = env.path().join("webhook.url");
+    std::fs::write(&hook, "https://hooks.example.com/T0K3N\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let with_file = format!(
+        "{}\n[notify]\nwebhook_file = \"{}\"\n",
+        env.config_text("imap://127.0.0.1:9", "", "", ""),
+        hook.display()
+    );
+    let path = env.write_config(&with_file);
+    let out = run_mailgate(&path, &["check"], "", None, &[]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("(notify.webhook_file) is readable by every user"),
+        "{said}"
+    );
+    assert!(
+        said.contains("webhook=(set)") && !said.contains("T0K3N"),
+        "{said}"
+    );
+
     // A relative program and an http:// webhook off this machine are
     // refused by the configuration check.
     let bad = format!(

@@ -99,6 +99,12 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
                     .as_ref()
                     .and_then(|p| p.key.clone())
                     .map(|k| ("portal.key".to_owned(), k)),
+            )
+            .chain(
+                notify
+                    .as_ref()
+                    .and_then(|n| n.webhook_file.clone())
+                    .map(|f| ("notify.webhook_file".to_owned(), f)),
             );
         Ok(Config {
             file: file.to_path_buf(),

@@ -10,6 +10,7 @@ use crate::raw::RawNotify;
 use crate::relative_to;
 
 pub(super) fn notify(file: &Path, n: RawNotify, errs: &mut Errors<'_>) -> Notify {
+    let webhook_file = n.webhook_file.as_ref().map(|f| relative_to(file, f));
     let command = n.command.and_then(|c| {
         let Some(program) = c.first() else {
             errs.push("notify.command", "is empty; give the program and its arguments, e.g. [\"/usr/local/bin/notify\"]");
@@ -87,6 +88,7 @@ pub(super) fn notify(file: &Path, n: RawNotify, errs: &mut Errors<'_>) -> Notify
             DEFAULT_COMMAND_TIMEOUT,
         ),
         webhook,
+        webhook_file,
         mail_from: n.mail_from.map(|m| m.trim().to_lowercase()),
         admins: n
             .admins
