@@ -298,12 +298,22 @@ mod end_to_end {
         c.send("QUIT\r\n").await;
         assert_eq!(c.line().await, "221 2.0.0 Bye\r\n");
         assert_eq!(fake.recipients().len(), 3, "nothing more was delivered");
-        let metrics = reqwest::get(format!("http://{}/metrics", g.metrics_address().unwrap()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        // The account metrics are recounted a second after an event.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let metrics = loop {
+            let m = reqwest::get(format!("http://{}/metrics", g.metrics_address().unwrap()))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if m.contains("mailgate_accounts{state=\"throttled\"} 1")
+                || std::time::Instant::now() > deadline
+            {
+                break m;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         for line in [
             "mailgate_graph_messages_total{result=\"accepted\"} 2",
             "mailgate_graph_messages_total{result=\"throttled\"} 1",
