@@ -45,3 +45,7 @@ pub struct GraphApi {
 pub const GRAPH_URL: &str = "https://graph.microsoft.com/v1.0";
 /// The delegated scope that sends as the signed-in mailbox.
 pub const GRAPH_MAIL_SEND: &str = "https://graph.microsoft.com/Mail.Send";
+
+/// Graph's delegated permission to send as or on behalf of another
+/// mailbox (a shared mailbox), asked for when an account has `shared`.
+pub const GRAPH_MAIL_SEND_SHARED: &str = "https://graph.microsoft.com/Mail.Send.Shared";

@@ -28,7 +28,7 @@ mod resolve;
 pub use certificate::{AssertionAlg, ClientCertificate, EXPIRY_WARNING};
 pub(crate) use choice::Choice;
 pub use errors::{ConfigError, ConfigErrors};
-pub use graph::{GRAPH_MAIL_SEND, GRAPH_URL, GraphApi, Sending};
+pub use graph::{GRAPH_MAIL_SEND, GRAPH_MAIL_SEND_SHARED, GRAPH_URL, GraphApi, Sending};
 pub use load::{ENV_CONFIG, load, load_with_env, locate};
 pub use notify::{DEFAULT_COMMAND_TIMEOUT, Notify};
 pub use portal::Portal;
@@ -410,6 +410,16 @@ pub struct Account {
     pub upstream_user: Option<String>,
     /// Argon2id PHC string.
     pub password_hash: Option<String>,
+    /// `shared`: the shared mailboxes this account's user may open as
+    /// `USER\\SHARED` (addresses, or `*@domain`); none by default.
+    pub shared: Vec<UserPattern>,
+}
+
+impl Account {
+    /// Whether this account's user may open the mailbox `shared` (lower-cased).
+    pub fn may_open(&self, shared: &str) -> bool {
+        self.shared.iter().any(|p| p.matches(shared))
+    }
 }
 
 /// Resolves `p` against the directory of the configuration file.

@@ -128,4 +128,5 @@ pub(crate) struct RawAccount {
     pub provider: Option<String>,
     pub upstream_user: Option<String>,
     pub password_hash: Option<String>,
+    pub shared: Option<Vec<String>>,
 }

@@ -130,8 +130,9 @@ pub async fn tls(acceptor: &TlsAcceptor, tcp: TcpStream) -> Option<Conn> {
 pub fn check_xoauth2(oauth: &FakeOAuth, b64: &str) -> Option<String> {
     let (user, token) = decode_xoauth2(b64.trim().as_bytes())?;
     let owner = oauth.check_access(token.expose_secret())?;
-    // "*": an app-only (client credentials) token, valid for any mailbox.
-    (owner == "*" || owner.eq_ignore_ascii_case(&user)).then_some(user)
+    // "*": an app-only (client credentials) token, valid for any mailbox;
+    // a delegate's token opens the mailboxes delegated to it.
+    oauth.may_open(&owner, &user).then_some(user)
 }
 
 /// A running fake upstream.

@@ -117,6 +117,9 @@ struct Inner {
     /// The scope each access token was issued for (when it was asked for
     /// one at the token endpoint).
     scopes: HashMap<String, String>,
+    /// (delegate, shared mailbox) pairs: the delegate's token opens the
+    /// shared mailbox (Exchange's FullAccess / Send As), lower-cased.
+    delegations: Vec<(String, String)>,
     last_authorize: HashMap<String, String>,
     /// refresh token → user
     refresh: HashMap<String, String>,
@@ -209,6 +212,7 @@ impl FakeOAuth {
                 id_tokens: true,
                 unconsented: None,
                 scopes: HashMap::new(),
+                delegations: Vec::new(),
                 last_authorize: HashMap::new(),
             }),
             refreshes: AtomicUsize::new(0),
@@ -402,6 +406,26 @@ impl FakeOAuth {
             .get(token)
             .filter(|(_, exp)| *exp > Instant::now())
             .map(|(u, _)| u.clone())
+    }
+
+    /// Grants `delegate` the rights on the mailbox `shared` (what an
+    /// administrator's Add-MailboxPermission and Add-RecipientPermission do).
+    pub fn delegate(&self, delegate: &str, shared: &str) {
+        self.inner()
+            .delegations
+            .push((delegate.to_lowercase(), shared.to_lowercase()));
+    }
+
+    /// Whether a token of `owner` may open `mailbox`: its own, an app-only
+    /// token (`*`), or a mailbox delegated to it.
+    pub fn may_open(&self, owner: &str, mailbox: &str) -> bool {
+        owner == "*"
+            || owner.eq_ignore_ascii_case(mailbox)
+            || self
+                .inner()
+                .delegations
+                .iter()
+                .any(|(d, s)| d.eq_ignore_ascii_case(owner) && s.eq_ignore_ascii_case(mailbox))
     }
 
     /// The scope `token` was issued for, if one was asked for.

@@ -33,7 +33,8 @@ impl Portal {
                 &imap.url(false),
                 &format!("log_format = \"json\"\n{extra_gateway}"),
                 extra_provider,
-                ""
+                // A shared mailbox, for the account page's list.
+                "shared = [\"info@example.test\"]"
             )
         );
         let config = env.write_config(&text);

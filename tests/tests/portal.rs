@@ -90,6 +90,12 @@ async fn first_sign_in_password_settings_imap_change_again_forget() {
     b.goto(&format!("{}account", p.base)).await;
     b.expect_page("account").await;
     assert!(b.text("#token-state").await.starts_with("Ready"));
+    // The shared mailboxes it may open, with the user name to type.
+    let shared = b.text("#shared").await;
+    assert!(
+        shared.contains(&format!("{USER}\\info@example.test")),
+        "{shared}"
+    );
     b.screenshot("portal-account").await;
 
     // The record says that the sign-in does not allow sending through

@@ -96,11 +96,55 @@ pub(super) fn accounts(
                 ),
             );
         }
+        let mut shared = Vec::new();
+        for (j, s) in a.shared.unwrap_or_default().into_iter().enumerate() {
+            let s = s.trim().to_lowercase();
+            let k = format!("{}[{j}]", key("shared"));
+            let parsed = match s.strip_prefix("*@") {
+                Some(d) if !d.is_empty() && !d.contains(['@', '*', ' ', '\\']) => {
+                    Some(UserPattern::Domain(d.to_owned()))
+                }
+                Some(_) => None,
+                None => s
+                    .split_once('@')
+                    .filter(|(l, d)| {
+                        !l.is_empty()
+                            && !d.is_empty()
+                            && !s.contains(['*', ' ', '"', '\\'])
+                            && !s.chars().any(char::is_control)
+                    })
+                    .map(|_| UserPattern::Exact(s.clone())),
+            };
+            match parsed {
+                Some(p) => shared.push(p),
+                None => errs.push(
+                    k,
+                    format!(
+                        "`{s}` is not a mailbox: an address like info@example.com, or *@example.com"
+                    ),
+                ),
+            }
+        }
+        if !shared.is_empty() {
+            if let Some(p) = provider.filter(|p| p.preset == Preset::Gmail) {
+                errs.push(
+                    key("shared"),
+                    format!("provider {} is Gmail, which has no IMAP or SMTP delegation (Google's mail delegation is for the web interface only); remove shared", p.name),
+                );
+            }
+            if matches!(pattern, UserPattern::Domain(_)) {
+                errs.push(
+                    key("shared"),
+                    "a *@domain account cannot have shared mailboxes: list the delegate as its own [[account]]",
+                );
+            }
+        }
         out.push(Account {
             user: pattern,
             provider: provider_name,
             upstream_user: a.upstream_user,
             password_hash: a.password_hash,
+            shared,
         });
     }
     out

@@ -69,7 +69,25 @@ pub(crate) fn resolve(file: &Path, raw: RawConfig) -> Result<Config, ConfigError
         }
     }
     let providers = providers(file, raw.provider, &gateway, &mut errs);
+    let mut providers = providers;
     let accounts = accounts(raw.account, &providers, &mut errs);
+    // A delegate sending as a shared mailbox through Graph needs
+    // Mail.Send.Shared, asked for only where an account has `shared` (the
+    // others' consent stays as it was).
+    for a in accounts.iter().filter(|a| !a.shared.is_empty()) {
+        if let Some(p) = providers.get_mut(&a.provider).map(Arc::make_mut)
+            && !p.is_app_only()
+            && !p
+                .graph
+                .scopes
+                .iter()
+                .any(|s| s == crate::GRAPH_MAIL_SEND_SHARED)
+        {
+            p.graph
+                .scopes
+                .insert(1, crate::GRAPH_MAIL_SEND_SHARED.to_owned());
+        }
+    }
     let portal = raw.portal.map(|p| portal(file, p, &mut errs));
     if portal.as_ref().is_some_and(|p| p.proxy_protocol) && gateway.trusted_proxies.is_empty() {
         errs.push(

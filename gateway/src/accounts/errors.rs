@@ -40,6 +40,11 @@ pub enum LoginError {
     /// or from this address, for this long still.
     #[error("too many failed logins; try again in {} s", .0.as_secs().max(1))]
     Throttled(Duration),
+    /// A shared-mailbox login (`DELEGATE\\SHARED`) refused: malformed, a
+    /// mailbox the delegate may not open, one that is an account itself,
+    /// a delegate without tokens. The text for the client.
+    #[error("{0}")]
+    Shared(String),
 }
 
 /// Why an account's stored token cannot serve a login.

@@ -18,6 +18,8 @@ use super::store::Audience;
 impl Accounts {
     /// Whether `login`'s SMTP sessions send through Graph.
     pub fn sends_by_graph(&self, login: &str) -> bool {
+        // A delegate's session sends as its own account does.
+        let login = super::shared::split(login).map_or(login, |(delegate, _)| delegate);
         let Some(provider) = self.provider_of(login) else {
             return false;
         };
@@ -88,6 +90,7 @@ impl Accounts {
             provider,
             access_token: secrecy::SecretString::from(String::new()),
             audience,
+            shared: None,
         };
         self.token_for(&auth, audience).await
     }

@@ -30,8 +30,51 @@ impl Accounts {
     }
 
     /// As [`Accounts::authenticate`], with a token for `audience` (Graph,
-    /// for a session that sends through it).
+    /// for a session that sends through it). A login `DELEGATE\\SHARED`
+    /// checks the delegate's password and opens the shared mailbox with the
+    /// delegate's token, when the delegate's account lists it in `shared`.
     pub async fn authenticate_for(
+        &self,
+        login: &str,
+        password: &SecretString,
+        peer: IpAddr,
+        audience: Audience,
+    ) -> Result<Authorized, LoginError> {
+        let (delegate, shared) = match super::shared::split(login) {
+            Ok(s) => s,
+            Err(why) => {
+                info!(%why, "shared-mailbox login refused");
+                return Err(LoginError::Shared(why));
+            }
+        };
+        let Some(shared) = shared else {
+            return self
+                .authenticate_account(login, password, peer, audience)
+                .await;
+        };
+        let mut auth = match self
+            .authenticate_account(delegate, password, peer, audience)
+            .await
+        {
+            Err(LoginError::NoToken) => {
+                info!("shared-mailbox login of a delegate without tokens");
+                return Err(LoginError::Shared(format!(
+                    "{} has no stored authorisation yet: sign in as {} first, then open {shared}",
+                    delegate.trim(),
+                    delegate.trim()
+                )));
+            }
+            other => other?,
+        };
+        self.may_open(&auth.user, &shared)?;
+        info!(shared = %shared, "a delegate opens a shared mailbox");
+        auth.shared = Some(shared);
+        Ok(auth)
+    }
+
+    /// Checks the password of the account `login` (see
+    /// [`Accounts::authenticate_for`]).
+    async fn authenticate_account(
         &self,
         login: &str,
         password: &SecretString,
@@ -85,6 +128,7 @@ impl Accounts {
                 provider,
                 access_token,
                 audience,
+                shared: None,
             });
         }
 
@@ -109,6 +153,7 @@ impl Accounts {
             provider,
             access_token,
             audience,
+            shared: None,
         })
     }
 

@@ -40,6 +40,8 @@ pub mod random;
 pub mod redirect;
 mod refresh;
 mod service;
+mod shared;
+pub use shared::split as split_shared_login;
 mod sign_in;
 mod state;
 pub mod store;

@@ -31,6 +31,17 @@ pub struct Authorized {
     /// For the audience it was asked for.
     pub access_token: SecretString,
     pub audience: crate::accounts::store::Audience,
+    /// The shared mailbox opened with the account's own token (a
+    /// `DELEGATE\\SHARED` login), lower-cased.
+    pub shared: Option<String>,
+}
+
+impl Authorized {
+    /// The mailbox the session opens upstream: the shared one, else the
+    /// account's own (`upstream_user`).
+    pub fn mailbox(&self) -> &str {
+        self.shared.as_deref().unwrap_or(&self.upstream_user)
+    }
 }
 
 /// The token service.

@@ -56,6 +56,9 @@ struct AccountRow {
     /// When the refresh token would lapse if nothing used it (Unix
     /// seconds; where the provider documents it).
     lapses_at: Option<u64>,
+    /// The shared mailboxes (or `*@domain` patterns) it may open as
+    /// `USER\\SHARED`.
+    shared: Vec<String>,
     /// Failed logins of this name in the last 15 minutes, and the delay the
     /// next attempt waits (from the running gateway's `backoff.json`).
     backoff: Option<crate::accounts::backoff::Throttle>,
@@ -78,6 +81,10 @@ impl AccountRow {
             .get(&user)
             .filter(|t| now().saturating_sub(t.last_failure) < 15 * 60)
             .cloned();
+        let shared = cfg
+            .find_account(&user)
+            .map(|a| a.shared.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
         AccountRow {
             in_configuration: cfg.find_account(&user).is_some() || user.starts_with("*@"),
             user,
@@ -98,6 +105,7 @@ impl AccountRow {
             last_error: f.and_then(|f| f.last_error.clone()),
             graph_refused: f.is_some_and(|f| f.graph_refused),
             kept_alive: f.is_some_and(|f| kept.keeps(&f.user)),
+            shared,
             lapses_at: f.and_then(|f| {
                 let after =
                     crate::accounts::keep_alive::lapse_after(cfg.provider(provider)?.preset)?;
@@ -109,7 +117,11 @@ impl AccountRow {
 
     fn cells(&self) -> [String; 9] {
         [
-            self.user.clone(),
+            if self.shared.is_empty() {
+                self.user.clone()
+            } else {
+                format!("{} (shared: {})", self.user, self.shared.join(", "))
+            },
             self.provider.clone(),
             self.flow.clone(),
             self.token.to_owned(),

@@ -55,8 +55,9 @@ pub(super) async fn log_in(
     user: &str,
     password: &SecretString,
 ) -> Vec<Line> {
+    let account = crate::accounts::split_shared_login(user).map_or(user, |(d, _)| d);
     let provider = config
-        .find_account(user)
+        .find_account(account)
         .and_then(|a| config.provider(&a.provider).cloned());
     let mut out = Vec::new();
     for p in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {

@@ -76,7 +76,15 @@ pub async fn run(
             .into_iter()
             .map(|w| Line::new(Status::Warn, "configuration", w)),
     );
-    let providers = match providers(&config, user) {
+    let account = match user.map(crate::accounts::split_shared_login) {
+        Some(Err(why)) => {
+            lines.push(Line::new(Status::Fail, "account", why));
+            return lines;
+        }
+        Some(Ok((delegate, _))) => Some(delegate),
+        None => None,
+    };
+    let providers = match providers(&config, account) {
         Ok(p) => p,
         Err(e) => {
             lines.push(Line::new(Status::Fail, "account", e));
@@ -99,13 +107,15 @@ pub async fn run(
         lines.extend(network::check(&ctx, p).await);
         lines.push(token_endpoint(&ctx, p).await);
     }
-    if let Some(u) = user {
-        let u = u.trim().to_lowercase();
+    if let Some(login) = user {
+        // `DELEGATE\\SHARED`: the delegate's account, and the login as typed.
+        let u = account.unwrap_or(login).trim().to_lowercase();
+        let login = login.trim().to_lowercase();
         lines.extend(account_state(&ctx, &config, &u).await);
         match &logins {
             Logins::AppOnly => lines.extend(app_only::log_in_upstream(&ctx, &config, &u).await),
             Logins::Password(pw) => {
-                let tried = logins::log_in(&gateway, &config, &u, pw).await;
+                let tried = logins::log_in(&gateway, &config, &login, pw).await;
                 let failed = tried.iter().any(|l| l.status == Status::Fail);
                 lines.extend(tried);
                 // A login may have learnt something (a refresh refused):

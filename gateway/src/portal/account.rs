@@ -152,6 +152,12 @@ async fn account_page(
             last_error: f
                 .and_then(|f| f.last_error.clone())
                 .unwrap_or_else(|| "none".into()),
+            shared: app
+                .ctx
+                .config()
+                .find_account(user)
+                .map(|a| a.shared.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
             message,
             error,
             min: MIN,

@@ -95,6 +95,8 @@ pub struct Account<'a> {
     pub last_refresh: String,
     pub sealed_at: String,
     pub last_error: String,
+    /// The shared mailboxes (or patterns) the account may open.
+    pub shared: Vec<String>,
     pub message: Option<String>,
     pub error: Option<String>,
     pub min: usize,

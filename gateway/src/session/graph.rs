@@ -253,7 +253,8 @@ async fn deliver(
         },
         _ => None,
     };
-    let mailbox = auth.upstream_user.clone();
+    // A delegate sends as the shared mailbox it opened.
+    let mailbox = auth.mailbox().to_owned();
     let started = std::time::Instant::now();
     let mut uploads = 0;
     let mut sent = send(graph, &mailbox, auth, &shape, body.as_deref(), &mut uploads).await;

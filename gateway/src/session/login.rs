@@ -79,6 +79,7 @@ impl Failure {
         match e {
             LoginError::BadCredentials | LoginError::NoToken => Failure::BadCredentials,
             LoginError::AuthorizeAt(text) => Failure::NeedsAuthorization(text),
+            LoginError::Shared(text) => Failure::Refused(text),
             LoginError::Throttled(d) => Failure::Throttled(format!(
                 "Too many failed logins for {user} or from this address; try again in {} s",
                 d.as_secs().max(1)
@@ -185,10 +186,19 @@ where
             )
         })?;
         let limit = ctx.config().gateway.upstream_timeout;
+        // A delegate opens a shared mailbox over IMAP and POP3 (XOAUTH2
+        // `user=` the shared mailbox, the delegate's token); over SMTP it
+        // logs in as itself and the client's MAIL FROM says who it sends
+        // as.
+        let upstream_user = if protocol == Protocol::Smtp {
+            auth.upstream_user.clone()
+        } else {
+            auth.mailbox().to_owned()
+        };
         let make = |token: SecretString| Attempt {
             server: server.clone(),
             tls: tls.clone(),
-            user: auth.upstream_user.clone(),
+            user: upstream_user.clone(),
             token,
             provider: provider.clone(),
         };
@@ -226,6 +236,12 @@ where
             Ok(t) => Ok(Established::Upstream(t)),
             Err(UpstreamError::Rejected { detail, .. }) => {
                 warn!(%detail, "upstream rejected a freshly refreshed token");
+                if let Some(shared) = &auth.shared {
+                    return Err(Failure::Refused(format!(
+                        "{} has no access to {shared} ({detail}): an administrator grants FullAccess (Add-MailboxPermission) for IMAP and POP3, Send As (Add-RecipientPermission) for sending",
+                        auth.user
+                    )));
+                }
                 // A refusal `mailgate doctor` knows is said in its words.
                 let what_to_do = crate::doctor::table::explain(&detail).map_or(
                     "check that the mailbox allows this protocol",

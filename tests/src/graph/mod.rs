@@ -259,7 +259,7 @@ async fn gate(
             "Access token validation failure. Invalid audience.",
         ));
     }
-    if owner != "*" && !owner.eq_ignore_ascii_case(mailbox) {
+    if !oauth.may_open(&owner, mailbox) {
         return Err(error(
             StatusCode::FORBIDDEN,
             "ErrorAccessDenied",

@@ -213,8 +213,13 @@ impl OAuth {
         // Sending through Graph: the person consents to Mail.Send with the
         // same sign-in (the code is then redeemed for the mail resource;
         // a Graph token is asked for apart).
-        let graph = (provider.sending != mailgate_config::Sending::Smtp)
-            .then_some(mailgate_config::GRAPH_MAIL_SEND);
+        let graph = provider
+            .graph
+            .scopes
+            .iter()
+            .map(String::as_str)
+            .filter(|s| s.starts_with("https://graph.microsoft.com/Mail.Send"))
+            .filter(|_| provider.sending != mailgate_config::Sending::Smtp);
         let extra = IDENTITY_SCOPES
             .into_iter()
             .chain(graph)

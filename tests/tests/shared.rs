@@ -1,0 +1,222 @@
+//! Shared mailboxes: `DELEGATE\SHARED` with the delegate's own local
+//! password opens SHARED over IMAP (XOAUTH2 `user=` the shared mailbox,
+//! the delegate's token) and sends over SMTP as the delegate (MAIL FROM
+//! the shared address, relayed unchanged) or through Graph as the shared
+//! mailbox; whoever may not gets a refusal that says why.
+
+#![allow(clippy::unwrap_used)]
+
+use base64::Engine as _;
+use mailgate_config::Protocol;
+use mailgate_tests::client::LineClient;
+use mailgate_tests::fake::FakeServer;
+use mailgate_tests::graph::FakeGraph;
+use mailgate_tests::harness::{
+    Env, PASSWORD, USER, imap_addr, logs, run_mailgate, smtp_addr, start,
+};
+use mailgate_tests::imap_server::Options;
+
+const SHARED: &str = "info@example.test";
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The `user=` of the last XOAUTH2 the server received.
+fn last_xoauth2_user(server: &FakeServer) -> String {
+    let lines = server.auth_lines();
+    let last = String::from_utf8_lossy(lines.last().unwrap()).into_owned();
+    let token = last.split_whitespace().last().unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    raw.split('\u{1}')
+        .find_map(|f| f.strip_prefix("user="))
+        .unwrap()
+        .to_owned()
+}
+
+/// IMAP `LOGIN` with the login as a quoted string (backslash escaped).
+async fn imap_login(g: &mailgate::Gateway, login: &str, password: &str) -> String {
+    let mut c = LineClient::greeted(imap_addr(g)).await;
+    let quoted = login.replace('\\', "\\\\");
+    c.send(format!("a LOGIN \"{quoted}\" \"{password}\"\r\n"))
+        .await;
+    c.response_text("a").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegate_opens_a_shared_mailbox_and_strangers_are_told_why_not() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    let smtp = FakeServer::smtp(&env.ca, env.oauth.clone(), Default::default()).await;
+    env.seal_new_user_token();
+    env.oauth.delegate(USER, SHARED);
+    let text = format!(
+        "{}\n[[account]]\nuser = \"boss@example.test\"\nprovider = \"test\"\n",
+        env.config_for(
+            &[
+                (Protocol::Imap, &imap.url(false)),
+                (Protocol::Smtp, &smtp.url(false)),
+            ],
+            "",
+            "",
+            &format!("shared = [\"{SHARED}\", \"*@team.example.test\"]"),
+        )
+    );
+    let g = start(env.load(&text)).await;
+
+    // IMAP: the shared mailbox, with alice's password and token.
+    let r = imap_login(&g, &format!("{USER}\\{SHARED}"), PASSWORD).await;
+    assert!(r.contains("a OK"), "{r}");
+    assert_eq!(last_xoauth2_user(&imap), SHARED);
+
+    // Allowed here, but the provider gives alice no rights on it.
+    let r = imap_login(&g, &format!("{USER}\\sales@team.example.test"), PASSWORD).await;
+    assert!(
+        r.contains("has no access to sales@team.example.test") && r.contains("FullAccess"),
+        "{r}"
+    );
+    // Not listed in alice's `shared`.
+    let r = imap_login(&g, &format!("{USER}\\ceo@example.test"), PASSWORD).await;
+    assert!(r.contains("may not open ceo@example.test"), "{r}");
+    // A mailbox that is an account of its own.
+    let r = imap_login(&g, &format!("{USER}\\boss@example.test"), PASSWORD).await;
+    assert!(r.contains("is an account of its own"), "{r}");
+    // Malformed.
+    for bad in [
+        format!("{USER}\\{SHARED}\\x@example.test"),
+        format!("{USER}\\"),
+        format!("\\{SHARED}"),
+    ] {
+        let r = imap_login(&g, &bad, PASSWORD).await;
+        assert!(
+            r.contains("a NO") && r.contains("DELEGATE\\SHARED"),
+            "{bad}: {r}"
+        );
+    }
+    // The wrong password is alice's wrong password.
+    let r = imap_login(&g, &format!("{USER}\\{SHARED}"), "not alice's").await;
+    assert!(r.contains("AUTHENTICATIONFAILED"), "{r}");
+
+    // SMTP: alice logs in as herself; MAIL FROM the shared address goes
+    // upstream unchanged (the provider checks Send As).
+    let mut c = LineClient::connect(smtp_addr(&g)).await;
+    assert!(c.line().await.starts_with("220 "));
+    c.send("EHLO client.test\r\n").await;
+    while !c.line().await.starts_with("250 ") {}
+    c.send(format!(
+        "AUTH PLAIN {}\r\n",
+        b64(&format!("\0{USER}\\{SHARED}\0{PASSWORD}"))
+    ))
+    .await;
+    assert_eq!(c.line().await, "235 2.7.0 Authentication successful\r\n");
+    assert_eq!(last_xoauth2_user(&smtp), USER);
+    c.send(format!("MAIL FROM:<{SHARED}>\r\n")).await;
+    assert!(c.line().await.starts_with("250"));
+    assert!(
+        smtp.after_login()
+            .iter()
+            .any(|l| l.contains(&format!("MAIL FROM:<{SHARED}>"))),
+        "{:?}",
+        smtp.after_login()
+    );
+    drop(c);
+    g.shutdown().await;
+
+    // `mailgate accounts` lists what alice may open; `mailgate doctor
+    // alice\info` checks the shared mailbox's logins.
+    let path = env.write_config(&text);
+    let out = run_mailgate(&path, &["accounts", "--json"], "", None, &[]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alice = json["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["user"] == USER)
+        .unwrap();
+    assert_eq!(
+        alice["shared"],
+        serde_json::json!([SHARED, "*@team.example.test"])
+    );
+    let out = run_mailgate(
+        &path,
+        &["doctor", &format!("{USER}\\{SHARED}"), "--json"],
+        "",
+        Some(PASSWORD),
+        &[],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(last_xoauth2_user(&imap), SHARED);
+}
+
+/// With `smtp = "graph"`, the delegate's message goes to
+/// `/users/{shared}/sendMail`, and the Graph token asks for
+/// Mail.Send.Shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegate_sends_as_the_shared_mailbox_through_graph() {
+    logs();
+    let env = Env::new().await;
+    let fake = FakeGraph::start(env.oauth.clone()).await;
+    env.seal_new_user_token();
+    env.oauth.delegate(USER, SHARED);
+    let text = env.config_for(
+        &[(Protocol::Smtp, "graph")],
+        "",
+        &format!("graph_url = \"{}\"", fake.url()),
+        &format!("shared = [\"{SHARED}\"]"),
+    );
+    let g = start(env.load(&text)).await;
+    let mut c = LineClient::connect(smtp_addr(&g)).await;
+    assert!(c.line().await.starts_with("220 "));
+    c.send("EHLO client.test\r\n").await;
+    while !c.line().await.starts_with("250 ") {}
+    c.send(format!(
+        "AUTH PLAIN {}\r\n",
+        b64(&format!("\0{USER}\\{SHARED}\0{PASSWORD}"))
+    ))
+    .await;
+    assert_eq!(c.line().await, "235 2.7.0 Authentication successful\r\n");
+    c.send(format!(
+        "MAIL FROM:<{SHARED}>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+    ))
+    .await;
+    assert!(c.line().await.starts_with("250"));
+    assert!(c.line().await.starts_with("250"));
+    assert!(c.line().await.starts_with("354"));
+    c.send(format!(
+        "From: {SHARED}\r\nTo: bob@example.test\r\nSubject: from info\r\n\r\nhi\r\n.\r\n"
+    ))
+    .await;
+    assert_eq!(c.line().await, "250 2.0.0 Accepted by Microsoft Graph\r\n");
+    let d = fake.deliveries();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].mailbox, SHARED);
+    let scope = env
+        .oauth
+        .access_scope(&env.oauth.last_access_token().unwrap())
+        .unwrap();
+    assert!(scope.contains("Mail.Send.Shared"), "{scope}");
+    drop(c);
+    g.shutdown().await;
+}
+
+/// Gmail has no IMAP delegation: `check` refuses `shared` there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_shared_on_gmail() {
+    let env = Env::new().await;
+    let text = env.config_for(
+        &[(Protocol::Imap, "imaps://127.0.0.1:9")],
+        "",
+        "preset = \"gmail\"",
+        &format!("shared = [\"{SHARED}\"]"),
+    );
+    let path = env.write_config(&text);
+    let out = run_mailgate(&path, &["check"], "", None, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("shared") && err.contains("Gmail"), "{err}");
+}
