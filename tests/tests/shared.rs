@@ -220,3 +220,98 @@ async fn check_refuses_shared_on_gmail() {
     assert!(!out.status.success());
     assert!(err.contains("shared") && err.contains("Gmail"), "{err}");
 }
+
+/// Real clients with the backslash login: Python's imaplib (which quotes
+/// and escapes it), poplib, and msmtp; a delegate without stored tokens is
+/// told to sign in first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_use_the_backslash_login() {
+    logs();
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Options::default()).await;
+    let pop3 = FakeServer::pop3(&env.ca, env.oauth.clone(), Default::default()).await;
+    let smtp = FakeServer::smtp(&env.ca, env.oauth.clone(), Default::default()).await;
+    env.seal_new_user_token();
+    env.oauth.delegate(USER, SHARED);
+    let text = format!(
+        "{}\n[[account]]\nuser = \"new@example.test\"\nprovider = \"test\"\nshared = [\"{SHARED}\"]\n",
+        env.config_for(
+            &[
+                (Protocol::Imap, &imap.url(false)),
+                (Protocol::Pop3, &pop3.url(false)),
+                (Protocol::Smtp, &smtp.url(false)),
+            ],
+            "",
+            "",
+            &format!("shared = [\"{SHARED}\"]"),
+        )
+    );
+    let g = start(env.load(&text)).await;
+    let login = format!("{USER}\\\\{SHARED}");
+    let script = format!(
+        r#"
+import imaplib, poplib
+i = imaplib.IMAP4("127.0.0.1", {imap})
+# imaplib quotes the password only: the user name is given quoted, its
+# backslash escaped (an atom cannot hold one).
+i.login('"{quoted}"', "{PASSWORD}")
+i.logout()
+p = poplib.POP3("127.0.0.1", {pop3})
+p.user("{login}")
+p.pass_("{PASSWORD}")
+p.quit()
+"#,
+        quoted = login.replace('\\', "\\\\"),
+        imap = imap_addr(&g).port(),
+        pop3 = mailgate_tests::harness::pop3_addr(&g).port(),
+    );
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(last_xoauth2_user(&imap), SHARED);
+    assert_eq!(last_xoauth2_user(&pop3), SHARED);
+
+    let message = env.path().join("m.eml");
+    std::fs::write(
+        &message,
+        format!("From: {SHARED}\r\nTo: bob@example.test\r\nSubject: s\r\n\r\nhi\r\n"),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new("msmtp")
+        .args([
+            "--host=127.0.0.1",
+            &format!("--port={}", smtp_addr(&g).port()),
+            "--tls=off",
+            "--auth=plain",
+        ])
+        .arg(format!("--user={USER}\\{SHARED}"))
+        .arg(format!("--passwordeval=echo {PASSWORD}"))
+        .arg(format!("--from={SHARED}"))
+        .arg("bob@example.test")
+        .stdin(std::fs::File::open(&message).unwrap())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(last_xoauth2_user(&smtp), USER);
+    assert!(
+        String::from_utf8_lossy(&smtp.messages()[0]).contains(&format!("From: {SHARED}")),
+        "relayed unchanged"
+    );
+
+    // A delegate that never signed in.
+    let r = imap_login(&g, &format!("new@example.test\\{SHARED}"), "whatever it is").await;
+    assert!(r.contains("has no stored authorisation yet"), "{r}");
+    g.shutdown().await;
+}
