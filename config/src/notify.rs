@@ -16,6 +16,10 @@ pub struct Notify {
     /// `webhook` or the contents of `webhook_file`: a JSON `POST` per event.
     /// A secret (its path or query often carries a token).
     pub webhook: Option<SecretString>,
+    /// `webhook_template`: the JSON body, with `{event}`, `{user}`,
+    /// `{reason}`, `{sign_in_url}` and `{text}` replaced by the event's
+    /// values (JSON-escaped); `None`: mailgate's own body.
+    pub webhook_template: Option<String>,
     /// `webhook_file`, when the URL came from one (for permission warnings).
     pub webhook_file: Option<PathBuf>,
     /// `keep_alive` (default 14 days; `"off"`: none): accounts whose key

@@ -33,6 +33,7 @@ pub(crate) struct RawNotify {
     pub admins: Option<Vec<String>>,
     pub webhook: Option<String>,
     pub webhook_file: Option<String>,
+    pub webhook_template: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

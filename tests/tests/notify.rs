@@ -159,6 +159,37 @@ async fn a_failing_command_is_reported_by_notify_test() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a notifier failed: command"), "{err}");
 
+    // A webhook template (Gotify's and ntfy's JSON): the event's values,
+    // escaped, in the administrator's shape.
+    let (h, url) = start_hook().await;
+    let templated = format!(
+        "{}\n[notify]\nwebhook = \"{url}\"\nwebhook_template = '{{\"title\": \"mailgate {{event}}\", \"message\": \"{{text}}\", \"priority\": 5}}'\n",
+        env.config_text("imap://127.0.0.1:9", "", "", ""),
+    );
+    let path = env.write_config(&templated);
+    let out = run_mailgate(&path, &["notify", "test", USER], "", None, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = h.got.lock().unwrap().clone();
+    assert_eq!(got[0]["title"], "mailgate test", "{got:?}");
+    assert_eq!(got[0]["priority"], 5);
+    assert!(
+        got[0]["message"].as_str().unwrap().contains(USER),
+        "{got:?}"
+    );
+    let bad = templated.replace("\"priority\": 5", "priority");
+    let path = env.write_config(&bad);
+    let out = run_mailgate(&path, &["check"], "", None, &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("notify.webhook_template"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A webhook URL in a file that every user can read: check says so
     // (the URL usually carries a token), without printing it.
     let hook = env.path().join("webhook.url");

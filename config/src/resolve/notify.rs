@@ -88,6 +88,22 @@ pub(super) fn notify(file: &Path, n: RawNotify, errs: &mut Errors<'_>) -> Notify
             DEFAULT_COMMAND_TIMEOUT,
         ),
         webhook,
+        webhook_template: n.webhook_template.and_then(|t| {
+            // Checked with every placeholder filled: it must be JSON.
+            let probe = ["{event}", "{user}", "{reason}", "{sign_in_url}", "{text}"]
+                .iter()
+                .fold(t.clone(), |acc, p| acc.replace(p, "x"));
+            match serde_json::from_str::<serde_json::Value>(&probe) {
+                Ok(_) => Some(t),
+                Err(e) => {
+                    errs.push(
+                        "notify.webhook_template",
+                        format!("is not JSON once its placeholders are filled in ({e}); write e.g. {{\"message\": \"{{text}}\", \"title\": \"mailgate\"}}"),
+                    );
+                    None
+                }
+            }
+        }),
         webhook_file,
         mail_from: n.mail_from.map(|m| m.trim().to_lowercase()),
         admins: n

@@ -35,6 +35,8 @@ pub struct Notifier {
     command: Option<Vec<std::path::PathBuf>>,
     timeout: Duration,
     webhook: Option<SecretString>,
+    /// The webhook's body, when not mailgate's own.
+    template: Option<String>,
     http: reqwest::Client,
     /// The portal's base URL, for sign-in links.
     portal: Option<url::Url>,
@@ -55,6 +57,7 @@ impl Notifier {
             timeout: n.command_timeout,
             http: http_client(config, n)?,
             webhook: n.webhook.clone(),
+            template: n.webhook_template.clone(),
             portal: config.portal.as_ref().map(|p| p.base_url(p.address)),
             mail: n.mail_from.clone().map(|f| (f, n.admins.clone())),
             ctx: None,
@@ -164,13 +167,17 @@ impl Notifier {
     }
 
     async fn post(&self, url: &SecretString, e: &Event) -> Result<(), String> {
-        let body = serde_json::json!({
-            "event": e.kind,
-            "user": e.user,
-            "reason": e.reason,
-            "sign_in_url": e.sign_in_url,
-            "text": text(e),
-        });
+        let body = match &self.template {
+            Some(t) => fill(t, e),
+            None => serde_json::json!({
+                "event": e.kind,
+                "user": e.user,
+                "reason": e.reason,
+                "sign_in_url": e.sign_in_url,
+                "text": text(e),
+            })
+            .to_string(),
+        };
         let mut last = String::new();
         for wait in std::iter::once(Duration::ZERO).chain(WEBHOOK_RETRIES) {
             tokio::time::sleep(wait).await;
@@ -197,6 +204,63 @@ impl Notifier {
             "{last} (tried {} times)",
             WEBHOOK_RETRIES.len() + 1
         ))
+    }
+}
+
+/// `template` with the event's values in place of its placeholders, each
+/// escaped as the inside of a JSON string (the template puts the quotes).
+fn fill(template: &str, e: &Event) -> String {
+    let escaped = |s: &str| {
+        let quoted = serde_json::Value::String(s.to_owned()).to_string();
+        quoted[1..quoted.len() - 1].to_owned()
+    };
+    let values = [
+        ("{event}", e.kind.to_owned()),
+        ("{user}", e.user.clone()),
+        ("{reason}", e.reason.clone()),
+        ("{sign_in_url}", e.sign_in_url.clone()),
+        ("{text}", text(e)),
+    ];
+    // One pass: a value that holds a placeholder's name stays as it is.
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        match values.iter().find(|(k, _)| rest.starts_with(k)) {
+            Some((k, v)) => {
+                out.push_str(&escaped(v));
+                rest = &rest[k.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_filled_once_and_stay_json() {
+        let e = Event {
+            kind: "needs_sign_in",
+            user: "a@x.test".into(),
+            reason: "said \"{user}\"\nnewline".into(),
+            sign_in_url: String::new(),
+        };
+        let body = fill(
+            r#"{"title": "mailgate {event}", "message": "{reason}"}"#,
+            &e,
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["title"], "mailgate needs_sign_in");
+        assert_eq!(v["message"], "said \"{user}\"\nnewline");
     }
 }
 
