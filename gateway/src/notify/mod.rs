@@ -242,28 +242,6 @@ fn fill(template: &str, e: &Event) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_are_filled_once_and_stay_json() {
-        let e = Event {
-            kind: "needs_sign_in",
-            user: "a@x.test".into(),
-            reason: "said \"{user}\"\nnewline".into(),
-            sign_in_url: String::new(),
-        };
-        let body = fill(
-            r#"{"title": "mailgate {event}", "message": "{reason}"}"#,
-            &e,
-        );
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        assert_eq!(v["title"], "mailgate needs_sign_in");
-        assert_eq!(v["message"], "said \"{user}\"\nnewline");
-    }
-}
-
 /// The webhook's client: no redirects, a timeout, through the gateway's
 /// outbound proxy unless `no_proxy` names the webhook's host.
 fn http_client(config: &Config, n: &Notify) -> anyhow::Result<reqwest::Client> {
@@ -322,5 +300,27 @@ pub async fn run(
                 warn!(event = e.kind, user = %e.user, error = %why, "account event not told")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_filled_once_and_stay_json() {
+        let e = Event {
+            kind: "needs_sign_in",
+            user: "a@x.test".into(),
+            reason: "said \"{user}\"\nnewline".into(),
+            sign_in_url: String::new(),
+        };
+        let body = fill(
+            r#"{"title": "mailgate {event}", "message": "{reason}"}"#,
+            &e,
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["title"], "mailgate needs_sign_in");
+        assert_eq!(v["message"], "said \"{user}\"\nnewline");
     }
 }
