@@ -72,9 +72,11 @@ async fn a_dead_token_is_told_once_to_the_command_and_the_webhook() {
     let told = env.path().join("told.txt");
     env.seal_new_user_token();
     let text = format!(
-        "{}\n[notify]\ncommand = [\"/bin/sh\", \"-c\", \"env | grep ^MAILGATE_ | sort >> {told}; echo ran\"]\nwebhook = \"{url}\"\n",
+        // The command fails its first run (it is tried again).
+        "{}\n[notify]\ncommand = [\"/bin/sh\", \"-c\", \"[ -f {flag} ] || {{ touch {flag}; exit 1; }}; env | grep ^MAILGATE_ | sort >> {told}; echo ran\"]\nwebhook = \"{url}\"\n",
         env.config_text(&imap.url(false), "metrics = \"127.0.0.1:0\"", "", ""),
-        told = told.display()
+        told = told.display(),
+        flag = env.path().join("failed-once").display()
     );
     let path = env.write_config(&text);
     let g = start(env.load(&text)).await;
@@ -91,6 +93,10 @@ async fn a_dead_token_is_told_once_to_the_command_and_the_webhook() {
     })
     .await;
     let lines = std::fs::read_to_string(&told).unwrap();
+    assert!(
+        env.path().join("failed-once").exists(),
+        "the command's first run failed; the event came with the retry"
+    );
     assert!(lines.contains("MAILGATE_EVENT=needs_sign_in"), "{lines}");
     assert!(lines.contains(&format!("MAILGATE_USER={USER}")), "{lines}");
     assert!(lines.contains("MAILGATE_REASON="), "{lines}");
@@ -157,7 +163,10 @@ async fn a_failing_command_is_reported_by_notify_test() {
     let out = run_mailgate(&path, &["notify", "test", USER], "", None, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("a notifier failed: command"), "{err}");
+    assert!(
+        err.contains("a notifier failed: command") && err.contains("tried 3 times"),
+        "{err}"
+    );
 
     // A webhook template (Gotify's and ntfy's JSON): the event's values,
     // escaped, in the administrator's shape.

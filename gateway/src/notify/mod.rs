@@ -26,7 +26,8 @@ use tracing::{info, warn};
 /// The longest output of the command kept for the log.
 const MAX_OUTPUT: usize = 4096;
 
-/// Tries of a webhook, and the wait before each retry.
+/// The waits before each retry of a notifier (the webhook's, the command's,
+/// the mail's).
 const WEBHOOK_RETRIES: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(8)];
 
 /// The configured notifiers.
@@ -88,7 +89,7 @@ impl Notifier {
     pub async fn tell(&self, event: &Event) -> Result<(), String> {
         let mut failed = Vec::new();
         if let Some(c) = &self.command
-            && let Err(e) = self.run(c, event).await
+            && let Err(e) = retried("command", || self.run(c, event)).await
         {
             failed.push(format!("command: {e}"));
         }
@@ -99,7 +100,7 @@ impl Notifier {
         }
         if let Some((from, admins)) = &self.mail {
             let sent = match &self.ctx {
-                Some(ctx) => mail::send(ctx, from, admins, event).await,
+                Some(ctx) => retried("mail", || mail::send(ctx, from, admins, event)).await,
                 None => Err("no gateway to send it from".into()),
             };
             match sent {
@@ -205,6 +206,31 @@ impl Notifier {
             WEBHOOK_RETRIES.len() + 1
         ))
     }
+}
+
+/// Runs `attempt` until it succeeds, at most [`WEBHOOK_RETRIES`] more
+/// times with those waits (a command or a mail server that fails now may
+/// not a few seconds later); the last error.
+async fn retried<F, Fut>(what: &str, attempt: F) -> Result<(), String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut last = String::new();
+    for wait in std::iter::once(Duration::ZERO).chain(WEBHOOK_RETRIES) {
+        tokio::time::sleep(wait).await;
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                warn!(notifier = what, error = %e, "a notifier failed; trying again");
+                last = e;
+            }
+        }
+    }
+    Err(format!(
+        "{last} (tried {} times)",
+        WEBHOOK_RETRIES.len() + 1
+    ))
 }
 
 /// `template` with the event's values in place of its placeholders, each
