@@ -189,6 +189,41 @@ async fn a_mail_token_is_not_a_graph_token() {
     assert_eq!(fake.recipients(), vec!["bob@example.test"]);
 }
 
+/// An upload URL carries its own token (`authtoken=`): when it cannot be
+/// reached, the error (which the log shows) does not repeat it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_urls_token_never_reaches_an_error() {
+    let env = Env::new().await;
+    let fake = FakeGraph::start(env.oauth.clone()).await;
+    let token = SecretString::from(env.oauth.issue_access_token(USER));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    fake.set_upload_host(Some(&dead));
+    let mut message = format!(
+        "From: {USER}\r\nTo: bob@example.test\r\nSubject: big\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream; name=x.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    );
+    let line = "A".repeat(76);
+    for _ in 0..60_000 {
+        message.push_str(&line);
+        message.push_str("\r\n");
+    }
+    message.push_str("--b--\r\n");
+    let draft = mailgate_proto::draft::draft(message.as_bytes()).unwrap();
+    assert!(draft.attachments[0].content.len() > 3_000_000);
+    let e = graph(&fake, Duration::from_secs(10))
+        .send_draft(USER, &token, &draft)
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, GraphError::Unreachable(_)), "{text}");
+    assert!(
+        !text.contains("authtoken") && !text.contains("/upload/"),
+        "{text}"
+    );
+    assert_eq!(fake.upload_counts().2, 0, "the draft was deleted");
+}
+
 /// An SMTP client's session through a gateway with `smtp = "graph"`: AUTH
 /// with the local password, then a message whose envelope differs from its
 /// headers.

@@ -67,7 +67,11 @@ impl Graph {
             Err(_) => return Err(GraphError::Timeout),
             Ok(Err(e)) if e.is_timeout() => return Err(GraphError::Timeout),
             Ok(Err(e)) => {
-                return Err(GraphError::Unreachable(crate::accounts::oauth::chain(&e)));
+                // Without the URL: an upload session's carries its own
+                // token (`authtoken=`), which must not reach a log line.
+                return Err(GraphError::Unreachable(crate::accounts::oauth::chain(
+                    &e.without_url(),
+                )));
             }
             Ok(Ok(r)) => r,
         };

@@ -348,6 +348,7 @@ pub(super) async fn create_upload_session(
         return bad("RequestBodyRead", "No Host header.");
     };
     let mut i = inner.lock().unwrap();
+    let host = i.upload_host.clone().unwrap_or_else(|| host.to_owned());
     let session = i.drafts.id("us");
     i.drafts.sessions_opened += 1;
     i.drafts.uploads.insert(

@@ -71,6 +71,8 @@ struct Inner {
     deliveries: Vec<Delivery>,
     requests: usize,
     drafts: drafts::Drafts,
+    /// Where upload URLs point instead of this server (host:port).
+    upload_host: Option<String>,
 }
 
 /// A running fake Graph.
@@ -88,6 +90,7 @@ impl FakeGraph {
             deliveries: Vec::new(),
             requests: 0,
             drafts: drafts::Drafts::default(),
+            upload_host: None,
         }));
         let app = Router::new()
             .route("/v1.0/users/{mailbox}/sendMail", post(send_mail))
@@ -144,6 +147,11 @@ impl FakeGraph {
     /// `sendMail` requests received.
     pub fn requests(&self) -> usize {
         self.inner.lock().unwrap().requests
+    }
+
+    /// Makes upload URLs point at `host` (e.g. a closed port).
+    pub fn set_upload_host(&self, host: Option<&str>) {
+        self.inner.lock().unwrap().upload_host = host.map(str::to_owned);
     }
 
     /// Upload sessions opened, upload `PUT`s received, drafts not sent
