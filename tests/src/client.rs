@@ -61,6 +61,24 @@ impl LineClient {
         Self::greeted_with(addr, "* OK").await
     }
 
+    /// An SMTP session on `addr`: the greeting, `EHLO`, then `AUTH PLAIN`
+    /// as `login` with `password`; the client and the reply to AUTH.
+    pub async fn smtp_auth_plain(
+        addr: SocketAddr,
+        login: &str,
+        password: &str,
+    ) -> (LineClient, String) {
+        use base64::Engine as _;
+        let mut c = Self::greeted_with(addr, "220 ").await;
+        c.send("EHLO client.test\r\n").await;
+        while !c.line().await.starts_with("250 ") {}
+        let plain =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{login}\0{password}"));
+        c.send(format!("AUTH PLAIN {plain}\r\n")).await;
+        let reply = c.line().await;
+        (c, reply)
+    }
+
     /// Connects and reads a greeting that must start with `prefix`.
     pub async fn greeted_with(addr: SocketAddr, prefix: &str) -> LineClient {
         let mut c = LineClient::connect(addr).await;

@@ -275,6 +275,19 @@ pub fn run_mailgate(
     child.wait_with_output().unwrap()
 }
 
+/// The gateway's `/metrics` page (its `metrics` listener must be on).
+pub async fn metrics(g: &mailgate::Gateway) -> String {
+    let addr = g
+        .metrics_address()
+        .expect("metrics = \"127.0.0.1:0\" in [gateway]");
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Installs a test log subscriber once (RUST_LOG controls it).
 pub fn logs() {
     mailgate::observe::logging::init_for_tests();

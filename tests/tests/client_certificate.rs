@@ -354,12 +354,7 @@ async fn an_expiring_certificate_is_told_and_measured() {
         "{lines}"
     );
     assert!(lines.contains("MAILGATE_REASON=provider test:"), "{lines}");
-    let m = reqwest::get(format!("http://{}/metrics", g.metrics_address().unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = mailgate_tests::harness::metrics(&g).await;
     assert!(
         m.contains("mailgate_accounts{state=\"credential_expiring\"} 1"),
         "{m}"

@@ -234,22 +234,9 @@ mod end_to_end {
     use mailgate_tests::fake::FakeServer;
     use mailgate_tests::harness::{PASSWORD, logs, smtp_addr, start};
 
-    fn b64(s: &str) -> String {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(s)
-    }
-
     async fn logged_in(g: &mailgate::Gateway) -> LineClient {
-        let mut c = LineClient::connect(smtp_addr(g)).await;
-        assert!(c.line().await.starts_with("220 "));
-        c.send("EHLO client.test\r\n").await;
-        while !c.line().await.starts_with("250 ") {}
-        c.send(format!(
-            "AUTH PLAIN {}\r\n",
-            b64(&format!("\0{USER}\0{PASSWORD}"))
-        ))
-        .await;
-        assert_eq!(c.line().await, "235 2.7.0 Authentication successful\r\n");
+        let (c, reply) = LineClient::smtp_auth_plain(smtp_addr(g), USER, PASSWORD).await;
+        assert_eq!(reply, "235 2.7.0 Authentication successful\r\n");
         c
     }
 
@@ -336,12 +323,7 @@ mod end_to_end {
         // The account metrics are recounted a second after an event.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let metrics = loop {
-            let m = reqwest::get(format!("http://{}/metrics", g.metrics_address().unwrap()))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = mailgate_tests::harness::metrics(&g).await;
             if m.contains("mailgate_accounts{state=\"throttled\"} 1")
                 || std::time::Instant::now() > deadline
             {
@@ -748,12 +730,7 @@ s.quit()
         assert_eq!(sessions, 3, "one upload session per message");
         assert!(puts >= 12, "15 MB in chunks under 4 MB: {puts} PUTs");
         assert_eq!(open, 0, "no draft left behind");
-        let metrics = reqwest::get(format!("http://{}/metrics", g.metrics_address().unwrap()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = mailgate_tests::harness::metrics(&g).await;
         assert!(
             metrics.contains("mailgate_graph_upload_sessions_total 3"),
             "{metrics}"
@@ -830,16 +807,7 @@ s.quit()
         let path = env.write_config(&text);
         let g = start(env.load(&text)).await;
         env.oauth.set_unconsented(Some("graph.microsoft.com"));
-        let mut c = LineClient::connect(smtp_addr(&g)).await;
-        assert!(c.line().await.starts_with("220 "));
-        c.send("EHLO client.test\r\n").await;
-        while !c.line().await.starts_with("250 ") {}
-        c.send(format!(
-            "AUTH PLAIN {}\r\n",
-            b64(&format!("\0{USER}\0{PASSWORD}"))
-        ))
-        .await;
-        let r = c.line().await;
+        let (c, r) = LineClient::smtp_auth_plain(smtp_addr(&g), USER, PASSWORD).await;
         assert!(
             r.starts_with("535 ")
                 && r.contains("does not allow sending through Microsoft Graph; authorise it again"),

@@ -18,10 +18,6 @@ use mailgate_tests::imap_server::Options;
 
 const SHARED: &str = "info@example.test";
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
 /// The `user=` of the last XOAUTH2 the server received.
 fn last_xoauth2_user(server: &FakeServer) -> String {
     let lines = server.auth_lines();
@@ -103,16 +99,9 @@ async fn a_delegate_opens_a_shared_mailbox_and_strangers_are_told_why_not() {
 
     // SMTP: alice logs in as herself; MAIL FROM the shared address goes
     // upstream unchanged (the provider checks Send As).
-    let mut c = LineClient::connect(smtp_addr(&g)).await;
-    assert!(c.line().await.starts_with("220 "));
-    c.send("EHLO client.test\r\n").await;
-    while !c.line().await.starts_with("250 ") {}
-    c.send(format!(
-        "AUTH PLAIN {}\r\n",
-        b64(&format!("\0{USER}\\{SHARED}\0{PASSWORD}"))
-    ))
-    .await;
-    assert_eq!(c.line().await, "235 2.7.0 Authentication successful\r\n");
+    let (mut c, reply) =
+        LineClient::smtp_auth_plain(smtp_addr(&g), &format!("{USER}\\{SHARED}"), PASSWORD).await;
+    assert_eq!(reply, "235 2.7.0 Authentication successful\r\n");
     assert_eq!(last_xoauth2_user(&smtp), USER);
     c.send(format!("MAIL FROM:<{SHARED}>\r\n")).await;
     assert!(c.line().await.starts_with("250"));
@@ -170,16 +159,9 @@ async fn a_delegate_sends_as_the_shared_mailbox_through_graph() {
         &format!("shared = [\"{SHARED}\"]"),
     );
     let g = start(env.load(&text)).await;
-    let mut c = LineClient::connect(smtp_addr(&g)).await;
-    assert!(c.line().await.starts_with("220 "));
-    c.send("EHLO client.test\r\n").await;
-    while !c.line().await.starts_with("250 ") {}
-    c.send(format!(
-        "AUTH PLAIN {}\r\n",
-        b64(&format!("\0{USER}\\{SHARED}\0{PASSWORD}"))
-    ))
-    .await;
-    assert_eq!(c.line().await, "235 2.7.0 Authentication successful\r\n");
+    let (mut c, reply) =
+        LineClient::smtp_auth_plain(smtp_addr(&g), &format!("{USER}\\{SHARED}"), PASSWORD).await;
+    assert_eq!(reply, "235 2.7.0 Authentication successful\r\n");
     c.send(format!(
         "MAIL FROM:<{SHARED}>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
     ))
