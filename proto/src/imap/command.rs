@@ -84,9 +84,11 @@ fn command(i: &[u8]) -> NomResult<'_, Command> {
 }
 
 /// `login = "LOGIN" SP userid SP password`, `userid = astring`,
-/// `password = astring`.
+/// `password = astring`; leniently, an unquoted userid may hold a
+/// backslash, as the shared-mailbox login `DELEGATE\SHARED` sent by
+/// clients that do not quote the user name (Python's imaplib) does.
 fn login_args(i: &[u8]) -> NomResult<'_, CommandBody> {
-    let (i, user) = preceded(tag(" "), astring).parse(i)?;
+    let (i, user) = preceded(tag(" "), userid).parse(i)?;
     let (i, pass) = preceded(tag(" "), astring).parse(i)?;
     let username = String::from_utf8(user).map_err(|_| fail(i))?;
     let password = String::from_utf8(pass).map_err(|_| fail(i))?;
@@ -167,6 +169,19 @@ pub(crate) fn atom(i: &[u8]) -> NomResult<'_, String> {
 /// `astring = 1*ASTRING-CHAR / string`
 fn astring(i: &[u8]) -> NomResult<'_, Vec<u8>> {
     alt((string, map(take_while1(is_astring_char), <[u8]>::to_vec))).parse(i)
+}
+
+/// `userid = astring`, with `\\` also taken in the unquoted form (see
+/// [`login_args`]).
+fn userid(i: &[u8]) -> NomResult<'_, Vec<u8>> {
+    alt((
+        string,
+        map(
+            take_while1(|b| is_astring_char(b) || b == b'\\'),
+            <[u8]>::to_vec,
+        ),
+    ))
+    .parse(i)
 }
 
 /// `nstring = string / nil`
@@ -306,6 +321,19 @@ mod tests {
             ),
             (b"t LOGIN alice {0}\r\n\r\n", "t", "alice", ""),
             (b"t LOGIN a]b pass]\r\n", "t", "a]b", "pass]"),
+            // The shared-mailbox login, unquoted (imaplib) and quoted.
+            (
+                b"t LOGIN carine@x.test\\info@x.test \"pw\"\r\n",
+                "t",
+                "carine@x.test\\info@x.test",
+                "pw",
+            ),
+            (
+                b"t LOGIN \"carine@x.test\\\\info@x.test\" pw\r\n",
+                "t",
+                "carine@x.test\\info@x.test",
+                "pw",
+            ),
             (
                 "t LOGIN \"j\u{f6}rg\" \"p\u{e4}ss\"\r\n".as_bytes(),
                 "t",
