@@ -136,19 +136,27 @@ impl Dovecot {
             submissions_port,
         ] = [(); 6].map(|_| free_port());
         let d = dir.display();
-        std::fs::write(
-            dir.join("oauth2.conf"),
-            format!(
-                "introspection_mode = post\n\
-                 introspection_url = {}\n\
-                 force_introspection = yes\n\
-                 username_attribute = username\n\
-                 active_attribute = active\n\
-                 active_value = true\n",
-                oauth.introspect_url()
-            ),
-        )
-        .unwrap();
+        // The second passdb opens a shared mailbox with a delegate's token:
+        // the introspection's `shared` attribute must name the mailbox in
+        // the XOAUTH2 `user=` (a master-user style rule).
+        for (file, attribute) in [
+            ("oauth2.conf", "username"),
+            ("oauth2-shared.conf", "shared"),
+        ] {
+            std::fs::write(
+                dir.join(file),
+                format!(
+                    "introspection_mode = post\n\
+                     introspection_url = {}\n\
+                     force_introspection = yes\n\
+                     username_attribute = {attribute}\n\
+                     active_attribute = active\n\
+                     active_value = true\n",
+                    oauth.introspect_url()
+                ),
+            )
+            .unwrap();
+        }
         let conf = format!(
             r#"base_dir = {d}/run
 state_dir = {d}/state
@@ -176,6 +184,11 @@ passdb {{
   driver = oauth2
   mechanisms = xoauth2 oauthbearer
   args = {d}/oauth2.conf
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {d}/oauth2-shared.conf
 }}
 userdb {{
   driver = static

@@ -1010,6 +1010,10 @@ async fn devicecode(
 }
 
 /// RFC 7662 token introspection, as Dovecot's oauth2 passdb asks it.
+/// Besides `username`, the answer names in `shared` the mailbox delegated
+/// to the token's owner (the first one in the delegation table; empty when
+/// none): Dovecot cannot tell the introspection which mailbox the client
+/// asked for, so its second oauth2 passdb compares `shared` with it.
 async fn introspect(
     State(s): State<Arc<Shared>>,
     Form(form): Form<HashMap<String, String>>,
@@ -1022,7 +1026,15 @@ async fn introspect(
         .get(&token)
         .filter(|(_, exp)| *exp > Instant::now())
     {
-        Some((user, _)) => Json(json!({"active": true, "username": user})).into_response(),
+        Some((user, _)) => {
+            let shared = inner
+                .delegations
+                .iter()
+                .find(|(d, _)| d.eq_ignore_ascii_case(user))
+                .map(|(_, s)| s.as_str())
+                .unwrap_or("");
+            Json(json!({"active": true, "username": user, "shared": shared})).into_response()
+        }
         None => Json(json!({"active": false})).into_response(),
     }
 }

@@ -250,3 +250,135 @@ async fn smtp_to_pop3_and_imap_through_dovecot() {
         g.shutdown().await;
     }
 }
+
+/// Shared mailboxes against a real server: alice's token opens info@ in
+/// Dovecot (its second oauth2 passdb takes a token for the mailbox that
+/// the introspection names as delegated to its owner). A message sent over
+/// SMTP as alice with MAIL FROM info@ to info@ is read back from info@'s
+/// own mailbox over IMAP and POP3, and not from alice's; a mailbox the
+/// configuration allows but nobody delegated is refused by Dovecot, and
+/// the client is told which right is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegate_opens_a_shared_mailbox_in_dovecot() {
+    const SHARED: &str = "info@example.test";
+    logs();
+    let env = Env::new().await;
+    let sink = RelaySink::start(Dovecot::config_path(env.path())).await;
+    let dv = Dovecot::start(env.path(), &env.ca, &env.oauth, sink.port);
+    env.seal_new_user_token();
+    env.oauth.delegate(USER, SHARED);
+    let text = env.config_for(
+        &[
+            (
+                Protocol::Smtp,
+                &format!("smtps://127.0.0.1:{}", dv.submissions_port),
+            ),
+            (
+                Protocol::Pop3,
+                &format!("pop3s://127.0.0.1:{}", dv.pop3s_port),
+            ),
+            (
+                Protocol::Imap,
+                &format!("imaps://127.0.0.1:{}", dv.imaps_port),
+            ),
+        ],
+        "",
+        "",
+        &format!("shared = [\"{SHARED}\", \"sales@example.test\"]"),
+    );
+    let g = start(env.load(&text)).await;
+    let login = format!("{USER}\\{SHARED}");
+
+    // SMTP: alice logs in as herself and sends as info@, to info@.
+    let (mut c, reply) = LineClient::smtp_auth_plain(smtp_addr(&g), &login, PASSWORD).await;
+    assert_eq!(
+        reply,
+        "235 2.7.0 Authentication successful\r\n",
+        "log:\n{}",
+        dv.log()
+    );
+    c.send(format!(
+        "MAIL FROM:<{SHARED}>\r\nRCPT TO:<{SHARED}>\r\nDATA\r\n"
+    ))
+    .await;
+    for _ in 0..2 {
+        let r = c.line().await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(c.line().await.starts_with("354"));
+    c.send(format!(
+        "From: {SHARED}\r\nTo: {SHARED}\r\nSubject: for the team\r\n\r\nShared.\r\n.\r\n"
+    ))
+    .await;
+    let r = c.line().await;
+    assert!(r.starts_with("250"), "{r}\nlog:\n{}", dv.log());
+    c.send("QUIT\r\n").await;
+    c.line().await;
+
+    // IMAP as alice\info: info@'s INBOX holds the message.
+    let imap_login = |login: &str| {
+        format!(
+            "a LOGIN \"{}\" \"{PASSWORD}\"\r\n",
+            login.replace('\\', "\\\\")
+        )
+    };
+    let mut i = LineClient::greeted(imap_addr(&g)).await;
+    i.send(imap_login(&login)).await;
+    let r = i.response_text("a").await;
+    assert!(r.contains("a OK"), "{r}\nlog:\n{}", dv.log());
+    i.send("s SELECT INBOX\r\n").await;
+    let r = i.response_text("s").await;
+    assert!(r.contains("* 1 EXISTS"), "{r}");
+    i.send("f FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)]\r\n")
+        .await;
+    let r = i.response_text("f").await;
+    assert!(r.contains("Subject: for the team"), "{r}");
+    i.send("z LOGOUT\r\n").await;
+    i.response_text("z").await;
+
+    // POP3 as alice\info, as fetchmail would.
+    let mut p = LineClient::greeted_with(pop3_addr(&g), "+OK").await;
+    p.send(format!("USER {login}\r\nPASS {PASSWORD}\r\n")).await;
+    assert!(p.line().await.starts_with("+OK"));
+    let r = p.line().await;
+    assert_eq!(r, "+OK Logged in\r\n", "log:\n{}", dv.log());
+    p.send("RETR 1\r\n").await;
+    assert!(p.line().await.starts_with("+OK"));
+    let mut retr = String::new();
+    loop {
+        let l = p.line().await;
+        if l == ".\r\n" {
+            break;
+        }
+        retr.push_str(&l);
+    }
+    assert!(retr.contains("Subject: for the team"), "{retr}");
+    p.send("QUIT\r\n").await;
+    p.line().await;
+
+    // alice's own mailbox is another one: empty.
+    let mut i = LineClient::greeted(imap_addr(&g)).await;
+    i.send(imap_login(USER)).await;
+    assert!(i.response_text("a").await.contains("a OK"));
+    i.send("s SELECT INBOX\r\n").await;
+    let r = i.response_text("s").await;
+    assert!(r.contains("* 0 EXISTS"), "{r}");
+    drop(i);
+
+    // Allowed by the configuration, but nobody delegated sales@ to alice:
+    // Dovecot refuses, and the client learns the missing right.
+    let mut i = LineClient::greeted(imap_addr(&g)).await;
+    i.send(imap_login(&format!("{USER}\\sales@example.test")))
+        .await;
+    let r = i.response_text("a").await;
+    assert!(
+        r.contains("a NO") && r.contains("has no access to sales@example.test"),
+        "{r}"
+    );
+    let log = dv.log();
+    assert!(
+        log.contains(SHARED),
+        "Dovecot's log names no login as {SHARED}:\n{log}"
+    );
+    g.shutdown().await;
+}
