@@ -365,6 +365,8 @@ async fn a_delegate_opens_a_shared_mailbox_in_dovecot() {
     assert!(r.contains("* 0 EXISTS"), "{r}");
     drop(i);
 
+    real_clients_read_the_shared_mailbox(&env, &g, &login).await;
+
     // Allowed by the configuration, but nobody delegated sales@ to alice:
     // Dovecot refuses, and the client learns the missing right.
     let mut i = LineClient::greeted(imap_addr(&g)).await;
@@ -381,4 +383,104 @@ async fn a_delegate_opens_a_shared_mailbox_in_dovecot() {
         "Dovecot's log names no login as {SHARED}:\n{log}"
     );
     g.shutdown().await;
+}
+
+/// Runs `program` with `args` (HOME in the test's directory) and returns
+/// its output; fails the test when it exits unsuccessfully.
+async fn run_client(env: &Env, program: &str, args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(program)
+            .args(args)
+            .env("HOME", env.path())
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{program} did not finish within 60 s"))
+    .unwrap_or_else(|e| panic!("{program} did not start: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} failed: {text}");
+    text
+}
+
+/// fetchmail over POP3 and over IMAP, and mbsync, log in as
+/// `DELEGATE\SHARED` and fetch the shared mailbox's message.
+async fn real_clients_read_the_shared_mailbox(env: &Env, g: &mailgate::Gateway, login: &str) {
+    let dir = env.path();
+    // fetchmail's run control file: the backslash is escaped in its quoted
+    // string; it must be private to its owner.
+    let rc = dir.join("fetchmailrc");
+    let mut polls = String::from("set no syslog\n");
+    for (protocol, port) in [("POP3", pop3_addr(g).port()), ("IMAP", imap_addr(g).port())] {
+        let out = dir.join(format!("fetched-{protocol}.mbox"));
+        polls.push_str(&format!(
+            "poll 127.0.0.1 service {port} protocol {protocol} auth password\n  \
+             user \"{user}\" password \"{PASSWORD}\" is root here\n  \
+             sslproto '' keep fetchall mda \"/bin/sh -c 'cat >> {out}'\"\n",
+            user = login.replace('\\', "\\\\"),
+            out = out.display(),
+        ));
+    }
+    std::fs::write(&rc, polls).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let idfile = dir.join("fetchids");
+    let rc_path = rc.display().to_string();
+    let id_path = idfile.display().to_string();
+    run_client(
+        env,
+        "fetchmail",
+        &["-N", "-v", "-f", &rc_path, "--idfile", &id_path],
+    )
+    .await;
+    for protocol in ["POP3", "IMAP"] {
+        let got = std::fs::read_to_string(dir.join(format!("fetched-{protocol}.mbox")))
+            .unwrap_or_default();
+        assert!(
+            got.contains("Subject: for the team"),
+            "fetchmail over {protocol} fetched: {got:?}"
+        );
+    }
+
+    // mbsync pulls the shared INBOX into a local Maildir.
+    let maildir = dir.join("mbsync-mail");
+    std::fs::create_dir_all(&maildir).unwrap();
+    let conf = dir.join("mbsyncrc");
+    std::fs::write(
+        &conf,
+        format!(
+            "IMAPAccount shared\nHost 127.0.0.1\nPort {port}\nUser \"{user}\"\n\
+             Pass \"{PASSWORD}\"\nSSLType None\nAuthMechs LOGIN\n\n\
+             IMAPStore shared-remote\nAccount shared\n\n\
+             MaildirStore local\nPath {md}/\nInbox {md}/INBOX\n\n\
+             Channel shared\nFar :shared-remote:\nNear :local:\n\
+             Patterns INBOX\nCreate Near\nSync Pull\nSyncState *\n",
+            port = imap_addr(g).port(),
+            user = login.replace('\\', "\\\\"),
+            md = maildir.display(),
+        ),
+    )
+    .unwrap();
+    let conf_path = conf.display().to_string();
+    run_client(env, "mbsync", &["-c", &conf_path, "shared"]).await;
+    let mut found = false;
+    for sub in ["new", "cur"] {
+        for entry in std::fs::read_dir(maildir.join("INBOX").join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            found |= text.contains("Subject: for the team");
+        }
+    }
+    assert!(found, "mbsync did not fetch the shared mailbox's message");
 }
