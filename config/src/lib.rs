@@ -24,6 +24,7 @@ mod proxy;
 mod queries;
 mod raw;
 mod resolve;
+mod store;
 
 pub use certificate::{AssertionAlg, ClientCertificate, EXPIRY_WARNING};
 pub(crate) use choice::Choice;
@@ -33,6 +34,7 @@ pub use load::{ENV_CONFIG, load, load_with_env, locate};
 pub use notify::{DEFAULT_COMMAND_TIMEOUT, Notify};
 pub use portal::Portal;
 pub use proxy::{NoProxy, Proxy, ProxyKind};
+pub use store::{DEFAULT_WAIT_TIMEOUT, Redis, Sentinels, Store};
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -168,21 +170,6 @@ impl Listener {
     pub fn local_only(&self) -> bool {
         self.address.ip().is_loopback() && !self.proxy_protocol
     }
-}
-
-/// `[store]` (SPEC §9).
-#[derive(Debug, Clone)]
-pub enum Store {
-    /// Files under `state_dir/tokens` (the default).
-    File,
-    /// A Redis (or Valkey) server shared by several gateways.
-    Redis {
-        /// `redis://` or `rediss://`, with a password or ACL user in it
-        /// when needed (from `url` or `url_file`).
-        url: SecretString,
-        /// Prepended to every key.
-        prefix: String,
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

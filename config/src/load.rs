@@ -134,12 +134,22 @@ fn secret_files(path: &Path, table: &toml::Table) -> Vec<(String, PathBuf)> {
     if store.is_some_and(|s| s.get("url").is_some()) {
         out.push(("store.url".into(), path.to_path_buf()));
     }
-    if let Some(f) = store
-        .and_then(|s| s.get("url_file"))
-        .and_then(toml::Value::as_str)
-    {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        out.push(("store.url_file".into(), dir.join(f)));
+    for key in ["url_file", "sentinels_file"] {
+        if let Some(f) = store.and_then(|s| s.get(key)).and_then(toml::Value::as_str) {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            out.push((format!("store.{key}"), dir.join(f)));
+        }
+    }
+    let sentinel_password = store
+        .and_then(|s| s.get("sentinels"))
+        .and_then(toml::Value::as_array)
+        .is_some_and(|l| {
+            l.iter()
+                .filter_map(toml::Value::as_str)
+                .any(|u| u.contains('@'))
+        });
+    if sentinel_password {
+        out.push(("store.sentinels".into(), path.to_path_buf()));
     }
     out
 }

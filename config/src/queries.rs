@@ -147,17 +147,43 @@ impl Config {
                     self.gateway.state_dir.join("tokens").display()
                 );
             }
-            Store::Redis { url, prefix } => {
+            Store::Redis(r) => {
                 use secrecy::ExposeSecret as _;
-                let shown = url::Url::parse(url.expose_secret())
-                    .map(|mut u| {
-                        if u.password().is_some() {
-                            let _ = u.set_password(Some("****"));
-                        }
-                        u.to_string()
-                    })
-                    .unwrap_or_default();
-                let _ = writeln!(s, "store: redis {shown} prefix {prefix:?}");
+                let hide = |url: &str| {
+                    url::Url::parse(url)
+                        .map(|mut u| {
+                            if u.password().is_some() {
+                                let _ = u.set_password(Some("****"));
+                            }
+                            u.to_string()
+                        })
+                        .unwrap_or_default()
+                };
+                let prefix = &r.prefix;
+                match &r.sentinels {
+                    None => {
+                        let shown = hide(r.url.expose_secret());
+                        let _ = writeln!(s, "store: redis {shown} prefix {prefix:?}");
+                    }
+                    Some(sn) => {
+                        let listed: Vec<String> =
+                            sn.urls.iter().map(|u| hide(u.expose_secret())).collect();
+                        let _ = writeln!(
+                            s,
+                            "store: redis, the primary of {:?} named by sentinels {} prefix {prefix:?}",
+                            sn.service,
+                            listed.join(", ")
+                        );
+                    }
+                }
+                if r.wait_replicas > 0 {
+                    let _ = writeln!(
+                        s,
+                        "  rotated tokens wait for {} replica(s), at most {}",
+                        r.wait_replicas,
+                        humantime::format_duration(r.wait_timeout)
+                    );
+                }
             }
         }
         if let Some(p) = &self.portal {

@@ -43,6 +43,11 @@ pub(crate) struct RawStore {
     pub url: Option<String>,
     pub url_file: Option<String>,
     pub prefix: Option<String>,
+    pub sentinels: Option<Vec<String>>,
+    pub sentinels_file: Option<String>,
+    pub service: Option<String>,
+    pub wait_replicas: Option<u64>,
+    pub wait_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

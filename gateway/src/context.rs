@@ -39,6 +39,7 @@ impl Context {
         let oauth =
             OAuth::new(config.gateway.upstream_timeout).context("building the HTTP client")?;
         let metrics = Arc::new(crate::observe::metrics::Metrics::new());
+        metrics.store.watch(stores.0.clone());
         Ok(Context {
             config: std::sync::RwLock::new(config.clone()),
             metrics: metrics.clone(),

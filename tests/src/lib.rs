@@ -37,5 +37,6 @@ pub mod proxies;
 pub mod redis;
 pub mod relay_sink;
 pub mod rsa;
+pub mod sentinel;
 pub mod service_account;
 pub mod smtp_server;

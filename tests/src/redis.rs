@@ -162,6 +162,14 @@ impl Redis {
         }
     }
 
+    /// Kills the server with SIGKILL: what it had not handed on is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Starts it again on the same port, with the data it had.
     pub async fn restart(&mut self) {
         self.stop();

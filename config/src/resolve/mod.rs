@@ -25,17 +25,19 @@ mod credentials;
 mod notify;
 mod provider;
 mod sections;
+mod store;
 
 use accounts::accounts;
 use credentials::{client_certificate, service_account_key};
 pub(crate) use provider::is_guid;
 use provider::providers;
-use sections::{gateway, listeners, portal, store};
+use sections::{gateway, listeners, portal};
+use store::store;
 
 use crate::{
     Account, AssertionAlg, Choice, Config, ConfigError, ConfigErrors, Flow, Gateway, Listener,
-    LogFormat, Portal, Preset, Protocol, Provider, ServiceAccount, Store, TlsMode, Upstream,
-    UpstreamSecurity, UserPattern, relative_to,
+    LogFormat, Portal, Preset, Protocol, Provider, Redis, Sentinels, ServiceAccount, Store,
+    TlsMode, Upstream, UpstreamSecurity, UserPattern, relative_to,
 };
 
 struct Errors<'a> {

@@ -1,5 +1,5 @@
 //! The sections that are not providers or accounts: `[gateway]`,
-//! `[[listener]]`, `[store]` and `[portal]`.
+//! `[[listener]]` and `[portal]` (`[store]` is in [`super::store`]).
 
 use super::*;
 
@@ -210,81 +210,6 @@ pub(super) fn listeners(
         });
     }
     out
-}
-
-pub(super) fn store(file: &Path, s: RawStore, errs: &mut Errors<'_>) -> Store {
-    let backend = s.backend.as_deref().map(str::trim).unwrap_or("file");
-    if backend.eq_ignore_ascii_case("file") {
-        for (k, v) in [
-            ("url", &s.url),
-            ("url_file", &s.url_file),
-            ("prefix", &s.prefix),
-        ] {
-            if v.is_some() {
-                errs.push(
-                    format!("store.{k}"),
-                    "is only used with backend = \"redis\"",
-                );
-            }
-        }
-        return Store::File;
-    }
-    if !backend.eq_ignore_ascii_case("redis") {
-        errs.push(
-            "store.backend",
-            format!("`{backend}` is not one of: file, redis"),
-        );
-        return Store::File;
-    }
-    let url = match (s.url, s.url_file) {
-        (Some(_), Some(_)) => {
-            errs.push("store.url", "set url or url_file, not both");
-            None
-        }
-        (Some(u), None) => Some(u),
-        (None, Some(f)) => {
-            let path = relative_to(file, &f);
-            match std::fs::read_to_string(&path) {
-                Ok(u) if !u.trim().is_empty() => Some(u.trim().to_owned()),
-                Ok(_) => {
-                    errs.push("store.url_file", format!("{} is empty", path.display()));
-                    None
-                }
-                Err(e) => {
-                    errs.push(
-                        "store.url_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        }
-        (None, None) => {
-            errs.push(
-                "store.url",
-                "backend = \"redis\" needs url (e.g. \"redis://127.0.0.1:6379/0\") or url_file",
-            );
-            None
-        }
-    };
-    let Some(url) = url else {
-        return Store::File;
-    };
-    // The URL may hold a password: it is never echoed.
-    match url::Url::parse(&url) {
-        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() => {}
-        _ => {
-            errs.push(
-                "store.url",
-                "is not a redis:// or rediss:// URL with a host, e.g. \"redis://127.0.0.1:6379/0\"",
-            );
-            return Store::File;
-        }
-    }
-    Store::Redis {
-        url: SecretString::from(url),
-        prefix: s.prefix.unwrap_or_else(|| "mailgate:".into()),
-    }
 }
 
 pub(super) fn portal(file: &Path, p: RawPortal, errs: &mut Errors<'_>) -> Portal {

@@ -81,6 +81,7 @@ fn run(cli: Cli) -> CliResult {
                         eprintln!("warning: {w}");
                     }
                     certificates(&cfg)?;
+                    sentinels(&cfg)?;
                     out!("configuration is valid")
                 }
                 Err(errs) => {
@@ -190,6 +191,44 @@ fn certificates(cfg: &Config) -> CliResult {
         let tls = crate::net::tls::ListenerTls::load(source)
             .map_err(|e| CliError::User(format!("TLS certificate for the {what}: {e}")))?;
         print_certificate(&what, &tls)?;
+    }
+    Ok(())
+}
+
+/// With `[store] sentinels`: the primary each sentinel names (a sentinel
+/// that does not answer, or names another primary, is a warning: the
+/// configuration is still valid).
+fn sentinels(cfg: &Config) -> CliResult {
+    let mailgate_config::Store::Redis(r) = &cfg.store else {
+        return Ok(());
+    };
+    let Some(s) = &r.sentinels else {
+        return Ok(());
+    };
+    let answers = common::runtime()?.block_on(crate::accounts::store::redis::ask_sentinels(
+        s,
+        cfg.gateway.upstream_timeout,
+    ));
+    let named: std::collections::BTreeSet<&String> = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().ok())
+        .collect();
+    for (sentinel, answer) in &answers {
+        match answer {
+            Ok(primary) => out!(
+                "sentinel {sentinel}: the primary of {:?} is {primary}",
+                s.service
+            )?,
+            Err(e) => eprintln!("warning: sentinel {sentinel}: {e}"),
+        }
+    }
+    if named.is_empty() {
+        eprintln!(
+            "warning: no sentinel names a primary of {:?}; the gateway cannot reach the store",
+            s.service
+        );
+    } else if named.len() > 1 {
+        eprintln!("warning: the sentinels disagree on the primary (a failover under way?)");
     }
     Ok(())
 }

@@ -34,6 +34,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use super::store_metrics::StoreMeters;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByProtocol {
     protocol: String,
@@ -98,6 +100,8 @@ pub struct Metrics {
     graph_uploads: Counter,
     accounts: Family<AccountState, Gauge>,
     credential_expiry: Family<ByProvider, Gauge>,
+    /// The shared store's series and health.
+    pub store: StoreMeters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -222,7 +226,9 @@ impl Metrics {
             "When each provider's client certificate expires (Unix seconds)",
             credential_expiry.clone(),
         );
+        let store = StoreMeters::register(&mut registry);
         Metrics {
+            store,
             registry,
             connections_total,
             connections,
@@ -374,6 +380,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.store.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -387,6 +394,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let health = metrics.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -406,7 +414,10 @@ pub async fn serve(
         )
         .route(
             "/healthz",
-            axum::routing::get(|| async { (StatusCode::OK, "ok\n") }),
+            axum::routing::get(move || {
+                let m = health.clone();
+                async move { (StatusCode::OK, m.store.health()) }
+            }),
         );
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())

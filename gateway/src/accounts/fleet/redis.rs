@@ -6,8 +6,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use super::contract::{FleetBackend, Held, Lease, Pending};
 use crate::accounts::store::error::StoreError;
 use crate::accounts::store::redis::Connection;
@@ -71,15 +69,15 @@ impl RedisFleet {
         if set.is_none() {
             return Ok(None);
         }
-        let (k, t, mut c) = (key.clone(), token.clone(), self.conn.manager());
+        let (k, t, c) = (key.clone(), token.clone(), self.conn.clone());
         let renewal = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                let renewed: redis::RedisResult<i64> = redis::Script::new(RENEW)
-                    .key(&k)
-                    .arg(&t)
-                    .arg(ms)
-                    .invoke_async(&mut c)
+                let renewed: Result<i64, _> = c
+                    .invoke(
+                        "write to",
+                        redis::Script::new(RENEW).key(&k).arg(&t).arg(ms),
+                    )
                     .await;
                 if !matches!(renewed, Ok(1)) {
                     tracing::warn!("a lease could not be renewed; another instance may take over");
@@ -88,7 +86,7 @@ impl RedisFleet {
             }
         });
         Ok(Some(Lease::held(RedisLease {
-            conn: self.conn.manager(),
+            conn: self.conn.clone(),
             key,
             token,
             renewal,
@@ -225,7 +223,7 @@ impl FleetBackend for RedisFleet {
 
 /// A held lease.
 struct RedisLease {
-    conn: ConnectionManager,
+    conn: Connection,
     key: String,
     token: String,
     renewal: tokio::task::JoinHandle<()>,
@@ -236,11 +234,12 @@ impl Held for RedisLease {
     fn release(self: Box<Self>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
             self.renewal.abort();
-            let mut conn = self.conn.clone();
-            let _: redis::RedisResult<i64> = redis::Script::new(RELEASE)
-                .key(&self.key)
-                .arg(&self.token)
-                .invoke_async(&mut conn)
+            let _: Result<i64, _> = self
+                .conn
+                .invoke(
+                    "write to",
+                    redis::Script::new(RELEASE).key(&self.key).arg(&self.token),
+                )
                 .await;
         })
     }

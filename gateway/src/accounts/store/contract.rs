@@ -68,6 +68,29 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn remove<'a>(&'a self, user: &'a str) -> Pending<'a, bool>;
     /// Every readable record, with the errors of unreadable ones.
     fn list(&self) -> Pending<'_, (Vec<TokenFile>, Vec<StoreError>)>;
+    /// What a shared store counts (the file store: nothing).
+    fn figures(&self) -> Option<Figures> {
+        None
+    }
+}
+
+/// What a shared store counts since the process started, for `/metrics`
+/// and `/healthz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Changes of primary followed.
+    pub failovers: u64,
+    /// Account records read from the cache, and from the server.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Records the server told the cache to drop.
+    pub invalidations: u64,
+    /// Records written back from memory over a store that lost them.
+    pub repairs: u64,
+    /// Writes no replica acknowledged in time.
+    pub unreplicated: u64,
+    /// `None` while reachable; else what is unreachable.
+    pub unreachable: Option<String>,
 }
 
 /// Where accounts' sealed tokens live: a handle on the configured backend.
@@ -103,6 +126,11 @@ impl Store {
     /// Deletes a user's tokens; `Ok(false)` when there were none.
     pub async fn remove(&self, user: &str) -> Result<bool, StoreError> {
         self.0.remove(user).await
+    }
+
+    /// What a shared store counts; `None` for the file store.
+    pub fn figures(&self) -> Option<Figures> {
+        self.0.figures()
     }
 
     /// Every readable account, with the errors of unreadable ones.

@@ -20,16 +20,19 @@
 //! - a backend's blocking work (the file store's `fs` calls, `flock` and
 //!   `fsync`) runs off the async workers.
 
+pub mod connection;
 pub mod contract;
 pub mod error;
 pub mod file;
 pub mod migrate;
 mod opened;
+mod primary;
 pub mod record;
 pub mod redis;
 pub mod serde_secret;
+mod tracking;
 
-pub use contract::{Backend, Expect, Pending, Store, Want};
+pub use contract::{Backend, Expect, Figures, Pending, Store, Want};
 pub use error::{StoreError, now, now_ms};
 pub use file::{secure_dirs, write_atomic};
 pub use record::{

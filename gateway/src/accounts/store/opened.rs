@@ -14,11 +14,14 @@ pub async fn open(config: &mailgate_config::Config) -> Result<(Store, Fleet), St
             Store::new(file::FileStore::new(&config.gateway.state_dir)),
             fleet::local(),
         )),
-        mailgate_config::Store::Redis { url, prefix } => {
-            let conn =
-                redis::Connection::open(url, prefix, config.gateway.upstream_timeout).await?;
+        mailgate_config::Store::Redis(r) => {
+            let conn = redis::Connection::open(r, config.gateway.upstream_timeout).await?;
             Ok((
-                Store::new(redis::RedisStore::new(conn.clone())),
+                Store::new(redis::RedisStore::new(
+                    conn.clone(),
+                    r.wait_replicas,
+                    r.wait_timeout,
+                )),
                 fleet::redis(conn),
             ))
         }
