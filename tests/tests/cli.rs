@@ -134,6 +134,39 @@ fn check_examples_and_errors() {
     let out = mailgate(&open, &["run"], "", None);
     assert_eq!(out.status.code(), Some(1), "run refuses it too");
 
+    // [store] with sentinels: what is wrong is said, key by key; a
+    // sentinel's password is never echoed.
+    let sentinels = dir.path().join("sentinels.toml");
+    let base = "[[listener]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:1143\"\n[provider.p]\npreset = \"gmail\"\nclient_id = \"x\"\n[[account]]\nuser = \"a@b.c\"\nprovider = \"p\"\n";
+    std::fs::write(
+        &sentinels,
+        format!(
+            "{base}[store]\nbackend = \"redis\"\nsentinels = [\"redis://:hush@10.0.0.1:26379\", \"redis-sentinel://10.0.0.2\"]\nservice = \"my master\"\nwait_timeout = \"soon\"\n"
+        ),
+    )
+    .unwrap();
+    let out = mailgate(&sentinels, &["check"], "", None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for want in [
+        "store.sentinels[0]: is not a redis-sentinel:// or rediss-sentinel:// URL",
+        "store.service: must be the name the sentinels know the primary by",
+        "store.wait_timeout: `soon` is not a duration",
+    ] {
+        assert!(err.contains(want), "wanted {want} in\n{err}");
+    }
+    assert!(!err.contains("hush"), "{err}");
+    std::fs::write(
+        &sentinels,
+        format!("{base}[store]\nservice = \"mymaster\"\n"),
+    )
+    .unwrap();
+    let err = text(&mailgate(&sentinels, &["check"], "", None).stderr);
+    assert!(
+        err.contains("store.service: is only used with backend = \"redis\""),
+        "{err}"
+    );
+
     let out = mailgate(&dir.path().join("missing.toml"), &["check"], "", None);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("does not exist"));

@@ -337,3 +337,45 @@ async fn backoff_counts_the_failures_of_every_instance() {
     let r = login(&b, USER, PASSWORD).await;
     assert!(r.starts_with("a OK"), "after the lock: {r}");
 }
+
+/// `/healthz` says `ok` while the store answers, `degraded` (naming the
+/// store, never its password) while it does not, and `ok` again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_says_degraded_while_the_store_is_away() {
+    let mut redis = Redis::start().await;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = format!(
+        "{}\n[store]\nbackend = \"redis\"\nurl = \"{}\"\n",
+        env.config_text(&imap.url(false), "metrics = \"127.0.0.1:0\"", "", ""),
+        redis.url()
+    );
+    let g = start(env.load(&text)).await;
+    let url = format!("http://{}/healthz", g.metrics_address().unwrap());
+    let health = || async { reqwest::get(&url).await.unwrap().text().await.unwrap() };
+    assert_eq!(health().await, "ok\n");
+    let until = |want: &'static str| {
+        let health = &health;
+        async move {
+            let mut said = String::new();
+            for _ in 0..100 {
+                said = health().await;
+                if said.starts_with(want) {
+                    return said;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("/healthz never said {want}: {said}");
+        }
+    };
+    redis.stop();
+    let said = until("degraded").await;
+    assert!(
+        said.contains(&format!("127.0.0.1:{}", redis.port)),
+        "{said}"
+    );
+    assert!(!said.contains(mailgate_tests::redis::PASSWORD), "{said}");
+    redis.restart().await;
+    until("ok").await;
+    g.shutdown().await;
+}

@@ -32,7 +32,23 @@ pub(super) fn store(file: &Path, s: RawStore, errs: &mut Errors<'_>) -> Store {
         );
         return Store::File;
     }
+    let sentinels_given = s.sentinels.is_some() || s.sentinels_file.is_some();
     let sentinels = sentinels(file, &s, errs);
+    let wait_replicas = s
+        .wait_replicas
+        .map(|n| {
+            u32::try_from(n).unwrap_or_else(|_| {
+                errs.push("store.wait_replicas", "is too large");
+                1
+            })
+        })
+        .unwrap_or(u32::from(sentinels_given));
+    let wait_timeout = super::duration(
+        errs,
+        "store.wait_timeout",
+        s.wait_timeout,
+        crate::DEFAULT_WAIT_TIMEOUT,
+    );
     let url = match (s.url, s.url_file) {
         (Some(_), Some(_)) => {
             errs.push("store.url", "set url or url_file, not both");
@@ -41,7 +57,7 @@ pub(super) fn store(file: &Path, s: RawStore, errs: &mut Errors<'_>) -> Store {
         (Some(u), None) => Some(u),
         (None, Some(f)) => read_secret(file, "store.url_file", &f, errs),
         // The primary's address comes from the sentinels; nothing else to say.
-        (None, None) if sentinels.is_some() => Some("redis://primary/0".into()),
+        (None, None) if sentinels_given => Some("redis://primary/0".into()),
         (None, None) => {
             errs.push(
                 "store.url",
@@ -64,21 +80,6 @@ pub(super) fn store(file: &Path, s: RawStore, errs: &mut Errors<'_>) -> Store {
             return Store::File;
         }
     }
-    let wait_replicas = s
-        .wait_replicas
-        .map(|n| {
-            u32::try_from(n).unwrap_or_else(|_| {
-                errs.push("store.wait_replicas", "is too large");
-                1
-            })
-        })
-        .unwrap_or(u32::from(sentinels.is_some()));
-    let wait_timeout = super::duration(
-        errs,
-        "store.wait_timeout",
-        s.wait_timeout,
-        crate::DEFAULT_WAIT_TIMEOUT,
-    );
     Store::Redis(Redis {
         url: SecretString::from(url),
         prefix: s.prefix.unwrap_or_else(|| "mailgate:".into()),
