@@ -8,6 +8,7 @@
 //! Figures are printed, never asserted. See docs/performance.md.
 
 mod client;
+mod failover;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -35,7 +36,9 @@ struct Plan {
     kill_trials: usize,
     idle: Vec<usize>,
     /// `--only a,b`: the parts to run (throughput, latency, logins, store,
-    /// proxy, kill, idle, graph, before).
+    /// proxy, kill, idle, graph, before, failover).
+    /// Failovers of the Sentinel-managed store (`--failovers N`).
+    failovers: usize,
     only: Option<Vec<String>>,
     /// `--before PATH`: another `mailgate` binary (an older build), run
     /// beside this one on the same configuration, token and upstream, and
@@ -57,6 +60,7 @@ impl Plan {
                 login_clients: 8,
                 login_seconds: 0.5,
                 kill_trials: 2,
+                failovers: 1,
                 idle: vec![50],
                 only: None,
                 before: None,
@@ -70,6 +74,7 @@ impl Plan {
                 login_clients: 64,
                 login_seconds: 10.0,
                 kill_trials: 24,
+                failovers: 20,
                 idle: vec![1_000, 10_000],
                 only: None,
                 before: None,
@@ -95,6 +100,13 @@ impl Plan {
             .and_then(|i| args.get(i + 1)?.parse().ok())
         {
             plan.kill_trials = n;
+        }
+        if let Some(n) = args
+            .iter()
+            .position(|a| a == "--failovers")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+        {
+            plan.failovers = n;
         }
         if let Some(i) = args.iter().position(|a| a == "--before") {
             plan.before = args.get(i + 1).map(std::path::PathBuf::from);
@@ -461,6 +473,9 @@ async fn run(plan: Plan, fds: u64) -> anyhow::Result<()> {
     if plan.runs("kill") {
         kill_during_refresh(&mut b, &plan).await?;
     }
+    if plan.runs("failover") {
+        failover::failover(&mut b, plan.failovers).await?;
+    }
     if plan.runs("idle") {
         for &n in &plan.idle.clone() {
             idle(&mut b, n).await?;
@@ -719,7 +734,7 @@ async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow:
     r.sort();
     let (f50, r50) = (percentile(&f, 0.5), percentile(&r, 0.5));
     b.say(format!(
-        "login p50/p99: file store {:.0}/{:.0} us, Redis store {:.0}/{:.0} us; Redis adds {:.0} us at p50 (target <= 1000 us)",
+        "login p50/p99: file store {:.0}/{:.0} us, Redis store {:.0}/{:.0} us; Redis adds {:.0} us at p50 (target <= 500 us)",
         us(f50),
         us(percentile(&f, 0.99)),
         us(r50),
@@ -730,7 +745,7 @@ async fn store_compare(b: &mut Bench, plan: &Plan, via_file: &Target) -> anyhow:
     let (_, ffail, frate) = logins_for(via_file, c, s).await;
     let (_, rfail, rrate) = logins_for(&via_redis, c, s).await;
     b.say(format!(
-        "logins/s with {c} clients: file store {frate:.0}, Redis store {rrate:.0} ({:.2}x; target >= 0.9x)",
+        "logins/s with {c} clients: file store {frate:.0}, Redis store {rrate:.0} ({:.2}x; target >= 0.95x)",
         rrate / frate.max(1.0)
     ));
     if ffail + rfail > 0 {

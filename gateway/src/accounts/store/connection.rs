@@ -30,6 +30,23 @@ pub struct Connection {
     inner: Arc<Inner>,
 }
 
+/// A [`Connection`] that does not keep it open.
+#[derive(Clone)]
+pub struct WeakConnection(Weak<Inner>);
+
+impl std::fmt::Debug for WeakConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakConnection").finish_non_exhaustive()
+    }
+}
+
+impl WeakConnection {
+    /// The connection, while it is open.
+    pub fn upgrade(&self) -> Option<Connection> {
+        self.0.upgrade().map(|inner| Connection { inner })
+    }
+}
+
 struct Inner {
     prefix: String,
     timeout: Duration,
@@ -81,6 +98,12 @@ impl Connection {
         });
         tokio::spawn(watch(Arc::downgrade(&inner)));
         Ok(Connection { inner })
+    }
+
+    /// A handle that does not keep the connection open (for tasks that
+    /// end with it).
+    pub fn downgrade(&self) -> WeakConnection {
+        WeakConnection(Arc::downgrade(&self.inner))
     }
 
     /// The key `rest` below the prefix.

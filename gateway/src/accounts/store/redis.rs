@@ -376,14 +376,14 @@ impl RedisStore {
 async fn repair_on_failover(store: RedisStore) {
     let mut switches = store.conn.switches();
     let written = Arc::downgrade(&store.written);
-    let (conn, wait) = (store.conn.clone(), store.wait);
+    let (conn, wait) = (store.conn.downgrade(), store.wait);
     drop(store);
     while switches.changed().await.is_ok() {
-        let Some(written) = written.upgrade() else {
+        let (Some(written), Some(conn)) = (written.upgrade(), conn.upgrade()) else {
             return;
         };
         let store = RedisStore {
-            conn: conn.clone(),
+            conn,
             written,
             wait,
         };
