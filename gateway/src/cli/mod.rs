@@ -199,33 +199,24 @@ fn certificates(cfg: &Config) -> CliResult {
 /// that does not answer, or names another primary, is a warning: the
 /// configuration is still valid).
 fn sentinels(cfg: &Config) -> CliResult {
-    let mailgate_config::Store::Redis(r) = &cfg.store else {
+    let Some((service, answers)) =
+        common::runtime()?.block_on(crate::accounts::store::ask_sentinels(cfg))
+    else {
         return Ok(());
     };
-    let Some(s) = &r.sentinels else {
-        return Ok(());
-    };
-    let answers = common::runtime()?.block_on(crate::accounts::store::redis::ask_sentinels(
-        s,
-        cfg.gateway.upstream_timeout,
-    ));
     let named: std::collections::BTreeSet<&String> = answers
         .iter()
         .filter_map(|(_, a)| a.as_ref().ok())
         .collect();
     for (sentinel, answer) in &answers {
         match answer {
-            Ok(primary) => out!(
-                "sentinel {sentinel}: the primary of {:?} is {primary}",
-                s.service
-            )?,
+            Ok(primary) => out!("sentinel {sentinel}: the primary of {service:?} is {primary}")?,
             Err(e) => eprintln!("warning: sentinel {sentinel}: {e}"),
         }
     }
     if named.is_empty() {
         eprintln!(
-            "warning: no sentinel names a primary of {:?}; the gateway cannot reach the store",
-            s.service
+            "warning: no sentinel names a primary of {service:?}; the gateway cannot reach the store"
         );
     } else if named.len() > 1 {
         eprintln!("warning: the sentinels disagree on the primary (a failover under way?)");

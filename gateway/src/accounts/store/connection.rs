@@ -18,9 +18,10 @@ use std::time::Duration;
 use redis::RedisError;
 use redis::aio::ConnectionManager;
 
+pub use super::counts::Counts;
 use super::error::StoreError;
-pub use super::primary::{Counts, ask_sentinels, unavailable};
 use super::primary::{Primary, Target, connect, describe, lost_primary};
+pub use super::primary::{ask_sentinels, unavailable};
 
 /// A connection to the store's server and the prefix of every key: what
 /// the store's accounts and the fleet's shared state

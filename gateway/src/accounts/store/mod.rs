@@ -22,6 +22,7 @@
 
 pub mod connection;
 pub mod contract;
+mod counts;
 pub mod error;
 pub mod file;
 pub mod migrate;
@@ -39,7 +40,7 @@ pub use record::{
     Access, Audience, Kdf, MAX_M_COST, MAX_P_COST, MAX_T_COST, SealingKey, TokenFile, Tokens,
 };
 
-pub use opened::open;
+pub use opened::{ask_sentinels, open};
 
 /// The file store under `state_dir`.
 pub fn files(state_dir: &std::path::Path) -> Store {

@@ -5,6 +5,20 @@ use super::error::StoreError;
 use super::{file, redis};
 use crate::accounts::fleet::{self, Fleet};
 
+/// With `[store] sentinels`: the service's name, and the primary each
+/// sentinel names (`host:port`) or why it did not answer; `None` for
+/// another store.
+pub async fn ask_sentinels(
+    config: &mailgate_config::Config,
+) -> Option<(String, Vec<(String, Result<String, String>)>)> {
+    let mailgate_config::Store::Redis(r) = &config.store else {
+        return None;
+    };
+    let s = r.sentinels.as_ref()?;
+    let answers = redis::ask_sentinels(s, config.gateway.upstream_timeout).await;
+    Some((s.service.clone(), answers))
+}
+
 /// The configured store, and the fleet's other shared state beside it (for
 /// the file store: this one process's); a Redis server connected and
 /// answering (within `upstream_timeout`), or a clear error.

@@ -3,7 +3,6 @@
 //! connected primary with what is bound to it, and the counts.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -11,20 +10,9 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{IntoConnectionInfo as _, ProtocolVersion, RedisError};
 use secrecy::ExposeSecret;
 
+use super::counts::Counts;
 use super::error::StoreError;
 use super::tracking::Records;
-
-/// What the store's connection counts, for `/metrics` and `/healthz`.
-#[derive(Debug, Default)]
-pub struct Counts {
-    pub failovers: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub invalidations: AtomicU64,
-    pub repairs: AtomicU64,
-    pub unreplicated: AtomicU64,
-    pub unreachable: AtomicBool,
-}
 
 pub enum Target {
     /// `url`, and how it is shown (without its password).

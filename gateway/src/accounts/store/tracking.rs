@@ -14,7 +14,8 @@
 //! - a dropped connection (or one that could not turn tracking on) empties
 //!   the cache and keeps it off until a new connection has tracking on;
 //! - a failover drops the whole cache with its primary
-//!   ([`super::connection`]).
+//!   ([`super::connection`]);
+//! - only records that exist are held, at most [`MAX_HELD`].
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -25,7 +26,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use super::primary::Counts;
+use super::counts::Counts;
 
 /// What a record's key holds: the sealed file and the generation
 /// (`HMGET key file gen`).
@@ -34,6 +35,11 @@ pub type Raw = (Option<Vec<u8>>, Option<String>);
 /// How long to wait before trying again to open a tracking connection that
 /// failed.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Records held at most: beyond, reads go to Redis. Only existing records
+/// are held, so that logins with made-up names (under a `*@domain`
+/// account) cannot grow the cache.
+const MAX_HELD: usize = 100_000;
 
 pub struct Records {
     client: redis::Client,
@@ -60,7 +66,8 @@ impl std::fmt::Debug for Reading {
 #[derive(Default)]
 struct State {
     /// The tracking connection, and its pushes.
-    conn: Option<(MultiplexedConnection, UnboundedReceiver<PushInfo>)>,
+    conn: Option<MultiplexedConnection>,
+    pushes: Option<UnboundedReceiver<PushInfo>>,
     /// Counts tracking connections, so that an answer read on an earlier
     /// one is never kept.
     generation: u64,
@@ -86,7 +93,7 @@ impl State {
     /// Applies the pushes received so far.
     fn settle(&mut self, counts: &Counts) {
         let mut dropped = false;
-        if let Some((_, pushes)) = &mut self.conn {
+        if let Some(pushes) = &mut self.pushes {
             while let Ok(push) = pushes.try_recv() {
                 match push.kind {
                     PushKind::Invalidate => {
@@ -121,6 +128,7 @@ impl State {
 
     fn forget_all(&mut self) {
         self.conn = None;
+        self.pushes = None;
         self.slots.clear();
         self.generation += 1;
     }
@@ -178,7 +186,10 @@ impl Records {
         }
         let mut st = self.state();
         st.settle(&self.counts);
-        let conn = st.conn.as_ref()?.0.clone();
+        let conn = st.conn.clone()?;
+        if st.slots.len() >= MAX_HELD && !st.slots.contains_key(key) {
+            return None;
+        }
         st.tickets += 1;
         let ticket = st.tickets;
         st.slots.insert(key.to_owned(), Slot::Reading(ticket));
@@ -195,8 +206,13 @@ impl Records {
         let mut st = self.state();
         st.settle(&self.counts);
         let same = matches!(st.slots.get(key), Some(Slot::Reading(t)) if *t == reading.ticket);
-        if same && st.generation == reading.generation && st.conn.is_some() {
+        if !same {
+            return;
+        }
+        if raw.0.is_some() && st.generation == reading.generation && st.conn.is_some() {
             st.slots.insert(key.to_owned(), Slot::Held(raw.clone()));
+        } else {
+            st.slots.remove(key);
         }
     }
 
@@ -212,7 +228,7 @@ impl Records {
     fn current(&self) -> Option<MultiplexedConnection> {
         let mut st = self.state();
         st.settle(&self.counts);
-        st.conn.as_ref().map(|(c, _)| c.clone())
+        st.conn.clone()
     }
 
     /// Opens a tracking connection, unless one failed within [`RETRY`].
@@ -246,7 +262,8 @@ impl Records {
         match opened {
             Ok(c) => {
                 st.forget_all();
-                st.conn = Some((c.clone(), rx));
+                st.conn = Some(c.clone());
+                st.pushes = Some(rx);
                 st.retry_at = None;
                 Some(c)
             }
@@ -261,5 +278,72 @@ impl Records {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(kind: PushKind, data: Vec<Value>) -> PushInfo {
+        PushInfo { kind, data }
+    }
+
+    fn held(st: &State) -> Vec<String> {
+        let mut v: Vec<String> = st
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Held(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Invalidations drop their keys (held or being read), a flush drops
+    /// everything, a lost connection drops everything and starts a new
+    /// generation.
+    #[test]
+    fn pushes_drop_what_changed() {
+        let counts = Counts::default();
+        let (tx, rx) = unbounded_channel();
+        let mut st = State {
+            pushes: Some(rx),
+            ..State::default()
+        };
+        let raw: Raw = (Some(b"{}".to_vec()), Some("1".into()));
+        for k in ["a", "b", "c"] {
+            st.slots.insert(k.into(), Slot::Held(raw.clone()));
+        }
+        st.slots.insert("d".into(), Slot::Reading(7));
+        tx.send(push(
+            PushKind::Invalidate,
+            vec![Value::Array(vec![
+                Value::BulkString(b"a".to_vec()),
+                Value::BulkString(b"d".to_vec()),
+            ])],
+        ))
+        .expect("sent");
+        st.settle(&counts);
+        assert_eq!(held(&st), ["b", "c"]);
+        assert!(
+            !st.slots.contains_key("d"),
+            "a read in progress is not kept"
+        );
+        assert_eq!(counts.invalidations.load(Ordering::Relaxed), 2);
+
+        tx.send(push(PushKind::Invalidate, vec![Value::Nil]))
+            .expect("sent");
+        st.settle(&counts);
+        assert!(st.slots.is_empty());
+
+        st.slots.insert("e".into(), Slot::Held(raw));
+        let generation = st.generation;
+        tx.send(push(PushKind::Disconnection, vec![]))
+            .expect("sent");
+        st.settle(&counts);
+        assert!(st.slots.is_empty());
+        assert!(st.pushes.is_none() && st.conn.is_none());
+        assert_eq!(st.generation, generation + 1);
     }
 }
