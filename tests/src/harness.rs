@@ -426,3 +426,24 @@ pub fn password_hash(pw: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Calls `f` until it gives `Some` (every 20 ms, for at most 3 s): for
+/// what a gateway's record cache learns from Redis a moment after another
+/// process changed the store (SPEC §9). Fails the test when it never does.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never within 3 s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -26,6 +26,7 @@ pub mod chrome;
 pub mod client;
 pub mod dovecot;
 pub mod fake;
+pub mod fleet;
 pub mod graph;
 pub mod harness;
 pub mod imap_server;

@@ -130,6 +130,19 @@ impl Replicated {
             .collect()
     }
 
+    /// A `[store]` section on these sentinels; each record write waits
+    /// for `wait_replicas` replicas (the default, 1, when `None`).
+    pub fn store_section(&self, wait_replicas: Option<u32>) -> String {
+        let urls: Vec<String> = self.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        let wait = wait_replicas
+            .map(|n| format!("wait_replicas = {n}\n"))
+            .unwrap_or_default();
+        format!(
+            "\n[store]\nbackend = \"redis\"\nurl = \"redis://:{PASSWORD}@primary/0\"\nsentinels = [{}]\nservice = \"{SERVICE}\"\n{wait}",
+            urls.join(", ")
+        )
+    }
+
     /// The port of the primary the first answering sentinel names.
     pub async fn primary_port(&self) -> u16 {
         for (_, port) in &self.sentinels {
@@ -187,4 +200,22 @@ impl Drop for Replicated {
             let _ = c.wait();
         }
     }
+}
+
+/// When (wall clock) the instance logged each time it followed a new
+/// primary of the store.
+pub fn follows(instance: &crate::harness::Running) -> Vec<std::time::SystemTime> {
+    instance
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the store's primary changed"))
+        })
+        .filter_map(|v| humantime::parse_rfc3339_weak(v["timestamp"].as_str()?).ok())
+        .collect()
 }

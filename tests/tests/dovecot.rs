@@ -65,6 +65,46 @@ async fn append_and_fetch(c: &mut LineClient, subject: &str) {
     assert!(c.response_text("z").await.contains("z OK"));
 }
 
+/// After the login: MAIL FROM `from`, RCPT TO `to`, DATA `message`
+/// (dot-stuffed, CRLF lines), each answered 250; then QUIT.
+async fn send_message(c: &mut LineClient, from: &str, to: &str, message: &str, dv: &Dovecot) {
+    c.send(format!("MAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nDATA\r\n"))
+        .await;
+    for _ in 0..2 {
+        let r = c.line().await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(c.line().await.starts_with("354"));
+    c.send(format!("{message}.\r\n")).await;
+    let r = c.line().await;
+    assert!(r.starts_with("250"), "{r}\nlog:\n{}", dv.log());
+    c.send("QUIT\r\n").await;
+    c.line().await;
+}
+
+/// POP3 USER/PASS as `login` (as fetchmail does), then message `n` as
+/// it comes over the wire (dot-stuffed), without the final dot.
+async fn pop3_retr(addr: std::net::SocketAddr, login: &str, n: usize, dv: &Dovecot) -> String {
+    let mut p = LineClient::greeted_with(addr, "+OK").await;
+    p.send(format!("USER {login}\r\nPASS {PASSWORD}\r\n")).await;
+    assert!(p.line().await.starts_with("+OK"));
+    let r = p.line().await;
+    assert_eq!(r, "+OK Logged in\r\n", "log:\n{}", dv.log());
+    p.send(format!("RETR {n}\r\n")).await;
+    assert!(p.line().await.starts_with("+OK"));
+    let mut retr = String::new();
+    loop {
+        let l = p.line().await;
+        if l == ".\r\n" {
+            break;
+        }
+        retr.push_str(&l);
+    }
+    p.send("QUIT\r\n").await;
+    p.line().await;
+    retr
+}
+
 /// A fake OAuth server, a Dovecot validating against it, and a sealed token.
 async fn with_dovecot() -> (Env, Dovecot) {
     logs();
@@ -195,45 +235,20 @@ async fn smtp_to_pop3_and_imap_through_dovecot() {
             "log:\n{}",
             dv.log()
         );
-        c.send(format!(
-            "MAIL FROM:<{USER}>\r\nRCPT TO:<{USER}>\r\nDATA\r\n"
-        ))
+        send_message(
+            &mut c,
+            USER,
+            USER,
+            &format!("From: {USER}\r\nTo: {USER}\r\nSubject: {subject}\r\n\r\n{stuffed}"),
+            &dv,
+        )
         .await;
-        for _ in 0..2 {
-            let r = c.line().await;
-            assert!(r.starts_with("250"), "{r}");
-        }
-        assert!(c.line().await.starts_with("354"));
-        c.send(format!(
-            "From: {USER}\r\nTo: {USER}\r\nSubject: {subject}\r\n\r\n{stuffed}.\r\n"
-        ))
-        .await;
-        let r = c.line().await;
-        assert!(r.starts_with("250"), "{r}\nlog:\n{}", dv.log());
-        c.send("QUIT\r\n").await;
-        c.line().await;
 
         // POP3 with USER/PASS, as fetchmail does.
-        let mut p = LineClient::greeted_with(pop3_addr(&g), "+OK").await;
-        p.send(format!("USER {USER}\r\nPASS {PASSWORD}\r\n")).await;
-        assert!(p.line().await.starts_with("+OK"));
-        let r = p.line().await;
-        assert_eq!(r, "+OK Logged in\r\n", "log:\n{}", dv.log());
-        p.send(format!("RETR {}\r\n", n + 1)).await;
-        assert!(p.line().await.starts_with("+OK"));
-        let mut retr = String::new();
-        loop {
-            let l = p.line().await;
-            if l == ".\r\n" {
-                break;
-            }
-            retr.push_str(&l);
-        }
+        let retr = pop3_retr(pop3_addr(&g), USER, n + 1, &dv).await;
         assert!(retr.contains(&format!("Subject: {subject}\r\n")), "{retr}");
         // Dot-stuffed on the wire, as POP3 requires.
         assert!(retr.contains(&stuffed), "{retr}");
-        p.send("QUIT\r\n").await;
-        p.line().await;
 
         // IMAP with LOGIN.
         let mut i = LineClient::greeted(imap_addr(&g)).await;
@@ -246,7 +261,7 @@ async fn smtp_to_pop3_and_imap_through_dovecot() {
         assert!(r.contains(&body), "{r}");
         i.send("z LOGOUT\r\n").await;
         i.response_text("z").await;
-        drop((c, p, i));
+        drop((c, i));
         g.shutdown().await;
     }
 }
@@ -297,23 +312,14 @@ async fn a_delegate_opens_a_shared_mailbox_in_dovecot() {
         "log:\n{}",
         dv.log()
     );
-    c.send(format!(
-        "MAIL FROM:<{SHARED}>\r\nRCPT TO:<{SHARED}>\r\nDATA\r\n"
-    ))
+    send_message(
+        &mut c,
+        SHARED,
+        SHARED,
+        &format!("From: {SHARED}\r\nTo: {SHARED}\r\nSubject: for the team\r\n\r\nShared.\r\n"),
+        &dv,
+    )
     .await;
-    for _ in 0..2 {
-        let r = c.line().await;
-        assert!(r.starts_with("250"), "{r}");
-    }
-    assert!(c.line().await.starts_with("354"));
-    c.send(format!(
-        "From: {SHARED}\r\nTo: {SHARED}\r\nSubject: for the team\r\n\r\nShared.\r\n.\r\n"
-    ))
-    .await;
-    let r = c.line().await;
-    assert!(r.starts_with("250"), "{r}\nlog:\n{}", dv.log());
-    c.send("QUIT\r\n").await;
-    c.line().await;
 
     // IMAP as alice\info: info@'s INBOX holds the message.
     let imap_login = |login: &str| {
@@ -337,24 +343,8 @@ async fn a_delegate_opens_a_shared_mailbox_in_dovecot() {
     i.response_text("z").await;
 
     // POP3 as alice\info, as fetchmail would.
-    let mut p = LineClient::greeted_with(pop3_addr(&g), "+OK").await;
-    p.send(format!("USER {login}\r\nPASS {PASSWORD}\r\n")).await;
-    assert!(p.line().await.starts_with("+OK"));
-    let r = p.line().await;
-    assert_eq!(r, "+OK Logged in\r\n", "log:\n{}", dv.log());
-    p.send("RETR 1\r\n").await;
-    assert!(p.line().await.starts_with("+OK"));
-    let mut retr = String::new();
-    loop {
-        let l = p.line().await;
-        if l == ".\r\n" {
-            break;
-        }
-        retr.push_str(&l);
-    }
+    let retr = pop3_retr(pop3_addr(&g), &login, 1, &dv).await;
     assert!(retr.contains("Subject: for the team"), "{retr}");
-    p.send("QUIT\r\n").await;
-    p.line().await;
 
     // alice's own mailbox is another one: empty.
     let mut i = LineClient::greeted(imap_addr(&g)).await;

@@ -9,14 +9,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mailgate::accounts::store::{Expect, Kdf, SealingKey, TokenFile, Tokens};
-use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
+use mailgate_tests::fleet::{Login, Logins, Outcome};
 use mailgate_tests::harness::{Env, PASSWORD, Running, USER};
 use mailgate_tests::redis::Redis;
 use secrecy::ExposeSecret as _;
@@ -55,74 +52,32 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
         .map(|i| Some(env.instance(&text, i, "listening")))
         .collect();
     let addr = |r: &Running| r.address("listening", Some("imap"));
-    let live: Arc<std::sync::RwLock<Vec<SocketAddr>>> = Arc::new(std::sync::RwLock::new(
+    let logins = Logins::start(
+        CLIENTS,
         instances.iter().flatten().map(addr).collect(),
-    ));
-    let (ok, failed, cut) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
+        USER,
+        PASSWORD,
+        Some(Instant::now() + RUN),
     );
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let end = Instant::now() + RUN;
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let (live, ok, failed, cut, failures) = (
-            live.clone(),
-            ok.clone(),
-            failed.clone(),
-            cut.clone(),
-            failures.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut n = c;
-            while Instant::now() < end {
-                let target = {
-                    let l = live.read().unwrap();
-                    l[n % l.len()]
-                };
-                n += 1;
-                let one = tokio::spawn(async move {
-                    let mut client = LineClient::greeted(target).await;
-                    client.login("a", USER, PASSWORD).await
-                });
-                match tokio::time::timeout(Duration::from_secs(10), one).await {
-                    Ok(Ok(r)) if r.starts_with("a OK") => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Ok(r)) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        failures.lock().unwrap().push(r);
-                    }
-                    // The connection broke (the killed instance).
-                    _ => {
-                        cut.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }));
-    }
 
     // Halfway: one instance is killed; a fourth joins.
     tokio::time::sleep(RUN / 2).await;
     let victim = instances[0].take().unwrap();
-    let gone = addr(&victim);
-    live.write().unwrap().retain(|a| *a != gone);
+    logins.remove(addr(&victim));
     victim.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fourth = env.instance(&text, 3, "listening");
-    live.write().unwrap().push(addr(&fourth));
+    logins.add(addr(&fourth));
     instances.push(Some(fourth));
-    for c in clients {
-        c.await.unwrap();
-    }
+    let all = logins.finish(false).await;
 
-    let (ok, failed, cut) = (
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        cut.load(Ordering::Relaxed),
-    );
+    let ok = all.iter().filter(|l| l.2 == Outcome::Ok).count();
+    let cut = all.iter().filter(|l| l.2 == Outcome::Cut).count();
+    let failures: Vec<&Login> = all
+        .iter()
+        .filter(|l| matches!(l.2, Outcome::Failed(_)))
+        .collect();
+    let failed = failures.len();
     let refreshes = env.oauth.refresh_times();
     let closest = refreshes
         .windows(2)
@@ -134,12 +89,7 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
         refreshes.len()
     );
     assert!(ok > 100, "the clients ran: {ok}");
-    assert_eq!(
-        failed,
-        0,
-        "answered logins that failed: {:?}",
-        failures.lock().unwrap()
-    );
+    assert_eq!(failed, 0, "answered logins that failed: {failures:?}");
     // No instance ever refreshed with a spent refresh token: every rotated
     // token was in Redis before anyone used the access token beside it.
     assert_eq!(env.oauth.refused_refresh_count(), 0, "refused refreshes");
@@ -155,7 +105,7 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
     // its 3 s left: refreshes about 2 s apart, never two for one expiry.
     assert!(closest > Duration::from_millis(1500), "{closest:?}");
     // The account still opens: its newest refresh token is in Redis.
-    let file = store.load(USER).await.unwrap().unwrap();
+    let file = store.load_fresh(USER).await.unwrap().unwrap();
     let tokens = file.open(&key, &store.location(USER)).unwrap();
     assert!(
         env.oauth

@@ -15,7 +15,9 @@ use std::path::Path;
 use mailgate::accounts::store::{Audience, Expect, Kdf, SealingKey, Store, TokenFile, Tokens};
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
-use mailgate_tests::harness::{Env, PASSWORD, USER, imap_addr, logs, run_mailgate, start};
+use mailgate_tests::harness::{
+    Env, PASSWORD, USER, eventually, imap_addr, logs, run_mailgate, start,
+};
 use mailgate_tests::redis::Redis;
 use secrecy::SecretString;
 
@@ -42,7 +44,7 @@ async fn seal(env: &Env, store: &Store, user: &str, password: &str) -> String {
 }
 
 async fn open(store: &Store, user: &str, password: &str) -> Tokens {
-    let file = store.load(user).await.unwrap().unwrap();
+    let file = store.load_fresh(user).await.unwrap().unwrap();
     let key = SealingKey::derive(&SecretString::from(password.to_owned()), &file.kdf).unwrap();
     file.open(&key, &store.location(user)).unwrap()
 }
@@ -107,7 +109,7 @@ async fn the_gateway_keeps_sealed_tokens_in_redis() {
         "sealed, written once after the refresh, once to remember the owner's address"
     );
     let file: serde_json::Value = serde_json::from_slice(&raw.into_bytes()).unwrap_or_default();
-    let familiar = store.load(USER).await.unwrap().unwrap().familiar;
+    let familiar = store.load_fresh(USER).await.unwrap().unwrap().familiar;
     assert_eq!(familiar.len(), 1, "{file}");
     assert!(!familiar[0].contains("127.0.0.1"), "hashed, not spelt out");
     assert!(
@@ -119,16 +121,20 @@ async fn the_gateway_keeps_sealed_tokens_in_redis() {
     );
 
     // A stale write is refused (compare-and-swap on the generation).
-    let stale = store.load(USER).await.unwrap().unwrap();
+    let stale = store.load_fresh(USER).await.unwrap().unwrap();
     store.save(&stale, Expect::Same(&stale)).await.unwrap();
     assert!(matches!(
         store.save(&stale, Expect::Same(&stale)).await,
         Err(mailgate::accounts::store::StoreError::Changed { .. })
     ));
 
-    // Forgotten in Redis: the next login of the running gateway sees it.
+    // Forgotten in Redis: the running gateway's next login once its cache
+    // has Redis's invalidation.
     assert!(store.remove(USER).await.unwrap());
-    let r = login(&g, USER, PASSWORD).await;
+    let r = eventually("the gateway sees the account forgotten", || async {
+        Some(login(&g, USER, PASSWORD).await).filter(|r| r.starts_with("a NO"))
+    })
+    .await;
     assert!(
         r.starts_with("a NO [ALERT] alice@example.test is not authorised yet"),
         "the account has no tokens any more: {r}"
@@ -137,7 +143,7 @@ async fn the_gateway_keeps_sealed_tokens_in_redis() {
     // familiar address) and 4 (the write above), the new first file is 5,
     // not 1.
     seal(&env, &store, USER, PASSWORD).await;
-    assert_eq!(store.load(USER).await.unwrap().unwrap().generation, 5);
+    assert_eq!(store.load_fresh(USER).await.unwrap().unwrap().generation, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +160,10 @@ async fn a_damaged_key_or_a_lost_redis_spoils_only_what_it_must() {
     redis
         .hset(&format!("t:account:{OTHER}"), "file", b"{not a token file")
         .await;
-    let r = login(&g, OTHER, PASSWORD).await;
+    let r = eventually("the gateway sees the damaged record", || async {
+        Some(login(&g, OTHER, PASSWORD).await).filter(|r| r.starts_with("a NO"))
+    })
+    .await;
     assert!(
         r.starts_with("a NO [ALERT]") && r.contains("is damaged"),
         "{r}"
@@ -171,7 +180,10 @@ async fn a_damaged_key_or_a_lost_redis_spoils_only_what_it_must() {
     redis
         .hset(&key, "file", &serde_json::to_vec(&file).unwrap())
         .await;
-    let r = login(&g, THIRD, PASSWORD).await;
+    let r = eventually("the gateway sees the planted parameters", || async {
+        Some(login(&g, THIRD, PASSWORD).await).filter(|r| r.starts_with("a NO"))
+    })
+    .await;
     assert!(r.starts_with("a NO") && r.contains("is damaged"), "{r}");
     redis
         .hset(&key, "file", &serde_json::to_vec(&original).unwrap())
@@ -182,7 +194,10 @@ async fn a_damaged_key_or_a_lost_redis_spoils_only_what_it_must() {
     redis.stop();
     let r = login(&g, USER, PASSWORD).await;
     assert!(r.starts_with("a OK"), "served from memory: {r}");
-    let r = login(&g, THIRD, PASSWORD).await;
+    let r = eventually("the gateway finds Redis gone", || async {
+        Some(login(&g, THIRD, PASSWORD).await).filter(|r| !r.contains("is damaged"))
+    })
+    .await;
     assert!(r.starts_with("a NO [UNAVAILABLE]"), "{r}");
     // Back (with its data: it persists to disk): the gateway reconnects and
     // catches up.
@@ -227,7 +242,7 @@ async fn the_cli_works_against_redis_and_migrates_both_ways() {
         &[],
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(store.load(USER).await.unwrap().is_some());
+    assert!(store.load_fresh(USER).await.unwrap().is_some());
     let out = mg(&["accounts", "--json"], "", None, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(USER));
@@ -268,12 +283,12 @@ async fn the_cli_works_against_redis_and_migrates_both_ways() {
         "{}",
         text(&out)
     );
-    assert!(store.load(OTHER).await.unwrap().is_some());
+    assert!(store.load_fresh(OTHER).await.unwrap().is_some());
 
     // forget deletes it from Redis.
     let out = mg(&["forget", USER], "", None, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(store.load(USER).await.unwrap().is_none());
+    assert!(store.load_fresh(USER).await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

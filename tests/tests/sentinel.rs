@@ -10,28 +10,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mailgate::accounts::store::{Expect, Kdf, SealingKey, Store, TokenFile, Tokens};
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
+use mailgate_tests::fleet::{Logins, Outcome};
 use mailgate_tests::harness::{
-    Env, PASSWORD, Running, USER, imap_addr, metrics, run_mailgate, start,
+    Env, PASSWORD, Running, USER, eventually, imap_addr, metrics, run_mailgate, start,
 };
 use mailgate_tests::redis::PASSWORD as REDIS_PASSWORD;
-use mailgate_tests::sentinel::{Replicated, SERVICE};
+use mailgate_tests::sentinel::{Replicated, SERVICE, follows};
 use secrecy::{ExposeSecret as _, SecretString};
-
-/// The `[store]` section for `r`'s sentinels.
-fn store_section(r: &Replicated) -> String {
-    let urls: Vec<String> = r.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        "\n[store]\nbackend = \"redis\"\nurl = \"redis://:{REDIS_PASSWORD}@primary/0\"\nsentinels = [{}]\nservice = \"{SERVICE}\"\n",
-        urls.join(", ")
-    )
-}
 
 /// Seals `password`'s tokens for USER into `store`.
 async fn seal(env: &Env, store: &Store, password: &str, expect: Expect<'_>) -> SealingKey {
@@ -64,7 +54,7 @@ async fn the_cache_follows_every_change_and_a_lost_record_is_repaired() {
     let text = format!(
         "{}{}",
         env.config_text(&imap.url(false), "metrics = \"127.0.0.1:0\"", "", ""),
-        store_section(&r)
+        r.store_section(None)
     );
     let cfg = env.load(&text);
     let (store, _) = mailgate::accounts::store::open(&cfg).await.unwrap();
@@ -97,11 +87,17 @@ async fn the_cache_follows_every_change_and_a_lost_record_is_repaired() {
         "{page}"
     );
 
-    // Another writer (as `mailgate passwd` in another process would):
-    // the very next login sees the new password.
+    // Another writer (as `mailgate passwd` in another process would): the
+    // gateway's next login once Redis's invalidation is in.
     let other = mailgate::accounts::store::open(&cfg).await.unwrap().0;
     seal(&env, &other, "a new password", Expect::Any).await;
-    assert!(login(imap_addr(&g), PASSWORD).await.contains("a NO"));
+    eventually("the old password stops working", || async {
+        login(imap_addr(&g), PASSWORD)
+            .await
+            .contains("a NO")
+            .then_some(())
+    })
+    .await;
     assert!(
         login(imap_addr(&g), "a new password")
             .await
@@ -115,7 +111,7 @@ async fn the_cache_follows_every_change_and_a_lost_record_is_repaired() {
 
     // A store that went back (as after a failover that lost the newest
     // write) is repaired from the gateway's memory at the next read.
-    let before = other.load(USER).await.unwrap().unwrap();
+    let before = other.load_fresh(USER).await.unwrap().unwrap();
     g.shutdown().await;
     let g = start(env.load(&text)).await;
     // The gateway refreshes and writes the account itself: its memory.
@@ -125,7 +121,7 @@ async fn the_cache_follows_every_change_and_a_lost_record_is_repaired() {
             .await
             .starts_with("a OK")
     );
-    let newest = other.load(USER).await.unwrap().unwrap();
+    let newest = other.load_fresh(USER).await.unwrap().unwrap();
     assert!(newest.generation > before.generation);
     // Put the older record back, behind the gateway's back.
     let primary = r.primary_port().await;
@@ -137,13 +133,16 @@ async fn the_cache_follows_every_change_and_a_lost_record_is_repaired() {
     server
         .hset(&key, "gen", before.generation.to_string().as_bytes())
         .await;
-    assert!(
-        login(imap_addr(&g), "a new password")
-            .await
-            .starts_with("a OK")
-    );
-    let repaired = other.load(USER).await.unwrap().unwrap();
-    assert_eq!(repaired.generation, newest.generation);
+    let repaired = eventually("the store is repaired", || async {
+        assert!(
+            login(imap_addr(&g), "a new password")
+                .await
+                .starts_with("a OK")
+        );
+        Some(other.load_fresh(USER).await.unwrap().unwrap())
+            .filter(|f| f.generation == newest.generation)
+    })
+    .await;
     assert_eq!(
         serde_json::to_value(&repaired).unwrap(),
         serde_json::to_value(&newest).unwrap()
@@ -152,13 +151,16 @@ async fn the_cache_follows_every_change_and_a_lost_record_is_repaired() {
     assert_eq!(series(&page, "mailgate_store_repairs_total"), 1, "{page}");
     assert_eq!(series(&page, "mailgate_store_up"), 1, "{page}");
 
-    // forget, from another process: the next login knows.
+    // forget, from another process: the gateway's next login once the
+    // invalidation is in.
     other.remove(USER).await.unwrap();
-    assert!(
+    eventually("the forgotten account stops working", || async {
         login(imap_addr(&g), "a new password")
             .await
             .contains("a NO")
-    );
+            .then_some(())
+    })
+    .await;
     g.shutdown().await;
 }
 
@@ -198,7 +200,7 @@ async fn fleet_through_a_failover(
         "{}{}",
         env.config_text(&imap.url(false), "log_format = \"json\"", "", "")
             .replace("min_token_life = \"60s\"", "min_token_life = \"1s\""),
-        store_section(&r)
+        r.store_section(None)
     );
     let cfg = env.load(&text);
     let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
@@ -208,45 +210,13 @@ async fn fleet_through_a_failover(
         .map(|i| Some(env.instance(&text, i, "listening")))
         .collect();
     let addr = |r: &Running| r.address("listening", Some("imap"));
-    let addrs: Vec<SocketAddr> = instances.iter().flatten().map(addr).collect();
-    let live = Arc::new(std::sync::RwLock::new(addrs.clone()));
-    let (ok, cut) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let successes = Arc::new(std::sync::Mutex::new(Vec::<(Duration, SocketAddr)>::new()));
-    let begin = Instant::now();
-    let end = begin + RUN;
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let (live, ok, cut, failed, successes) = (
-            live.clone(),
-            ok.clone(),
-            cut.clone(),
-            failed.clone(),
-            successes.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut n = c;
-            while Instant::now() < end {
-                let target = {
-                    let l = live.read().unwrap();
-                    l[n % l.len()]
-                };
-                n += 1;
-                let one = tokio::spawn(async move { login(target, PASSWORD).await });
-                match tokio::time::timeout(Duration::from_secs(10), one).await {
-                    Ok(Ok(r)) if r.starts_with("a OK") => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        successes.lock().unwrap().push((begin.elapsed(), target));
-                    }
-                    Ok(Ok(r)) => failed.lock().unwrap().push((begin.elapsed(), r)),
-                    _ => {
-                        cut.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }));
-    }
+    let logins = Logins::start(
+        CLIENTS,
+        instances.iter().flatten().map(addr).collect(),
+        USER,
+        PASSWORD,
+        Some(Instant::now() + RUN),
+    );
 
     tokio::time::sleep(RUN / 3).await;
     if with_refresher {
@@ -272,56 +242,44 @@ async fn fleet_through_a_failover(
             .max_by_key(|i| instances[*i].as_ref().map(last))
             .unwrap();
         let victim = instances[refresher].take().unwrap();
-        let gone = addr(&victim);
-        live.write().unwrap().retain(|a| *a != gone);
+        logins.remove(addr(&victim));
         victim.kill();
     }
-    let killed_at = begin.elapsed();
+    let killed_at = logins.begin.elapsed();
     let killed_wall = std::time::SystemTime::now();
     let old = r.kill_primary().await;
     let killed = Instant::now();
     r.wait_for_new_primary(old).await;
     let failover = killed.elapsed();
-    for c in clients {
-        c.await.unwrap();
-    }
+    let all = logins.finish(false).await;
 
     // When each surviving gateway logged that it follows the new primary.
     let followed = instances
         .iter()
         .map(|i| {
-            let i = i.as_ref()?;
-            let at = i
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|v| {
-                    v["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("the store's primary changed"))
-                })?["timestamp"]
-                .as_str()
-                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())?;
+            let at = *follows(i.as_ref()?).first()?;
             Some(at.duration_since(killed_wall).unwrap_or_default())
         })
         .collect::<Vec<_>>();
-    let successes = successes.lock().unwrap().clone();
     let first_login = instances
         .iter()
         .map(|i| {
             let a = addr(i.as_ref()?);
-            successes
-                .iter()
-                .find(|(t, s)| *s == a && *t > killed_at)
-                .map(|(t, _)| *t - killed_at)
+            all.iter()
+                .find(|(t, s, o)| *s == a && *t > killed_at && *o == Outcome::Ok)
+                .map(|(t, _, _)| *t - killed_at)
         })
         .collect();
     let seen = Seen {
-        ok: ok.load(Ordering::Relaxed),
-        failed: failed.lock().unwrap().clone(),
-        cut: cut.load(Ordering::Relaxed),
+        ok: all.iter().filter(|l| l.2 == Outcome::Ok).count(),
+        failed: all
+            .iter()
+            .filter_map(|(t, _, o)| match o {
+                Outcome::Failed(r) => Some((*t, r.clone())),
+                _ => None,
+            })
+            .collect(),
+        cut: all.iter().filter(|l| l.2 == Outcome::Cut).count(),
         killed_at,
         failover,
         followed,
@@ -364,7 +322,7 @@ async fn assert_fleet_survived(env: &Env, store: &Store, key: &SealingKey, seen:
         }
     }
     assert_eq!(env.oauth.refused_refresh_count(), 0, "refused refreshes");
-    let file = store.load(USER).await.unwrap().unwrap();
+    let file = store.load_fresh(USER).await.unwrap().unwrap();
     let tokens = file.open(key, &store.location(USER)).unwrap();
     assert!(
         env.oauth

@@ -11,44 +11,16 @@
 //! without the `WAIT` for a replica.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use mailgate::accounts::store::{Expect, Kdf, SealingKey, Store, TokenFile, Tokens};
-use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
+use mailgate_tests::fleet::{Logins, Outcome};
 use mailgate_tests::harness::{Env, PASSWORD, Running, USER};
-use mailgate_tests::redis::PASSWORD as REDIS_PASSWORD;
-use mailgate_tests::sentinel::{Replicated, SERVICE};
+use mailgate_tests::sentinel::{Replicated, follows};
 use secrecy::{ExposeSecret as _, SecretString};
 
 use super::{Bench, percentile, us};
-
-fn store_section(r: &Replicated, wait: u32) -> String {
-    let urls: Vec<String> = r.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        "\n[store]\nbackend = \"redis\"\nurl = \"redis://:{REDIS_PASSWORD}@primary/0\"\nsentinels = [{}]\nservice = \"{SERVICE}\"\nwait_replicas = {wait}\n",
-        urls.join(", ")
-    )
-}
-
-/// When (wall clock) each gateway logged that it follows a new primary.
-fn follows(i: &Running) -> Vec<SystemTime> {
-    i.lines
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("the store's primary changed"))
-        })
-        .filter_map(|v| humantime::parse_rfc3339_weak(v["timestamp"].as_str()?).ok())
-        .collect()
-}
 
 pub async fn failover(b: &mut Bench, trials: usize) -> anyhow::Result<()> {
     if !std::path::Path::new("/usr/bin/redis-sentinel").exists() {
@@ -66,8 +38,8 @@ pub async fn failover(b: &mut Bench, trials: usize) -> anyhow::Result<()> {
     // that does not, alternating.
     let base = env.config_text(&imap.url(false), "log_format = \"json\"", "", "");
     let key = SealingKey::derive(&SecretString::from(PASSWORD), &Kdf::generate())?;
-    let waiting = open(&env, &format!("{base}{}", store_section(&r, 1))).await?;
-    let bare = open(&env, &format!("{base}{}", store_section(&r, 0))).await?;
+    let waiting = open(&env, &format!("{base}{}", r.store_section(Some(1)))).await?;
+    let bare = open(&env, &format!("{base}{}", r.store_section(Some(0)))).await?;
     let tokens = Tokens::refreshable(env.oauth.issue_refresh_token(USER).into());
     let file = TokenFile::seal(USER, "test", &key, &tokens)?;
     let (mut with, mut without) = (Vec::new(), Vec::new());
@@ -92,7 +64,7 @@ pub async fn failover(b: &mut Bench, trials: usize) -> anyhow::Result<()> {
 
     env.oauth.set_rotate(true);
     env.oauth.set_lifetime(Duration::from_secs(3));
-    let text = format!("{base}{}", store_section(&r, 1))
+    let text = format!("{base}{}", r.store_section(Some(1)))
         .replace("min_token_life = \"60s\"", "min_token_life = \"1s\"");
     let store = open(&env, &text).await?;
     store
@@ -101,53 +73,17 @@ pub async fn failover(b: &mut Bench, trials: usize) -> anyhow::Result<()> {
     let instances: Vec<Running> = (0..3)
         .map(|i| env.instance(&text, i, "listening"))
         .collect();
-    let addrs: Arc<Vec<SocketAddr>> = Arc::new(
-        instances
-            .iter()
-            .map(|i| i.address("listening", Some("imap")))
-            .collect(),
-    );
-    // Every login: when (since `begin`), through which gateway, whether it
-    // succeeded.
-    let logins = Arc::new(Mutex::new(Vec::<(Duration, usize, bool)>::new()));
-    let (stop, cut) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let begin = Instant::now();
-    let mut clients = Vec::new();
-    for c in 0..30 {
-        let (addrs, logins, stop, cut) = (addrs.clone(), logins.clone(), stop.clone(), cut.clone());
-        clients.push(tokio::spawn(async move {
-            let mut n = c;
-            while !stop.load(Ordering::Relaxed) {
-                let g = n % addrs.len();
-                n += 1;
-                let target = addrs[g];
-                let one = tokio::spawn(async move {
-                    let mut c = LineClient::greeted(target).await;
-                    c.login("a", USER, PASSWORD).await
-                });
-                match tokio::time::timeout(Duration::from_secs(10), one).await {
-                    Ok(Ok(r)) => logins
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push((begin.elapsed(), g, r.starts_with("a OK"))),
-                    _ => {
-                        cut.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }));
-    }
-
+    let addrs: Vec<SocketAddr> = instances
+        .iter()
+        .map(|i| i.address("listening", Some("imap")))
+        .collect();
+    let logins = Logins::start(30, addrs.clone(), USER, PASSWORD, None);
     let (mut named, mut followed, mut first_ok) = (Vec::new(), Vec::new(), Vec::new());
     let mut lost_sign_ins = 0;
     for trial in 0..trials {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let seen_follows: Vec<usize> = instances.iter().map(|i| follows(i).len()).collect();
-        let killed_at = begin.elapsed();
+        let killed_at = logins.begin.elapsed();
         let killed_wall = SystemTime::now();
         let old = r.kill_primary().await;
         let killed = Instant::now();
@@ -172,12 +108,11 @@ pub async fn failover(b: &mut Bench, trials: usize) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        for g in 0..instances.len() {
-            let first = logins
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let so_far = logins.so_far();
+        for a in &addrs {
+            let first = so_far
                 .iter()
-                .find(|(t, at, ok)| *t > killed_at && *at == g && *ok)
+                .find(|(t, at, o)| *t > killed_at && at == a && *o == Outcome::Ok)
                 .map(|(t, _, _)| *t - killed_at);
             if let Some(f) = first {
                 first_ok.push(f);
@@ -206,15 +141,10 @@ pub async fn failover(b: &mut Bench, trials: usize) -> anyhow::Result<()> {
             named[trial]
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        let _ = c.await;
-    }
-    let all = logins
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let failed = all.iter().filter(|(_, _, ok)| !ok).count();
+    let all = logins.finish(true).await;
+    let ok = all.iter().filter(|l| l.2 == Outcome::Ok).count();
+    let cut = all.iter().filter(|l| l.2 == Outcome::Cut).count();
+    let failed = all.len() - ok - cut;
     for v in [&mut named, &mut followed, &mut first_ok] {
         v.sort();
     }
@@ -234,8 +164,8 @@ pub async fn failover(b: &mut Bench, trials: usize) -> anyhow::Result<()> {
         ms(percentile(&followed, 1.0)),
         ms(percentile(&first_ok, 0.5)),
         ms(percentile(&first_ok, 1.0)),
-        all.len() - failed,
-        cut.load(Ordering::Relaxed),
+        ok,
+        cut,
         env.oauth.refresh_times().len(),
         env.oauth.refused_refresh_count(),
     ));

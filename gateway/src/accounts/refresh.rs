@@ -126,7 +126,7 @@ impl Accounts {
     /// with the cached key (the same password: another instance refreshed
     /// and re-sealed it). Whether the cache changed.
     pub(super) async fn adopt_newer(&self, user: &str, st: &mut AccountState) -> bool {
-        let Ok(Some(file)) = self.store.load(user).await else {
+        let Ok(Some(file)) = self.store.load_fresh(user).await else {
             return false;
         };
         if st.disk.as_ref() == Some(&file) {

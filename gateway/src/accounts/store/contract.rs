@@ -61,6 +61,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn location(&self, user: &str) -> PathBuf;
     /// A user's record; `None` when there is none.
     fn load<'a>(&'a self, user: &'a str) -> Pending<'a, Option<TokenFile>>;
+    /// As [`Backend::load`], read from the store itself even when a cache
+    /// holds it: for the reads a refresh decides on.
+    fn load_fresh<'a>(&'a self, user: &'a str) -> Pending<'a, Option<TokenFile>> {
+        self.load(user)
+    }
     /// Writes `file` if the store holds what `want` says; the written
     /// record, with its new generation.
     fn save<'a>(&'a self, file: TokenFile, want: Want) -> Pending<'a, TokenFile>;
@@ -107,9 +112,19 @@ impl Store {
         self.0.location(user)
     }
 
-    /// A user's record; `None` when there is none.
+    /// A user's record; `None` when there is none. A shared store may
+    /// answer from its cache, which learns of another process's change
+    /// within the time the server takes to tell it (see
+    /// [`super::redis`]).
     pub async fn load(&self, user: &str) -> Result<Option<TokenFile>, StoreError> {
         self.0.load(user).await
+    }
+
+    /// A user's record as the store holds it now (never from a cache):
+    /// what a refresh decides on, so that it never starts from a spent
+    /// refresh token.
+    pub async fn load_fresh(&self, user: &str) -> Result<Option<TokenFile>, StoreError> {
+        self.0.load_fresh(user).await
     }
 
     /// Writes `file` if the account is still what `expected` says

@@ -17,7 +17,11 @@
 //!   it: at once when the primary changes, and at any read that sees it.
 //!   The repair writes the record back with its own generation.
 //!
-//! Reads go through a cache kept true by Redis ([`super::tracking`]).
+//! Reads go through a cache kept true by Redis ([`super::tracking`]): a
+//! change by another process counts once Redis's invalidation has arrived
+//! (it leaves Redis with the change's own reply; the next login after
+//! that, give or take the network's delay, sees it). The reads a refresh
+//! decides on ([`Backend::load_fresh`]) never come from the cache.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -398,6 +402,16 @@ impl Backend for RedisStore {
 
     fn load<'a>(&'a self, user: &'a str) -> Pending<'a, Option<TokenFile>> {
         Box::pin(RedisStore::load(self, user))
+    }
+
+    fn load_fresh<'a>(&'a self, user: &'a str) -> Pending<'a, Option<TokenFile>> {
+        Box::pin(async move {
+            let raw = self
+                .conn
+                .query("read from", &hmget(&self.key(user)))
+                .await?;
+            self.checked(user, raw).await
+        })
     }
 
     fn save<'a>(&'a self, file: TokenFile, want: Want) -> Pending<'a, TokenFile> {
