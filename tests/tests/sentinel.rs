@@ -354,3 +354,51 @@ async fn the_primary_and_the_refreshing_instance_die_together() {
     );
     assert_fleet_survived(&env, &store, &key, &seen).await;
 }
+
+/// With no primary at all (every server dead), a login that needs the
+/// store is told UNAVAILABLE (after at most one wait for a failover, not
+/// one per login in a queue), and `/healthz` says degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_any_primary_logins_are_told_unavailable() {
+    let mut r = Replicated::start().await;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = format!(
+        "{}{}",
+        env.config_text(
+            &imap.url(false),
+            "metrics = \"127.0.0.1:0\"\nupstream_timeout = \"2s\"",
+            "",
+            ""
+        ),
+        r.store_section(None)
+    );
+    let cfg = env.load(&text);
+    let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
+    seal(&env, &store, PASSWORD, Expect::Absent).await;
+    let g = start(cfg).await;
+    for s in &mut r.servers {
+        s.kill();
+    }
+    let logins: Vec<_> = (0..6)
+        .map(|_| {
+            let a = imap_addr(&g);
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(30), login(a, PASSWORD)).await
+            })
+        })
+        .collect();
+    for l in logins {
+        let r = l.await.unwrap().expect("an answer, not a hang");
+        assert!(r.starts_with("a NO [UNAVAILABLE]"), "{r}");
+    }
+    let url = format!("http://{}/healthz", g.metrics_address().unwrap());
+    let said = eventually("/healthz says degraded", || async {
+        let said = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        said.starts_with("degraded").then_some(said)
+    })
+    .await;
+    assert!(said.contains("the primary of \"mymaster\""), "{said}");
+    assert!(!said.contains(REDIS_PASSWORD), "{said}");
+    g.shutdown().await;
+}

@@ -55,6 +55,10 @@ struct Inner {
     current: RwLock<Arc<Primary>>,
     /// One failover followed at a time.
     following: tokio::sync::Mutex<()>,
+    /// The last time following failed (the epoch it started from, when,
+    /// and the error): the tasks that waited for it fail at once instead
+    /// of each waiting out another timeout.
+    given_up: std::sync::Mutex<Option<(u64, tokio::time::Instant, String)>>,
     counts: Arc<Counts>,
     /// Told the new epoch after each change of primary.
     switched: tokio::sync::watch::Sender<u64>,
@@ -94,6 +98,7 @@ impl Connection {
             target,
             current: RwLock::new(Arc::new(first)),
             following: tokio::sync::Mutex::new(()),
+            given_up: std::sync::Mutex::new(None),
             counts,
             switched: tokio::sync::watch::channel(0).0,
         });
@@ -234,6 +239,21 @@ impl Connection {
         if current.epoch != seen {
             return Ok(current);
         }
+        if let Some((epoch, at, e)) = self
+            .inner
+            .given_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            && *epoch == seen
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return Err(StoreError::Unavailable {
+                action: "find",
+                store: describe(&self.inner.target, None),
+                reason: e.clone(),
+            });
+        }
         let deadline = tokio::time::Instant::now() + self.inner.timeout;
         let next = loop {
             match connect(
@@ -247,6 +267,18 @@ impl Connection {
                 Ok(p) => break p,
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     self.inner.counts.unreachable.store(true, Ordering::Relaxed);
+                    *self
+                        .inner
+                        .given_up
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((
+                        seen,
+                        tokio::time::Instant::now(),
+                        match &e {
+                            StoreError::Unavailable { reason, .. } => reason.clone(),
+                            other => other.to_string(),
+                        },
+                    ));
                     return Err(e);
                 }
                 Err(e) => {
