@@ -159,6 +159,18 @@ impl Replicated {
         panic!("no sentinel names a primary");
     }
 
+    /// Asks a sentinel for a failover with every server alive (`SENTINEL
+    /// FAILOVER`): the primary is demoted to a replica, not killed.
+    pub async fn force_failover(&self) {
+        let mut c = Self::sentinel(self.sentinels[0].1).await.unwrap();
+        let _: () = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SERVICE)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+
     /// The server on `port`.
     pub fn server(&mut self, port: u16) -> &mut Redis {
         self.servers.iter_mut().find(|s| s.port == port).unwrap()

@@ -402,3 +402,51 @@ async fn without_any_primary_logins_are_told_unavailable() {
     assert!(!said.contains(REDIS_PASSWORD), "{said}");
     g.shutdown().await;
 }
+
+/// A primary demoted to a replica while alive (`SENTINEL FAILOVER`): the
+/// gateway notices on its own (its watch asks `ROLE`), follows, and its
+/// next write goes to the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_demoted_while_alive_is_followed() {
+    let r = Replicated::start().await;
+    let env = Env::new().await;
+    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
+    let text = format!(
+        "{}{}",
+        env.config_text(&imap.url(false), "metrics = \"127.0.0.1:0\"", "", ""),
+        r.store_section(None)
+    );
+    let cfg = env.load(&text);
+    let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
+    seal(&env, &store, PASSWORD, Expect::Absent).await;
+    let g = start(cfg).await;
+    assert!(login(imap_addr(&g), PASSWORD).await.starts_with("a OK"));
+
+    let old = r.primary_port().await;
+    r.force_failover().await;
+    let new = r.wait_for_new_primary(old).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = metrics(&g).await;
+        if series(&page, "mailgate_store_failovers_total") == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not follow: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A refresh writes the account: on the new primary.
+    let before = store.load_fresh(USER).await.unwrap().unwrap().generation;
+    env.oauth.revoke_access_tokens();
+    assert!(login(imap_addr(&g), PASSWORD).await.starts_with("a OK"));
+    let key = format!("mailgate:account:{USER}");
+    let server = r.servers.iter().find(|s| s.port == new).unwrap();
+    let generation: u64 = String::from_utf8(server.hget(&key, "gen").await.unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(generation > before, "{generation} after {before}");
+    g.shutdown().await;
+}

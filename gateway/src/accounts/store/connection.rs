@@ -20,7 +20,7 @@ use redis::aio::ConnectionManager;
 
 pub use super::counts::Counts;
 use super::error::StoreError;
-use super::primary::{Primary, Target, connect, describe, lost_primary};
+use super::primary::{Primary, Target, connect, describe, lost_primary, says_primary};
 pub use super::primary::{ask_sentinels, unavailable};
 
 /// A connection to the store's server and the prefix of every key: what
@@ -310,9 +310,10 @@ impl Connection {
     }
 }
 
-/// Every second: a PING to the primary (so that `/healthz` and a quiet
-/// gateway with sentinels notice a lost primary) and the cache's pending
-/// invalidations applied. Ends with the connection.
+/// Every second: a PING to the server (so that `/healthz` notices a lost
+/// one), or with sentinels a `ROLE` (so that a quiet gateway notices a lost
+/// primary, or one demoted to a replica while alive, and follows); and
+/// the cache's pending invalidations applied. Ends with the connection.
 async fn watch(inner: Weak<Inner>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -322,7 +323,15 @@ async fn watch(inner: Weak<Inner>) {
         let conn = Connection { inner };
         let primary = conn.primary();
         primary.records.settle();
-        let ping = redis::cmd("PING");
-        let _: Result<String, _> = conn.query("talk to", &ping).await;
+        if conn.inner.target.follows() {
+            let role: Result<Vec<redis::Value>, _> =
+                conn.query("talk to", &redis::cmd("ROLE")).await;
+            if role.is_ok_and(|r| !says_primary(&r)) {
+                let _ = conn.follow(primary.epoch).await;
+            }
+        } else {
+            let ping = redis::cmd("PING");
+            let _: Result<String, _> = conn.query("talk to", &ping).await;
+        }
     }
 }

@@ -218,9 +218,7 @@ pub async fn connect(
             .query_async(&mut conn)
             .await
             .map_err(|e| err("talk to", &e))?;
-        let master = matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master")
-            || matches!(role.first(), Some(redis::Value::SimpleString(s)) if s == "master");
-        if !master {
+        if !says_primary(&role) {
             return Err(StoreError::Unavailable {
                 action: "use",
                 store: format!("Redis at {shown}"),
@@ -237,6 +235,12 @@ pub async fn connect(
         writer,
         records,
     })
+}
+
+/// Whether a `ROLE` answer is a primary's.
+pub fn says_primary(role: &[redis::Value]) -> bool {
+    matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master")
+        || matches!(role.first(), Some(redis::Value::SimpleString(s)) if s == "master")
 }
 
 /// Accounts and short-lived data must never share an eviction fate.
