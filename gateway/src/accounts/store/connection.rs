@@ -4,8 +4,8 @@
 //! timed out, `READONLY` from a demoted one) asks the sentinels again
 //! (the crate's `SentinelClient`, which also checks that the server it
 //! names says `ROLE` master) and is sent once more to the new primary; a
-//! watch pings the primary every second, so that a quiet gateway follows
-//! too. Each primary gets its own record cache ([`super::tracking`]): a
+//! watch asks the primary its `ROLE` every second, so that a quiet gateway
+//! follows too, also from a primary demoted while alive. Each primary gets its own record cache ([`super::tracking`]): a
 //! failover drops the old one whole. Writes of account records go through
 //! a connection of their own, so that their `WAIT` for a replica holds up
 //! nothing else.
