@@ -30,9 +30,7 @@ impl Target {
     pub fn new(config: &mailgate_config::Redis) -> Result<Target, StoreError> {
         let url = config.url.expose_secret();
         let shown_url = shown(url);
-        let client = redis::Client::open(url)
-            .and_then(|c| resp3(&c))
-            .map_err(|e| unavailable(&shown_url, "use", &e))?;
+        let client = redis::Client::open(url).map_err(|e| unavailable(&shown_url, "use", &e))?;
         let target = match &config.sentinels {
             None => Target::Direct(client, shown_url.clone()),
             Some(s) => {
@@ -179,8 +177,7 @@ pub async fn connect(
         Target::Direct(c, _) => c.clone(),
         Target::Sentinel { client, .. } => {
             let found = client.lock().await.async_get_client().await;
-            let found = found.map_err(|e| unavailable(&describe(target, None), "find", &e))?;
-            resp3(&found).map_err(|e| unavailable(&describe(target, None), "find", &e))?
+            found.map_err(|e| unavailable(&describe(target, None), "find", &e))?
         }
     };
     let address = address_of(&client);
@@ -227,7 +224,9 @@ pub async fn connect(
         }
     }
     check_eviction(&mut conn, &shown).await?;
-    let records = Records::new(client, counts.clone());
+    // Only the cache's connection speaks RESP3 (its invalidations come as
+    // pushes): a server without it still serves everything else.
+    let records = Records::new(resp3(&client).map_err(|e| err("use", &e))?, counts.clone());
     Ok(Primary {
         epoch,
         address,
