@@ -17,9 +17,10 @@ use super::tracking::Records;
 pub enum Target {
     /// `url`, and how it is shown (without its password).
     Direct(redis::Client, String),
-    /// `sentinels` and `service`.
+    /// `sentinels` (a client for each: a sentinel that has not yet learnt
+    /// of a failover must not hide one that has) and `service`.
     Sentinel {
-        client: tokio::sync::Mutex<SentinelClient>,
+        clients: Vec<tokio::sync::Mutex<SentinelClient>>,
         service: String,
         listed: String,
     },
@@ -41,17 +42,23 @@ impl Target {
                     info = info.set_tls_mode(redis::TlsMode::Secure);
                 }
                 let listed: Vec<String> = s.urls.iter().map(|u| shown(u.expose_secret())).collect();
-                let urls = s
+                let clients = s
                     .urls
                     .iter()
-                    .map(|u| u.expose_secret().into_connection_info())
+                    .map(|u| {
+                        let one = vec![u.expose_secret().into_connection_info()?];
+                        SentinelClient::build(
+                            one,
+                            &s.service,
+                            Some(info.clone()),
+                            SentinelServerType::Master,
+                        )
+                        .map(tokio::sync::Mutex::new)
+                    })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| unavailable("the sentinels", "use", &e))?;
-                let sentinel =
-                    SentinelClient::build(urls, &s.service, Some(info), SentinelServerType::Master)
-                        .map_err(|e| unavailable("the sentinels", "use", &e))?;
                 Target::Sentinel {
-                    client: tokio::sync::Mutex::new(sentinel),
+                    clients,
                     service: s.service.clone(),
                     listed: listed.join(", "),
                 }
@@ -175,9 +182,31 @@ pub async fn connect(
 ) -> Result<Primary, StoreError> {
     let client = match target {
         Target::Direct(c, _) => c.clone(),
-        Target::Sentinel { client, .. } => {
-            let found = client.lock().await.async_get_client().await;
-            found.map_err(|e| unavailable(&describe(target, None), "find", &e))?
+        Target::Sentinel { clients, .. } => {
+            // The first sentinel that names a primary answering as one.
+            let mut last = String::from("no sentinel answered");
+            let mut found = None;
+            for c in clients {
+                let asked = tokio::time::timeout(timeout, async {
+                    c.lock().await.async_get_client().await
+                })
+                .await;
+                match asked {
+                    Ok(Ok(client)) => {
+                        found = Some(client);
+                        break;
+                    }
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => {
+                        last = format!("no answer within {}", humantime::format_duration(timeout));
+                    }
+                }
+            }
+            found.ok_or_else(|| StoreError::Unavailable {
+                action: "find",
+                store: describe(target, None),
+                reason: last,
+            })?
         }
     };
     let address = address_of(&client);
