@@ -9,6 +9,25 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::client::LineClient;
+use crate::harness::Running;
+
+/// `n` instances of the binary on `text` (instance numbers from 0), each
+/// ready once it listens.
+pub fn instances(env: &crate::harness::Env, text: &str, n: usize) -> Vec<Option<Running>> {
+    (0..n)
+        .map(|i| Some(env.instance(text, i, "listening")))
+        .collect()
+}
+
+/// The IMAP listener of an instance.
+pub fn imap_address(r: &Running) -> SocketAddr {
+    r.address("listening", Some("imap"))
+}
+
+/// The IMAP listeners of the instances still running.
+pub fn addresses(instances: &[Option<Running>]) -> Vec<SocketAddr> {
+    instances.iter().flatten().map(imap_address).collect()
+}
 
 /// How a login ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

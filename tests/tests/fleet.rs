@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use mailgate::accounts::store::{Expect, Kdf, SealingKey, TokenFile, Tokens};
 use mailgate_tests::fake::FakeServer;
-use mailgate_tests::fleet::{Login, Logins, Outcome};
-use mailgate_tests::harness::{Env, PASSWORD, Running, USER};
+use mailgate_tests::fleet::{self, Login, Logins, Outcome};
+use mailgate_tests::harness::{Env, PASSWORD, USER};
 use mailgate_tests::redis::Redis;
 use secrecy::ExposeSecret as _;
 use secrecy::SecretString;
@@ -48,13 +48,11 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
         .await
         .unwrap();
 
-    let mut instances: Vec<Option<Running>> = (0..3)
-        .map(|i| Some(env.instance(&text, i, "listening")))
-        .collect();
-    let addr = |r: &Running| r.address("listening", Some("imap"));
+    let mut instances = fleet::instances(&env, &text, 3);
+    let addr = fleet::imap_address;
     let logins = Logins::start(
         CLIENTS,
-        instances.iter().flatten().map(addr).collect(),
+        fleet::addresses(&instances),
         USER,
         PASSWORD,
         Some(Instant::now() + RUN),

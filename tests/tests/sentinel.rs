@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mailgate::accounts::store::{Expect, Kdf, SealingKey, Store, TokenFile, Tokens};
 use mailgate_tests::client::LineClient;
 use mailgate_tests::fake::FakeServer;
-use mailgate_tests::fleet::{Logins, Outcome};
+use mailgate_tests::fleet::{self, Logins, Outcome};
 use mailgate_tests::harness::{
     Env, PASSWORD, Running, USER, eventually, imap_addr, metrics, run_mailgate, start,
 };
@@ -206,13 +206,11 @@ async fn fleet_through_a_failover(
     let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
     let key = seal(&env, &store, PASSWORD, Expect::Absent).await;
 
-    let mut instances: Vec<Option<Running>> = (0..3)
-        .map(|i| Some(env.instance(&text, i, "listening")))
-        .collect();
-    let addr = |r: &Running| r.address("listening", Some("imap"));
+    let mut instances = fleet::instances(&env, &text, 3);
+    let addr = fleet::imap_address;
     let logins = Logins::start(
         CLIENTS,
-        instances.iter().flatten().map(addr).collect(),
+        fleet::addresses(&instances),
         USER,
         PASSWORD,
         Some(Instant::now() + RUN),
