@@ -46,19 +46,36 @@ fn series(page: &str, name: &str) -> u64 {
         .unwrap_or(0.0) as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cache_follows_every_change_and_a_lost_record_is_repaired() {
+/// The Sentinel-managed servers, the fake servers, a configuration on
+/// them (`gateway` added to `[gateway]`), and its store holding USER's
+/// first tokens.
+async fn setup(
+    gateway: &str,
+) -> (
+    Replicated,
+    Env,
+    FakeServer,
+    String,
+    mailgate_config::Config,
+    Store,
+) {
     let r = Replicated::start().await;
     let env = Env::new().await;
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
     let text = format!(
         "{}{}",
-        env.config_text(&imap.url(false), "metrics = \"127.0.0.1:0\"", "", ""),
+        env.config_text(&imap.url(false), gateway, "", ""),
         r.store_section(None)
     );
     let cfg = env.load(&text);
-    let (store, _) = mailgate::accounts::store::open(&cfg).await.unwrap();
+    let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
     seal(&env, &store, PASSWORD, Expect::Absent).await;
+    (r, env, imap, text, cfg, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_follows_every_change_and_a_lost_record_is_repaired() {
+    let (r, env, _imap, text, cfg, _store) = setup("metrics = \"127.0.0.1:0\"").await;
 
     // check names the sentinels and the primary they agree on.
     let path = env.write_config(&text);
@@ -358,22 +375,8 @@ async fn the_primary_and_the_refreshing_instance_die_together() {
 /// one per login in a queue), and `/healthz` says degraded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_any_primary_logins_are_told_unavailable() {
-    let mut r = Replicated::start().await;
-    let env = Env::new().await;
-    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
-    let text = format!(
-        "{}{}",
-        env.config_text(
-            &imap.url(false),
-            "metrics = \"127.0.0.1:0\"\nupstream_timeout = \"2s\"",
-            "",
-            ""
-        ),
-        r.store_section(None)
-    );
-    let cfg = env.load(&text);
-    let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
-    seal(&env, &store, PASSWORD, Expect::Absent).await;
+    let (mut r, _env, _imap, _text, cfg, _store) =
+        setup("metrics = \"127.0.0.1:0\"\nupstream_timeout = \"2s\"").await;
     let g = start(cfg).await;
     for s in &mut r.servers {
         s.kill();
@@ -406,17 +409,7 @@ async fn without_any_primary_logins_are_told_unavailable() {
 /// next write goes to the new primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_demoted_while_alive_is_followed() {
-    let r = Replicated::start().await;
-    let env = Env::new().await;
-    let imap = FakeServer::start(&env.ca, env.oauth.clone(), Default::default()).await;
-    let text = format!(
-        "{}{}",
-        env.config_text(&imap.url(false), "metrics = \"127.0.0.1:0\"", "", ""),
-        r.store_section(None)
-    );
-    let cfg = env.load(&text);
-    let store = mailgate::accounts::store::open(&cfg).await.unwrap().0;
-    seal(&env, &store, PASSWORD, Expect::Absent).await;
+    let (r, env, _imap, _text, cfg, store) = setup("metrics = \"127.0.0.1:0\"").await;
     let g = start(cfg).await;
     assert!(login(imap_addr(&g), PASSWORD).await.starts_with("a OK"));
 
