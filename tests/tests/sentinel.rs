@@ -441,3 +441,33 @@ async fn a_primary_demoted_while_alive_is_followed() {
     assert!(generation > before, "{generation} after {before}");
     g.shutdown().await;
 }
+
+/// A record write waits for a replica (`WAIT`); with no replica left to
+/// acknowledge it, the write is logged and counted after `wait_timeout`,
+/// and the login that refreshed goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_no_replica_acknowledges_is_counted_and_the_login_goes_on() {
+    let (mut r, env, _imap, text, _cfg, _store) = setup("metrics = \"127.0.0.1:0\"").await;
+    let text = format!("{text}wait_timeout = \"300ms\"\n");
+    let g = start(env.load(&text)).await;
+    assert!(login(imap_addr(&g), PASSWORD).await.starts_with("a OK"));
+    let page = metrics(&g).await;
+    assert_eq!(
+        series(&page, "mailgate_store_unreplicated_writes_total"),
+        0,
+        "{page}"
+    );
+    let primary = r.primary_port().await;
+    for s in r.servers.iter_mut().filter(|s| s.port != primary) {
+        s.kill();
+    }
+    // The next login refreshes and writes the account.
+    env.oauth.revoke_access_tokens();
+    assert!(login(imap_addr(&g), PASSWORD).await.starts_with("a OK"));
+    let page = metrics(&g).await;
+    assert!(
+        series(&page, "mailgate_store_unreplicated_writes_total") >= 1,
+        "{page}"
+    );
+    g.shutdown().await;
+}
