@@ -107,6 +107,18 @@ impl Logins {
         }
     }
 
+    /// `clients` clients logging in as the harness's USER to the running
+    /// `instances` for `run`.
+    pub fn for_a_while(instances: &[Option<Running>], clients: usize, run: Duration) -> Logins {
+        Logins::start(
+            clients,
+            addresses(instances),
+            crate::harness::USER,
+            crate::harness::PASSWORD,
+            Some(Instant::now() + run),
+        )
+    }
+
     /// The instance at `addr` gets no more logins.
     pub fn remove(&self, addr: SocketAddr) {
         self.live.write().unwrap().retain(|a| *a != addr);

@@ -29,6 +29,30 @@ impl Env {
         Env { dir, ca, oauth }
     }
 
+    /// Runs a real client `program` with `args` (no input, `HOME` in the
+    /// test's directory, at most 60 s) and returns what it printed; fails
+    /// the test when it exits unsuccessfully.
+    pub async fn run_client(&self, program: &str, args: &[&str]) -> String {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            tokio::process::Command::new(program)
+                .args(args)
+                .env("HOME", self.path())
+                .stdin(std::process::Stdio::null())
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{program} did not finish within 60 s"))
+        .unwrap_or_else(|e| panic!("{program} did not start: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{program} failed: {text}");
+        text
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

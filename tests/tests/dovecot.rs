@@ -375,29 +375,6 @@ async fn a_delegate_opens_a_shared_mailbox_in_dovecot() {
     g.shutdown().await;
 }
 
-/// Runs `program` with `args` (HOME in the test's directory) and returns
-/// its output; fails the test when it exits unsuccessfully.
-async fn run_client(env: &Env, program: &str, args: &[&str]) -> String {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(program)
-            .args(args)
-            .env("HOME", env.path())
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{program} did not finish within 60 s"))
-    .unwrap_or_else(|e| panic!("{program} did not start: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} failed: {text}");
-    text
-}
-
 /// fetchmail over POP3 and over IMAP, and mbsync, log in as
 /// `DELEGATE\SHARED` and fetch the shared mailbox's message.
 async fn real_clients_read_the_shared_mailbox(env: &Env, g: &mailgate::Gateway, login: &str) {
@@ -425,8 +402,7 @@ async fn real_clients_read_the_shared_mailbox(env: &Env, g: &mailgate::Gateway, 
     let idfile = dir.join("fetchids");
     let rc_path = rc.display().to_string();
     let id_path = idfile.display().to_string();
-    run_client(
-        env,
+    env.run_client(
         "fetchmail",
         &["-N", "-v", "-f", &rc_path, "--idfile", &id_path],
     )
@@ -460,7 +436,8 @@ async fn real_clients_read_the_shared_mailbox(env: &Env, g: &mailgate::Gateway, 
     )
     .unwrap();
     let conf_path = conf.display().to_string();
-    run_client(env, "mbsync", &["-c", &conf_path, "shared"]).await;
+    env.run_client("mbsync", &["-c", &conf_path, "shared"])
+        .await;
     let mut found = false;
     for sub in ["new", "cur"] {
         for entry in std::fs::read_dir(maildir.join("INBOX").join(sub))

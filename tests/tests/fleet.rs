@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mailgate::accounts::store::{Expect, Kdf, SealingKey, TokenFile, Tokens};
 use mailgate_tests::fake::FakeServer;
@@ -50,13 +50,7 @@ async fn three_instances_one_redis_strict_rotation_one_killed() {
 
     let mut instances = fleet::instances(&env, &text, 3);
     let addr = fleet::imap_address;
-    let logins = Logins::start(
-        CLIENTS,
-        fleet::addresses(&instances),
-        USER,
-        PASSWORD,
-        Some(Instant::now() + RUN),
-    );
+    let logins = Logins::for_a_while(&instances, CLIENTS, RUN);
 
     // Halfway: one instance is killed; a fourth joins.
     tokio::time::sleep(RUN / 2).await;

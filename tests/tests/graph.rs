@@ -382,16 +382,7 @@ assert refused == {{}}, refused
 s.quit()
 "#
         );
-        let out = tokio::process::Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        env.run_client("python3", &["-c", &script]).await;
         assert_eq!(
             fake.recipients(),
             vec![
@@ -662,16 +653,8 @@ s.quit()
         let fake = FakeGraph::start(env.oauth.clone()).await;
         let g = graph_gateway(&env, &fake, "metrics = \"127.0.0.1:0\"").await;
         let port = smtp_addr(&g).port();
-        let out = tokio::process::Command::new("python3")
-            .args(["-c", &large_message_script(env.path(), port)])
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        env.run_client("python3", &["-c", &large_message_script(env.path(), port)])
+            .await;
         let data = std::fs::read(env.path().join("scan.bin")).unwrap();
         let message = env.path().join("big.eml");
         assert!(std::fs::metadata(&message).unwrap().len() > 20_000_000);

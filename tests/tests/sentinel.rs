@@ -225,13 +225,7 @@ async fn fleet_through_a_failover(
 
     let mut instances = fleet::instances(&env, &text, 3);
     let addr = fleet::imap_address;
-    let logins = Logins::start(
-        CLIENTS,
-        fleet::addresses(&instances),
-        USER,
-        PASSWORD,
-        Some(Instant::now() + RUN),
-    );
+    let logins = Logins::for_a_while(&instances, CLIENTS, RUN);
 
     tokio::time::sleep(RUN / 3).await;
     if with_refresher {

@@ -42,25 +42,40 @@ async fn imap_login(g: &mailgate::Gateway, login: &str, password: &str) -> Strin
     c.response_text("a").await
 }
 
+/// USER's account may open `shared` (a TOML list's inside), with a
+/// listener and upstream for each of `servers`, and `other` as a second
+/// account (`extra`: more of its lines); USER's token is sealed and
+/// SHARED is delegated to USER.
+fn delegate_config(
+    env: &Env,
+    servers: &[(Protocol, &str)],
+    shared: &str,
+    other: &str,
+    extra: &str,
+) -> String {
+    env.seal_new_user_token();
+    env.oauth.delegate(USER, SHARED);
+    format!(
+        "{}\n[[account]]\nuser = \"{other}\"\nprovider = \"test\"\n{extra}",
+        env.config_for(servers, "", "", &format!("shared = [{shared}]"))
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delegate_opens_a_shared_mailbox_and_strangers_are_told_why_not() {
     logs();
     let env = Env::new().await;
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Options::default()).await;
     let smtp = FakeServer::smtp(&env.ca, env.oauth.clone(), Default::default()).await;
-    env.seal_new_user_token();
-    env.oauth.delegate(USER, SHARED);
-    let text = format!(
-        "{}\n[[account]]\nuser = \"boss@example.test\"\nprovider = \"test\"\n",
-        env.config_for(
-            &[
-                (Protocol::Imap, &imap.url(false)),
-                (Protocol::Smtp, &smtp.url(false)),
-            ],
-            "",
-            "",
-            &format!("shared = [\"{SHARED}\", \"*@team.example.test\"]"),
-        )
+    let text = delegate_config(
+        &env,
+        &[
+            (Protocol::Imap, &imap.url(false)),
+            (Protocol::Smtp, &smtp.url(false)),
+        ],
+        &format!("\"{SHARED}\", \"*@team.example.test\""),
+        "boss@example.test",
+        "",
     );
     let g = start(env.load(&text)).await;
 
@@ -214,20 +229,16 @@ async fn real_clients_use_the_backslash_login() {
     let imap = FakeServer::start(&env.ca, env.oauth.clone(), Options::default()).await;
     let pop3 = FakeServer::pop3(&env.ca, env.oauth.clone(), Default::default()).await;
     let smtp = FakeServer::smtp(&env.ca, env.oauth.clone(), Default::default()).await;
-    env.seal_new_user_token();
-    env.oauth.delegate(USER, SHARED);
-    let text = format!(
-        "{}\n[[account]]\nuser = \"new@example.test\"\nprovider = \"test\"\nshared = [\"{SHARED}\"]\n",
-        env.config_for(
-            &[
-                (Protocol::Imap, &imap.url(false)),
-                (Protocol::Pop3, &pop3.url(false)),
-                (Protocol::Smtp, &smtp.url(false)),
-            ],
-            "",
-            "",
-            &format!("shared = [\"{SHARED}\"]"),
-        )
+    let text = delegate_config(
+        &env,
+        &[
+            (Protocol::Imap, &imap.url(false)),
+            (Protocol::Pop3, &pop3.url(false)),
+            (Protocol::Smtp, &smtp.url(false)),
+        ],
+        &format!("\"{SHARED}\""),
+        "new@example.test",
+        &format!("shared = [\"{SHARED}\"]\n"),
     );
     let g = start(env.load(&text)).await;
     let login = format!("{USER}\\\\{SHARED}");
@@ -250,16 +261,7 @@ p.quit()
         imap = imap_addr(&g).port(),
         pop3 = mailgate_tests::harness::pop3_addr(&g).port(),
     );
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_client("python3", &["-c", &script]).await;
     assert_eq!(last_xoauth2_user(&imap), SHARED);
     assert_eq!(last_xoauth2_user(&pop3), SHARED);
 
